@@ -1,0 +1,41 @@
+"""The `sanasr` command: a thin Typer layer over the library. One module per subcommand."""
+
+from __future__ import annotations
+
+import typer
+
+from sanasr_cli import __version__
+from sanasr_cli.cli import upscale
+
+app = typer.Typer(
+    name="sanasr",
+    help=(
+        "SANA-SR: one-step diffusion super-resolution (x4) with a compact-latent LinearDiT.\n\n"
+        "Start with `sanasr upscale examples -o outputs --model tiny` (offline demo, untrained weights), "
+        "or `--model sana-600m-512` for the real SANA-600M base."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"sanasr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+):
+    pass
+
+
+upscale.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,29 @@
+"""Named exceptions. The CLI turns each into one clear line (no traceback) and an exit code."""
+
+
+class SanaSRError(Exception):
+    """Base class for errors a user can act on; the message says what to do."""
+
+
+class MissingWeightsError(SanaSRError):
+    """A pretrained component could not be found locally or downloaded."""
+
+    def __init__(self, component: str, looked_in: str, how_to_fix: str, cause: str = ""):
+        self.component = component
+        self.looked_in = looked_in
+        msg = f"missing weights for '{component}': looked in {looked_in}. {how_to_fix}"
+        if cause:
+            msg += f" (cause: {cause})"
+        super().__init__(msg)
+
+
+class ModelDirError(SanaSRError):
+    """A model directory is missing, incomplete or of an unknown format."""
+
+
+class ImageReadError(SanaSRError):
+    """An input file is not a readable image (or is refused, e.g. too large)."""
+
+
+class ImageWriteError(SanaSRError):
+    """An output could not be written."""

@@ -1,0 +1,62 @@
+"""LoRA on the LinearDiT through PEFT (App. A.2, B): add, save as a PEFT folder, load back.
+
+The adapter folder is what `peft.PeftModel.from_pretrained(transformer, folder)` reads: `adapter_config.json` +
+`adapter_model.safetensors` with keys prefixed `base_model.model.`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+# Paper App. B: attention projections of self- and cross-attention.
+DEFAULT_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+# Optional FFN convs of SANA's GLUMBConv (--lora-targets attn+ffn).
+FFN_LORA_TARGETS: tuple[str, ...] = ("conv_inverted", "conv_depth", "conv_point")
+ADAPTER_NAME = "default"
+_PEFT_PREFIX = "base_model.model."
+
+
+def lora_config(rank: int = 64, alpha: float = 64, dropout: float = 0.0, targets=DEFAULT_LORA_TARGETS) -> LoraConfig:
+    return LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), init_lora_weights=True
+    )
+
+
+def add_lora(transformer: torch.nn.Module, config: LoraConfig) -> None:
+    """Inject a LoRA adapter; base weights are frozen, only lora_A / lora_B train."""
+    transformer.requires_grad_(False)
+    transformer.add_adapter(config, adapter_name=ADAPTER_NAME)
+
+
+def lora_parameters(transformer: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for n, p in transformer.named_parameters() if "lora_" in n]
+
+
+def save_adapter(transformer: torch.nn.Module, folder: str | Path) -> None:
+    """Write a PEFT adapter folder (config + safetensors)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config: LoraConfig = transformer.peft_config[ADAPTER_NAME]
+    config.save_pretrained(str(folder))
+    state = get_peft_model_state_dict(transformer, adapter_name=ADAPTER_NAME)
+    state = {_PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()}
+    save_file(state, str(folder / "adapter_model.safetensors"))
+
+
+def load_adapter(transformer: torch.nn.Module, folder: str | Path) -> LoraConfig:
+    """Add the adapter stored in a PEFT folder to `transformer` and load its weights."""
+    folder = Path(folder)
+    config = LoraConfig.from_pretrained(str(folder))
+    add_lora(transformer, config)
+    state = load_file(str(folder / "adapter_model.safetensors"))
+    state = {k.removeprefix(_PEFT_PREFIX): v for k, v in state.items()}
+    result = set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER_NAME)
+    unexpected = getattr(result, "unexpected_keys", None) or []
+    if unexpected:
+        raise ValueError(f"adapter in {folder} does not fit this transformer: unexpected keys {unexpected[:3]}...")
+    return config

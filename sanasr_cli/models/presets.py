@@ -1,0 +1,224 @@
+"""Model presets: the real SANA-600M 512px components and a tiny architecture demo.
+
+Both presets use the same library classes (diffusers `SanaTransformer2DModel` and `AutoencoderDC`, transformers
+`Gemma2Model`); only the configs differ. `tiny` is built from a seed with random weights and a tokenizer made
+locally, so tests and the offline quick start never touch the network. It is an untrained architecture demo:
+its outputs are not meaningful super-resolution.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from sanasr_cli.prompts.template import DEGRADATION_WORDS, DEFAULT_TEMPLATE
+
+SANA_600M_512_HUB_ID = "Efficient-Large-Model/Sana_600M_512px_diffusers"
+BASE_ENV_VAR = "SANASR_BASE"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything needed to build one family of components; configs are passed to the classes as they are."""
+
+    name: str
+    transformer: dict
+    vae: dict
+    text_encoder: dict  # transformers.Gemma2Config kwargs
+    flow_shift: float
+    hub_id: str | None = None  # where pretrained weights live (None: random weights only)
+    max_text_length: int = 300
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+_DCAE_F32C32_SANA = dict(
+    in_channels=3,
+    latent_channels=32,
+    attention_head_dim=32,
+    encoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
+    decoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
+    encoder_block_out_channels=(128, 256, 512, 512, 1024, 1024),
+    decoder_block_out_channels=(128, 256, 512, 512, 1024, 1024),
+    encoder_layers_per_block=(2, 2, 2, 3, 3, 3),
+    decoder_layers_per_block=(3, 3, 3, 3, 3, 3),
+    encoder_qkv_multiscales=((), (), (), (5,), (5,), (5,)),
+    decoder_qkv_multiscales=((), (), (), (5,), (5,), (5,)),
+    upsample_block_type="interpolate",
+    downsample_block_type="Conv",
+    decoder_norm_types="rms_norm",
+    decoder_act_fns="silu",
+    scaling_factor=0.41407,
+)
+
+_SANA_600M_TRANSFORMER = dict(
+    in_channels=32,
+    out_channels=32,
+    num_attention_heads=36,
+    attention_head_dim=32,
+    num_layers=28,
+    num_cross_attention_heads=16,
+    cross_attention_head_dim=72,
+    cross_attention_dim=1152,
+    caption_channels=2304,
+    mlp_ratio=2.5,
+    sample_size=16,
+    patch_size=1,
+    norm_elementwise_affine=False,
+    norm_eps=1e-6,
+)
+
+_GEMMA2_2B = dict(
+    vocab_size=256000,
+    hidden_size=2304,
+    intermediate_size=9216,
+    num_hidden_layers=26,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    hidden_activation="gelu_pytorch_tanh",
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-6,
+    query_pre_attn_scalar=256,
+    sliding_window=4096,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+    pad_token_id=0,
+    bos_token_id=2,
+    eos_token_id=1,
+)
+
+# Tiny: 4 transformer blocks (so pruning has something to choose), tens of channels, f8 VAE.
+_TINY_TEXT_HIDDEN = 32
+_TINY_TRANSFORMER = dict(
+    in_channels=8,
+    out_channels=8,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    num_layers=4,
+    num_cross_attention_heads=2,
+    cross_attention_head_dim=16,
+    cross_attention_dim=32,
+    caption_channels=_TINY_TEXT_HIDDEN,
+    mlp_ratio=2.5,
+    sample_size=8,
+    patch_size=1,
+    norm_elementwise_affine=False,
+    norm_eps=1e-6,
+)
+_TINY_VAE = dict(
+    in_channels=3,
+    latent_channels=8,
+    attention_head_dim=8,
+    encoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock", "EfficientViTBlock"),
+    decoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock", "EfficientViTBlock"),
+    encoder_block_out_channels=(8, 16, 16, 32),
+    decoder_block_out_channels=(8, 16, 16, 32),
+    encoder_layers_per_block=(1, 1, 1, 1),
+    decoder_layers_per_block=(1, 1, 1, 1),
+    encoder_qkv_multiscales=((), (), (5,), (5,)),
+    decoder_qkv_multiscales=((), (), (5,), (5,)),
+    upsample_block_type="interpolate",
+    downsample_block_type="Conv",
+    decoder_norm_types="rms_norm",
+    decoder_act_fns="silu",
+    scaling_factor=0.5,
+)
+_TINY_TEXT = dict(
+    vocab_size=None,  # set from the locally built tokenizer
+    hidden_size=_TINY_TEXT_HIDDEN,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+    hidden_activation="gelu_pytorch_tanh",
+    max_position_embeddings=512,
+    rms_norm_eps=1e-6,
+    query_pre_attn_scalar=16,
+    sliding_window=256,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+PRESETS: dict[str, Preset] = {
+    "sana-600m-512": Preset(
+        name="sana-600m-512",
+        transformer=_SANA_600M_TRANSFORMER,
+        vae=_DCAE_F32C32_SANA,
+        text_encoder=_GEMMA2_2B,
+        flow_shift=3.0,
+        hub_id=SANA_600M_512_HUB_ID,
+        notes="SANA-600M 512px LinearDiT (28 blocks), DC-AE f32c32, Gemma-2 2B text encoder",
+    ),
+    "tiny": Preset(
+        name="tiny",
+        transformer=_TINY_TRANSFORMER,
+        vae=_TINY_VAE,
+        text_encoder=_TINY_TEXT,
+        flow_shift=3.0,
+        hub_id=None,
+        max_text_length=64,
+        notes="untrained architecture demo: same classes, tiny configs, random weights from a seed",
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset '{name}'; known presets: {', '.join(PRESETS)}") from None
+
+
+def default_base_source(preset: Preset, base: str | None = None) -> str | None:
+    """Where pretrained weights come from: --base, else $SANASR_BASE, else the preset's hub id."""
+    return base or os.environ.get(BASE_ENV_VAR) or preset.hub_id
+
+
+# Words the locally built tokenizer knows: the quality template, degradation words, and common content tags.
+_LOCAL_VOCAB_WORDS = """
+a an the of and with in on at to from by for is are this that photo image picture scene view close up
+clean sharp best quality detailed 8k high resolution extremely highly realistic photorealistic natural
+tree trees foliage leaf leaves branch grass flower flowers plant forest garden field mountain hill rock stone
+sky cloud clouds sun sunset sunrise night light water sea ocean lake river beach sand snow ice wave
+building house city street road car bus bicycle window door wall roof bridge tower church sign text
+person man woman child face hair eye eyes hand people crowd portrait smile
+dog cat bird horse animal fish insect butterfly
+table chair food plate cup bottle book computer phone screen
+red green blue yellow white black brown orange purple pink gray grey dark bright
+texture pattern fabric wood metal glass brick
+""".split()
+
+
+def build_local_tokenizer(extra_words: tuple[str, ...] = ()):
+    """A small word-level tokenizer made in code (no download), with offsets like a real fast tokenizer.
+
+    Used by the tiny preset and by real-size random-weight builds (bench), where Gemma's tokenizer is not at hand.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
+    words: list[str] = []
+    for phrase in list(_LOCAL_VOCAB_WORDS) + list(DEGRADATION_WORDS) + DEFAULT_TEMPLATE.split(",") + list(extra_words):
+        for w in phrase.replace("-", " - ").lower().split():
+            if w not in words and w not in specials:
+                words.append(w)
+    words += [",", ".", "-", "!", "?", ":", ";", "'", '"', "(", ")"]
+    vocab = {tok: i for i, tok in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        padding_side="right",
+    )

@@ -1,0 +1,297 @@
+"""SanaSR: the loaded model (codec + prompt encoder + restorer + description), and its load/save.
+
+`load_model("tiny")`, `load_model("sana-600m-512")` or `load_model("path/to/model_dir")` all return a SanaSR.
+Pretrained components come from a hub id or a local folder (diffusers layout: transformer/, vae/, text_encoder/,
+tokenizer/, scheduler/), honouring the Hugging Face cache and HF_HUB_OFFLINE. When a component cannot be found,
+`MissingWeightsError` names it, where it was looked for, and how to provide it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sanasr_cli.errors import MissingWeightsError, ModelDirError
+from sanasr_cli.models.description import ModelDescription, is_model_dir
+from sanasr_cli.models.lora import load_adapter, save_adapter
+from sanasr_cli.models.presets import PRESETS, BASE_ENV_VAR, Preset, build_local_tokenizer, default_base_source
+from sanasr_cli.models.restorer import OneStepRestorer
+from sanasr_cli.models.text_encoder import PromptEncoder
+from sanasr_cli.models.vae import LatentCodec
+from sanasr_cli.prompts.rule import PromptRule
+
+
+@dataclass
+class SanaSR:
+    codec: LatentCodec
+    prompts: PromptEncoder
+    restorer: OneStepRestorer
+    description: ModelDescription
+    source_dir: Path | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def transformer(self):
+        return self.restorer.transformer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SanaSR:
+        for module in (self.codec.vae, self.prompts.text_encoder, self.transformer):
+            module.to(device=device, dtype=dtype)
+        return self
+
+    @torch.no_grad()
+    def restore(self, lq_upsampled: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """The inference path: x_hat = D(z_L - sigma f_theta(z_L, tau_g, c, m)), z_L = E(x_L).
+
+        lq_upsampled: (B, 3, H, W) float in [0, 1], already at the target size (bicubic from the LQ image).
+        Returns (B, 3, H, W) float32 in [0, 1], on the model's device. Any H, W (padded, then cropped back).
+        """
+        h, w = lq_upsampled.shape[-2:]
+        x = lq_upsampled.to(self.device)
+        z_lq = self.codec.encode_padded(x)
+        embeds, mask = self.prompts.encode(prompts)
+        z_hat = self.restorer(z_lq, embeds, mask)
+        return self.codec.crop(self.codec.decode(z_hat), h, w)
+
+
+# ---------------------------------------------------------------- building components
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def build_random_transformer(preset: Preset, seed: int):
+    from diffusers import SanaTransformer2DModel
+
+    with _seeded(seed):
+        return SanaTransformer2DModel(**preset.transformer)
+
+
+def build_random_vae(preset: Preset, seed: int):
+    from diffusers import AutoencoderDC
+
+    with _seeded(seed + 1):
+        return AutoencoderDC(**preset.vae)
+
+
+def build_random_text(preset: Preset, seed: int):
+    """A random Gemma-2 of the preset's config and the locally built tokenizer."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    tokenizer = build_local_tokenizer()
+    cfg = dict(preset.text_encoder)
+    if cfg.get("vocab_size") is None:
+        cfg["vocab_size"] = len(tokenizer)
+    cfg.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id)
+    with _seeded(seed + 2):
+        model = Gemma2Model(Gemma2Config(**cfg))
+    return tokenizer, model
+
+
+def _how_to_fix(preset: Preset) -> str:
+    hub = preset.hub_id or "<hub id>"
+    return (
+        f"Download it once where there is network (`hf download {hub}`), then run with network access or "
+        f"HF_HUB_OFFLINE=1 (it is then read from the Hugging Face cache), or pass --base /path/to/local/copy "
+        f"(or set {BASE_ENV_VAR}) pointing at a folder with transformer/, vae/, text_encoder/, tokenizer/, scheduler/"
+    )
+
+
+def _looked_in(source: str, subfolder: str) -> str:
+    if Path(source).exists():
+        return f"{Path(source) / subfolder}"
+    from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
+
+    where = f"the hub repo '{source}' (subfolder '{subfolder}') and the cache {HF_HUB_CACHE}"
+    return where + (" [HF_HUB_OFFLINE is set]" if HF_HUB_OFFLINE else "")
+
+
+def _from_pretrained(component: str, preset: Preset, source: str, loader, subfolder: str, **kwargs):
+    try:
+        return loader(source, subfolder=subfolder, **kwargs)
+    except (OSError, ValueError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MissingWeightsError(component, _looked_in(source, subfolder), _how_to_fix(preset), first_line) from None
+
+
+def load_pretrained_base(preset: Preset, source: str, dtype: torch.dtype, need_transformer: bool = True):
+    """Real components from a hub id or a local diffusers-layout folder."""
+    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
+    from transformers import AutoModel, AutoTokenizer
+
+    transformer = None
+    if need_transformer:
+        transformer = _from_pretrained(
+            "transformer", preset, source, SanaTransformer2DModel.from_pretrained, "transformer", torch_dtype=dtype
+        )
+    vae = _from_pretrained("vae", preset, source, AutoencoderDC.from_pretrained, "vae", torch_dtype=dtype)
+    tokenizer = _from_pretrained("tokenizer", preset, source, AutoTokenizer.from_pretrained, "tokenizer")
+    text_encoder = _from_pretrained(
+        "text_encoder", preset, source, AutoModel.from_pretrained, "text_encoder", dtype=dtype
+    )
+    sched = _from_pretrained("scheduler", preset, source, FlowMatchEulerDiscreteScheduler.load_config, "scheduler")
+    shift = sched.get("flow_shift") or sched.get("shift") or preset.flow_shift
+    return transformer, vae, tokenizer, text_encoder, float(shift)
+
+
+# ---------------------------------------------------------------- load / save
+
+
+def describe_preset(
+    name: str, base: str | None = None, random_weights: bool = False, seed: int = 0, prompt: PromptRule | None = None
+) -> ModelDescription:
+    preset = PRESETS[name]
+    source = None if (random_weights or preset.hub_id is None) else default_base_source(preset, base)
+    return ModelDescription(
+        base_preset=name,
+        base_source=source,
+        random_seed=seed if source is None else None,
+        flow_shift=preset.flow_shift,
+        prompt=prompt or PromptRule(),
+    )
+
+
+def resolve_model(spec: str | Path, base: str | None = None, random_weights: bool = False, seed: int = 0):
+    """A preset name or a model directory -> (description, directory or None)."""
+    spec_str = str(spec)
+    if spec_str in PRESETS:
+        return describe_preset(spec_str, base=base, random_weights=random_weights, seed=seed), None
+    path = Path(spec_str).expanduser()
+    if path.is_dir():
+        return ModelDescription.load(path), path
+    raise ModelDirError(
+        f"'{spec_str}' is neither a preset ({', '.join(PRESETS)}) nor a model directory "
+        f"(a folder with sanasr.json, as written by train, merge-lora or prune)"
+    )
+
+
+def load_model(
+    spec: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    base: str | None = None,
+    random_weights: bool = False,
+    seed: int = 0,
+) -> SanaSR:
+    """Build a SanaSR from a preset name or a model directory, on `device` in `dtype`."""
+    from diffusers import SanaTransformer2DModel
+
+    description, folder = resolve_model(spec, base=base, random_weights=random_weights, seed=seed)
+    if base and folder is not None and not description.random_weights:
+        description.base_source = base  # a model dir made elsewhere: point it at this machine's base copy
+    preset = PRESETS.get(description.base_preset)
+    if preset is None:
+        raise ModelDirError(f"unknown base preset '{description.base_preset}' in {folder}")
+    own_transformer = description.transformer != "base"
+    if own_transformer:
+        tdir = folder / description.transformer
+        if not (tdir / "config.json").is_file():
+            raise ModelDirError(f"{folder}: transformer folder '{description.transformer}' has no config.json")
+        transformer = SanaTransformer2DModel.from_pretrained(str(tdir), torch_dtype=dtype)
+    if description.random_weights:
+        seed_ = int(description.random_seed or 0)
+        if not own_transformer:
+            transformer = build_random_transformer(preset, seed_)
+        vae = build_random_vae(preset, seed_)
+        tokenizer, text_encoder = build_random_text(preset, seed_)
+        shift = description.flow_shift
+    else:
+        t, vae, tokenizer, text_encoder, shift = load_pretrained_base(
+            preset, description.base_source, dtype, need_transformer=not own_transformer
+        )
+        if not own_transformer:
+            transformer = t
+        if folder is None:
+            description.flow_shift = shift
+    if description.adapter:
+        adapter_dir = folder / description.adapter
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise ModelDirError(f"{folder}: adapter folder '{description.adapter}' has no adapter_config.json")
+        load_adapter(transformer, adapter_dir)
+    transformer.eval().requires_grad_(False)
+    model = SanaSR(
+        codec=LatentCodec(vae),
+        prompts=PromptEncoder(
+            tokenizer,
+            text_encoder,
+            max_length=preset.max_text_length,
+            mask_degradation_words=description.prompt.mask_degradation_words,
+        ),
+        restorer=OneStepRestorer(transformer, tau_g=description.tau_g, flow_shift=description.flow_shift),
+        description=description,
+        source_dir=folder,
+    )
+    return model.to(device=device, dtype=dtype)
+
+
+def save_model_dir(
+    model: SanaSR,
+    out: str | Path,
+    description: ModelDescription | None = None,
+    save_transformer: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write a model directory atomically (a temp folder renamed into place).
+
+    save_transformer: store the transformer weights (base + any merge/prune) as a diffusers folder; when False,
+    the directory refers to the base transformer. A LoRA adapter on the transformer is saved as `adapter/`.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+    desc = description or model.description
+    desc.tau_g, desc.flow_shift = model.restorer.tau_g, model.restorer.flow_shift  # the restorer is the truth
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        transformer = model.transformer
+        has_adapter = getattr(transformer, "_hf_peft_config_loaded", False)
+        if has_adapter:
+            save_adapter(transformer, tmp / "adapter")
+            desc.adapter = "adapter"
+        if save_transformer:
+            _save_base_transformer(transformer, tmp / "transformer")
+            desc.transformer = "transformer"
+        desc.save(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _save_base_transformer(transformer, folder: Path) -> None:
+    """save_pretrained of the transformer without any LoRA layers (those live in adapter/)."""
+    if getattr(transformer, "_hf_peft_config_loaded", False):
+        from diffusers import SanaTransformer2DModel
+
+        clean = SanaTransformer2DModel.from_config(transformer.config).to(transformer.dtype)
+        state = {
+            k.replace(".base_layer", ""): v
+            for k, v in transformer.state_dict().items()
+            if "lora_" not in k
+        }
+        clean.load_state_dict(state, strict=True)
+        transformer = clean
+    transformer.save_pretrained(str(folder), safe_serialization=True)

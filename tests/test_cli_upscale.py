@@ -1,0 +1,85 @@
+"""`sanasr upscale` through the real CLI (Typer's runner in-process, and once as a subprocess)."""
+
+import os
+import subprocess
+import sys
+
+from PIL import Image
+from typer.testing import CliRunner
+
+from sanasr_cli.cli import app
+from tests.conftest import REPO_ROOT
+
+runner = CliRunner()
+
+
+def test_upscale_folder_sizes_and_exit_code(image_folder, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["upscale", str(image_folder), "-o", str(out), "--model", "tiny"])
+    assert result.exit_code == 0, result.output
+    sizes = {p.name: Image.open(p).size for p in out.iterdir()}
+    assert sizes == {"a.png": (64, 64), "b.png": (84, 52), "c.png": (48, 80)}
+    assert all(Image.open(p).mode == "RGB" for p in out.iterdir())
+
+
+def test_a_bad_file_fails_alone_with_exit_1(image_folder, tmp_path):
+    (image_folder / "broken.png").write_text("this is not a png")
+    (image_folder / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["upscale", str(image_folder), "-o", str(out), "--model", "tiny"])
+    assert result.exit_code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
+    assert "broken.png" in result.output and "empty.jpg" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_single_file_and_scale(image_folder, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["upscale", str(image_folder / "b.png"), "-o", str(out), "--model", "tiny", "--scale", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert Image.open(out / "b.png").size == (42, 26)
+
+
+def test_usage_errors_exit_2(image_folder, tmp_path):
+    cases = [
+        ["upscale", str(tmp_path / "missing"), "-o", str(tmp_path / "o"), "--model", "tiny"],
+        ["upscale", str(image_folder), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "no_model")],
+        ["upscale", str(image_folder), "-o", str(tmp_path / "o"), "--model", "tiny", "--tagger", "psychic"],
+        ["upscale", str(image_folder), "-o", str(tmp_path / "o"), "--model", "tiny", "--scale", "0.5"],
+        ["upscale", str(image_folder)],  # no -o
+    ]
+    (tmp_path / "emptydir").mkdir()
+    cases.append(["upscale", str(tmp_path / "emptydir"), "-o", str(tmp_path / "o"), "--model", "tiny"])
+    for args in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_missing_weights_is_one_clear_line(image_folder, tmp_path):
+    result = runner.invoke(
+        app, ["upscale", str(image_folder), "-o", str(tmp_path / "o"), "--model", "sana-600m-512",
+              "--base", str(tmp_path / "nowhere")]
+    )
+    assert result.exit_code == 1
+    assert "missing weights for 'transformer'" in result.output and "Traceback" not in result.output
+
+
+def test_help_lists_only_working_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "upscale" in result.output
+
+
+def test_console_script_entry_point_runs(image_folder, tmp_path):
+    """`python -m sanasr_cli` as a user would run it (a real process, real files)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sanasr_cli", "upscale", str(image_folder / "a.png"), "-o", str(out), "--model", "tiny"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(out / "a.png").size == (64, 64)

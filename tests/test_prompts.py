@@ -1,0 +1,83 @@
+import torch
+
+from sanasr_cli.models.presets import build_local_tokenizer
+from sanasr_cli.prompts.rule import PromptRule, prompt_for_image
+from sanasr_cli.prompts.taggers import FileTagger, make_tagger
+from sanasr_cli.prompts.template import DEFAULT_TEMPLATE, build_prompt, clean_tags, degradation_spans
+
+
+def test_prompt_concatenation_eq12():
+    assert build_prompt(["tree", "foliage"], "clean, sharp") == "tree, foliage, clean, sharp"
+    assert build_prompt([], "clean, sharp") == "clean, sharp"
+    assert build_prompt(["tree"], "clean", user_prompt="autumn park") == "autumn park, tree, clean"
+    assert build_prompt(["tree"]) == "tree, " + DEFAULT_TEMPLATE
+
+
+def test_clean_tags_drops_degradation_dedups_and_limits():
+    raw = ["Tree", "blurry", "tree", " leaf ", "", "None", "jpeg artifacts", "low quality photo", "sky", "branch"]
+    assert clean_tags(raw) == ["tree", "leaf", "sky", "branch"]
+    assert clean_tags(raw, limit=2) == ["tree", "leaf"]
+
+
+def test_degradation_spans_whole_words_only():
+    text = "blurry tree, noisy sky, jpeg artifacts, blueberry, noiseless"
+    words = [text[a:b] for a, b in degradation_spans(text)]
+    assert words == ["blurry", "noisy", "jpeg artifacts"]
+
+
+def test_mask_zeroes_degradation_tokens(tiny_model):
+    enc = tiny_model.prompts
+    prompt = "tree, blurry, low quality, sky, " + DEFAULT_TEMPLATE
+    tok = enc.tokenize([prompt])
+    tokens = enc.tokenizer.convert_ids_to_tokens(tok["input_ids"][0])
+    attn, mask = tok["attention_mask"][0], tok["mask"][0]
+    masked = [t for t, a, m in zip(tokens, attn, mask) if a == 1 and m == 0]
+    assert masked == ["blurry", "low", "quality"]
+    # "best quality" of the template stays visible; padding stays masked
+    kept = [t for t, m in zip(tokens, mask) if m == 1]
+    assert "best" in kept and "quality" in kept and "tree" in kept and "sky" in kept
+    assert attn.sum() < len(attn)  # right padding to max_length
+    assert tok["input_ids"].shape[1] == enc.max_length
+
+
+def test_mask_can_be_turned_off(tiny_model):
+    from sanasr_cli.models.text_encoder import PromptEncoder
+
+    enc = PromptEncoder(tiny_model.prompts.tokenizer, tiny_model.prompts.text_encoder, max_length=32,
+                        mask_degradation_words=False)
+    tok = enc.tokenize(["blurry tree"])
+    torch.testing.assert_close(tok["mask"], tok["attention_mask"])
+
+
+def test_encode_caches_identical_prompts(tiny_model):
+    enc = tiny_model.prompts
+    calls = []
+    handle = enc.text_encoder.register_forward_hook(lambda m, i, o: calls.append(i))
+    try:
+        enc._cache.clear()
+        e1, m1 = enc.encode(["a tree", "a tree", "sky"])
+        e2, m2 = enc.encode(["sky"])
+    finally:
+        handle.remove()
+    assert len(calls) == 1  # one batched call for the two distinct prompts, none for the cached one
+    torch.testing.assert_close(e1[0], e1[1])
+    torch.testing.assert_close(e1[2], e2[0])
+    assert e1.shape == (3, enc.max_length, enc.hidden_size)
+
+
+def test_file_tagger_reads_txt_beside_image(tmp_path):
+    img = tmp_path / "cat.png"
+    img.write_bytes(b"")
+    (tmp_path / "cat.txt").write_text("cat, blurry\nsofa")
+    assert FileTagger().tags(None, img) == ["cat", " blurry", "sofa"]
+    rule = PromptRule(tagger="file", template="clean")
+    assert prompt_for_image(rule, None, img) == "cat, sofa, clean"
+    assert prompt_for_image(rule, None, tmp_path / "dog.png") == "clean"  # no tag file: template only
+    assert make_tagger("none").tags(None, img) == []
+
+
+def test_local_tokenizer_has_offsets_and_right_padding():
+    tok = build_local_tokenizer()
+    enc = tok(["tree sky"], padding="max_length", max_length=6, return_offsets_mapping=True)
+    assert enc["attention_mask"][0] == [1, 1, 1, 0, 0, 0]
+    assert enc["offset_mapping"][0][1] == (0, 4)
