@@ -25,6 +25,7 @@ def upscale(
     scale: float = typer.Option(4.0, "--scale", "-s", min=1.0, help="Output size = scale x input size."),
     tagger: str = typer.Option(None, "--tagger", help="Prompt tagger: none, file (<image>.txt). Default: the model's."),
     prompt: str = typer.Option(None, "--prompt", help="Extra words put before the tags and the quality template."),
+    template: str = typer.Option(None, "--template", help="Quality template (default: the model's prompt rule)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, fp16, bf16."),
     seed: int = typer.Option(0, "--seed", help="Seed of random-weight presets (tiny); inference itself is deterministic."),
@@ -64,6 +65,8 @@ def upscale(
     rule = sr_model.description.prompt
     if tagger is not None:
         rule.tagger = tagger
+    if template is not None:
+        rule.template = template
     options = UpscaleOptions(scale=scale, prompt_rule=rule, user_prompt=prompt)
 
     progress = Progress(
