@@ -27,3 +27,11 @@ class ImageReadError(SanaSRError):
 
 class ImageWriteError(SanaSRError):
     """An output could not be written."""
+
+
+class DatasetError(SanaSRError):
+    """A training / benchmark data set cannot be built (no usable images, unmatched pairs, bad sizes)."""
+
+
+class PairedDataError(DatasetError):
+    """LQ and HQ folders do not match up (missing partners, duplicate stems, wrong size ratio)."""

@@ -45,8 +45,10 @@ def list_images(root: Path, recursive: bool = False) -> list[Path]:
     )
 
 
-def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, ImageInfo]:
-    """Read an image as float32 RGB (3, H, W) in [0, 1]; raise ImageReadError with one clear line otherwise."""
+def read_image_uint8(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageInfo]:
+    """Read an image as uint8 RGB (H, W, 3), EXIF orientation applied; ImageReadError with one clear line otherwise.
+
+    Data loaders crop this array before converting to float (cheaper than converting a whole 2K photo)."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -73,8 +75,20 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageReadError(f"{path}: unreadable image ({e})") from None
     array = np.asarray(rgb, dtype=np.uint8)
-    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
-    return tensor, ImageInfo(path=path, width=rgb.width, height=rgb.height, mode=mode, format=fmt)
+    return array, ImageInfo(path=path, width=rgb.width, height=rgb.height, mode=mode, format=fmt)
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, ImageInfo]:
+    """Read an image as float32 RGB (3, H, W) in [0, 1]; raise ImageReadError with one clear line otherwise."""
+    array, info = read_image_uint8(path, max_pixels)
+    return uint8_to_tensor(array), info
+
+
+def uint8_to_tensor(array: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1]."""
+    if not (array.flags.writeable and array.flags.c_contiguous):
+        array = np.array(array)  # torch wants a writable, contiguous buffer
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255)
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:

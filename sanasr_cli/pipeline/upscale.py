@@ -13,23 +13,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from sanasr_cli.data.io import read_image, write_image
+from sanasr_cli.data.resample import upsample_bicubic  # noqa: F401  (re-exported: its old home)
 from sanasr_cli.errors import SanaSRError
 from sanasr_cli.models.sanasr import SanaSR
 from sanasr_cli.prompts.rule import PromptRule, prompt_for_image
 from sanasr_cli.prompts.taggers import make_tagger
-
-
-def upsample_bicubic(image: torch.Tensor, scale: float) -> torch.Tensor:
-    """(3, H, W) or (B, 3, H, W) in [0, 1] -> bicubic x scale (rounded sizes), clamped to [0, 1]."""
-    batched = image.ndim == 4
-    x = image if batched else image[None]
-    h, w = x.shape[-2:]
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    y = F.interpolate(x.float(), size=size, mode="bicubic", align_corners=False).clamp_(0, 1)
-    return y if batched else y[0]
 
 
 @dataclass

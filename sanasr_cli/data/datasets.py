@@ -1,0 +1,315 @@
+"""Training data: an HQ image pool (LQ synthesised online) or LQ/HQ pairs, and the loader around them.
+
+Item contracts (float32 in [0, 1]):
+    HQImageDataset[i]      -> {"hq": (3, crop, crop), "key": str}
+    PairedImageDataset[i]  -> {"lq": (3, crop/scale, crop/scale), "hq": (3, crop, crop), "key": str}
+    make_training_batch    -> (lq_upsampled, hq), both (B, 3, H, W) on hq's device: the model input x_L is the LQ
+                              upsampled bicubically to the HQ size.
+Crops and flips are a function of (seed, epoch, index) only, so a run is reproducible whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from sanasr_cli.data.io import DEFAULT_MAX_PIXELS, list_images, read_image_uint8, uint8_to_tensor
+from sanasr_cli.data.resample import upsample_bicubic
+from sanasr_cli.errors import DatasetError, ImageReadError, PairedDataError
+
+
+class DatasetWarning(UserWarning):
+    """An input image was skipped (too small for the crop, unreadable, or failed to decode at load time)."""
+
+
+@dataclass
+class DatasetSummary:
+    """What a data set found and kept. `str()` is a one-line report for logs."""
+
+    found: int = 0
+    used: int = 0
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (dropped, identical to kept)
+    too_small: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def __str__(self) -> str:
+        return (f"{self.used} images used of {self.found} found: {len(self.duplicates)} duplicates (SHA256), "
+                f"{len(self.too_small)} too small, {len(self.unreadable)} unreadable")
+
+
+def _sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index])
+
+
+def _header(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """(width, height) from the file header (EXIF rotation applied); raises ImageReadError-worthy exceptions."""
+    with Image.open(io.BytesIO(data)) as im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise ValueError(f"{w}x{h} exceeds the {max_pixels / 1e6:.0f} MP limit")
+        orientation = im.getexif().get(0x0112, 1)
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _scan(path: Path, max_pixels: int) -> tuple[Path, str | None, tuple[int, int] | None, str | None]:
+    """(path, sha256, (width, height), error) for one file; reads it once."""
+    try:
+        data = path.read_bytes()
+        if not data:
+            return path, None, None, "empty file (0 bytes)"
+        digest = hashlib.sha256(data).hexdigest()
+        return path, digest, _header(data, max_pixels), None
+    except Exception as e:  # any failure to parse a header means the file is unusable; name it, go on
+        return path, None, None, f"{type(e).__name__}: {e}"
+
+
+def _scan_all(paths: list[Path], max_pixels: int) -> list[tuple]:
+    # threads overlap the file reads (hashlib and PIL release the GIL on large buffers)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(lambda p: _scan(p, max_pixels), paths))
+
+
+def _crop_flip(array: np.ndarray, top: int, left: int, size_h: int, size_w: int, flip: bool) -> torch.Tensor:
+    patch = array[top : top + size_h, left : left + size_w]
+    if flip:
+        patch = patch[:, ::-1]
+    return uint8_to_tensor(patch)
+
+
+class HQImageDataset(Dataset):
+    """HQ images from several folders (recursive, links not followed), de-duplicated by SHA256 of the file bytes.
+
+    Items: {"hq": float32 (3, crop, crop) in [0, 1], "key": str}: a random crop and a random horizontal flip
+    (Real-ESRGAN's use_hflip) drawn from (seed, epoch, index). Images smaller than the crop are skipped with one
+    DatasetWarning each; unreadable ones are skipped and named; both are counted in `.summary`. `crop` must be a
+    multiple of `scale`, so the degrader can produce an LQ of exactly crop/scale.
+    """
+
+    def __init__(self, roots: list[Path], crop: int = 512, seed: int = 0, scale: int = 4,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        if crop < scale or crop % scale:
+            raise DatasetError(f"crop {crop} must be a positive multiple of the scale {scale}")
+        self.roots = [Path(r) for r in ([roots] if isinstance(roots, (str, Path)) else roots)]
+        self.crop, self.seed, self.scale, self.epoch = int(crop), int(seed), int(scale), 0
+        self.max_pixels = max_pixels
+        missing = [str(r) for r in self.roots if not r.exists()]
+        if missing:
+            raise DatasetError(f"HQ folder(s) not found: {', '.join(missing)}")
+        candidates: list[tuple[Path, str]] = []
+        for i, root in enumerate(self.roots):
+            prefix = f"{i}:" if len(self.roots) > 1 else ""
+            for p in list_images(root, recursive=True):
+                rel = p.relative_to(root).as_posix() if root.is_dir() else p.name
+                candidates.append((p, prefix + rel))
+        self.summary = DatasetSummary(found=len(candidates))
+        seen: dict[str, str] = {}
+        self.items: list[tuple[Path, str]] = []
+        for (path, key), (_, digest, size, error) in zip(candidates, _scan_all([p for p, _ in candidates], max_pixels)):
+            if error is not None:
+                self.summary.unreadable.append((str(path), error))
+                warnings.warn(DatasetWarning(f"skipped unreadable image {path}: {error}"), stacklevel=2)
+                continue
+            if digest in seen:
+                self.summary.duplicates.append((str(path), seen[digest]))
+                continue
+            seen[digest] = str(path)
+            w, h = size
+            if min(w, h) < self.crop:
+                self.summary.too_small.append(str(path))
+                warnings.warn(DatasetWarning(f"skipped {path}: {w}x{h} is smaller than the {self.crop}px crop"),
+                              stacklevel=2)
+                continue
+            self.items.append((path, key))
+        self.summary.used = len(self.items)
+        if not self.items:
+            raise DatasetError(f"no usable HQ images in {', '.join(map(str, self.roots))} ({self.summary})")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        """New crops and flips for a new epoch (workers pick this up when they are re-created each epoch)."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> dict:
+        for attempt in range(len(self.items)):
+            path, key = self.items[(index + attempt) % len(self.items)]
+            try:
+                array, _ = read_image_uint8(path, self.max_pixels)
+            except ImageReadError as e:  # the header was fine but the data is not: name it, use the next image
+                warnings.warn(DatasetWarning(f"skipped at load time: {e}"), stacklevel=2)
+                continue
+            h, w = array.shape[:2]
+            rng = _sample_rng(self.seed, self.epoch, index)
+            top, left = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
+            flip = bool(rng.random() < 0.5)
+            return {"hq": _crop_flip(array, top, left, self.crop, self.crop, flip), "key": key}
+        raise DatasetError("no HQ image could be decoded")
+
+
+class PairedImageDataset(Dataset):
+    """LQ/HQ pairs from two folders, matched by file stem (relative path without the suffix, recursive).
+
+    Every HQ must be exactly `scale` x its LQ. Any LQ without an HQ, HQ without an LQ, duplicate stem, or size
+    mismatch is listed in one PairedDataError. Items: {"lq": (3, crop/scale, crop/scale), "hq": (3, crop, crop),
+    "key": stem}, aligned crops (the LQ at its own resolution) and the same horizontal flip for both;
+    crop=None gives whole images. Pairs smaller than the crop are skipped with a warning, unreadable ones named.
+    """
+
+    def __init__(self, lq_dir: Path, hq_dir: Path, crop: int | None = 512, scale: int = 4, seed: int = 0,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        if crop is not None and (crop < scale or crop % scale):
+            raise DatasetError(f"crop {crop} must be a positive multiple of the scale {scale}")
+        self.lq_dir, self.hq_dir = Path(lq_dir), Path(hq_dir)
+        self.crop, self.scale, self.seed, self.epoch, self.max_pixels = crop, int(scale), int(seed), 0, max_pixels
+        for name, d in (("LQ", self.lq_dir), ("HQ", self.hq_dir)):
+            if not d.is_dir():
+                raise DatasetError(f"{name} folder {d} not found")
+        problems: list[str] = []
+        lq, hq = self._by_stem(self.lq_dir, "LQ", problems), self._by_stem(self.hq_dir, "HQ", problems)
+        only_lq, only_hq = sorted(set(lq) - set(hq)), sorted(set(hq) - set(lq))
+        if only_lq:
+            problems.append(f"{len(only_lq)} LQ without HQ: {_listing(only_lq)}")
+        if only_hq:
+            problems.append(f"{len(only_hq)} HQ without LQ: {_listing(only_hq)}")
+        stems = sorted(set(lq) & set(hq))
+        scans = _scan_all([lq[s] for s in stems] + [hq[s] for s in stems], max_pixels)
+        lq_scans, hq_scans = scans[: len(stems)], scans[len(stems) :]
+        self.summary = DatasetSummary(found=len(stems))
+        self.items: list[tuple[Path, Path, str]] = []
+        bad_sizes = []
+        for stem, (lp, _, lsize, lerr), (hp, _, hsize, herr) in zip(stems, lq_scans, hq_scans):
+            if lerr or herr:
+                for p, err in ((lp, lerr), (hp, herr)):
+                    if err:
+                        self.summary.unreadable.append((str(p), err))
+                        warnings.warn(DatasetWarning(f"skipped pair '{stem}': unreadable {p}: {err}"), stacklevel=2)
+                continue
+            if (hsize[0], hsize[1]) != (lsize[0] * self.scale, lsize[1] * self.scale):
+                bad_sizes.append(f"{stem} (LQ {lsize[0]}x{lsize[1]}, HQ {hsize[0]}x{hsize[1]})")
+                continue
+            if crop is not None and min(hsize) < crop:
+                self.summary.too_small.append(str(hp))
+                warnings.warn(DatasetWarning(f"skipped pair '{stem}': HQ {hsize[0]}x{hsize[1]} is smaller than "
+                                             f"the {crop}px crop"), stacklevel=2)
+                continue
+            self.items.append((lp, hp, stem))
+        if bad_sizes:
+            problems.append(f"{len(bad_sizes)} pair(s) where HQ is not {self.scale}x LQ: {_listing(bad_sizes)}")
+        if problems:
+            raise PairedDataError(f"LQ {self.lq_dir} and HQ {self.hq_dir} do not match: " + "; ".join(problems))
+        self.summary.used = len(self.items)
+        if not self.items:
+            raise DatasetError(f"no usable pairs in {self.lq_dir} + {self.hq_dir} ({self.summary})")
+
+    @staticmethod
+    def _by_stem(root: Path, name: str, problems: list[str]) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        dupes = []
+        for p in list_images(root, recursive=True):
+            stem = p.relative_to(root).with_suffix("").as_posix()
+            if stem in found:
+                dupes.append(f"{found[stem].name} / {p.name}")
+            found[stem] = p
+        if dupes:
+            problems.append(f"{name} has several files per stem: {_listing(dupes)}")
+        return found
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> dict:
+        lp, hp, stem = self.items[index]
+        lq, _ = read_image_uint8(lp, self.max_pixels)
+        hq, _ = read_image_uint8(hp, self.max_pixels)
+        rng = _sample_rng(self.seed, self.epoch, index)
+        lh, lw = lq.shape[:2]
+        if self.crop is None:
+            lc_h, lc_w, top, left = lh, lw, 0, 0
+        else:
+            lc_h = lc_w = self.crop // self.scale
+            top, left = int(rng.integers(0, lh - lc_h + 1)), int(rng.integers(0, lw - lc_w + 1))
+        flip = bool(rng.random() < 0.5) if self.crop is not None else False
+        s = self.scale
+        return {
+            "lq": _crop_flip(lq, top, left, lc_h, lc_w, flip),
+            "hq": _crop_flip(hq, top * s, left * s, lc_h * s, lc_w * s, flip),
+            "key": stem,
+        }
+
+
+def _listing(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def make_training_batch(
+    batch: dict, degrader=None, generator: torch.Generator | None = None, scale: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A loader batch -> (lq_upsampled, hq), both float32 (B, 3, H, W) in [0, 1] on hq's device.
+
+    With "lq" in the batch (paired data) it is used as it is; otherwise `degrader(hq, generator)` synthesises it.
+    The LQ is then upsampled bicubically to the HQ size: the model input x_L of the paper.
+    """
+    hq = batch["hq"]
+    if "lq" in batch:
+        lq = batch["lq"].to(hq.device, non_blocking=True)
+    else:
+        if degrader is None or generator is None:
+            raise ValueError("a batch without 'lq' needs a degrader and a generator")
+        lq = degrader(hq, generator)
+    up = upsample_bicubic(lq.float(), scale)
+    if up.shape[-2:] != hq.shape[-2:]:
+        raise ValueError(f"LQ {tuple(lq.shape[-2:])} x {scale} does not give the HQ size {tuple(hq.shape[-2:])}")
+    return up, hq.float()
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch gives each worker a seed derived from the loader's generator; make numpy / random follow it, and
+    # keep each worker to one thread so N workers do not oversubscribe the CPU
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.set_num_threads(1)
+
+
+def build_dataloader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    drop_last: bool = False,
+    persistent_workers: bool = False,
+    prefetch_factor: int | None = None,
+) -> DataLoader:
+    """A DataLoader whose order and items depend only on `seed` (and the epoch set on the dataset).
+
+    The shuffle order comes from a generator seeded with `seed`; items are deterministic functions of their
+    index, so any `num_workers` gives the same batches. Workers decode and crop in parallel; pin_memory=True
+    speeds up host-to-GPU copies. Call `dataset.set_epoch(e)` before each epoch (with persistent_workers the
+    workers keep the epoch they started with, hence the default False).
+    """
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    kwargs = {}
+    if num_workers > 0:
+        kwargs.update(persistent_workers=persistent_workers, worker_init_fn=_seed_worker)
+        if prefetch_factor is not None:
+            kwargs["prefetch_factor"] = prefetch_factor
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=num_workers,
+                      pin_memory=pin_memory, drop_last=drop_last, **kwargs)
