@@ -35,3 +35,7 @@ class DatasetError(SanaSRError):
 
 class PairedDataError(DatasetError):
     """LQ and HQ folders do not match up (missing partners, duplicate stems, wrong size ratio)."""
+
+
+class TaggerUnavailableError(SanaSRError):
+    """A prompt tagger cannot be built: its package, weights or vocabulary is missing (the message says which)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from sanasr_cli.cli import prompt_options as po
 from sanasr_cli.cli.common import EXIT_FAILED, EXIT_USAGE, console, fail, quiet_libraries, resolve_device, resolve_precision
 
 
@@ -23,9 +24,13 @@ def upscale(
         None, "--base", help="Hub id or local folder of the pretrained SANA base (default: $SANASR_BASE or the hub)."
     ),
     scale: float = typer.Option(4.0, "--scale", "-s", min=1.0, help="Output size = scale x input size."),
-    tagger: str = typer.Option(None, "--tagger", help="Prompt tagger: none, file (<image>.txt). Default: the model's."),
+    tagger: str = po.TAGGER,
+    tagger_weights: Path = po.TAGGER_WEIGHTS,
+    tagger_model: str = po.TAGGER_MODEL,
+    tag_vocab: Path = po.TAG_VOCAB,
+    template: str = po.TEMPLATE,
+    tag_cache: str = po.TAG_CACHE,
     prompt: str = typer.Option(None, "--prompt", help="Extra words put before the tags and the quality template."),
-    template: str = typer.Option(None, "--template", help="Quality template (default: the model's prompt rule)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, fp16, bf16."),
     seed: int = typer.Option(0, "--seed", help="Seed of random-weight presets (tiny); inference itself is deterministic."),
@@ -62,12 +67,9 @@ def upscale(
             raise fail(str(e), EXIT_FAILED)
     if sr_model.description.random_weights:
         console.print(f"[yellow]note:[/] '{model}' has random (untrained) weights: outputs show the pipeline, not SR quality.")
-    rule = sr_model.description.prompt
-    if tagger is not None:
-        rule.tagger = tagger
-    if template is not None:
-        rule.template = template
-    options = UpscaleOptions(scale=scale, prompt_rule=rule, user_prompt=prompt)
+    rule = po.asked_prompt_rule(sr_model.description.prompt, tagger, tagger_weights, tagger_model, tag_vocab, template)
+    options = UpscaleOptions(scale=scale, prompt_rule=rule, user_prompt=prompt,
+                             tagger=po.build_tagger(rule, dev, tag_cache))
 
     progress = Progress(
         TextColumn("[bold]upscale"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),

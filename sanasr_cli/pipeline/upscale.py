@@ -18,8 +18,8 @@ from sanasr_cli.data.io import read_image, write_image
 from sanasr_cli.data.resample import upsample_bicubic  # noqa: F401  (re-exported: its old home)
 from sanasr_cli.errors import SanaSRError
 from sanasr_cli.models.sanasr import SanaSR
-from sanasr_cli.prompts.rule import PromptRule, prompt_for_image
-from sanasr_cli.prompts.taggers import make_tagger
+from sanasr_cli.prompts.rule import PromptRule, prompt_for_image, tag_files, tagger_from_rule
+from sanasr_cli.prompts.taggers import Tagger
 
 
 @dataclass
@@ -27,6 +27,7 @@ class UpscaleOptions:
     scale: float = 4.0
     prompt_rule: PromptRule = field(default_factory=PromptRule)
     user_prompt: str | None = None
+    tagger: Tagger | None = None  # built from prompt_rule (with the tag cache) when None
 
 
 @dataclass
@@ -66,7 +67,9 @@ def upscale_files(
     options: UpscaleOptions,
     on_done: Callable[[UpscaleRecord], None] | None = None,
 ) -> list[UpscaleRecord]:
-    tagger = make_tagger(options.prompt_rule.tagger)
+    images = list(images)
+    tagger = options.tagger or tagger_from_rule(options.prompt_rule, device=model.device)
+    tag_files(tagger, images)  # tag every file first, then free the GPU from the tagger; the loop hits the cache
     records = []
     for path in images:
         rec = UpscaleRecord(input=str(path))

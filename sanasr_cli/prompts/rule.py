@@ -1,24 +1,35 @@
-"""The prompt rule (App. A.1): fixed once per run and used alike by train, prune calibration, upscale and eval."""
+"""The prompt rule (App. A.1): fixed once per run, used alike by train, prune calibration, upscale and eval.
+
+A model directory records the rule it was trained with (`ModelDescription.prompt`); a command asked to use
+another rule gets one warning line per differing field (`rule_mismatch`), and `tagger_from_rule` builds the
+one tagger every command uses, behind the shared tag cache.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from sanasr_cli.prompts.taggers import Tagger, make_tagger
+from sanasr_cli.prompts.cache import CachedTagger, default_cache_dir
+from sanasr_cli.prompts.taggers import Tagger, make_tagger, normalize_tagger_options
 from sanasr_cli.prompts.template import DEFAULT_TEMPLATE, build_prompt, clean_tags
 
 
 @dataclass
 class PromptRule:
-    """Recorded in every model description. `tag_limit` caps the number of tags kept after cleaning."""
+    """Recorded in every model description. `tag_limit` caps the number of tags kept after cleaning;
+    `tagger_options` are the tagger's own settings (clip: model, vocab, top_k, threshold; dape:
+    weights)."""
 
     tagger: str = "none"
     template: str = DEFAULT_TEMPLATE
     mask_degradation_words: bool = True
     tag_limit: int = 32
+    tagger_options: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -27,15 +38,49 @@ class PromptRule:
     def from_dict(cls, d: dict | None) -> PromptRule:
         d = dict(d or {})
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        known["tagger_options"] = dict(known.get("tagger_options") or {})
         return cls(**known)
 
+    def normalized(self) -> PromptRule:
+        """The same rule with the tagger's option defaults filled in (and other taggers' options
+        dropped)."""
+        return replace(self, tagger_options=normalize_tagger_options(self.tagger, self.tagger_options))
+
     def differences(self, other: PromptRule) -> list[str]:
-        """Human-readable fields on which two rules differ (for mismatch warnings)."""
-        return [
-            f"{k}: {getattr(self, k)!r} vs {getattr(other, k)!r}"
-            for k in self.__dataclass_fields__
-            if getattr(self, k) != getattr(other, k)
-        ]
+        """Human-readable fields on which two rules differ (mismatch warnings); tagger options one a
+        key."""
+        out = []
+        for k in self.__dataclass_fields__:
+            a, b = getattr(self, k), getattr(other, k)
+            if k == "tagger_options":
+                for key in sorted(set(a) | set(b)):
+                    if a.get(key) != b.get(key):
+                        out.append(f"tagger option {key}: {a.get(key)!r} vs {b.get(key)!r}")
+            elif a != b:
+                out.append(f"{k}: {a!r} vs {b!r}")
+        return out
+
+
+def rule_mismatch(model_rule: PromptRule, asked_rule: PromptRule) -> list[str]:
+    """One line per field on which the rule a command is asked to use differs from the model's (defaults
+    filled in on both sides, so an option left at its default is no difference). Empty: the same rule.
+    When the taggers differ, their options are not compared (they are options of different taggers)."""
+    model_n, asked_n = model_rule.normalized(), asked_rule.normalized()
+    if model_n.tagger != asked_n.tagger:
+        model_n.tagger_options = asked_n.tagger_options = {}
+    return [f"{line} (model vs this run)" for line in model_n.differences(asked_n)]
+
+
+def tagger_from_rule(
+    rule: PromptRule, device: str | torch.device = "cpu", cache_dir: str | Path | None = None
+) -> CachedTagger:
+    """The rule's tagger (with its recorded options) behind the tag cache
+    (`default_cache_dir(cache_dir)`). Raises TaggerUnavailableError when the tagger's package, weights or
+    vocabulary is missing."""
+    options = normalize_tagger_options(rule.tagger, rule.tagger_options)
+    if rule.tagger in ("clip", "dape"):
+        options["device"] = device
+    return CachedTagger(make_tagger(rule.tagger, **options), default_cache_dir(cache_dir))
 
 
 def prompt_for_image(
@@ -46,6 +91,94 @@ def prompt_for_image(
     user_prompt: str | None = None,
 ) -> str:
     """p = Pi(x_L) (+) p_tpl for one image, with the rule's tagger (or the one given, already built)."""
-    tagger = tagger or make_tagger(rule.tagger)
+    tagger = tagger or tagger_from_rule(rule)
     tags = clean_tags(tagger.tags(image, path), limit=rule.tag_limit)
     return build_prompt(tags, rule.template, user_prompt)
+
+
+def tag_files(
+    tagger: Tagger,
+    paths: Iterable[Path],
+    read: Callable[[Path], torch.Tensor] | None = None,
+    on_done: Callable[[Path], None] | None = None,
+) -> dict[str, list[str]]:
+    """Run the tagger once over files (filling the tag cache), then release it from the accelerator, so
+    that the restoration that follows has the GPU to itself and finds every tag in the cache. Unreadable
+    files are skipped (the command reports them when it reads them itself). Returns raw tags by path."""
+    from sanasr_cli.data.io import read_image
+    from sanasr_cli.errors import ImageReadError
+
+    if tagger.identity is None:  # none / file: nothing worth precomputing
+        return {}
+    read = read or (lambda p: read_image(p)[0])
+    out: dict[str, list[str]] = {}
+    try:
+        for path in paths:
+            lookup = getattr(tagger, "lookup", None)
+            found = lookup(path) if lookup is not None else None
+            if found is None:
+                try:
+                    image = read(path)
+                except ImageReadError:
+                    continue
+                found = tagger.tags(image, path)
+            out[str(path)] = found
+            if on_done:
+                on_done(path)
+    finally:
+        tagger.release()
+    return out
+
+
+@dataclass
+class TaggerCost:
+    """The tagger's own cost for one image (a line of `bench`): parameters, load time, the first (cold)
+    and the median of the following tagging calls, and peak CUDA memory during tagging (None on CPU)."""
+
+    tagger: str
+    params: int
+    load_seconds: float
+    first_seconds: float
+    median_seconds: float
+    peak_cuda_bytes: int | None
+    image_size: tuple[int, int]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_tagger(tagger: Tagger, image: torch.Tensor, repeats: int = 3) -> TaggerCost:
+    """Time an unwrapped image tagger (ClipTagger, DapeTagger: not the cached wrapper, which would time
+    the cache) on one (3, h, w) image in [0, 1], on the device it was built for. For `sanasr bench`."""
+    inner = getattr(tagger, "tagger", tagger)
+    cuda = getattr(inner, "device", torch.device("cpu")).type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    start = time.perf_counter()
+    if hasattr(inner, "load"):
+        inner.load()
+    sync()
+    load_s = time.perf_counter() - start
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(max(1, repeats) + 1):
+        start = time.perf_counter()
+        inner.tags(image, None)
+        sync()
+        times.append(time.perf_counter() - start)
+    model = getattr(inner, "model", None)
+    params = sum(p.numel() for p in model.parameters()) if isinstance(model, torch.nn.Module) else 0
+    rest = sorted(times[1:])
+    return TaggerCost(
+        tagger=inner.name,
+        params=params,
+        load_seconds=round(load_s, 4),
+        first_seconds=round(times[0], 4),
+        median_seconds=round(rest[len(rest) // 2], 4),
+        peak_cuda_bytes=torch.cuda.max_memory_allocated() if cuda else None,
+        image_size=(image.shape[-1], image.shape[-2]),
+    )

@@ -1,8 +1,16 @@
 """Taggers: the prompt extractor Pi of Eq. 2, from an LQ image to content tags.
 
-A tagger is anything with a `name` and `tags(image, path) -> list[str]`. The raw tags go through
-`clean_tags` (one post-processing for every tagger), then `build_prompt`. Register new taggers (DAPE/RAM,
-CLIP) in `TAGGERS`; the prompt rule records the tagger name so train, prune, upscale and eval agree.
+A tagger is anything with a `name`, an `identity` (a string that changes whenever its output could change,
+used as the cache key; None for taggers not worth caching), `tags(image, path) -> list[str]` and `release()`
+(free the accelerator after use). The raw tags go through `clean_tags` (one post-processing for every tagger),
+then `build_prompt`. Built-in taggers:
+
+- `none`: template only; `file`: `<image>.txt` beside the image;
+- `clip`: zero-shot CLIP over a tag vocabulary (`clip_tagger.py`);
+- `dape`: SeeSR's degradation-aware RAM through the `ram` package (`dape.py`), the paper's Pi.
+
+Image taggers see the LQ image upsampled x4 bicubically first, as SeeSR/OSEDiff feed DAPE (the image is then
+resized to the tagger's own input size), so every command derives the same tags from the same file.
 """
 
 from __future__ import annotations
@@ -13,12 +21,21 @@ from typing import Protocol
 
 import torch
 
+# Tagger input: LQ upsampled by the paper's SR factor, whatever scale a command uses, so that tags of one file
+# are the same in train, prune calibration, upscale and eval (and one cache entry serves them all).
+TAGGER_UPSAMPLE = 4.0
+
 
 class Tagger(Protocol):
     name: str
+    identity: str | None
 
     def tags(self, image: torch.Tensor | None, path: Path | None) -> list[str]:
         """image: (3, H, W) float in [0, 1] (the LQ input); path: where it came from, when known."""
+        ...
+
+    def release(self) -> None:
+        """Move any model off the accelerator (called once tagging of a batch of files is done)."""
         ...
 
 
@@ -26,18 +43,25 @@ class NoTagger:
     """Template only (Pi(x_L) is empty)."""
 
     name = "none"
+    identity = None
 
     def tags(self, image: torch.Tensor | None, path: Path | None) -> list[str]:
         return []
 
+    def release(self) -> None:
+        pass
+
 
 class FileTagger:
-    """Reads `<image>.txt` beside the image, e.g. `cat.png` -> `cat.txt` (comma- or newline-separated tags).
+    """Reads `<image>.txt` beside the image, e.g. `cat.png` -> `cat.txt` (comma- or newline-separated
+    tags).
 
-    A missing tag file gives no tags (template only), as the `none` tagger would.
+    A missing tag file gives no tags (template only), as the `none` tagger would. Not cached: the text
+    file is cheap to read and may be edited.
     """
 
     name = "file"
+    identity = None
 
     def tags(self, image: torch.Tensor | None, path: Path | None) -> list[str]:
         if path is None:
@@ -48,11 +72,68 @@ class FileTagger:
         text = txt.read_text(encoding="utf-8", errors="replace")
         return [t for t in text.replace("\n", ",").split(",") if t.strip()]
 
+    def release(self) -> None:
+        pass
 
-TAGGERS: dict[str, Callable[..., Tagger]] = {"none": NoTagger, "file": FileTagger}
+
+def tagger_input(image: torch.Tensor, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """(3, h, w) LQ in [0, 1] -> (1, 3, H, W) float32 in [0, 1]: bicubic x TAGGER_UPSAMPLE (as the paper's
+    pipeline feeds DAPE), then, when `size` is given, an antialiased bicubic resize to the tagger's input
+    size."""
+    import torch.nn.functional as F
+
+    from sanasr_cli.pipeline.upscale import upsample_bicubic  # lazy: pipeline imports the prompt modules
+
+    x = upsample_bicubic(image.detach().float().cpu()[None], TAGGER_UPSAMPLE)
+    if size is not None:
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
+    return x
+
+
+def _clip(**options) -> Tagger:
+    from sanasr_cli.prompts.clip_tagger import ClipTagger
+
+    return ClipTagger(**options)
+
+
+def _dape(**options) -> Tagger:
+    from sanasr_cli.prompts.dape import DapeTagger
+
+    return DapeTagger(**options)
+
+
+TAGGERS: dict[str, Callable[..., Tagger]] = {
+    "none": NoTagger,
+    "file": FileTagger,
+    "clip": _clip,
+    "dape": _dape,
+}
+
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
+
+# Options each tagger records in the prompt rule (and their defaults). Runtime-only options (device) are not
+# here.
+TAGGER_OPTIONS: dict[str, dict] = {
+    "none": {},
+    "file": {},
+    "clip": {"model": DEFAULT_CLIP_MODEL, "vocab": None, "top_k": 8, "threshold": 0.01},
+    "dape": {"weights": None},
+}
+
+
+def normalize_tagger_options(name: str, options: dict | None) -> dict:
+    """The tagger's recorded options with defaults filled in; options of other taggers dropped."""
+    defaults = TAGGER_OPTIONS.get(name, {})
+    given = options or {}
+    return {k: given.get(k, v) if given.get(k) is not None else v for k, v in defaults.items()}
 
 
 def make_tagger(name: str, **options) -> Tagger:
+    """Build a tagger by name. Image taggers load their model lazily (on the first image not in the
+    cache)."""
     if name not in TAGGERS:
         raise ValueError(f"unknown tagger '{name}'; known taggers: {', '.join(sorted(TAGGERS))}")
+    if name in ("none", "file"):
+        return TAGGERS[name]()
     return TAGGERS[name](**options)

@@ -1,0 +1,129 @@
+"""Prompt-rule options shared by every command that builds prompts (upscale, train, prune, eval).
+
+Use the option constants as parameter defaults and call `asked_prompt_rule` with the model's recorded rule:
+
+    tagger: str = TAGGER, tagger_weights: Path = TAGGER_WEIGHTS, tagger_model: str = TAGGER_MODEL,
+    tag_vocab: Path = TAG_VOCAB, template: str = TEMPLATE, tag_cache: str = TAG_CACHE
+    rule = asked_prompt_rule(model.description.prompt, tagger, tagger_weights, tagger_model, tag_vocab,
+                             template)
+    tagger_obj = build_tagger(rule, device, tag_cache)       # one clear line + exit 1 when it cannot run
+
+The returned rule is the model's, with only the flags given changed, and a warning line for each field that
+then differs from what the model was trained with (Eq. 12: one rule for train, calibration, upscale and eval).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import typer
+
+from sanasr_cli.cli.common import EXIT_FAILED, EXIT_USAGE, console, fail
+
+TAGGER = typer.Option(
+    None,
+    "--tagger",
+    help="Prompt tagger Pi: none, file (<image>.txt), clip (zero-shot CLIP), dape (SeeSR's DAPE/RAM). "
+    "Default: the model's prompt rule.",
+    rich_help_panel="Prompt",
+)
+TAGGER_WEIGHTS = typer.Option(
+    None,
+    "--tagger-weights",
+    help="dape: folder with ram_swin_large_14m.pth and DAPE.pth (or the DAPE.pth file).",
+    rich_help_panel="Prompt",
+)
+TAGGER_MODEL = typer.Option(
+    None,
+    "--tagger-model",
+    help="clip: hub id or local folder of a transformers CLIP model (default openai/clip-vit-base-patch32).",
+    rich_help_panel="Prompt",
+)
+TAG_VOCAB = typer.Option(
+    None,
+    "--tag-vocab",
+    help="clip: tag vocabulary file, one tag a line (default: the one shipped with sanasr).",
+    rich_help_panel="Prompt",
+)
+TEMPLATE = typer.Option(
+    None,
+    "--template",
+    help="Quality template appended to the tags (default: the model's prompt rule).",
+    rich_help_panel="Prompt",
+)
+TAG_CACHE = typer.Option(
+    None,
+    "--tag-cache",
+    help="Tag cache folder (default $SANASR_TAG_CACHE or ~/.cache/sanasr/tags; 'off' disables).",
+    rich_help_panel="Prompt",
+)
+
+
+def asked_prompt_rule(
+    model_rule,
+    tagger: str | None = None,
+    tagger_weights: Path | None = None,
+    tagger_model: str | None = None,
+    tag_vocab: Path | None = None,
+    template: str | None = None,
+    warn: bool = True,
+):
+    """The rule this command is asked to use: the model's rule with the given flags applied. Usage errors
+    (unknown tagger, an option of another tagger) raise typer.Exit(2) after one line; differences from the
+    model's rule print one warning line each."""
+    from sanasr_cli.prompts.taggers import TAGGERS
+
+    if tagger is not None and tagger not in TAGGERS:
+        raise fail(f"unknown tagger '{tagger}'; known: {', '.join(sorted(TAGGERS))}", EXIT_USAGE)
+    rule = copy.deepcopy(model_rule)
+    if tagger is not None and tagger != rule.tagger:
+        rule.tagger, rule.tagger_options = tagger, {}  # the model's options belong to its own tagger
+    for flag, key, value, owner in (
+        ("--tagger-weights", "weights", tagger_weights, "dape"),
+        ("--tagger-model", "model", tagger_model, "clip"),
+        ("--tag-vocab", "vocab", tag_vocab, "clip"),
+    ):
+        if value is None:
+            continue
+        if rule.tagger != owner:
+            raise fail(
+                f"{flag} applies to the {owner} tagger, not '{rule.tagger}' (add --tagger {owner})",
+                EXIT_USAGE,
+            )
+        rule.tagger_options[key] = str(value)
+    if template is not None:
+        rule.template = template
+    if warn:
+        warn_rule_mismatch(model_rule, rule)
+    return rule
+
+
+def warn_rule_mismatch(model_rule, asked_rule) -> list[str]:
+    """Print one rich warning line per field on which the asked rule differs from the model's; return
+    them."""
+    from sanasr_cli.prompts.rule import rule_mismatch
+
+    lines = rule_mismatch(model_rule, asked_rule)
+    if lines:
+        console.print(
+            "[yellow]warning:[/] this prompt rule differs from the one the model was trained with "
+            "(App. A.1: use one rule for train, calibration, upscale and eval):",
+            highlight=False,
+        )
+    for line in lines:
+        console.print(f"[yellow]warning:[/]   {line}", highlight=False, soft_wrap=True)
+    return lines
+
+
+def build_tagger(rule, device: torch.device | str = "cpu", tag_cache: str | None = None):
+    """The rule's tagger behind the tag cache; a missing package, weights or vocabulary: one line, exit
+    1."""
+    from sanasr_cli.errors import TaggerUnavailableError
+    from sanasr_cli.prompts.rule import tagger_from_rule
+
+    try:
+        return tagger_from_rule(rule, device=device, cache_dir=tag_cache)
+    except TaggerUnavailableError as e:
+        raise fail(str(e), EXIT_FAILED) from None
