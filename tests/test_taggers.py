@@ -371,8 +371,43 @@ def test_cli_upscale_with_clip_tagger_fills_the_cache_once(tiny_clip, image_fold
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "warning" not in result.output  # a preset has no trained prompt rule to differ from
     entries = sorted(cache.rglob("*.json"))
     assert len(entries) == 3
     mtimes = [e.stat().st_mtime_ns for e in entries]
     assert runner.invoke(app, args).exit_code == 0
     assert [e.stat().st_mtime_ns for e in sorted(cache.rglob("*.json"))] == mtimes  # nothing re-tagged
+
+
+def test_cli_clip_model_not_found_is_one_line_exit_1(image_folder, tmp_path):
+    result = runner.invoke(app, ["upscale", str(image_folder), "-o", str(tmp_path / "o"), "--model", "tiny",
+                                 "--tagger", "clip", "--tagger-model", str(tmp_path / "no_clip"),
+                                 "--tag-cache", "off"])
+    assert result.exit_code == 1, result.output
+    assert "could not be loaded" in result.output and "Traceback" not in result.output
+
+
+def test_tag_files_skips_unreadable_files(tiny_clip, image_folder, tmp_path):
+    (image_folder / "broken.png").write_text("not a png")
+    paths = sorted(image_folder.iterdir())
+    seen = []
+    tags = tag_files(CachedTagger(ClipTagger(model=str(tiny_clip)), None), paths, on_done=seen.append)
+    assert seen == paths and str(image_folder / "broken.png") not in tags and len(tags) == 3
+
+
+def test_upscale_prompts_come_from_the_same_rule_and_cache(tiny_model, tiny_clip, image_folder, tmp_path):
+    from sanasr_cli.pipeline.upscale import UpscaleOptions, upscale_files
+    from sanasr_cli.prompts.rule import tagger_from_rule
+
+    rule = PromptRule(tagger="clip", template="clean", tagger_options={"model": str(tiny_clip), "top_k": 3,
+                                                                       "threshold": 0.0})
+    cache = tmp_path / "cache"
+    paths = sorted(image_folder.iterdir())[:2]
+    options = UpscaleOptions(scale=1.0, prompt_rule=rule, tagger=tagger_from_rule(rule, cache_dir=cache))
+    records = upscale_files(tiny_model, paths, image_folder, tmp_path / "o", options)
+    assert [r.status for r in records] == ["ok", "ok"]
+    # what eval / train would compute for the same files: same prompts, without running the tagger again
+    again = tagger_from_rule(rule, cache_dir=cache)
+    assert [prompt_for_image(rule, _read(p), p, tagger=again) for p in paths] == [r.prompt for r in records]
+    assert again.runs == 0 and again.tagger.model is None
+    assert all(r.prompt.endswith(", clean") and r.prompt.count(",") == 3 for r in records)

@@ -7,6 +7,9 @@ Use the option constants as parameter defaults and call `asked_prompt_rule` with
     rule = asked_prompt_rule(model.description.prompt, tagger, tagger_weights, tagger_model, tag_vocab,
                              template)
     tagger_obj = build_tagger(rule, device, tag_cache)       # one clear line + exit 1 when it cannot run
+    pretag(tagger_obj, image_paths)                           # optional: tag all files first, with a bar
+
+Pass `warn=False` where the model has no trained rule (a preset, e.g. when `train` starts from the base).
 
 The returned rule is the model's, with only the flags given changed, and a warning line for each field that
 then differs from what the model was trained with (Eq. 12: one rule for train, calibration, upscale and eval).
@@ -115,6 +118,27 @@ def warn_rule_mismatch(model_rule, asked_rule) -> list[str]:
     for line in lines:
         console.print(f"[yellow]warning:[/]   {line}", highlight=False, soft_wrap=True)
     return lines
+
+
+def pretag(tagger, images) -> None:
+    """Tag every image once with a progress bar (filling the tag cache), then release the tagger from the GPU.
+    Taggers without a model (none, file) are skipped. Commands call it before their main loop."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from sanasr_cli.errors import TaggerUnavailableError
+    from sanasr_cli.prompts.rule import tag_files
+
+    if tagger.identity is None:
+        return
+    images = list(images)
+    columns = (TextColumn(f"[bold]tag ({tagger.name})"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("", total=len(images))
+            tag_files(tagger, images, on_done=lambda _: progress.advance(task))
+    except TaggerUnavailableError as e:  # e.g. the CLIP model is not found when it is first loaded
+        raise fail(str(e), EXIT_FAILED) from None
 
 
 def build_tagger(rule, device: torch.device | str = "cpu", tag_cache: str | None = None):

@@ -67,9 +67,11 @@ def upscale(
             raise fail(str(e), EXIT_FAILED)
     if sr_model.description.random_weights:
         console.print(f"[yellow]note:[/] '{model}' has random (untrained) weights: outputs show the pipeline, not SR quality.")
-    rule = po.asked_prompt_rule(sr_model.description.prompt, tagger, tagger_weights, tagger_model, tag_vocab, template)
+    rule = po.asked_prompt_rule(sr_model.description.prompt, tagger, tagger_weights, tagger_model, tag_vocab, template,
+                                warn=sr_model.source_dir is not None)  # presets were trained with no rule
     options = UpscaleOptions(scale=scale, prompt_rule=rule, user_prompt=prompt,
                              tagger=po.build_tagger(rule, dev, tag_cache))
+    po.pretag(options.tagger, images)
 
     progress = Progress(
         TextColumn("[bold]upscale"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),

@@ -33,12 +33,22 @@ def default_cache_dir(override: str | Path | None = None) -> Path | None:
     return Path(base) / "sanasr" / "tags"
 
 
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, memoised per (path, size, mtime) so a file seen twice in one process (the
+    tagging pass, then the restore loop) is read once."""
+    st = os.stat(path)
+    memo = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if memo in _SHA_MEMO:
+        return _SHA_MEMO[memo]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
+    _SHA_MEMO[memo] = h.hexdigest()
+    return _SHA_MEMO[memo]
 
 
 class CachedTagger:
@@ -65,7 +75,11 @@ class CachedTagger:
     def key(self, path: str | Path) -> str | None:
         if self.identity is None:
             return None
-        return hashlib.sha256(f"{self.identity}\n{file_sha256(path)}".encode()).hexdigest()
+        try:
+            digest = file_sha256(path)
+        except OSError:  # unreadable: not cacheable (the command reports the file when it reads it)
+            return None
+        return hashlib.sha256(f"{self.identity}\n{digest}".encode()).hexdigest()
 
     def _entry(self, key: str) -> Path:
         return self.cache_dir / key[:2] / f"{key}.json"
@@ -106,7 +120,7 @@ class CachedTagger:
             pass
 
     def tags(self, image: torch.Tensor | None, path: Path | None) -> list[str]:
-        cacheable = path is not None and self.identity is not None and Path(path).is_file()
+        cacheable = path is not None and self.key(path) is not None
         if cacheable:
             found = self.lookup(path)
             if found is not None:

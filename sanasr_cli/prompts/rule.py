@@ -104,25 +104,26 @@ def tag_files(
 ) -> dict[str, list[str]]:
     """Run the tagger once over files (filling the tag cache), then release it from the accelerator, so
     that the restoration that follows has the GPU to itself and finds every tag in the cache. Unreadable
-    files are skipped (the command reports them when it reads them itself). Returns raw tags by path."""
+    files, and files on which the tagger fails (e.g. out of memory), are skipped: the command meets them
+    again in its own loop and reports them there. A tagger that cannot run at all (TaggerUnavailableError)
+    stops the pass. Returns raw tags by path."""
     from sanasr_cli.data.io import read_image
     from sanasr_cli.errors import ImageReadError
 
     if tagger.identity is None:  # none / file: nothing worth precomputing
         return {}
     read = read or (lambda p: read_image(p)[0])
+    lookup = getattr(tagger, "lookup", None)
     out: dict[str, list[str]] = {}
     try:
         for path in paths:
-            lookup = getattr(tagger, "lookup", None)
-            found = lookup(path) if lookup is not None else None
-            if found is None:
-                try:
-                    image = read(path)
-                except ImageReadError:
-                    continue
-                found = tagger.tags(image, path)
-            out[str(path)] = found
+            try:
+                found = lookup(path) if lookup is not None else None
+                if found is None:
+                    found = tagger.tags(read(path), path)
+                out[str(path)] = found
+            except (ImageReadError, OSError, RuntimeError, ValueError):
+                pass
             if on_done:
                 on_done(path)
     finally:
