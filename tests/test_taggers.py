@@ -246,6 +246,21 @@ def test_measure_tagger_reports_its_own_cost(tiny_clip):
         p.numel() for p in __import__("transformers").CLIPModel.from_pretrained(tiny_clip).parameters()
     )
     assert cost.first_seconds > 0 and cost.median_seconds > 0 and cost.peak_cuda_bytes is None
+    assert cost.macs is not None and cost.macs > 0
+
+
+def test_clip_image_macs_matches_a_real_forward(tiny_clip):
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPConfig, CLIPModel
+
+    from sanasr_cli.prompts.clip_tagger import clip_image_macs
+
+    cfg = CLIPConfig.from_pretrained(tiny_clip)
+    model = CLIPModel.from_pretrained(tiny_clip, attn_implementation="eager")  # eager: counted on CPU too
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.get_image_features(pixel_values=torch.zeros(1, 3, 32, 32))
+    assert clip_image_macs(cfg) == counter.get_total_flops() // 2 > 0
+    assert ClipTagger(model=str(tiny_clip)).count_macs() == clip_image_macs(cfg)
 
 
 # ---------------------------------------------------------------- dape (SeeSR's ram): requirements

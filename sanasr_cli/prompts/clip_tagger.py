@@ -74,6 +74,23 @@ def _source_identity(source: str) -> str:
     return f"{p.resolve()}:{hashlib.sha256(repr(stats).encode()).hexdigest()[:16]}"
 
 
+def clip_image_macs(config=None) -> int:
+    """MACs of one CLIP image embedding (vision tower + projection) at the config's image size,
+    counted with torch FlopCounterMode on the meta device (no weights; on CPU tensors the counter misses the
+    fused attention kernel). The vocabulary's text embeddings are computed once per run and not included.
+    `config`: a transformers CLIPConfig (default: CLIPConfig(), i.e. ViT-B/32 at 224 x 224)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPConfig, CLIPModel
+
+    config = config or CLIPConfig()
+    with torch.device("meta"):
+        model = CLIPModel._from_config(config)
+    size = config.vision_config.image_size
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.get_image_features(pixel_values=torch.zeros(1, 3, size, size, device="meta"))
+    return counter.get_total_flops() // 2
+
+
 class ClipTagger:
     """Pi(x_L) by zero-shot CLIP. The model loads on the first image that is not in the tag cache."""
 
@@ -168,6 +185,17 @@ class ClipTagger:
         if image is None:
             return []
         return select_tags(self.scores(image), self.vocabulary, self.top_k, self.threshold)
+
+    def count_macs(self) -> int:
+        """MACs of tagging one image (see `clip_image_macs`), from this tagger's model config."""
+        from transformers import CLIPConfig
+
+        if self.model is not None:
+            return clip_image_macs(self.model.config)
+        try:
+            return clip_image_macs(CLIPConfig.from_pretrained(self.source))
+        except (OSError, ValueError) as e:
+            raise TaggerUnavailableError(f"CLIP tagger config '{self.source}' not found ({e})") from None
 
     def release(self) -> None:
         """Move the model (and the vocabulary embeddings) to the CPU, freeing accelerator memory."""

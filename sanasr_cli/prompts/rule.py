@@ -143,6 +143,7 @@ class TaggerCost:
     median_seconds: float
     peak_cuda_bytes: int | None
     image_size: tuple[int, int]
+    macs: int | None = None  # per image, where the tagger can count them (clip: `clip_image_macs`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -182,4 +183,5 @@ def measure_tagger(tagger: Tagger, image: torch.Tensor, repeats: int = 3) -> Tag
         median_seconds=round(rest[len(rest) // 2], 4),
         peak_cuda_bytes=torch.cuda.max_memory_allocated() if cuda else None,
         image_size=(image.shape[-1], image.shape[-2]),
+        macs=inner.count_macs() if hasattr(inner, "count_macs") else None,
     )
