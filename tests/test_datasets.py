@@ -60,11 +60,17 @@ def test_hq_items_shape_range_and_reproducible_crops(hq_pool):
         again = HQImageDataset(hq_pool, crop=64, seed=3)
     assert all(torch.equal(ds[i]["hq"], again[i]["hq"]) for i in range(len(ds)))
     # the crop is a real window of the file (possibly flipped)
-    full = torch.from_numpy(np.array(Image.open(ds.items[0][0]).convert("RGB"))).permute(2, 0, 1).float() / 255
+    full = (
+        torch.from_numpy(np.array(Image.open(ds.items[0][0]).convert("RGB"))).permute(2, 0, 1).float() / 255
+    )
     crop = ds[0]["hq"]
     windows = full.unfold(1, 64, 1).unfold(2, 64, 1)  # (3, nh, nw, 64, 64)
-    hit = any(torch.equal(windows[:, i, j], c) for c in (crop, crop.flip(-1))
-              for i in range(windows.shape[1]) for j in range(windows.shape[2]))
+    hit = any(
+        torch.equal(windows[:, i, j], c)
+        for c in (crop, crop.flip(-1))
+        for i in range(windows.shape[1])
+        for j in range(windows.shape[2])
+    )
     assert hit
     # other seeds / epochs give other crops
     with pytest.warns(DatasetWarning):
@@ -120,8 +126,12 @@ def test_paired_mismatches_in_one_error(paired):
         PairedImageDataset(lq_dir, hq_dir, crop=64, scale=4)
     msg = str(err.value)
     assert isinstance(err.value, SanaSRError) and "\n" not in msg
-    for part in ("LQ without HQ: orphan_lq", "HQ without LQ: orphan_hq", "several files per stem: p1.jpg / p1.png",
-                 "p0 (LQ 24x20, HQ 90x80)"):
+    for part in (
+        "LQ without HQ: orphan_lq",
+        "HQ without LQ: orphan_hq",
+        "several files per stem: p1.jpg / p1.png",
+        "p0 (LQ 24x20, HQ 90x80)",
+    ):
         assert part in msg, msg
 
 

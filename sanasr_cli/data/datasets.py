@@ -43,8 +43,10 @@ class DatasetSummary:
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
     def __str__(self) -> str:
-        return (f"{self.used} images used of {self.found} found: {len(self.duplicates)} duplicates (SHA256), "
-                f"{len(self.too_small)} too small, {len(self.unreadable)} unreadable")
+        return (
+            f"{self.used} images used of {self.found} found: {len(self.duplicates)} duplicates (SHA256), "
+            f"{len(self.too_small)} too small, {len(self.unreadable)} unreadable"
+        )
 
 
 def _sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -95,8 +97,14 @@ class HQImageDataset(Dataset):
     multiple of `scale`, so the degrader can produce an LQ of exactly crop/scale.
     """
 
-    def __init__(self, roots: list[Path], crop: int = 512, seed: int = 0, scale: int = 4,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        roots: list[Path],
+        crop: int = 512,
+        seed: int = 0,
+        scale: int = 4,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
         if crop < scale or crop % scale:
             raise DatasetError(f"crop {crop} must be a positive multiple of the scale {scale}")
         self.roots = [Path(r) for r in ([roots] if isinstance(roots, (str, Path)) else roots)]
@@ -114,7 +122,9 @@ class HQImageDataset(Dataset):
         self.summary = DatasetSummary(found=len(candidates))
         seen: dict[str, str] = {}
         self.items: list[tuple[Path, str]] = []
-        for (path, key), (_, digest, size, error) in zip(candidates, _scan_all([p for p, _ in candidates], max_pixels)):
+        for (path, key), (_, digest, size, error) in zip(
+            candidates, _scan_all([p for p, _ in candidates], max_pixels)
+        ):
             if error is not None:
                 self.summary.unreadable.append((str(path), error))
                 warnings.warn(DatasetWarning(f"skipped unreadable image {path}: {error}"), stacklevel=2)
@@ -126,8 +136,10 @@ class HQImageDataset(Dataset):
             w, h = size
             if min(w, h) < self.crop:
                 self.summary.too_small.append(str(path))
-                warnings.warn(DatasetWarning(f"skipped {path}: {w}x{h} is smaller than the {self.crop}px crop"),
-                              stacklevel=2)
+                warnings.warn(
+                    DatasetWarning(f"skipped {path}: {w}x{h} is smaller than the {self.crop}px crop"),
+                    stacklevel=2,
+                )
                 continue
             self.items.append((path, key))
         self.summary.used = len(self.items)
@@ -146,7 +158,9 @@ class HQImageDataset(Dataset):
             path, key = self.items[(index + attempt) % len(self.items)]
             try:
                 array, _ = read_image_uint8(path, self.max_pixels)
-            except ImageReadError as e:  # the header was fine but the data is not: name it, use the next image
+            except (
+                ImageReadError
+            ) as e:  # the header was fine but the data is not: name it, use the next image
                 warnings.warn(DatasetWarning(f"skipped at load time: {e}"), stacklevel=2)
                 continue
             h, w = array.shape[:2]
@@ -166,12 +180,25 @@ class PairedImageDataset(Dataset):
     crop=None gives whole images. Pairs smaller than the crop are skipped with a warning, unreadable ones named.
     """
 
-    def __init__(self, lq_dir: Path, hq_dir: Path, crop: int | None = 512, scale: int = 4, seed: int = 0,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        lq_dir: Path,
+        hq_dir: Path,
+        crop: int | None = 512,
+        scale: int = 4,
+        seed: int = 0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
         if crop is not None and (crop < scale or crop % scale):
             raise DatasetError(f"crop {crop} must be a positive multiple of the scale {scale}")
         self.lq_dir, self.hq_dir = Path(lq_dir), Path(hq_dir)
-        self.crop, self.scale, self.seed, self.epoch, self.max_pixels = crop, int(scale), int(seed), 0, max_pixels
+        self.crop, self.scale, self.seed, self.epoch, self.max_pixels = (
+            crop,
+            int(scale),
+            int(seed),
+            0,
+            max_pixels,
+        )
         for name, d in (("LQ", self.lq_dir), ("HQ", self.hq_dir)):
             if not d.is_dir():
                 raise DatasetError(f"{name} folder {d} not found")
@@ -193,21 +220,31 @@ class PairedImageDataset(Dataset):
                 for p, err in ((lp, lerr), (hp, herr)):
                     if err:
                         self.summary.unreadable.append((str(p), err))
-                        warnings.warn(DatasetWarning(f"skipped pair '{stem}': unreadable {p}: {err}"), stacklevel=2)
+                        warnings.warn(
+                            DatasetWarning(f"skipped pair '{stem}': unreadable {p}: {err}"), stacklevel=2
+                        )
                 continue
             if (hsize[0], hsize[1]) != (lsize[0] * self.scale, lsize[1] * self.scale):
                 bad_sizes.append(f"{stem} (LQ {lsize[0]}x{lsize[1]}, HQ {hsize[0]}x{hsize[1]})")
                 continue
             if crop is not None and min(hsize) < crop:
                 self.summary.too_small.append(str(hp))
-                warnings.warn(DatasetWarning(f"skipped pair '{stem}': HQ {hsize[0]}x{hsize[1]} is smaller than "
-                                             f"the {crop}px crop"), stacklevel=2)
+                warnings.warn(
+                    DatasetWarning(
+                        f"skipped pair '{stem}': HQ {hsize[0]}x{hsize[1]} is smaller than the {crop}px crop"
+                    ),
+                    stacklevel=2,
+                )
                 continue
             self.items.append((lp, hp, stem))
         if bad_sizes:
-            problems.append(f"{len(bad_sizes)} pair(s) where HQ is not {self.scale}x LQ: {_listing(bad_sizes)}")
+            problems.append(
+                f"{len(bad_sizes)} pair(s) where HQ is not {self.scale}x LQ: {_listing(bad_sizes)}"
+            )
         if problems:
-            raise PairedDataError(f"LQ {self.lq_dir} and HQ {self.hq_dir} do not match: " + "; ".join(problems))
+            raise PairedDataError(
+                f"LQ {self.lq_dir} and HQ {self.hq_dir} do not match: " + "; ".join(problems)
+            )
         self.summary.used = len(self.items)
         if not self.items:
             raise DatasetError(f"no usable pairs in {self.lq_dir} + {self.hq_dir} ({self.summary})")
@@ -273,7 +310,9 @@ def make_training_batch(
         lq = degrader(hq, generator)
     up = upsample_bicubic(lq.float(), scale)
     if up.shape[-2:] != hq.shape[-2:]:
-        raise ValueError(f"LQ {tuple(lq.shape[-2:])} x {scale} does not give the HQ size {tuple(hq.shape[-2:])}")
+        raise ValueError(
+            f"LQ {tuple(lq.shape[-2:])} x {scale} does not give the HQ size {tuple(hq.shape[-2:])}"
+        )
     return up, hq.float()
 
 
@@ -311,5 +350,13 @@ def build_dataloader(
         kwargs.update(persistent_workers=persistent_workers, worker_init_fn=_seed_worker)
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=num_workers,
-                      pin_memory=pin_memory, drop_last=drop_last, **kwargs)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=g,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        **kwargs,
+    )
