@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from sanasr_cli import __version__
-from sanasr_cli.cli import upscale
+from sanasr_cli.cli import degrade, upscale
 
 app = typer.Typer(
     name="sanasr",
@@ -35,6 +35,7 @@ def _root(
 
 
 upscale.register(app)
+degrade.register(app)
 
 
 def main() -> None:

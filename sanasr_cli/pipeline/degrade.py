@@ -1,0 +1,142 @@
+"""Making LQ/HQ benchmark pairs from HQ photos with the training degradation pipeline (`sanasr degrade`).
+
+Per image: read -> crop (centre crop of `crop` px, or the largest multiple of the scale from the top-left
+corner) -> RealESRGANDegrader with a generator seeded from (seed, file stem) -> write OUT/hq/<stem>.png and
+OUT/lq/<stem>.png. The seed of a file does not depend on the other files, so one file re-run alone gives the
+same bytes. A file that fails is recorded with a one-line error and the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from sanasr_cli.data.degradation import RealESRGANDegrader
+from sanasr_cli.data.io import read_image, write_image
+from sanasr_cli.errors import SanaSRError
+
+
+@dataclass
+class DegradeRecord:
+    input: str
+    hq: str | None = None
+    lq: str | None = None
+    status: str = "pending"  # ok | failed
+    error: str | None = None
+    hq_size: tuple[int, int] | None = None  # (width, height)
+    plan: dict | None = None  # the drawn degradation parameters (kernels left out)
+    seconds: float | None = None
+
+
+def file_seed(seed: int, stem: str) -> int:
+    """A 63-bit seed from the run seed and the file stem (stable across runs, platforms and file order)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{stem}".encode()).digest()[:8], "little") >> 1
+
+
+def crop_for_scale(image: torch.Tensor, scale: int, crop: int | None) -> torch.Tensor:
+    """(3, H, W) -> centre `crop` x `crop` (a multiple of scale), or, with crop=None, the top-left
+    (H - H % scale) x (W - W % scale). Raises SanaSRError when the image is too small."""
+    h, w = image.shape[-2:]
+    if crop is None:
+        hh, ww = h - h % scale, w - w % scale
+        if hh == 0 or ww == 0:
+            raise SanaSRError(f"{w}x{h} is smaller than the scale {scale}")
+        return image[:, :hh, :ww]
+    if h < crop or w < crop:
+        raise SanaSRError(f"{w}x{h} is smaller than the {crop}px crop (use --no-crop or a smaller --crop)")
+    top, left = (h - crop) // 2, (w - crop) // 2
+    return image[:, top : top + crop, left : left + crop]
+
+
+def plan_summary(plan: dict) -> dict:
+    """The plan without kernel tensors, JSON-ready."""
+    out = {}
+    for key, value in plan.items():
+        if isinstance(value, dict):
+            value = {k: (list(v) if isinstance(v, tuple) else v) for k, v in value.items() if k != "kernel"}
+        out[key] = value
+    return out
+
+
+def degrade_files(
+    images: Iterable[Path],
+    outdir: Path,
+    degrader: RealESRGANDegrader,
+    seed: int = 0,
+    crop: int | None = None,
+    device: torch.device | str = "cpu",
+    on_done: Callable[[DegradeRecord], None] | None = None,
+) -> list[DegradeRecord]:
+    records, stems = [], {}
+    for path in images:
+        rec = DegradeRecord(input=str(path))
+        start = time.perf_counter()
+        try:
+            if path.stem in stems:
+                raise SanaSRError(f"{path}: stem '{path.stem}' already used by {stems[path.stem].name}")
+            stems[path.stem] = path
+            image, _ = read_image(path)
+            try:
+                hq = crop_for_scale(image, degrader.scale, crop)
+            except SanaSRError as e:
+                raise SanaSRError(f"{path}: {e}") from None
+            g = torch.Generator(device=device).manual_seed(file_seed(seed, path.stem))
+            lq, plans = degrader.degrade(hq[None].to(device), g)
+            hq_out, lq_out = outdir / "hq" / f"{path.stem}.png", outdir / "lq" / f"{path.stem}.png"
+            write_image(hq_out, hq)
+            write_image(lq_out, lq[0].cpu())
+            rec.hq, rec.lq, rec.hq_size = str(hq_out), str(lq_out), (hq.shape[-1], hq.shape[-2])
+            rec.plan, rec.status = plan_summary(plans[0]), "ok"
+        except SanaSRError as e:
+            rec.status, rec.error = "failed", str(e)
+        except (RuntimeError, ValueError) as e:  # e.g. out of memory; the run goes on with the next file
+            first = str(e).splitlines()[0] if str(e) else ""
+            rec.status, rec.error = "failed", f"{path}: {type(e).__name__}: {first}"
+        rec.seconds = round(time.perf_counter() - start, 4)
+        records.append(rec)
+        if on_done:
+            on_done(rec)
+    return records
+
+
+def write_manifest(path: Path, degrader: RealESRGANDegrader, seed: int, crop: int | None,
+                   records: list[DegradeRecord]) -> None:
+    """OUT/degradation.json: the configuration, seed and per-file plans. Written atomically."""
+    body = {
+        "scale": degrader.scale,
+        "seed": seed,
+        "crop": crop,
+        "config": degrader.config.to_dict(),
+        "files": [_manifest_row(r, path.parent) for r in records],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".degradation.", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(body, f, indent=1, default=_jsonable)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _manifest_row(rec: DegradeRecord, outdir: Path) -> dict:
+    row = {k: v for k, v in asdict(rec).items() if k != "seconds"}  # no timings: reruns give the same bytes
+    for key in ("hq", "lq"):  # relative to OUT, so a moved or copied set stays self-describing
+        if row[key]:
+            row[key] = Path(row[key]).relative_to(outdir).as_posix()
+    return row
+
+
+def _jsonable(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
