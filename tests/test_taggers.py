@@ -288,6 +288,34 @@ def test_dape_missing_weights_messages(tmp_path):
     assert len(dape.missing_requirements(None, have_package=False)) == 2
 
 
+def test_dape_input_and_tag_parsing():
+    x = torch.full((3, 20, 30), 0.485)
+    y = dape.dape_input(x)
+    assert y.shape == (1, 3, 384, 384) and y.dtype == torch.float32
+    assert y[0, 0].abs().max() < 1e-4  # the red channel sits at ImageNet's mean
+    torch.testing.assert_close(y[0, 2], torch.full((384, 384), (0.485 - 0.406) / 0.225), rtol=0, atol=1e-4)
+    assert dape.parse_ram_tags("tree, leaf,  sky") == ["tree", "leaf", "sky"]
+    assert dape.parse_ram_tags("tree | leaf | ") == ["tree", "leaf"]
+
+
+def test_ram_checkpoints_are_loaded_without_pickle_code(tmp_path):
+    import fractions
+    import pickle
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.ones(2)}, "extra": fractions.Fraction(1, 3)}, path)
+    assert isinstance(torch.load(path, weights_only=False)["extra"], fractions.Fraction)  # plain torch
+    with dape._weights_only_torch_load():
+        with pytest.raises(pickle.UnpicklingError):
+            torch.load(path)  # as RAM's loader calls it: no weights_only argument
+        with pytest.raises(pickle.UnpicklingError):
+            torch.load(path, weights_only=False)  # forced, whatever the caller asks
+    torch.save({"model": {"w": torch.ones(2)}}, tmp_path / "ok.pth")
+    with dape._weights_only_torch_load():
+        assert torch.equal(torch.load(tmp_path / "ok.pth")["model"]["w"], torch.ones(2))
+    assert torch.load is not None and torch.load.__name__ == "load"  # restored
+
+
 def test_cli_dape_unavailable_is_one_line_exit_1(image_folder, tmp_path):
     result = runner.invoke(
         app,

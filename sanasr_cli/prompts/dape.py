@@ -79,6 +79,19 @@ def check_requirements(weights: str | Path | None, have_package: bool | None = N
         raise TaggerUnavailableError("the dape tagger cannot run: " + "; and ".join(missing))
 
 
+def dape_input(image: torch.Tensor) -> torch.Tensor:
+    """(3, h, w) LQ in [0, 1] -> (1, 3, 384, 384) float32, ImageNet-normalised: x4 bicubic, then resized to
+    RAM's input size, as SeeSR's `ram_transforms` after OSEDiff's x4 upsampling."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (tagger_input(image, IMAGE_SIZE) - mean) / std
+
+
+def parse_ram_tags(text: str) -> list[str]:
+    """RAM's tag string -> tags in its order. SeeSR joins tags with ", ", recognize-anything with " | "."""
+    return [t.strip() for t in text.replace("|", ",").split(",") if t.strip()]
+
+
 @contextlib.contextmanager
 def _weights_only_torch_load():
     """RAM's loaders call torch.load without weights_only; force it (no pickle code from weight files) on
@@ -137,13 +150,8 @@ class DapeTagger:
         if image is None:
             return []
         self.load()
-        x = tagger_input(image, IMAGE_SIZE)
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        x = ((x - mean) / std).to(self.device)
-        english = self.model.generate_tag(x)[0][0]
-        # SeeSR joins tags with ", ", recognize-anything with " | "
-        return [t.strip() for t in english.replace("|", ",").split(",") if t.strip()]
+        english = self.model.generate_tag(dape_input(image).to(self.device))[0][0]  # (english, chinese) lists
+        return parse_ram_tags(english)
 
     def release(self) -> None:
         if self.model is not None and self.device.type != "cpu":
