@@ -90,7 +90,8 @@ def prompt_for_image(
     tagger: Tagger | None = None,
     user_prompt: str | None = None,
 ) -> str:
-    """p = Pi(x_L) (+) p_tpl for one image, with the rule's tagger (or the one given, already built)."""
+    """p = Pi(x_L) (+) p_tpl for one image, with the rule's tagger (or the one given, already built).
+    Over many images, build the tagger once with `tagger_from_rule` and pass it (a model loads once)."""
     tagger = tagger or tagger_from_rule(rule)
     tags = clean_tags(tagger.tags(image, path), limit=rule.tag_limit)
     return build_prompt(tags, rule.template, user_prompt)
