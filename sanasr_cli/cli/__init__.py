@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from sanasr_cli import __version__
-from sanasr_cli.cli import degrade, upscale
+from sanasr_cli.cli import degrade, merge_lora, prune, upscale
 
 app = typer.Typer(
     name="sanasr",
@@ -36,6 +36,8 @@ def _root(
 
 upscale.register(app)
 degrade.register(app)
+merge_lora.register(app)
+prune.register(app)
 
 
 def main() -> None:

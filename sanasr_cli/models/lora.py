@@ -18,6 +18,10 @@ DEFAULT_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 # Optional FFN convs of SANA's GLUMBConv (--lora-targets attn+ffn).
 FFN_LORA_TARGETS: tuple[str, ...] = ("conv_inverted", "conv_depth", "conv_point")
 ADAPTER_NAME = "default"
+# Model-directory subfolders: the trained adapter, and its exponential moving average (same config, written by
+# `train` when EMA is on; `merge-lora --ema` merges it instead).
+ADAPTER_DIR = "adapter"
+EMA_ADAPTER_DIR = "adapter_ema"
 _PEFT_PREFIX = "base_model.model."
 
 
@@ -53,10 +57,16 @@ def load_adapter(transformer: torch.nn.Module, folder: str | Path) -> LoraConfig
     folder = Path(folder)
     config = LoraConfig.from_pretrained(str(folder))
     add_lora(transformer, config)
+    load_adapter_weights(transformer, folder)
+    return config
+
+
+def load_adapter_weights(transformer: torch.nn.Module, folder: str | Path) -> None:
+    """Load a PEFT folder's weights into the adapter already on `transformer` (e.g. the EMA of the same adapter)."""
+    folder = Path(folder)
     state = load_file(str(folder / "adapter_model.safetensors"))
     state = {k.removeprefix(_PEFT_PREFIX): v for k, v in state.items()}
     result = set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER_NAME)
     unexpected = getattr(result, "unexpected_keys", None) or []
     if unexpected:
         raise ValueError(f"adapter in {folder} does not fit this transformer: unexpected keys {unexpected[:3]}...")
-    return config

@@ -18,9 +18,15 @@ from pathlib import Path
 import torch
 
 from sanasr_cli.errors import MissingWeightsError, ModelDirError
-from sanasr_cli.models.description import ModelDescription, is_model_dir
+from sanasr_cli.models.description import ModelDescription
 from sanasr_cli.models.lora import load_adapter, save_adapter
-from sanasr_cli.models.presets import PRESETS, BASE_ENV_VAR, Preset, build_local_tokenizer, default_base_source
+from sanasr_cli.models.presets import (
+    BASE_ENV_VAR,
+    PRESETS,
+    Preset,
+    build_local_tokenizer,
+    default_base_source,
+)
 from sanasr_cli.models.restorer import OneStepRestorer
 from sanasr_cli.models.text_encoder import PromptEncoder
 from sanasr_cli.models.vae import LatentCodec
@@ -184,6 +190,27 @@ def resolve_model(spec: str | Path, base: str | None = None, random_weights: boo
     )
 
 
+def model_dir_problem(folder: str | Path) -> str | None:
+    """Why `folder` cannot be loaded as a model directory (missing description or weights), or None.
+
+    A cheap check before any loading, so a folder without weights fails with one line instead of deep in
+    diffusers or peft.
+    """
+    folder = Path(folder)
+    desc = ModelDescription.load(folder)  # raises ModelDirError when sanasr.json is missing or unreadable
+    if desc.transformer != "base":
+        tdir = folder / desc.transformer
+        if not (tdir / "config.json").is_file():
+            return f"{folder}: transformer folder '{desc.transformer}/' has no config.json"
+        if not any(tdir.glob("*.safetensors")):
+            return f"{folder}: transformer folder '{desc.transformer}/' has no weights (*.safetensors)"
+    if desc.adapter:
+        adir = folder / desc.adapter
+        if not (adir / "adapter_config.json").is_file() or not (adir / "adapter_model.safetensors").is_file():
+            return f"{folder}: adapter folder '{desc.adapter}/' lacks adapter_config.json or adapter_model.safetensors"
+    return None
+
+
 def load_model(
     spec: str | Path,
     device: str | torch.device = "cpu",
@@ -249,11 +276,13 @@ def save_model_dir(
     description: ModelDescription | None = None,
     save_transformer: bool = True,
     overwrite: bool = False,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write a model directory atomically (a temp folder renamed into place).
 
     save_transformer: store the transformer weights (base + any merge/prune) as a diffusers folder; when False,
     the directory refers to the base transformer. A LoRA adapter on the transformer is saved as `adapter/`.
+    extra_files: {relative name: text} written into the directory before it is renamed into place (reports).
     """
     out = Path(out)
     if out.exists() and not overwrite:
@@ -272,6 +301,8 @@ def save_model_dir(
             _save_base_transformer(transformer, tmp / "transformer")
             desc.transformer = "transformer"
         desc.save(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

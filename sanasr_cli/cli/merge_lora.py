@@ -1,0 +1,76 @@
+"""`sanasr merge-lora MODEL_DIR -o OUT`: fold the LoRA adapter into the LinearDiT weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from sanasr_cli.cli.common import EXIT_FAILED, EXIT_USAGE, console, fail, quiet_libraries
+
+
+def merge_lora(
+    model_dir: Path = typer.Argument(
+        ..., help="A model directory with an adapter/ (written by `sanasr train`)."
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="The merged model directory to write."),
+    ema: bool = typer.Option(
+        False, "--ema", help="Merge the EMA adapter (adapter_ema/) instead of the last weights."
+    ),
+    scale: float = typer.Option(
+        1.0, "--scale", help="Adapter strength: W + scale * (alpha/r) B A (1 = as trained)."
+    ),
+    base: str = typer.Option(
+        None, "--base", help="Hub id or local folder of the SANA base, if not the recorded one."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+):
+    """Merge MODEL_DIR's LoRA adapter into the base transformer and write OUT.
+
+    OUT/transformer/ is a plain diffusers folder (config.json + safetensors) that
+    `diffusers.SanaTransformer2DModel.from_pretrained` loads as it is; OUT/sanasr.json records the merge.
+    The merged model computes what the adapted model computes (within float tolerance), without LoRA layers.
+    """
+    from sanasr_cli.errors import MissingWeightsError, ModelDirError
+    from sanasr_cli.models.merge import merge_model
+    from sanasr_cli.models.sanasr import load_model, save_model_dir
+
+    check_model_dir(model_dir)
+    if output.exists() and not overwrite:
+        raise fail(f"{output} already exists (pass --overwrite to replace it)", EXIT_USAGE)
+    if output.resolve() == model_dir.resolve():
+        raise fail("OUT must differ from MODEL_DIR (the input is never overwritten)", EXIT_USAGE)
+    quiet_libraries()
+    with console.status(f"loading {model_dir} ..."):
+        try:
+            model = load_model(model_dir, base=base)
+            record = merge_model(model, scale=scale, ema=ema)
+        except ModelDirError as e:
+            raise fail(str(e), EXIT_USAGE) from None
+        except MissingWeightsError as e:
+            raise fail(str(e), EXIT_FAILED) from None
+    model.description.history.append(
+        {"command": "merge-lora", "input": str(model_dir), "ema": ema, "scale": scale}
+    )
+    with console.status(f"writing {output} ..."):
+        save_model_dir(model, output, overwrite=overwrite)
+    console.print(f"merged {record['merged_from']}/ (scale {scale:g}) into {output}/transformer")
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """Usage errors for a MODEL_DIR that is missing, not a model directory, or lacks its weights."""
+    from sanasr_cli.errors import ModelDirError
+    from sanasr_cli.models.sanasr import model_dir_problem
+
+    if not model_dir.is_dir():
+        raise fail(f"model directory {model_dir} does not exist", EXIT_USAGE)
+    try:
+        problem = model_dir_problem(model_dir)
+    except ModelDirError as e:
+        problem = str(e)
+    if problem:
+        raise fail(problem, EXIT_USAGE)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("merge-lora")(merge_lora)

@@ -1,0 +1,167 @@
+"""`sanasr prune` on the tiny preset: fisher end to end, strategies, saved folder, errors, gate."""
+
+import itertools
+import json
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from sanasr_cli.pruning.blocks import block_sizes, count_parameters
+from sanasr_cli.pruning.calibrate import CalibrationBatch
+from sanasr_cli.pruning.prune import PruneOptions, prune_model, save_pruned
+from sanasr_cli.pruning.report import REPORT_FILE
+from sanasr_cli.pruning.saliency import magnitude_block_saliency
+from sanasr_cli.training.losses import PerceptualLoss
+from tests.conftest import make_photo_like
+
+# tiny: P_fix 18376, P_l 17984 x 4 blocks -> 3 blocks need 72328, the minimum (blocks 0 and 3) is 54344
+THREE_BLOCKS = 75_000
+
+
+def _batches(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for i in itertools.count():
+        hq = torch.rand(1, 3, 16, 16, generator=g)
+        lq = torch.nn.functional.avg_pool2d(hq, 4)
+        up = torch.nn.functional.interpolate(lq, scale_factor=4, mode="bicubic").clamp(0, 1)
+        yield CalibrationBatch(up, hq, [["tree", "sky, blurry"][i % 2] + ", clean, sharp"])
+
+
+def test_fisher_prune_end_to_end(fresh_tiny_model, tmp_path):
+    from diffusers import SanaTransformer2DModel
+
+    from sanasr_cli.models.sanasr import load_model
+
+    model = fresh_tiny_model
+    seen = []
+    options = PruneOptions(budget=THREE_BLOCKS, budget_text="75K", strategy="fisher", steps=2, seed=1)
+    pruned, report = prune_model(
+        model, options, _batches(), PerceptualLoss(random_backbone=True), on_step=seen.append
+    )
+    assert [s.step for s in seen] == [1, 2]
+    cal = report.calibration
+    assert all(70 <= t <= 650 for t in cal["timesteps"]) and cal["steps"] == 2
+    assert report.kept[0] == 0 and report.kept[-1] == 3 and len(report.kept) == 3
+    scores = [b.saliency for b in report.blocks]
+    middle = max((1, 2), key=lambda i: (scores[i], -i))
+    assert report.kept == [0, middle, 3] and all(s > 0 for s in scores)
+    assert report.macs_after < report.macs_before
+    assert all(p.grad is None and not p.requires_grad for p in model.transformer.parameters())
+
+    out = save_pruned(model, pruned, report, tmp_path / "pruned")
+    saved = json.loads((out / REPORT_FILE).read_text())
+    loaded = SanaTransformer2DModel.from_pretrained(out / "transformer")
+    assert loaded.config.num_layers == 3 == saved["num_blocks_after"]
+    assert count_parameters(loaded) == saved["params_after"] == report.params_after <= THREE_BLOCKS
+    assert saved["params_before"] == count_parameters(model.transformer)
+    assert saved["kept"] == report.kept and saved["steps"] == 2 and saved["seed"] == 1
+    assert [b["params"] for b in saved["blocks"]] == list(block_sizes(model.transformer).block)
+    # the pruned model directory loads and runs; its outputs are the pruned transformer's
+    reloaded = load_model(out)
+    assert reloaded.description.pruning["kept"] == report.kept
+    x = torch.rand(1, 3, 16, 16)
+    model.restorer.transformer = pruned
+    torch.testing.assert_close(reloaded.restore(x, ["tree"]), model.restore(x, ["tree"]))
+
+
+def _cli(*args):
+    from sanasr_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _report(folder):
+    return json.loads((folder / REPORT_FILE).read_text())
+
+
+def test_cli_baseline_strategies(tmp_path):
+    from sanasr_cli.models.presets import PRESETS
+    from sanasr_cli.models.sanasr import build_random_transformer
+
+    kept = {}
+    for i, (strategy, seed) in enumerate([("tail", 0), ("magnitude", 0), ("random", 3), ("random", 3)]):
+        out = tmp_path / f"{i}-{strategy}"
+        r = _cli("prune", "tiny", "-o", out, "--budget", THREE_BLOCKS, "--strategy", strategy, "--seed", seed)
+        assert r.exit_code == 0, r.output
+        rep = _report(out)
+        assert rep["strategy"] == strategy and rep["steps"] == 0 and rep["params_after"] <= THREE_BLOCKS
+        kept.setdefault(strategy, []).append(rep["kept"])
+    assert kept["tail"] == [[0, 1, 3]]
+    mag = magnitude_block_saliency(build_random_transformer(PRESETS["tiny"], seed=0))
+    assert kept["magnitude"] == [[0, 1 if mag[1] >= mag[2] else 2, 3]]
+    assert kept["random"][0] == kept["random"][1]
+    assert "prune: random" in r.output and "params" in r.output  # the rich table
+
+
+def test_cli_bad_inputs(tmp_path):
+    out = tmp_path / "out"
+    for args, message in [
+        (["--budget", "50K", "--strategy", "tail"], "minimum 54.3K (54344)"),
+        (["--budget", "1M", "--strategy", "tail"], "nothing to prune"),
+        (["--budget", "lots", "--strategy", "tail"], "cannot read budget"),
+        (["--budget", "75K"], "needs calibration data"),
+        (["--budget", "75K", "--strategy", "best"], "unknown strategy"),
+        (["--budget", "75K", "--strategy", "tail", "--validate", tmp_path], "lq/ and hq/"),
+    ]:
+        r = _cli("prune", "tiny", "-o", out, *args)
+        assert r.exit_code == 2, (args, r.output)
+        assert message in r.output and "Traceback" not in r.output
+        assert not out.exists()
+    r = _cli("prune", tmp_path / "missing", "-o", out, "--budget", "75K", "--strategy", "tail")
+    assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def _pairs(folder, n=2):
+    for sub in ("lq", "hq"):
+        (folder / sub).mkdir(parents=True)
+    for i in range(n):
+        hq = make_photo_like(32, 32, seed=i)
+        Image.fromarray(hq).save(folder / "hq" / f"{i}.png")
+        Image.fromarray(hq).resize((8, 8), Image.BICUBIC).save(folder / "lq" / f"{i}.png")
+    return folder
+
+
+def test_validation_gate(tmp_path, fresh_tiny_model):
+    from sanasr_cli.pruning.validate import relative_drop, validate_pruning
+
+    pairs = _pairs(tmp_path / "pairs")
+    assert relative_drop(20.0, 19.0) == pytest.approx(0.05)
+    assert relative_drop(0.5, 0.6, lower_better=True) == pytest.approx(0.2)
+    same = validate_pruning(fresh_tiny_model, fresh_tiny_model.transformer, pairs, max_drop=0.0)
+    assert same.passed and same.pairs == 2 and all(d == 0 for d in same.drop.values())
+    broken = build_broken(fresh_tiny_model.transformer)
+    bad = validate_pruning(fresh_tiny_model, broken, pairs, max_drop=0.03)
+    assert not bad.passed and "psnr" in bad.failed
+
+    out = tmp_path / "out"
+    r = _cli(
+        "prune",
+        "tiny",
+        "-o",
+        out,
+        "--budget",
+        THREE_BLOCKS,
+        "--strategy",
+        "tail",
+        "--validate",
+        pairs,
+        "--max-drop",
+        "0.03",
+    )
+    rep = _report(out)  # written whether or not the gate passes
+    v = rep["validation"]
+    assert set(v["before"]) == {"psnr", "ssim"} and v["pairs"] == 2
+    failed = [k for k in v["drop"] if v["drop"][k] > 0.03]
+    assert v["failed"] == failed and r.exit_code == (1 if failed else 0), r.output
+
+
+def build_broken(transformer):
+    """A copy of the transformer whose output projection is scaled up: far worse restorations."""
+    import copy
+
+    broken = copy.deepcopy(transformer)
+    with torch.no_grad():
+        broken.proj_out.weight.mul_(50)
+    return broken
