@@ -165,3 +165,78 @@ def build_broken(transformer):
     with torch.no_grad():
         broken.proj_out.weight.mul_(50)
     return broken
+
+
+def _hq_folder(folder, n=2, size=40):
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(make_photo_like(size, size, seed=10 + i)).save(folder / f"h{i}.png")
+    return folder
+
+
+def test_cli_fisher_with_paired_and_online_calibration(tmp_path):
+    pairs = _pairs(tmp_path / "pairs")
+    hq = _hq_folder(tmp_path / "hq_only")
+    reports = {}
+    for name, calib, lambda_p in (("paired", pairs, 2.0), ("online", hq, 0.0)):  # LPIPS on once
+        out = tmp_path / name
+        r = _cli(
+            "prune",
+            "tiny",
+            "-o",
+            out,
+            "--budget",
+            THREE_BLOCKS,
+            "--calib",
+            calib,
+            "--steps",
+            2,
+            "--crop",
+            16,
+            "--seed",
+            5,
+            "--lambda-p",
+            lambda_p,
+        )
+        assert r.exit_code == 0, r.output
+        rep = reports[name] = _report(out)
+        assert rep["strategy"] == "fisher" and rep["steps"] == 2 and rep["calibration"]["steps"] == 2
+        assert rep["calibration"]["source"] == str(calib) and len(rep["kept"]) == 3
+        assert all(b["saliency"] > 0 for b in rep["blocks"])
+        assert "calibrate" in r.output
+    assert reports["paired"]["blocks"] != reports["online"]["blocks"]  # the data reaches the saliency
+
+
+def test_cli_interrupted_calibration_writes_nothing(tmp_path, monkeypatch):
+    import sanasr_cli.pruning.calibrate as calibrate
+
+    real = calibrate.compute_task_losses
+    calls = []
+
+    def interrupt_on_second_step(*args, **kwargs):  # Ctrl-C in the middle of calibration
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(calibrate, "compute_task_losses", interrupt_on_second_step)
+    out = tmp_path / "models" / "pruned"
+    r = _cli(
+        "prune",
+        "tiny",
+        "-o",
+        out,
+        "--budget",
+        THREE_BLOCKS,
+        "--calib",
+        _pairs(tmp_path / "pairs"),
+        "--steps",
+        4,
+        "--crop",
+        16,
+        "--lambda-p",
+        0,
+    )
+    assert r.exit_code == 1 and "interrupted" in r.output and "Traceback" not in r.output
+    assert len(calls) == 2 and not out.exists()
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from sanasr_cli.cli import prompt_options as po
 from sanasr_cli.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -68,6 +69,12 @@ def prune(
         None, "--base", help="Hub id or local folder of the SANA base, if not the recorded one."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    tagger: str = po.TAGGER,
+    tagger_weights: Path = po.TAGGER_WEIGHTS,
+    tagger_model: str = po.TAGGER_MODEL,
+    tag_vocab: Path = po.TAG_VOCAB,
+    template: str = po.TEMPLATE,
+    tag_cache: str = po.TAG_CACHE,
 ):
     """Remove LinearDiT blocks down to a parameter budget, keeping the most salient ones.
 
@@ -126,10 +133,15 @@ def prune(
             raise fail(str(e), EXIT_USAGE) from None
         except MissingWeightsError as e:
             raise fail(str(e), EXIT_FAILED) from None
+    # calibration and validation prompts follow the model's rule (Eq. 12), flags change it with a warning
+    rule = po.asked_prompt_rule(
+        model.description.prompt, tagger, tagger_weights, tagger_model, tag_vocab, template
+    )
+    tagger_obj = po.build_tagger(rule, dev, tag_cache)
     try:
         code = _run(
             model,
-            model_dir,
+            str(model_dir),
             output,
             budget_n,
             budget,
@@ -142,6 +154,8 @@ def prune(
             crop,
             lambda_p,
             overwrite,
+            rule,
+            tagger_obj,
         )
     except KeyboardInterrupt:
         raise fail(f"interrupted: nothing was written to {output}", EXIT_FAILED) from None
@@ -163,6 +177,8 @@ def _run(
     crop,
     lambda_p,
     overwrite,
+    rule,
+    tagger,
 ) -> int:
     from rich.progress import (
         BarColumn,
@@ -207,7 +223,7 @@ def _run(
         from sanasr_cli.pruning.calib_data import calibration_batches
 
         try:
-            batches, n_images = calibration_batches(calib, model.description.prompt, crop=crop, seed=seed)
+            batches, n_images = calibration_batches(calib, rule, crop=crop, seed=seed, tagger=tagger)
         except Exception as e:  # noqa: BLE001 - the datasets raise one clear DatasetError line per problem
             raise fail(f"calibration data: {e}", EXIT_USAGE) from None
         console.print(f"calibration: {n_images} images, K = {steps} steps, crop {crop}, on {model.device}")
@@ -242,6 +258,8 @@ def _run(
         pruned, report = prune_model(
             model, options, batches, perceptual, on_step=on_step, source_model=str(model_dir)
         )
+    if report.calibration is not None:
+        report.calibration["prompt_rule"] = rule.to_dict()
     console.print(render_table(report))
 
     # ---- 4. validation gate (App. B), then write everything at once
@@ -250,7 +268,7 @@ def _run(
         from sanasr_cli.pruning.validate import validate_pruning
 
         with console.status(f"validating on {validate} (unpruned vs pruned) ..."):
-            result = validate_pruning(model, pruned, validate, max_drop=max_drop)
+            result = validate_pruning(model, pruned, validate, max_drop=max_drop, rule=rule, tagger=tagger)
         report.validation = result.to_dict()
         for name in result.before:
             bad = name in result.failed

@@ -20,13 +20,14 @@ def is_paired_folder(folder: Path) -> bool:
 
 
 def calibration_batches(
-    folders: list[Path], rule, crop: int, scale: int = 4, seed: int = 0, batch_size: int = 1
+    folders: list[Path], rule, crop: int, scale: int = 4, seed: int = 0, batch_size: int = 1, tagger=None
 ) -> tuple[Iterator[CalibrationBatch], int]:
     """An endless iterator of calibration batches and the number of distinct images behind it.
 
     folders: [one folder with lq/ and hq/] for pairs, or any number of HQ folders (LQ synthesised online from
     a
     generator seeded with `seed`). Each epoch draws new crops (the dataset's epoch is advanced when it wraps).
+    tagger: the rule's tagger, already built (default: `tagger_from_rule(rule)`).
     Raises sanasr_cli.data.datasets' DatasetError for folders without usable images.
     """
     from sanasr_cli.data.datasets import (
@@ -36,8 +37,7 @@ def calibration_batches(
         make_training_batch,
     )
     from sanasr_cli.data.degradation import RealESRGANDegrader
-    from sanasr_cli.prompts.rule import prompt_for_image
-    from sanasr_cli.prompts.taggers import make_tagger
+    from sanasr_cli.prompts.rule import prompt_for_image, tagger_from_rule
 
     folders = [Path(f) for f in folders]
     if len(folders) == 1 and is_paired_folder(folders[0]):
@@ -49,7 +49,7 @@ def calibration_batches(
         paths = {key: path for path, key in dataset.items}
         degrader = RealESRGANDegrader(scale=scale)
     generator = torch.Generator().manual_seed(seed)
-    tagger = make_tagger(rule.tagger)
+    tagger = tagger or tagger_from_rule(rule)
 
     def endless() -> Iterator[CalibrationBatch]:
         epoch = 0

@@ -63,13 +63,13 @@ def relative_drop(before: float, after: float, lower_better: bool = False) -> fl
     return -change if lower_better else change
 
 
-def _score_model(model, pairs, rule, metrics, on_image: Callable[[], None] | None) -> dict[str, float]:
+def _score_model(
+    model, pairs, rule, tagger, metrics, on_image: Callable[[], None] | None
+) -> dict[str, float]:
     from sanasr_cli.data.io import read_image
     from sanasr_cli.pipeline.upscale import upsample_bicubic
     from sanasr_cli.prompts.rule import prompt_for_image
-    from sanasr_cli.prompts.taggers import make_tagger
 
-    tagger = make_tagger(rule.tagger)
     sums = dict.fromkeys(metrics, 0.0)
     for lq_path, hq_path in pairs:
         lq, _ = read_image(lq_path)
@@ -87,23 +87,27 @@ def _score_model(model, pairs, rule, metrics, on_image: Callable[[], None] | Non
 
 
 def validate_pruning(
-    model, pruned_transformer, pairs_dir, max_drop: float = 0.03, on_image=None
+    model, pruned_transformer, pairs_dir, max_drop: float = 0.03, rule=None, tagger=None, on_image=None
 ) -> ValidationResult:
     """Score `model` as it is, then with `pruned_transformer` in place of its transformer, on the same pairs.
 
-    The model's own transformer is put back afterwards. Raises PairsError for a folder without pairs.
+    rule / tagger: the prompt rule and its built tagger (default: the model's rule). The model's own
+    transformer is put back afterwards. Raises PairsError for a folder without pairs.
     """
     import pyiqa
 
+    from sanasr_cli.prompts.rule import tagger_from_rule
+
     pairs = list_pairs(pairs_dir)
     metrics = {name: pyiqa.create_metric(name, device="cpu", **opts) for name, opts in METRICS.items()}
-    rule = model.description.prompt
+    rule = rule or model.description.prompt
+    tagger = tagger or tagger_from_rule(rule)
     original = model.restorer.transformer
     with torch.no_grad():
-        before = _score_model(model, pairs, rule, metrics, on_image)
+        before = _score_model(model, pairs, rule, tagger, metrics, on_image)
         model.restorer.transformer = pruned_transformer.to(device=model.device)
         try:
-            after = _score_model(model, pairs, rule, metrics, on_image)
+            after = _score_model(model, pairs, rule, tagger, metrics, on_image)
         finally:
             model.restorer.transformer = original
     drop = {k: relative_drop(before[k], after[k], metrics[k].lower_better) for k in metrics}
