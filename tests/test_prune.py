@@ -240,3 +240,38 @@ def test_cli_interrupted_calibration_writes_nothing(tmp_path, monkeypatch):
     assert r.exit_code == 1 and "interrupted" in r.output and "Traceback" not in r.output
     assert len(calls) == 2 and not out.exists()
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_real_size_prune_report_matches_saved_transformer(tiny_model, tmp_path):
+    """SANA-600M architecture, random weights, no download: --budget 0.35B keeps 16 of 28 blocks, and the
+    saved
+    transformer (bf16, uninitialised memory: only shapes matter here) has exactly the report's parameters."""
+    from accelerate import init_empty_weights
+    from diffusers import SanaTransformer2DModel
+    from safetensors import safe_open
+
+    from sanasr_cli.models.presets import PRESETS
+    from sanasr_cli.models.restorer import OneStepRestorer
+    from sanasr_cli.models.sanasr import SanaSR
+    from sanasr_cli.pruning.budget import parse_budget
+
+    with init_empty_weights():
+        real = SanaTransformer2DModel(**PRESETS["sana-600m-512"].transformer).to(torch.bfloat16)
+    # the real-size DiT with a small codec and text encoder: only the transformer is pruned and counted
+    model = SanaSR(tiny_model.codec, tiny_model.prompts, OneStepRestorer(real), tiny_model.description)
+    model.description = type(tiny_model.description).from_dict(tiny_model.description.to_dict())
+    pruned, report = prune_model(model, PruneOptions(budget=parse_budget("0.35B"), strategy="tail"))
+    assert report.num_blocks_before == 28 and report.num_blocks_after == 16
+    assert report.kept == [*range(15), 27] and report.params_before == count_parameters(real)
+    assert report.params_after <= 350_000_000 < report.params_after + report.blocks[15].params
+    pruned.to_empty(device="cpu")
+    out = save_pruned(model, pruned, report, tmp_path / "real")
+    saved = json.loads((out / REPORT_FILE).read_text())
+    config = SanaTransformer2DModel.load_config(out / "transformer")
+    numel = 0
+    for f in (out / "transformer").glob("*.safetensors"):
+        with safe_open(f, "pt") as sf:
+            for key in sf.keys():
+                shape = sf.get_slice(key).get_shape()
+                numel += int(torch.tensor(shape).prod()) if shape else 1
+    assert config["num_layers"] == 16 and numel == saved["params_after"] == report.params_after
