@@ -126,11 +126,11 @@ def _pairs(folder, n=2):
 def test_validation_gate(tmp_path, fresh_tiny_model):
     from sanasr_cli.pruning.validate import relative_drop, validate_pruning
 
-    pairs = _pairs(tmp_path / "pairs")
+    pairs = _pairs(tmp_path / "pairs", n=1)
     assert relative_drop(20.0, 19.0) == pytest.approx(0.05)
     assert relative_drop(0.5, 0.6, lower_better=True) == pytest.approx(0.2)
     same = validate_pruning(fresh_tiny_model, fresh_tiny_model.transformer, pairs, max_drop=0.0)
-    assert same.passed and same.pairs == 2 and all(d == 0 for d in same.drop.values())
+    assert same.passed and same.pairs == 1 and all(d == 0 for d in same.drop.values())
     broken = build_broken(fresh_tiny_model.transformer)
     bad = validate_pruning(fresh_tiny_model, broken, pairs, max_drop=0.03)
     assert not bad.passed and "psnr" in bad.failed
@@ -152,7 +152,7 @@ def test_validation_gate(tmp_path, fresh_tiny_model):
     )
     rep = _report(out)  # written whether or not the gate passes
     v = rep["validation"]
-    assert set(v["before"]) == {"psnr", "ssim"} and v["pairs"] == 2
+    assert set(v["before"]) == {"psnr", "ssim"} and v["pairs"] == 1
     failed = [k for k in v["drop"] if v["drop"][k] > 0.03]
     assert v["failed"] == failed and r.exit_code == (1 if failed else 0), r.output
 
@@ -275,3 +275,29 @@ def test_real_size_prune_report_matches_saved_transformer(tiny_model, tmp_path):
                 shape = sf.get_slice(key).get_shape()
                 numel += int(torch.tensor(shape).prod()) if shape else 1
     assert config["num_layers"] == 16 and numel == saved["params_after"] == report.params_after
+
+
+def test_prune_merges_an_adapter_first(fresh_tiny_model, tmp_path):
+    from sanasr_cli.models.lora import add_lora, lora_config
+    from sanasr_cli.models.merge import merge_model
+    from sanasr_cli.models.sanasr import load_model, save_model_dir
+    from sanasr_cli.pruning.blocks import remove_blocks
+
+    add_lora(fresh_tiny_model.transformer, lora_config(rank=2, alpha=2))
+    with torch.no_grad():
+        for name, p in fresh_tiny_model.transformer.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    adapted = save_model_dir(fresh_tiny_model, tmp_path / "adapted", save_transformer=False)
+    r = _cli("prune", adapted, "-o", tmp_path / "pruned", "--budget", THREE_BLOCKS, "--strategy", "tail")
+    assert r.exit_code == 0 and "merged the LoRA adapter" in r.output, r.output
+    pruned = load_model(tmp_path / "pruned")
+    assert pruned.description.adapter is None and pruned.description.lora["merged"] is True
+    assert not (tmp_path / "pruned" / "adapter").exists()
+    reference = load_model(adapted)
+    merge_model(reference)
+    expected = remove_blocks(reference.transformer, [0, 1, 3])
+    for (name, a), (_, b) in zip(
+        pruned.transformer.named_parameters(), expected.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=name)

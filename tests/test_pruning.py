@@ -203,3 +203,12 @@ def test_real_size_budget_keeps_16_of_28_blocks_and_counts_match(tmp_path):
         rebuilt = SanaTransformer2DModel.from_config(SanaTransformer2DModel.load_config(tmp_path))
     assert rebuilt.config.num_layers == 16 and count_parameters(rebuilt) == sel.params
     assert transformer_macs(pruned.config, 16, 16, 300) < transformer_macs(full.config, 16, 16, 300)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_alignment_timestep_with_a_cuda_generator():
+    """Calibration on GPU seeds one CUDA generator for t_k and eps (compute_task_losses)."""
+    from sanasr_cli.training.losses import PromptProtocol, sample_alignment_timestep
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    assert 70 <= sample_alignment_timestep(PromptProtocol(), g) <= 650

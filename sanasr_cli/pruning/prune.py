@@ -130,9 +130,8 @@ def prune_model(
     scores, calibration = score_blocks(model, options, batches, perceptual, on_step)
     selection = greedy_select(scores, sizes, options.budget)
     pruned = remove_blocks(transformer, list(selection.kept))
-    assert (
-        count_parameters(pruned) == selection.params
-    )  # the selection's arithmetic is the saved model's count
+    if count_parameters(pruned) != selection.params:  # the report's count must be the saved model's
+        raise RuntimeError(f"pruned: {count_parameters(pruned)} parameters, expected {selection.params}")
 
     factor = model.codec.factor
     size = options.mac_image_size

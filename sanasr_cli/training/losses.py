@@ -69,7 +69,10 @@ def consistency_mse(q_adapt: torch.Tensor, q_base: torch.Tensor) -> torch.Tensor
 
 def sample_alignment_timestep(protocol: PromptProtocol, generator: torch.Generator | None = None) -> int:
     """t ~ U{t_min, ..., t_max} (Eq. 16), inclusive."""
-    return int(torch.randint(protocol.t_min, protocol.t_max + 1, (1,), generator=generator).item())
+    # drawn on the generator's own device: a CUDA generator cannot drive a CPU draw (and eps below is on CUDA)
+    device = generator.device if generator is not None else None
+    t = torch.randint(protocol.t_min, protocol.t_max + 1, (1,), generator=generator, device=device)
+    return int(t.item())
 
 
 class PerceptualLoss(torch.nn.Module):
