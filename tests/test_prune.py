@@ -95,7 +95,7 @@ def test_cli_baseline_strategies(tmp_path):
     assert "prune: random" in r.output and "params" in r.output  # the rich table
 
 
-def test_cli_bad_inputs(tmp_path):
+def test_cli_bad_inputs(tmp_path, tiny_model):
     out = tmp_path / "out"
     for args, message in [
         (["--budget", "50K", "--strategy", "tail"], "minimum 54.3K (54344)"),
@@ -111,6 +111,16 @@ def test_cli_bad_inputs(tmp_path):
         assert not out.exists()
     r = _cli("prune", tmp_path / "missing", "-o", out, "--budget", "75K", "--strategy", "tail")
     assert r.exit_code == 2 and "does not exist" in r.output
+    from sanasr_cli.models.sanasr import save_model_dir
+
+    desc = type(tiny_model.description).from_dict(
+        tiny_model.description.to_dict()
+    )  # the fixture stays intact
+    no_weights = save_model_dir(tiny_model, tmp_path / "no_weights", description=desc)
+    for f in (no_weights / "transformer").glob("*.safetensors"):
+        f.unlink()
+    r = _cli("prune", no_weights, "-o", out, "--budget", "75K", "--strategy", "tail")
+    assert r.exit_code == 2 and "no weights" in r.output and not out.exists()
 
 
 def _pairs(folder, n=2):
@@ -258,8 +268,8 @@ def test_real_size_prune_report_matches_saved_transformer(tiny_model, tmp_path):
     with init_empty_weights():
         real = SanaTransformer2DModel(**PRESETS["sana-600m-512"].transformer).to(torch.bfloat16)
     # the real-size DiT with a small codec and text encoder: only the transformer is pruned and counted
-    model = SanaSR(tiny_model.codec, tiny_model.prompts, OneStepRestorer(real), tiny_model.description)
-    model.description = type(tiny_model.description).from_dict(tiny_model.description.to_dict())
+    desc = type(tiny_model.description).from_dict(tiny_model.description.to_dict())
+    model = SanaSR(tiny_model.codec, tiny_model.prompts, OneStepRestorer(real), desc)
     pruned, report = prune_model(model, PruneOptions(budget=parse_budget("0.35B"), strategy="tail"))
     assert report.num_blocks_before == 28 and report.num_blocks_after == 16
     assert report.kept == [*range(15), 27] and report.params_before == count_parameters(real)
