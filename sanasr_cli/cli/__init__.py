@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from sanasr_cli import __version__
-from sanasr_cli.cli import degrade, merge_lora, prune, upscale
+from sanasr_cli.cli import degrade, merge_lora, prune, train, upscale
 
 app = typer.Typer(
     name="sanasr",
@@ -38,6 +38,7 @@ upscale.register(app)
 degrade.register(app)
 merge_lora.register(app)
 prune.register(app)
+train.register(app)
 
 
 def main() -> None:

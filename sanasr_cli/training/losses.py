@@ -87,7 +87,10 @@ class PerceptualLoss(torch.nn.Module):
         import lpips
 
         try:
-            self.net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=random_backbone, verbose=False)
+            if random_backbone:
+                self.net = _lpips_with_random_vgg_features()
+            else:
+                self.net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=False, verbose=False)
         except Exception as e:  # noqa: BLE001 - torchvision's download error types vary
             raise RuntimeError(
                 "LPIPS needs torchvision's pretrained VGG16 weights (vgg16-397923af.pth) in the torch hub cache "
@@ -97,6 +100,34 @@ class PerceptualLoss(torch.nn.Module):
 
     def forward(self, x_hat: torch.Tensor, x_hq: torch.Tensor) -> torch.Tensor:
         return self.net(x_hat.float() * 2 - 1, x_hq.float() * 2 - 1).mean()
+
+
+def _lpips_with_random_vgg_features():
+    """LPIPS-VGG with its (bundled) linear heads and a randomly initialised VGG16 trunk.
+
+    lpips builds the trunk with `torchvision.models.vgg16(...).features`, which also creates and initialises the
+    120 M-parameter classifier that LPIPS never uses (seconds and ~0.5 GB per process); for the random trunk we hand
+    it the same VGG16 feature layers (torchvision's `make_layers(cfgs["D"])`, initialised as torchvision does)
+    without the classifier.
+    """
+    import lpips
+    from lpips import pretrained_networks
+    from torchvision.models import vgg as tv_vgg
+
+    class _FeaturesOnly:
+        def __init__(self, pretrained=False, **_):
+            self.features = tv_vgg.make_layers(tv_vgg.cfgs["D"], batch_norm=False)
+            for m in self.features.modules():
+                if isinstance(m, torch.nn.Conv2d):  # torchvision VGG's own init
+                    torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                    torch.nn.init.constant_(m.bias, 0)
+
+    original = pretrained_networks.tv.vgg16
+    pretrained_networks.tv.vgg16 = _FeaturesOnly
+    try:
+        return lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+    finally:
+        pretrained_networks.tv.vgg16 = original
 
 
 @dataclass

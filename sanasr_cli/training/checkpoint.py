@@ -1,0 +1,284 @@
+"""Training checkpoints: a model directory plus what it takes to continue exactly.
+
+    RUN/checkpoint-<step>/
+      sanasr.json            model description (adapter over the base): `upscale`, `eval`, `merge-lora` load it
+      adapter/               PEFT adapter folder with the EMA weights (the raw weights when EMA is off)
+      train/
+        adapter/             PEFT adapter folder with the raw trained weights (what training continues from)
+        optimizer.pt         AdamW state (torch.save of tensors and numbers; read back with weights_only=True)
+        rng.safetensors      torch CPU/CUDA and named-generator states of every rank
+        state.json           step, data position, LR scheduler, loss scaler, numpy/python RNG, rank count
+        train_config.json    the resolved configuration
+
+A checkpoint is assembled in a hidden staging folder next to it and renamed into place only when complete, so an
+interrupted save (a full disk, a kill) never leaves a half-written `checkpoint-<step>`; `state.json` is written
+last and marks a checkpoint as complete.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sanasr_cli.errors import SanaSRError
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "state.json"
+
+
+class CheckpointError(SanaSRError):
+    """A checkpoint could not be written, found or read."""
+
+
+# ---------------------------------------------------------------- small atomic writes
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with_suppressed_unlink(tmp)
+        raise
+
+
+def with_suppressed_unlink(path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------- RNG states
+
+
+def capture_rng(generators: dict[str, torch.Generator]) -> dict:
+    """Every RNG that influences a step on this rank: torch (CPU, CUDA), numpy, python, and named generators.
+
+    Returns {"tensors": {name: uint8 tensor}, "meta": JSON-able dict}.
+    """
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    for name, g in generators.items():
+        tensors[f"gen_{name}"] = g.get_state()
+    np_state = np.random.get_state()
+    tensors["numpy_keys"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))
+    py_version, py_state, py_gauss = random.getstate()
+    meta = {
+        "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_version, list(py_state), py_gauss],
+    }
+    return {"tensors": {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, "meta": meta}
+
+
+def restore_rng(state: dict, generators: dict[str, torch.Generator]) -> None:
+    t, meta = state["tensors"], state["meta"]
+    torch.set_rng_state(t["torch_cpu"])
+    cuda = sorted(k for k in t if k.startswith("torch_cuda_"))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([t[k] for k in cuda][: torch.cuda.device_count()])
+    for name, g in generators.items():
+        if f"gen_{name}" in t:
+            g.set_state(t[f"gen_{name}"])
+    kind, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, t["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, py_state, gauss = meta["python"]
+    random.setstate((version, tuple(py_state), gauss))
+
+
+def _rng_files(per_rank: list[dict]) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, meta = {}, {}
+    for r, state in enumerate(per_rank):
+        tensors.update({f"rank{r}.{k}": v for k, v in state["tensors"].items()})
+        meta[str(r)] = state["meta"]
+    return tensors, meta
+
+
+def _rng_for_rank(tensors: dict[str, torch.Tensor], meta: dict, rank: int) -> dict:
+    prefix = f"rank{rank}."
+    mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if not mine or str(rank) not in meta:
+        raise CheckpointError(f"the checkpoint has no RNG state for process {rank}")
+    return {"tensors": mine, "meta": meta[str(rank)]}
+
+
+# ---------------------------------------------------------------- finding checkpoints
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, sorted by step."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for p in run_dir.iterdir():
+        m = CHECKPOINT_RE.match(p.name)
+        if m and (p / "train" / STATE_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1][1] if ckpts else None
+
+
+def resolve_resume(resume: str, run_dir: Path) -> Path | None:
+    """'latest' -> newest complete checkpoint of run_dir (error when none); 'auto' -> the same, or None; or a path."""
+    if resume in ("latest", "auto"):
+        found = latest_checkpoint(run_dir)
+        if found is None and resume == "latest":
+            raise CheckpointError(f"--resume latest: no complete checkpoint-<step> folder in {run_dir}")
+        return found
+    path = Path(resume).expanduser()
+    if not (path / "train" / STATE_FILE).is_file():
+        raise CheckpointError(f"--resume {resume}: not a training checkpoint (no train/{STATE_FILE} in it)")
+    return path
+
+
+def prune_checkpoints(run_dir: Path, limit: int | None) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond `limit`; the newest is always kept. Returns what was removed."""
+    if limit is None:
+        return []
+    ckpts = list_checkpoints(run_dir)
+    doomed = [p for _, p in ckpts[: max(0, len(ckpts) - max(limit, 1))]]
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed
+
+
+def clean_staging(run_dir: Path) -> None:
+    """Remove leftovers of saves that were interrupted (hidden staging folders)."""
+    for p in Path(run_dir).glob(".checkpoint-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- save / load
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model,
+    ema,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    rng_per_rank: list[dict],
+    config_dict: dict,
+    description,
+) -> Path:
+    """Write RUN/checkpoint-<step> atomically (call on the main process only). Returns its path.
+
+    model: the SanaSR whose transformer carries the training adapter; ema: a LoraEMA or None; state: JSON-able
+    training state (step, data position, scheduler, scaler, ...); description: the ModelDescription to record.
+    """
+    from safetensors.torch import save_file
+
+    from sanasr_cli.models.lora import save_adapter
+    from sanasr_cli.models.sanasr import save_model_dir
+
+    run_dir = Path(run_dir)
+    final = run_dir / f"checkpoint-{step}"
+    staging = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.", dir=run_dir))
+    shutil.rmtree(staging)  # save_model_dir creates it (itself atomically)
+    try:
+        desc = copy.deepcopy(description)
+        if ema is not None:
+            with ema.swapped_in():
+                save_model_dir(model, staging, description=desc, save_transformer=False)
+        else:
+            save_model_dir(model, staging, description=desc, save_transformer=False)
+        train = staging / "train"
+        train.mkdir()
+        save_adapter(model.transformer, train / "adapter")
+        torch.save(_to_cpu(optimizer.state_dict()), train / "optimizer.pt")
+        tensors, rng_meta = _rng_files(rng_per_rank)
+        save_file(tensors, str(train / "rng.safetensors"))
+        (train / "train_config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+        full_state = {**state, "rng": rng_meta, "ema": ema is not None}
+        (train / STATE_FILE).write_text(json.dumps(full_state, indent=2) + "\n")  # last: marks completeness
+        if final.exists():  # re-reaching a step after resuming from an earlier checkpoint
+            old = final.with_name(f".checkpoint-{step}.old")
+            os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CheckpointError(f"could not write checkpoint-{step} in {run_dir} ({e.strerror or e}); "
+                              f"earlier checkpoints are untouched") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def read_checkpoint_config(ckpt: Path) -> dict:
+    path = Path(ckpt) / "train" / "train_config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt} has no train/train_config.json")
+    return json.loads(path.read_text())
+
+
+def load_checkpoint(ckpt: Path, transformer, ema, optimizer: torch.optim.Optimizer, rank: int) -> dict:
+    """Load a checkpoint into live objects (every process). Returns the state dict (with 'rng' for this rank).
+
+    Order matters: the EMA adapter is loaded into the live LoRA weights and copied into the EMA shadow, then the
+    raw adapter overwrites the live weights.
+    """
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from sanasr_cli.models.lora import ADAPTER_NAME
+
+    ckpt = Path(ckpt)
+    train = ckpt / "train"
+    try:
+        state = json.loads((train / STATE_FILE).read_text())
+
+        def put(folder: Path) -> None:
+            weights = load_file(str(folder / "adapter_model.safetensors"))
+            weights = {k.removeprefix("base_model.model."): v for k, v in weights.items()}
+            result = set_peft_model_state_dict(transformer, weights, adapter_name=ADAPTER_NAME)
+            if getattr(result, "unexpected_keys", None):
+                raise CheckpointError(f"{folder} does not fit this model's adapter (was the LoRA config changed?)")
+
+        if ema is not None:
+            put(ckpt / "adapter")
+            ema.shadow = [p.detach().float().clone() for p in ema.params]
+        put(train / "adapter")
+        opt_state = torch.load(train / "optimizer.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(opt_state)
+        tensors = load_file(str(train / "rng.safetensors"))
+        state["rng"] = _rng_for_rank(tensors, state["rng"], rank)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot resume from {ckpt}: {e}") from None
+    return state

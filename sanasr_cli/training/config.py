@@ -1,0 +1,173 @@
+"""The training configuration: one typed dataclass, validated up front, written next to every checkpoint.
+
+Defaults are the paper's (App. B): LoRA rank/alpha 64 on the attention projections, AdamW lr 5e-5, weight decay
+1e-2, betas (0.9, 0.999), eps 1e-8, gradient clipping 1.0, EMA 0.999, batch 4, 512 crops, 100K steps, loss weights
+1 / 2 / 1 / 1, HQ-prompt protocol (tau_g 900, t in [70, 650]). Validation errors name the CLI flag to fix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from sanasr_cli.errors import SanaSRError
+
+CONFIG_FILE = "train_config.json"
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+LORA_TARGET_CHOICES = ("attn", "attn+ffn")
+# Fields that may change between a run and its resumption (they do not change what is being trained).
+RESUMABLE_CHANGES = frozenset(
+    {"max_steps", "save_every", "validate_every", "validation_images", "log_every", "checkpoints_total_limit",
+     "num_workers", "resume", "output", "offload_text_encoder", "base", "hq", "pairs"}
+)
+
+
+class ConfigError(SanaSRError):
+    """A bad training option; `flag` is the command-line flag to change."""
+
+    def __init__(self, flag: str, message: str):
+        self.flag = flag
+        super().__init__(f"{flag}: {message}")
+
+
+@dataclass
+class TrainConfig:
+    # model and data
+    model: str = "sana-600m-512"
+    base: str | None = None
+    output: Path = Path("runs/sanasr")
+    hq: list[Path] = field(default_factory=list)
+    pairs: tuple[Path, Path] | None = None
+    crop: int = 512
+    scale: int = 4
+    # length and cadence
+    max_steps: int = 100_000
+    save_every: int = 1000
+    validate_every: int = 1000
+    validation_images: int = 4
+    log_every: int = 10
+    checkpoints_total_limit: int | None = None
+    resume: str | None = None
+    # optimisation (App. B)
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    lr: float = 5e-5
+    lr_warmup_steps: int = 0
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.999
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    # LoRA
+    lora_rank: int = 64
+    lora_alpha: float = 64.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "attn"
+    # objective (Eq. 7-8, 16-17)
+    protocol: str = "hq"
+    lambda_pixel: float = 1.0
+    lambda_perceptual: float = 2.0
+    lambda_align: float = 1.0
+    lambda_consistency: float = 1.0
+    perceptual_backbone: str = "vgg"
+    # prompts (None: the model's prompt rule)
+    tagger: str | None = None
+    template: str | None = None
+    offload_text_encoder: bool = False
+    # misc
+    seed: int = 0
+    num_workers: int = 2
+
+    # ------------------------------------------------------------ validation
+
+    def validate(self) -> TrainConfig:
+        """Raise ConfigError naming the flag for the first invalid option; return self."""
+        positive = {
+            "--max-steps": self.max_steps, "--save-every": self.save_every, "--validate-every": self.validate_every,
+            "--batch-size": self.batch_size, "--gradient-accumulation-steps": self.gradient_accumulation_steps,
+            "--lora-rank": self.lora_rank, "--log-every": self.log_every, "--crop": self.crop,
+        }
+        for flag, value in positive.items():
+            if int(value) < 1:
+                raise ConfigError(flag, f"must be at least 1, got {value}")
+        if self.crop % self.scale:
+            raise ConfigError("--crop", f"must be a multiple of the scale {self.scale}, got {self.crop}")
+        if self.scale != 4:
+            raise ConfigError("--scale", "SANA-SR is trained for x4 only")
+        if not self.hq and self.pairs is None:
+            raise ConfigError("--hq", "give training images with --hq DIR (repeatable) or --pairs LQ_DIR HQ_DIR")
+        for d in self.hq:
+            if not Path(d).is_dir():
+                raise ConfigError("--hq", f"{d} is not a folder")
+        if self.pairs is not None:
+            for d in self.pairs:
+                if not Path(d).is_dir():
+                    raise ConfigError("--pairs", f"{d} is not a folder")
+        if not self.lr > 0:
+            raise ConfigError("--lr", f"must be positive, got {self.lr}")
+        if self.lr_warmup_steps < 0:
+            raise ConfigError("--lr-warmup-steps", "must be >= 0")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError("--ema-decay", f"must be in [0, 1) (0 turns EMA off), got {self.ema_decay}")
+        if self.max_grad_norm < 0:
+            raise ConfigError("--max-grad-norm", "must be >= 0 (0 turns clipping off)")
+        if self.precision not in PRECISION_CHOICES:
+            raise ConfigError("--precision", f"use one of {', '.join(PRECISION_CHOICES)}, got '{self.precision}'")
+        if self.lora_targets not in LORA_TARGET_CHOICES:
+            raise ConfigError("--lora-targets", f"use one of {', '.join(LORA_TARGET_CHOICES)}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError("--lora-dropout", "must be in [0, 1)")
+        if self.protocol not in ("hq", "lq"):
+            raise ConfigError("--protocol", f"use hq (tau_g 900, t in [70, 650]) or lq (999, [20, 980]), "
+                                            f"got '{self.protocol}'")
+        for flag, value in (("--lambda-pixel", self.lambda_pixel), ("--lambda-perceptual", self.lambda_perceptual),
+                            ("--lambda-align", self.lambda_align),
+                            ("--lambda-consistency", self.lambda_consistency)):
+            if value < 0:
+                raise ConfigError(flag, f"must be >= 0, got {value}")
+        if self.perceptual_backbone not in ("vgg", "random"):
+            raise ConfigError("--perceptual-backbone", "use vgg (pretrained LPIPS) or random (offline tests only)")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ConfigError("--checkpoints-total-limit", "must be at least 1")
+        if self.validation_images < 0:
+            raise ConfigError("--validation-images", "must be >= 0")
+        if self.num_workers < 0:
+            raise ConfigError("--num-workers", "must be >= 0")
+        return self
+
+    # ------------------------------------------------------------ (de)serialisation
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["output"] = str(self.output)
+        d["hq"] = [str(p) for p in self.hq]
+        d["pairs"] = [str(p) for p in self.pairs] if self.pairs else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d["output"] = Path(d.get("output", "runs/sanasr"))
+        d["hq"] = [Path(p) for p in d.get("hq") or []]
+        d["pairs"] = tuple(Path(p) for p in d["pairs"]) if d.get("pairs") else None
+        return cls(**d)
+
+    def save(self, path: Path) -> None:
+        from sanasr_cli.training.checkpoint import write_text_atomic
+
+        write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """Fields that change what is trained and differ between self and other (for resume checks)."""
+        a, b = self.to_dict(), other.to_dict()
+        return [f"{k}: {b[k]!r} (checkpoint) vs {a[k]!r} (now)" for k in a if k not in RESUMABLE_CHANGES
+                and a[k] != b.get(k)]

@@ -1,0 +1,166 @@
+"""Training data for `train`: the data sets of `sanasr_cli.data.datasets`, sharded across processes, with a position
+that a checkpoint records and a resume seeks to.
+
+Sharding is done here, not by `accelerator.prepare(dataloader)`: each epoch's order is a permutation drawn from
+(seed, epoch) alone, cut into `world_size` interleaved shards of whole batches (the tail that does not fill a batch
+on every process is dropped). The data position is then just (epoch, batches consumed), and a resume restarts the
+epoch's sampler at that batch without reading the skipped images, independent of loader internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Sampler
+
+from sanasr_cli.errors import SanaSRError
+from sanasr_cli.training.config import ConfigError, TrainConfig
+
+_EPOCH_SEED_STRIDE = 1_000_003
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Batches of dataset indices for one process: epoch `epoch`, starting at batch `start` of its shard."""
+
+    def __init__(self, num_items: int, batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool = True):
+        self.num_items, self.batch_size = num_items, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch, self.start = 0, 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.num_items // (self.batch_size * self.world_size)
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.num_items)
+        g = torch.Generator().manual_seed(self.seed * _EPOCH_SEED_STRIDE + epoch)
+        return torch.randperm(self.num_items, generator=g)
+
+    def __iter__(self):
+        order = self.epoch_order(self.epoch)
+        bs, world = self.batch_size, self.world_size
+        for b in range(self.start, self.batches_per_epoch):
+            first = (b * world + self.rank) * bs
+            yield order[first:first + bs].tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch - self.start)
+
+
+class BatchStream:
+    """An endless stream of this process's batches over epochs; `epoch` and `batch_index` (batches consumed in the
+    epoch) are the data position."""
+
+    def __init__(self, dataset, sampler: ShardedBatchSampler, loader_factory):
+        self.dataset, self.sampler, self._make_loader = dataset, sampler, loader_factory
+        self.epoch, self.batch_index = 0, 0
+        self._it = None
+
+    def seek(self, epoch: int, batch_index: int) -> None:
+        self.epoch, self.batch_index = int(epoch), int(batch_index)
+        self._it = None
+
+    def next(self):
+        while True:
+            if self._it is None:
+                self.sampler.epoch, self.sampler.start = self.epoch, self.batch_index
+                if hasattr(self.dataset, "set_epoch"):
+                    self.dataset.set_epoch(self.epoch)
+                self._it = iter(self._make_loader(self.sampler))
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self.epoch, self.batch_index, self._it = self.epoch + 1, 0, None
+                continue
+            self.batch_index += 1
+            return batch
+
+
+@dataclass
+class TrainingData:
+    dataset: object
+    stream: BatchStream
+    paired: bool
+    degrader: object | None
+    scale: int
+
+
+def _dataset_flag(config: TrainConfig) -> str:
+    return "--pairs" if config.pairs is not None else "--hq"
+
+
+def build_dataset(config: TrainConfig):
+    """HQ folders (synthetic LQ on the fly) or an LQ/HQ pair of folders; errors name the flag."""
+    from sanasr_cli.data import datasets
+
+    try:
+        if config.pairs is not None:
+            lq_dir, hq_dir = config.pairs
+            return datasets.PairedImageDataset(lq_dir, hq_dir, crop=config.crop, scale=config.scale, seed=config.seed)
+        return datasets.HQImageDataset(list(config.hq), crop=config.crop, seed=config.seed, scale=config.scale)
+    except (SanaSRError, ValueError, OSError) as e:
+        raise ConfigError(_dataset_flag(config), str(e)) from None
+
+
+def build_training_data(config: TrainConfig, accelerator) -> TrainingData:
+    """This process's shard of the data set, as a BatchStream; a data set too small for one batch per process is
+    an error naming the flag."""
+    from sanasr_cli.data import datasets
+
+    dataset = build_dataset(config)
+    n = len(dataset)
+    need = config.batch_size * accelerator.num_processes
+    if n < need:
+        raise ConfigError(_dataset_flag(config), f"{n} usable image(s) at crop {config.crop}, need at least "
+                                                 f"--batch-size x processes = {need}")
+    sampler = ShardedBatchSampler(n, config.batch_size, accelerator.process_index, accelerator.num_processes,
+                                  config.seed)
+    pin = accelerator.device.type == "cuda"
+
+    def make_loader(batch_sampler):
+        return datasets.build_dataloader(dataset, batch_size=config.batch_size, shuffle=False, seed=config.seed,
+                                         num_workers=config.num_workers, pin_memory=pin,
+                                         batch_sampler=batch_sampler)
+
+    degrader = None
+    if config.pairs is None:
+        from sanasr_cli.data.degradation import RealESRGANDegrader
+
+        degrader = RealESRGANDegrader(scale=config.scale)
+    return TrainingData(dataset, BatchStream(dataset, sampler, make_loader), config.pairs is not None, degrader,
+                        config.scale)
+
+
+def to_model_inputs(data: TrainingData, batch: dict, generator: torch.Generator, device):
+    """A collated batch -> (lq_upsampled, hq, keys): (B, 3, H, W) float in [0, 1] on `device`."""
+    from sanasr_cli.pipeline.upscale import upsample_bicubic
+
+    keys = batch.get("key")
+    hq = batch["hq"].to(device, non_blocking=True).float()
+    if data.paired:
+        lq = batch["lq"].to(device, non_blocking=True).float()
+        return upsample_bicubic(lq, data.scale), hq, keys
+    from sanasr_cli.data.datasets import make_training_batch
+
+    lq_up, hq = make_training_batch({**batch, "hq": hq}, data.degrader, generator, scale=data.scale)
+    return lq_up.to(device), hq.to(device), keys
+
+
+def next_training_batch(data: TrainingData, generator: torch.Generator, device):
+    return to_model_inputs(data, data.stream.next(), generator, device)
+
+
+def make_validation_batch(data: TrainingData, config: TrainConfig, device) -> dict | None:
+    """The first `--validation-images` items, degraded with their own fixed generator (same in every run)."""
+    count = min(config.validation_images, len(data.dataset))
+    if count == 0:
+        return None
+    items = [data.dataset[i] for i in range(count)]
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if isinstance(items[0][k], torch.Tensor)}
+    batch["key"] = [it.get("key") for it in items]
+    g = torch.Generator(device=device).manual_seed(config.seed + 424242)
+    lq_up, hq, keys = to_model_inputs(data, batch, g, device)
+    return {"lq": lq_up, "hq": hq, "keys": keys}

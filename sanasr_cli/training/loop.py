@@ -1,0 +1,376 @@
+"""`train(config)`: LoRA adaptation of the LinearDiT with the SANA-SR objective (Algorithm 1), on accelerate.
+
+The orchestrator reads as numbered stages of verb-noun helpers. One code path serves a CPU, one GPU and
+`accelerate launch` on several GPUs (DDP: each process its own data shard; the main process alone writes
+checkpoints, logs and validation grids). Everything random in a step comes from seeded generators whose states
+are saved with each checkpoint, so a resumed run continues with exactly the losses of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sanasr_cli.errors import SanaSRError
+from sanasr_cli.training.config import CONFIG_FILE, ConfigError, TrainConfig
+from sanasr_cli.training.objective import TERM_NAMES
+
+
+class TrainingDiverged(SanaSRError):
+    """The loss became NaN or infinite; the run stopped without stepping on it."""
+
+
+@dataclass
+class TrainHooks:
+    """Callbacks for a front end (the CLI's progress bar); all optional, called on the main process only."""
+
+    on_start: Callable[[int, int], None] | None = None  # (first step, max steps)
+    on_step: Callable[[int, dict], None] | None = None  # (step, metrics)
+    on_message: Callable[[str], None] | None = None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    checkpoints: list[Path] = field(default_factory=list)
+    last_metrics: dict = field(default_factory=dict)
+
+
+# ================================================================ stages
+
+
+def create_accelerator(config: TrainConfig):
+    """Stage 1: the Accelerator (devices, DDP, mixed precision, gradient accumulation)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, GradientAccumulationPlugin
+
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("--precision", "fp16 (with loss scaling) needs a CUDA GPU; use bf16 or fp32 on CPU")
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    return Accelerator(
+        mixed_precision=mixed,
+        # The epoch end must not force a sync: optimizer steps stay at fixed micro-step multiples (exact resume).
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=config.gradient_accumulation_steps, sync_with_dataloader=False
+        ),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
+
+
+def prepare_run_dir(config: TrainConfig, accelerator) -> Path | None:
+    """Stage 2: check the output folder, find the checkpoint to resume from (checked against the config), write
+    the resolved config. Returns the checkpoint to resume from, or None."""
+    from sanasr_cli.training.checkpoint import clean_staging, read_checkpoint_config, resolve_resume
+
+    run = Path(config.output)
+    resume_from = resolve_resume(config.resume, run) if config.resume else None
+    if resume_from is None and run.is_dir() and any(run.glob("checkpoint-*")) and config.resume != "auto":
+        raise ConfigError("--output", f"{run} already holds a run; continue it with --resume latest "
+                                      f"or choose another folder")
+    if resume_from is not None:
+        saved = TrainConfig.from_dict(read_checkpoint_config(resume_from))
+        diffs = config.differences(saved)
+        if diffs:
+            raise ConfigError("--resume", f"{resume_from} was trained with another configuration: "
+                                          + "; ".join(diffs[:4]))
+    if accelerator.is_main_process:
+        run.mkdir(parents=True, exist_ok=True)
+        clean_staging(run)
+        config.save(run / CONFIG_FILE)
+    accelerator.wait_for_everyone()
+    return resume_from
+
+
+def load_model_with_lora(config: TrainConfig, accelerator):
+    """Stage 3: the base model (frozen) with a fresh LoRA adapter in float32; the prompt rule of the run."""
+    from sanasr_cli.models.lora import DEFAULT_LORA_TARGETS, FFN_LORA_TARGETS, add_lora, lora_config
+    from sanasr_cli.models.sanasr import load_model
+
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    model = load_model(config.model, device=accelerator.device, dtype=weight_dtype, base=config.base,
+                       seed=config.seed)
+    if model.description.adapter or getattr(model.transformer, "_hf_peft_config_loaded", False):
+        raise ConfigError("--model", "the model already carries a LoRA adapter; merge it first "
+                                     "(sanasr merge-lora) or train from the base")
+    if config.crop % model.codec.factor:
+        raise ConfigError("--crop", f"must be a multiple of the VAE factor {model.codec.factor}, got {config.crop}")
+    targets = DEFAULT_LORA_TARGETS + (FFN_LORA_TARGETS if config.lora_targets == "attn+ffn" else ())
+    add_lora(model.transformer, lora_config(config.lora_rank, config.lora_alpha, config.lora_dropout, targets))
+    for name, p in model.transformer.named_parameters():
+        if "lora_" in name:
+            p.data = p.data.float()  # trainable weights in float32 under any mixed precision
+            p.requires_grad_(True)
+    model.transformer.train()
+    if config.gradient_checkpointing:
+        model.transformer.enable_gradient_checkpointing()
+    if config.offload_text_encoder:
+        model.prompts.text_encoder.to("cpu")  # prompts are few and cached: encode them on the CPU
+    rule = model.description.prompt
+    if config.tagger is not None:
+        rule.tagger = config.tagger
+    if config.template is not None:
+        rule.template = config.template
+    return model
+
+
+def build_objective(config: TrainConfig, model, device):
+    """Stage 4: Eq. 8 as one module (loss weights, prompt protocol, LPIPS)."""
+    from sanasr_cli.training.losses import LossWeights, PerceptualLoss, PromptProtocol
+    from sanasr_cli.training.objective import TrainingObjective
+
+    protocol = PromptProtocol.named(config.protocol)
+    model.restorer.tau_g = protocol.tau_g  # the model being trained restores at the protocol's tau_g
+    weights = LossWeights(config.lambda_pixel, config.lambda_perceptual, config.lambda_align,
+                          config.lambda_consistency)
+    perceptual = None
+    if weights.perceptual:
+        try:
+            perceptual = PerceptualLoss(random_backbone=config.perceptual_backbone == "random").to(device)
+        except RuntimeError as e:
+            raise ConfigError("--perceptual-backbone", str(e)) from None
+    return TrainingObjective(model.restorer, model.codec, weights, protocol, perceptual)
+
+
+def create_optimizer(config: TrainConfig, objective):
+    """Stage 5: AdamW over the LoRA weights only, constant LR after an optional linear warm-up."""
+    params = [p for n, p in objective.named_parameters() if p.requires_grad]
+    if not params or not all("lora_" in n for n, p in objective.named_parameters() if p.requires_grad):
+        raise RuntimeError("only LoRA weights may train")
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+                                  eps=config.adam_eps, weight_decay=config.weight_decay)
+    warmup = config.lr_warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+    )
+    return optimizer, scheduler
+
+
+def create_ema(config: TrainConfig, transformer):
+    from sanasr_cli.training.ema import LoraEMA
+
+    if config.ema_decay <= 0:
+        return None
+    named = [(n, p) for n, p in transformer.named_parameters() if "lora_" in n]
+    return LoraEMA(named, config.ema_decay)
+
+
+def make_generators(config: TrainConfig, accelerator) -> dict[str, torch.Generator]:
+    """Per-process generators: 'noise' (t and eps of Eq. 16-17) and 'degrade' (the synthetic LQ)."""
+    device = accelerator.device
+    rank = accelerator.process_index
+    gens = {}
+    for k, name in enumerate(("noise", "degrade")):
+        g = torch.Generator(device=device)
+        g.manual_seed(config.seed * 1000 + 17 * rank + k + 1)
+        gens[name] = g
+    return gens
+
+
+def restore_training_state(ckpt: Path, model, ema, optimizer, scheduler, accelerator, generators) -> dict:
+    """Stage 7 (resume): weights, optimizer, scheduler, scaler, RNG states, step and data position."""
+    from sanasr_cli.training.checkpoint import load_checkpoint, restore_rng
+
+    state = load_checkpoint(ckpt, model.transformer, ema, optimizer, accelerator.process_index)
+    scheduler.load_state_dict(state["scheduler"])
+    if accelerator.scaler is not None and state.get("scaler"):
+        accelerator.scaler.load_state_dict(state["scaler"])
+    restore_rng(state["rng"], generators)
+    if state.get("num_processes") != accelerator.num_processes:
+        _message(accelerator, None, f"note: {ckpt} was written by {state.get('num_processes')} processes, this run "
+                                    f"has {accelerator.num_processes}: data order differs from an uninterrupted run")
+    return state
+
+
+def encode_prompts(model, rule, tagger, lq_upsampled: torch.Tensor, keys: list, device) -> tuple:
+    """Prompts by the model's rule (tagger on each LQ input + template), encoded once per distinct prompt."""
+    from sanasr_cli.prompts.rule import prompt_for_image
+
+    prompts = [prompt_for_image(rule, lq_upsampled[i].detach().cpu(), _key_path(keys, i), tagger)
+               for i in range(lq_upsampled.shape[0])]
+    embeds, mask = model.prompts.encode(prompts)
+    return embeds.to(device), mask.to(device)
+
+
+def _key_path(keys, i) -> Path | None:
+    if keys is None:
+        return None
+    p = Path(str(keys[i]))
+    return p if p.exists() else None
+
+
+def run_training_step(objective, batch, embeds, mask, optimizer, scheduler, accelerator, config, generators,
+                      params) -> tuple[dict, bool]:
+    """One micro-batch of Algorithm 1 (lines 3-9): forward, backward and, at accumulation boundaries, clip and
+    step. Returns (terms averaged over processes, whether an optimizer step happened)."""
+    lq_up, hq = batch
+    with accelerator.accumulate(objective):
+        out = objective(lq_up, hq, embeds, mask, generators["noise"])
+        accelerator.backward(out["loss"])
+        grad_norm = None
+        stepped = accelerator.sync_gradients
+        terms = torch.stack([out[k].detach().float() for k in TERM_NAMES] + [out["t"].float()])
+        terms = accelerator.reduce(terms, reduction="mean")
+        finite = bool(torch.isfinite(terms).all())
+        if stepped and finite:
+            if config.max_grad_norm > 0:
+                grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    metrics = {k: float(v) for k, v in zip(TERM_NAMES + ("t",), terms.tolist())}
+    if grad_norm is not None:
+        metrics["grad_norm"] = float(grad_norm)
+    return metrics, stepped
+
+
+def _message(accelerator, hooks: TrainHooks | None, text: str) -> None:
+    if accelerator.is_main_process:
+        if hooks and hooks.on_message:
+            hooks.on_message(text)
+
+
+def save_training_checkpoint(run_dir, step, model, ema, optimizer, scheduler, accelerator, generators, stream,
+                             config: TrainConfig) -> Path | None:
+    """Every process contributes its RNG state; the main process writes the folder, then prunes old ones."""
+    from accelerate.utils import gather_object
+
+    from sanasr_cli.training.checkpoint import capture_rng, prune_checkpoints, save_checkpoint
+
+    rng = gather_object([capture_rng(generators)])
+    path = None
+    error = None
+    if accelerator.is_main_process:
+        state = {
+            "step": step,
+            "epoch": stream.epoch,
+            "batch_in_epoch": stream.batch_index,
+            "num_processes": accelerator.num_processes,
+            "scheduler": scheduler.state_dict(),
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+        }
+        desc = copy.deepcopy(model.description)
+        desc.lora = {"rank": config.lora_rank, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                     "targets": config.lora_targets, "ema": config.ema_decay if ema is not None else None,
+                     "merged": False}
+        desc.history = list(desc.history) + [{"command": "train", "step": step, "protocol": config.protocol,
+                                              "lr": config.lr, "batch_size": config.batch_size,
+                                              "num_processes": accelerator.num_processes}]
+        try:
+            path = save_checkpoint(run_dir, step, model, ema, optimizer, state, rng, config.to_dict(), desc)
+            prune_checkpoints(run_dir, config.checkpoints_total_limit)
+        except SanaSRError as e:
+            error = str(e)
+    errors = gather_object([error])  # every process learns whether the save failed
+    if any(errors):
+        from sanasr_cli.training.checkpoint import CheckpointError
+
+        raise CheckpointError(next(e for e in errors if e))
+    return path
+
+
+# ================================================================ the orchestrator
+
+
+def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
+    """Run (or resume) a training run; returns where it ended. Raises ConfigError, CheckpointError,
+    TrainingDiverged, DataError or MissingWeightsError with a message for the user."""
+    from accelerate.utils import set_seed
+
+    from sanasr_cli.prompts.taggers import make_tagger
+    from sanasr_cli.training.data import build_training_data, make_validation_batch, next_training_batch
+    from sanasr_cli.training.runlog import RunLogger
+    from sanasr_cli.training.validation import save_validation_grid
+
+    config.validate()
+    hooks = hooks or TrainHooks()
+    # 1. devices, processes, precision
+    accelerator = create_accelerator(config)
+    set_seed(config.seed)  # the same on every process: identical LoRA init (DDP also broadcasts it)
+    # 2. run folder and resume point
+    resume_from = prepare_run_dir(config, accelerator)
+    run_dir = Path(config.output)
+    # 3. model with a fresh adapter, 4. objective
+    model = load_model_with_lora(config, accelerator)
+    rule = model.description.prompt
+    tagger = make_tagger(rule.tagger)
+    objective = build_objective(config, model, accelerator.device)
+    # 5. optimisation
+    optimizer, scheduler = create_optimizer(config, objective)
+    ema = create_ema(config, model.transformer)
+    # 6. data (each process its own shard)
+    data = build_training_data(config, accelerator)
+    validation = make_validation_batch(data, config, accelerator.device) if accelerator.is_main_process else None
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    generators = make_generators(config, accelerator)
+    # 7. resume
+    step = 0
+    if resume_from is not None:
+        state = restore_training_state(resume_from, model, ema, optimizer, scheduler, accelerator, generators)
+        step = int(state["step"])
+        data.stream.seek(int(state["epoch"]), int(state["batch_in_epoch"]))
+        _message(accelerator, hooks, f"resumed from {resume_from} at step {step}")
+    accelerator.step = step * config.gradient_accumulation_steps
+    logger = RunLogger(run_dir, accelerator.is_main_process, resume_step=step if resume_from else None)
+    result = TrainResult(run_dir=run_dir, step=step)
+    if accelerator.is_main_process and hooks.on_start:
+        hooks.on_start(step, config.max_steps)
+    # 8. the loop: Algorithm 1
+    try:
+        window: list[dict] = []
+        t0 = time.perf_counter()
+        while step < config.max_steps:
+            lq_up, hq, keys = next_training_batch(data, generators["degrade"], accelerator.device)
+            embeds, mask = encode_prompts(model, rule, tagger, lq_up, keys, accelerator.device)
+            metrics, stepped = run_training_step(objective, (lq_up, hq), embeds, mask, optimizer, scheduler,
+                                                 accelerator, config, generators, params)
+            if not math.isfinite(metrics["loss"]):
+                last = result.checkpoints[-1] if result.checkpoints else resume_from
+                where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+                raise TrainingDiverged(f"loss became {metrics['loss']} at step {step + 1} (terms: "
+                                       + ", ".join(f"{k}={metrics[k]:.4g}" for k in TERM_NAMES[1:])
+                                       + f"); stopped without applying it; {where}. Try a lower --lr.")
+            window.append(metrics)
+            if not stepped:
+                continue
+            step += 1
+            if ema is not None:
+                ema.update()
+            record = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
+            window = []
+            now = time.perf_counter()
+            record.update(step=step, lr=scheduler.get_last_lr()[0], epoch=data.stream.epoch,
+                          step_time_s=now - t0)
+            t0 = now
+            result.last_metrics = record
+            if accelerator.is_main_process:
+                if step % config.log_every == 0 or step == config.max_steps:
+                    logger.log(record)
+                if hooks.on_step:
+                    hooks.on_step(step, record)
+            if validation is not None and step % config.validate_every == 0:
+                grid = save_validation_grid(model, rule, tagger, validation, run_dir, step)
+                logger.image("validation", grid, step)
+            if step % config.save_every == 0 or step == config.max_steps:
+                path = save_training_checkpoint(run_dir, step, model, ema, optimizer, scheduler, accelerator,
+                                                generators, data.stream, config)
+                if path is not None:
+                    result.checkpoints.append(path)
+                    _message(accelerator, hooks, f"saved {path}")
+        result.step = step
+    finally:
+        logger.close()
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+    return result
