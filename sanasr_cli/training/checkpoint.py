@@ -1,7 +1,8 @@
 """Training checkpoints: a model directory plus what it takes to continue exactly.
 
     RUN/checkpoint-<step>/
-      sanasr.json            model description (adapter over the base): `upscale`, `eval`, `merge-lora` load it
+      sanasr.json            model description (adapter over the base): `upscale`, `eval`, `merge-lora` load
+      it
       adapter/               PEFT adapter folder with the EMA weights (the raw weights when EMA is off)
       train/
         adapter/             PEFT adapter folder with the raw trained weights (what training continues from)
@@ -10,8 +11,10 @@
         state.json           step, data position, LR scheduler, loss scaler, numpy/python RNG, rank count
         train_config.json    the resolved configuration
 
-A checkpoint is assembled in a hidden staging folder next to it and renamed into place only when complete, so an
-interrupted save (a full disk, a kill) never leaves a half-written `checkpoint-<step>`; `state.json` is written
+A checkpoint is assembled in a hidden staging folder next to it and renamed into place only when complete, so
+an
+interrupted save (a full disk, a kill) never leaves a half-written `checkpoint-<step>`; `state.json` is
+written
 last and marks a checkpoint as complete.
 """
 
@@ -113,7 +116,7 @@ def _rng_files(per_rank: list[dict]) -> tuple[dict[str, torch.Tensor], dict]:
 
 def _rng_for_rank(tensors: dict[str, torch.Tensor], meta: dict, rank: int) -> dict:
     prefix = f"rank{rank}."
-    mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    mine = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not mine or str(rank) not in meta:
         raise CheckpointError(f"the checkpoint has no RNG state for process {rank}")
     return {"tensors": mine, "meta": meta[str(rank)]}
@@ -141,7 +144,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def resolve_resume(resume: str, run_dir: Path) -> Path | None:
-    """'latest' -> newest complete checkpoint of run_dir (error when none); 'auto' -> the same, or None; or a path."""
+    """'latest' -> newest complete checkpoint of run_dir (error when none); 'auto' -> the same, or None;
+    anything else: a checkpoint folder."""
     if resume in ("latest", "auto"):
         found = latest_checkpoint(run_dir)
         if found is None and resume == "latest":
@@ -154,7 +158,7 @@ def resolve_resume(resume: str, run_dir: Path) -> Path | None:
 
 
 def prune_checkpoints(run_dir: Path, limit: int | None) -> list[Path]:
-    """Delete the oldest complete checkpoints beyond `limit`; the newest is always kept. Returns what was removed."""
+    """Delete the oldest complete checkpoints beyond `limit` (the newest is always kept); return them."""
     if limit is None:
         return []
     ckpts = list_checkpoints(run_dir)
@@ -223,8 +227,10 @@ def save_checkpoint(
             os.replace(staging, final)
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)
-        raise CheckpointError(f"could not write checkpoint-{step} in {run_dir} ({e.strerror or e}); "
-                              f"earlier checkpoints are untouched") from None
+        raise CheckpointError(
+            f"could not write checkpoint-{step} in {run_dir} ({e.strerror or e}); "
+            f"earlier checkpoints are untouched"
+        ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -251,7 +257,8 @@ def read_checkpoint_config(ckpt: Path) -> dict:
 def load_checkpoint(ckpt: Path, transformer, ema, optimizer: torch.optim.Optimizer, rank: int) -> dict:
     """Load a checkpoint into live objects (every process). Returns the state dict (with 'rng' for this rank).
 
-    Order matters: the EMA adapter is loaded into the live LoRA weights and copied into the EMA shadow, then the
+    Order matters: the EMA adapter is loaded into the live LoRA weights and copied into the EMA shadow, then
+    the
     raw adapter overwrites the live weights.
     """
     from peft.utils import set_peft_model_state_dict
@@ -269,7 +276,9 @@ def load_checkpoint(ckpt: Path, transformer, ema, optimizer: torch.optim.Optimiz
             weights = {k.removeprefix("base_model.model."): v for k, v in weights.items()}
             result = set_peft_model_state_dict(transformer, weights, adapter_name=ADAPTER_NAME)
             if getattr(result, "unexpected_keys", None):
-                raise CheckpointError(f"{folder} does not fit this model's adapter (was the LoRA config changed?)")
+                raise CheckpointError(
+                    f"{folder} does not fit this model's adapter (was the LoRA config changed?)"
+                )
 
         if ema is not None:
             put(ckpt / "adapter")

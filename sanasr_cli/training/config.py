@@ -1,7 +1,9 @@
 """The training configuration: one typed dataclass, validated up front, written next to every checkpoint.
 
-Defaults are the paper's (App. B): LoRA rank/alpha 64 on the attention projections, AdamW lr 5e-5, weight decay
-1e-2, betas (0.9, 0.999), eps 1e-8, gradient clipping 1.0, EMA 0.999, batch 4, 512 crops, 100K steps, loss weights
+Defaults are the paper's (App. B): LoRA rank/alpha 64 on the attention projections, AdamW lr 5e-5, weight
+decay
+1e-2, betas (0.9, 0.999), eps 1e-8, gradient clipping 1.0, EMA 0.999, batch 4, 512 crops, 100K steps, loss
+weights
 1 / 2 / 1 / 1, HQ-prompt protocol (tau_g 900, t in [70, 650]). Validation errors name the CLI flag to fix.
 """
 
@@ -18,8 +20,20 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 LORA_TARGET_CHOICES = ("attn", "attn+ffn")
 # Fields that may change between a run and its resumption (they do not change what is being trained).
 RESUMABLE_CHANGES = frozenset(
-    {"max_steps", "save_every", "validate_every", "validation_images", "log_every", "checkpoints_total_limit",
-     "num_workers", "resume", "output", "offload_text_encoder", "base", "hq", "pairs"}
+    {
+        "max_steps",
+        "save_every",
+        "validate_every",
+        "validation_images",
+        "log_every",
+        "checkpoints_total_limit",
+        "num_workers",
+        "resume",
+        "output",
+        "offload_text_encoder",
+        "base",
+        "tag_cache",
+    }
 )
 
 
@@ -74,9 +88,9 @@ class TrainConfig:
     lambda_align: float = 1.0
     lambda_consistency: float = 1.0
     perceptual_backbone: str = "vgg"
-    # prompts (None: the model's prompt rule)
-    tagger: str | None = None
-    template: str | None = None
+    # prompts: the PromptRule (as a dict) to train with; None: the model's own rule
+    prompt_rule: dict | None = None
+    tag_cache: str | None = None
     offload_text_encoder: bool = False
     # misc
     seed: int = 0
@@ -87,9 +101,14 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Raise ConfigError naming the flag for the first invalid option; return self."""
         positive = {
-            "--max-steps": self.max_steps, "--save-every": self.save_every, "--validate-every": self.validate_every,
-            "--batch-size": self.batch_size, "--gradient-accumulation-steps": self.gradient_accumulation_steps,
-            "--lora-rank": self.lora_rank, "--log-every": self.log_every, "--crop": self.crop,
+            "--max-steps": self.max_steps,
+            "--save-every": self.save_every,
+            "--validate-every": self.validate_every,
+            "--batch-size": self.batch_size,
+            "--gradient-accumulation-steps": self.gradient_accumulation_steps,
+            "--lora-rank": self.lora_rank,
+            "--log-every": self.log_every,
+            "--crop": self.crop,
         }
         for flag, value in positive.items():
             if int(value) < 1:
@@ -99,7 +118,9 @@ class TrainConfig:
         if self.scale != 4:
             raise ConfigError("--scale", "SANA-SR is trained for x4 only")
         if not self.hq and self.pairs is None:
-            raise ConfigError("--hq", "give training images with --hq DIR (repeatable) or --pairs LQ_DIR HQ_DIR")
+            raise ConfigError(
+                "--hq", "give training images with --hq DIR (repeatable) or --pairs LQ_DIR HQ_DIR"
+            )
         for d in self.hq:
             if not Path(d).is_dir():
                 raise ConfigError("--hq", f"{d} is not a folder")
@@ -116,21 +137,30 @@ class TrainConfig:
         if self.max_grad_norm < 0:
             raise ConfigError("--max-grad-norm", "must be >= 0 (0 turns clipping off)")
         if self.precision not in PRECISION_CHOICES:
-            raise ConfigError("--precision", f"use one of {', '.join(PRECISION_CHOICES)}, got '{self.precision}'")
+            raise ConfigError(
+                "--precision", f"use one of {', '.join(PRECISION_CHOICES)}, got '{self.precision}'"
+            )
         if self.lora_targets not in LORA_TARGET_CHOICES:
             raise ConfigError("--lora-targets", f"use one of {', '.join(LORA_TARGET_CHOICES)}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError("--lora-dropout", "must be in [0, 1)")
         if self.protocol not in ("hq", "lq"):
-            raise ConfigError("--protocol", f"use hq (tau_g 900, t in [70, 650]) or lq (999, [20, 980]), "
-                                            f"got '{self.protocol}'")
-        for flag, value in (("--lambda-pixel", self.lambda_pixel), ("--lambda-perceptual", self.lambda_perceptual),
-                            ("--lambda-align", self.lambda_align),
-                            ("--lambda-consistency", self.lambda_consistency)):
+            raise ConfigError(
+                "--protocol",
+                f"use hq (tau_g 900, t in [70, 650]) or lq (999, [20, 980]), got '{self.protocol}'",
+            )
+        for flag, value in (
+            ("--lambda-pixel", self.lambda_pixel),
+            ("--lambda-perceptual", self.lambda_perceptual),
+            ("--lambda-align", self.lambda_align),
+            ("--lambda-consistency", self.lambda_consistency),
+        ):
             if value < 0:
                 raise ConfigError(flag, f"must be >= 0, got {value}")
         if self.perceptual_backbone not in ("vgg", "random"):
-            raise ConfigError("--perceptual-backbone", "use vgg (pretrained LPIPS) or random (offline tests only)")
+            raise ConfigError(
+                "--perceptual-backbone", "use vgg (pretrained LPIPS) or random (offline tests only)"
+            )
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ConfigError("--checkpoints-total-limit", "must be at least 1")
         if self.validation_images < 0:
@@ -169,5 +199,8 @@ class TrainConfig:
     def differences(self, other: TrainConfig) -> list[str]:
         """Fields that change what is trained and differ between self and other (for resume checks)."""
         a, b = self.to_dict(), other.to_dict()
-        return [f"{k}: {b[k]!r} (checkpoint) vs {a[k]!r} (now)" for k in a if k not in RESUMABLE_CHANGES
-                and a[k] != b.get(k)]
+        return [
+            f"{k}: {b[k]!r} (checkpoint) vs {a[k]!r} (now)"
+            for k in a
+            if k not in RESUMABLE_CHANGES and a[k] != b.get(k)
+        ]

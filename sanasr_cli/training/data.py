@@ -1,18 +1,23 @@
-"""Training data for `train`: the data sets of `sanasr_cli.data.datasets`, sharded across processes, with a position
+"""Training data for `train`: the data sets of `sanasr_cli.data.datasets`, sharded across processes, with a
+position
 that a checkpoint records and a resume seeks to.
 
-Sharding is done here, not by `accelerator.prepare(dataloader)`: each epoch's order is a permutation drawn from
-(seed, epoch) alone, cut into `world_size` interleaved shards of whole batches (the tail that does not fill a batch
-on every process is dropped). The data position is then just (epoch, batches consumed), and a resume restarts the
+Sharding is done here, not by `accelerator.prepare(dataloader)`: each epoch's order is a permutation drawn
+from
+(seed, epoch) alone, cut into `world_size` interleaved shards of whole batches (the tail that does not fill a
+batch
+on every process is dropped). The data position is then just (epoch, batches consumed), and a resume restarts
+the
 epoch's sampler at that batch without reading the skipped images, independent of loader internals.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Sampler, Subset
 
 from sanasr_cli.errors import SanaSRError
 from sanasr_cli.training.config import ConfigError, TrainConfig
@@ -23,7 +28,9 @@ _EPOCH_SEED_STRIDE = 1_000_003
 class ShardedBatchSampler(Sampler[list[int]]):
     """Batches of dataset indices for one process: epoch `epoch`, starting at batch `start` of its shard."""
 
-    def __init__(self, num_items: int, batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool = True):
+    def __init__(
+        self, num_items: int, batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool = True
+    ):
         self.num_items, self.batch_size = num_items, batch_size
         self.rank, self.world_size = rank, world_size
         self.seed, self.shuffle = seed, shuffle
@@ -44,15 +51,23 @@ class ShardedBatchSampler(Sampler[list[int]]):
         bs, world = self.batch_size, self.world_size
         for b in range(self.start, self.batches_per_epoch):
             first = (b * world + self.rank) * bs
-            yield order[first:first + bs].tolist()
+            yield order[first : first + bs].tolist()
 
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch - self.start)
 
 
 class BatchStream:
-    """An endless stream of this process's batches over epochs; `epoch` and `batch_index` (batches consumed in the
-    epoch) are the data position."""
+    """An endless stream of this process's batches over epochs; `epoch` and `batch_index` (batches consumed in
+    the
+    epoch) are the data position.
+
+    Each (re)start builds a loader with `build_dataloader` over this process's remaining indices of the epoch,
+    in
+    order (a `Subset`, shuffle off): items depend only on (seed, epoch, index), so a loader that starts
+    mid-epoch
+    yields the very batches an uninterrupted one would.
+    """
 
     def __init__(self, dataset, sampler: ShardedBatchSampler, loader_factory):
         self.dataset, self.sampler, self._make_loader = dataset, sampler, loader_factory
@@ -68,8 +83,9 @@ class BatchStream:
             if self._it is None:
                 self.sampler.epoch, self.sampler.start = self.epoch, self.batch_index
                 if hasattr(self.dataset, "set_epoch"):
-                    self.dataset.set_epoch(self.epoch)
-                self._it = iter(self._make_loader(self.sampler))
+                    self.dataset.set_epoch(self.epoch)  # before the loader starts its workers
+                indices = [i for batch in self.sampler for i in batch]
+                self._it = iter(self._make_loader(indices)) if indices else iter(())
             try:
                 batch = next(self._it)
             except StopIteration:
@@ -86,6 +102,7 @@ class TrainingData:
     paired: bool
     degrader: object | None
     scale: int
+    paths: dict
 
 
 def _dataset_flag(config: TrainConfig) -> str:
@@ -99,14 +116,19 @@ def build_dataset(config: TrainConfig):
     try:
         if config.pairs is not None:
             lq_dir, hq_dir = config.pairs
-            return datasets.PairedImageDataset(lq_dir, hq_dir, crop=config.crop, scale=config.scale, seed=config.seed)
-        return datasets.HQImageDataset(list(config.hq), crop=config.crop, seed=config.seed, scale=config.scale)
+            return datasets.PairedImageDataset(
+                lq_dir, hq_dir, crop=config.crop, scale=config.scale, seed=config.seed
+            )
+        return datasets.HQImageDataset(
+            list(config.hq), crop=config.crop, seed=config.seed, scale=config.scale
+        )
     except (SanaSRError, ValueError, OSError) as e:
         raise ConfigError(_dataset_flag(config), str(e)) from None
 
 
 def build_training_data(config: TrainConfig, accelerator) -> TrainingData:
-    """This process's shard of the data set, as a BatchStream; a data set too small for one batch per process is
+    """This process's shard of the data set, as a BatchStream; a data set too small for one batch per process
+    is
     an error naming the flag."""
     from sanasr_cli.data import datasets
 
@@ -114,39 +136,62 @@ def build_training_data(config: TrainConfig, accelerator) -> TrainingData:
     n = len(dataset)
     need = config.batch_size * accelerator.num_processes
     if n < need:
-        raise ConfigError(_dataset_flag(config), f"{n} usable image(s) at crop {config.crop}, need at least "
-                                                 f"--batch-size x processes = {need}")
-    sampler = ShardedBatchSampler(n, config.batch_size, accelerator.process_index, accelerator.num_processes,
-                                  config.seed)
+        raise ConfigError(
+            _dataset_flag(config),
+            f"{n} usable image(s) at crop {config.crop}, need at least --batch-size x processes = {need}",
+        )
+    sampler = ShardedBatchSampler(
+        n, config.batch_size, accelerator.process_index, accelerator.num_processes, config.seed
+    )
     pin = accelerator.device.type == "cuda"
 
-    def make_loader(batch_sampler):
-        return datasets.build_dataloader(dataset, batch_size=config.batch_size, shuffle=False, seed=config.seed,
-                                         num_workers=config.num_workers, pin_memory=pin,
-                                         batch_sampler=batch_sampler)
+    def make_loader(indices: list[int]):
+        return datasets.build_dataloader(
+            Subset(dataset, indices),
+            batch_size=config.batch_size,
+            shuffle=False,
+            seed=config.seed,
+            num_workers=config.num_workers,
+            pin_memory=pin,
+            drop_last=True,
+        )
 
     degrader = None
     if config.pairs is None:
         from sanasr_cli.data.degradation import RealESRGANDegrader
 
         degrader = RealESRGANDegrader(scale=config.scale)
-    return TrainingData(dataset, BatchStream(dataset, sampler, make_loader), config.pairs is not None, degrader,
-                        config.scale)
+    return TrainingData(
+        dataset,
+        BatchStream(dataset, sampler, make_loader),
+        config.pairs is not None,
+        degrader,
+        config.scale,
+        _paths_by_key(dataset),
+    )
+
+
+def _paths_by_key(dataset) -> dict[str, Path]:
+    """key -> the file a `file` tagger reads tags beside: the LQ image of a pair, else the HQ image."""
+    items = getattr(dataset, "items", [])
+    return {str(it[-1]): Path(it[0]) for it in items}
 
 
 def to_model_inputs(data: TrainingData, batch: dict, generator: torch.Generator, device):
-    """A collated batch -> (lq_upsampled, hq, keys): (B, 3, H, W) float in [0, 1] on `device`."""
-    from sanasr_cli.pipeline.upscale import upsample_bicubic
+    """A collated batch -> (lq, lq_upsampled, hq, paths): lq (B, 3, H/4, W/4) (what the tagger sees),
+    lq_upsampled and
+    hq (B, 3, H, W), float in [0, 1] on `device`; paths: the file per item for the `file` tagger (or None)."""
+    from sanasr_cli.data.datasets import make_training_batch
 
-    keys = batch.get("key")
     hq = batch["hq"].to(device, non_blocking=True).float()
     if data.paired:
         lq = batch["lq"].to(device, non_blocking=True).float()
-        return upsample_bicubic(lq, data.scale), hq, keys
-    from sanasr_cli.data.datasets import make_training_batch
-
-    lq_up, hq = make_training_batch({**batch, "hq": hq}, data.degrader, generator, scale=data.scale)
-    return lq_up.to(device), hq.to(device), keys
+    else:
+        lq = data.degrader(hq, generator)
+    lq_up, hq = make_training_batch({"hq": hq, "lq": lq}, scale=data.scale)
+    keys = batch.get("key") or [None] * hq.shape[0]
+    paths = [data.paths.get(str(k)) for k in keys]
+    return lq, lq_up, hq, paths
 
 
 def next_training_batch(data: TrainingData, generator: torch.Generator, device):
@@ -159,8 +204,10 @@ def make_validation_batch(data: TrainingData, config: TrainConfig, device) -> di
     if count == 0:
         return None
     items = [data.dataset[i] for i in range(count)]
-    batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if isinstance(items[0][k], torch.Tensor)}
+    batch = {
+        k: torch.stack([it[k] for it in items]) for k in items[0] if isinstance(items[0][k], torch.Tensor)
+    }
     batch["key"] = [it.get("key") for it in items]
     g = torch.Generator(device=device).manual_seed(config.seed + 424242)
-    lq_up, hq, keys = to_model_inputs(data, batch, g, device)
-    return {"lq": lq_up, "hq": hq, "keys": keys}
+    lq, lq_up, hq, paths = to_model_inputs(data, batch, g, device)
+    return {"lq": lq, "lq_up": lq_up, "hq": hq, "paths": paths}

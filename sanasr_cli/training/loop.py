@@ -49,7 +49,7 @@ class TrainResult:
 def create_accelerator(config: TrainConfig):
     """Stage 1: the Accelerator (devices, DDP, mixed precision, gradient accumulation)."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, GradientAccumulationPlugin
+    from accelerate.utils import GradientAccumulationPlugin
 
     precision = config.precision
     if precision == "auto":
@@ -59,31 +59,34 @@ def create_accelerator(config: TrainConfig):
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     return Accelerator(
         mixed_precision=mixed,
-        # The epoch end must not force a sync: optimizer steps stay at fixed micro-step multiples (exact resume).
+        # The epoch end must not force a sync: optimizer steps stay at fixed micro-step multiples (exact
+        # resume).
         gradient_accumulation_plugin=GradientAccumulationPlugin(
             num_steps=config.gradient_accumulation_steps, sync_with_dataloader=False
         ),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
 
 
 def prepare_run_dir(config: TrainConfig, accelerator) -> Path | None:
-    """Stage 2: check the output folder, find the checkpoint to resume from (checked against the config), write
+    """Stage 2: check the output folder, find the checkpoint to resume from (checked against the config),
+    write
     the resolved config. Returns the checkpoint to resume from, or None."""
     from sanasr_cli.training.checkpoint import clean_staging, read_checkpoint_config, resolve_resume
 
     run = Path(config.output)
     resume_from = resolve_resume(config.resume, run) if config.resume else None
     if resume_from is None and run.is_dir() and any(run.glob("checkpoint-*")) and config.resume != "auto":
-        raise ConfigError("--output", f"{run} already holds a run; continue it with --resume latest "
-                                      f"or choose another folder")
+        raise ConfigError(
+            "--output",
+            f"{run} already holds a run; continue it with --resume latest or choose another folder",
+        )
     if resume_from is not None:
         saved = TrainConfig.from_dict(read_checkpoint_config(resume_from))
         diffs = config.differences(saved)
         if diffs:
-            raise ConfigError("--resume", f"{resume_from} was trained with another configuration: "
-                                          + "; ".join(diffs[:4]))
+            raise ConfigError(
+                "--resume", f"{resume_from} was trained with another configuration: " + "; ".join(diffs[:4])
+            )
     if accelerator.is_main_process:
         run.mkdir(parents=True, exist_ok=True)
         clean_staging(run)
@@ -97,16 +100,26 @@ def load_model_with_lora(config: TrainConfig, accelerator):
     from sanasr_cli.models.lora import DEFAULT_LORA_TARGETS, FFN_LORA_TARGETS, add_lora, lora_config
     from sanasr_cli.models.sanasr import load_model
 
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    model = load_model(config.model, device=accelerator.device, dtype=weight_dtype, base=config.base,
-                       seed=config.seed)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        accelerator.mixed_precision, torch.float32
+    )
+    model = load_model(
+        config.model, device=accelerator.device, dtype=weight_dtype, base=config.base, seed=config.seed
+    )
     if model.description.adapter or getattr(model.transformer, "_hf_peft_config_loaded", False):
-        raise ConfigError("--model", "the model already carries a LoRA adapter; merge it first "
-                                     "(sanasr merge-lora) or train from the base")
+        raise ConfigError(
+            "--model",
+            "the model already carries a LoRA adapter; merge it first "
+            "(sanasr merge-lora) or train from the base",
+        )
     if config.crop % model.codec.factor:
-        raise ConfigError("--crop", f"must be a multiple of the VAE factor {model.codec.factor}, got {config.crop}")
+        raise ConfigError(
+            "--crop", f"must be a multiple of the VAE factor {model.codec.factor}, got {config.crop}"
+        )
     targets = DEFAULT_LORA_TARGETS + (FFN_LORA_TARGETS if config.lora_targets == "attn+ffn" else ())
-    add_lora(model.transformer, lora_config(config.lora_rank, config.lora_alpha, config.lora_dropout, targets))
+    add_lora(
+        model.transformer, lora_config(config.lora_rank, config.lora_alpha, config.lora_dropout, targets)
+    )
     for name, p in model.transformer.named_parameters():
         if "lora_" in name:
             p.data = p.data.float()  # trainable weights in float32 under any mixed precision
@@ -116,11 +129,10 @@ def load_model_with_lora(config: TrainConfig, accelerator):
         model.transformer.enable_gradient_checkpointing()
     if config.offload_text_encoder:
         model.prompts.text_encoder.to("cpu")  # prompts are few and cached: encode them on the CPU
-    rule = model.description.prompt
-    if config.tagger is not None:
-        rule.tagger = config.tagger
-    if config.template is not None:
-        rule.template = config.template
+    if config.prompt_rule is not None:
+        from sanasr_cli.prompts.rule import PromptRule
+
+        model.description.prompt = PromptRule.from_dict(config.prompt_rule)
     return model
 
 
@@ -131,8 +143,9 @@ def build_objective(config: TrainConfig, model, device):
 
     protocol = PromptProtocol.named(config.protocol)
     model.restorer.tau_g = protocol.tau_g  # the model being trained restores at the protocol's tau_g
-    weights = LossWeights(config.lambda_pixel, config.lambda_perceptual, config.lambda_align,
-                          config.lambda_consistency)
+    weights = LossWeights(
+        config.lambda_pixel, config.lambda_perceptual, config.lambda_align, config.lambda_consistency
+    )
     perceptual = None
     if weights.perceptual:
         try:
@@ -147,8 +160,13 @@ def create_optimizer(config: TrainConfig, objective):
     params = [p for n, p in objective.named_parameters() if p.requires_grad]
     if not params or not all("lora_" in n for n, p in objective.named_parameters() if p.requires_grad):
         raise RuntimeError("only LoRA weights may train")
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
-                                  eps=config.adam_eps, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=config.lr,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_eps,
+        weight_decay=config.weight_decay,
+    )
     warmup = config.lr_warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
@@ -187,30 +205,29 @@ def restore_training_state(ckpt: Path, model, ema, optimizer, scheduler, acceler
         accelerator.scaler.load_state_dict(state["scaler"])
     restore_rng(state["rng"], generators)
     if state.get("num_processes") != accelerator.num_processes:
-        _message(accelerator, None, f"note: {ckpt} was written by {state.get('num_processes')} processes, this run "
-                                    f"has {accelerator.num_processes}: data order differs from an uninterrupted run")
+        _message(
+            accelerator,
+            None,
+            f"note: {ckpt} was written by {state.get('num_processes')} processes, this run "
+            f"has {accelerator.num_processes}: data order differs from an uninterrupted run",
+        )
     return state
 
 
-def encode_prompts(model, rule, tagger, lq_upsampled: torch.Tensor, keys: list, device) -> tuple:
-    """Prompts by the model's rule (tagger on each LQ input + template), encoded once per distinct prompt."""
+def encode_prompts(model, rule, tagger, lq: torch.Tensor, paths: list, device) -> tuple:
+    """Prompts by the run's rule (Eq. 12: the tagger on each LQ input, then the template), as inference builds
+    them;
+    the PromptEncoder encodes each distinct prompt once. lq: (B, 3, h, w) in [0, 1]."""
     from sanasr_cli.prompts.rule import prompt_for_image
 
-    prompts = [prompt_for_image(rule, lq_upsampled[i].detach().cpu(), _key_path(keys, i), tagger)
-               for i in range(lq_upsampled.shape[0])]
+    prompts = [prompt_for_image(rule, lq[i].detach().cpu(), paths[i], tagger) for i in range(lq.shape[0])]
     embeds, mask = model.prompts.encode(prompts)
     return embeds.to(device), mask.to(device)
 
 
-def _key_path(keys, i) -> Path | None:
-    if keys is None:
-        return None
-    p = Path(str(keys[i]))
-    return p if p.exists() else None
-
-
-def run_training_step(objective, batch, embeds, mask, optimizer, scheduler, accelerator, config, generators,
-                      params) -> tuple[dict, bool]:
+def run_training_step(
+    objective, batch, embeds, mask, optimizer, scheduler, accelerator, config, generators, params
+) -> tuple[dict, bool]:
     """One micro-batch of Algorithm 1 (lines 3-9): forward, backward and, at accumulation boundaries, clip and
     step. Returns (terms averaged over processes, whether an optimizer step happened)."""
     lq_up, hq = batch
@@ -228,7 +245,7 @@ def run_training_step(objective, batch, embeds, mask, optimizer, scheduler, acce
             optimizer.step()
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    metrics = {k: float(v) for k, v in zip(TERM_NAMES + ("t",), terms.tolist())}
+    metrics = {k: float(v) for k, v in zip(TERM_NAMES + ("t",), terms.tolist(), strict=False)}
     if grad_norm is not None:
         metrics["grad_norm"] = float(grad_norm)
     return metrics, stepped
@@ -240,13 +257,43 @@ def _message(accelerator, hooks: TrainHooks | None, text: str) -> None:
             hooks.on_message(text)
 
 
-def save_training_checkpoint(run_dir, step, model, ema, optimizer, scheduler, accelerator, generators, stream,
-                             config: TrainConfig) -> Path | None:
+def check_replicas_in_sync(transformer, accelerator) -> None:
+    """Every process must hold the same LoRA weights (DDP averages the gradients); a mismatch means the
+    processes
+    trained apart, and the checkpoint would record only one of them."""
+    from accelerate.utils import gather_object
+
+    if accelerator.num_processes == 1:
+        return
+    with torch.no_grad():
+        sums = [
+            float(
+                sum(
+                    p.double().sum() + p.double().abs().sum()
+                    for n, p in transformer.named_parameters()
+                    if "lora_" in n
+                )
+            )
+        ]
+    found = gather_object(sums)
+    if max(found) != min(found):
+        from sanasr_cli.training.checkpoint import CheckpointError
+
+        raise CheckpointError(
+            f"the {accelerator.num_processes} processes hold different LoRA weights "
+            f"(checksums {found}); gradients are not being synchronised"
+        )
+
+
+def save_training_checkpoint(
+    run_dir, step, model, ema, optimizer, scheduler, accelerator, generators, stream, config: TrainConfig
+) -> Path | None:
     """Every process contributes its RNG state; the main process writes the folder, then prunes old ones."""
     from accelerate.utils import gather_object
 
     from sanasr_cli.training.checkpoint import capture_rng, prune_checkpoints, save_checkpoint
 
+    check_replicas_in_sync(model.transformer, accelerator)
     rng = gather_object([capture_rng(generators)])
     path = None
     error = None
@@ -260,12 +307,24 @@ def save_training_checkpoint(run_dir, step, model, ema, optimizer, scheduler, ac
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
         }
         desc = copy.deepcopy(model.description)
-        desc.lora = {"rank": config.lora_rank, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
-                     "targets": config.lora_targets, "ema": config.ema_decay if ema is not None else None,
-                     "merged": False}
-        desc.history = list(desc.history) + [{"command": "train", "step": step, "protocol": config.protocol,
-                                              "lr": config.lr, "batch_size": config.batch_size,
-                                              "num_processes": accelerator.num_processes}]
+        desc.lora = {
+            "rank": config.lora_rank,
+            "alpha": config.lora_alpha,
+            "dropout": config.lora_dropout,
+            "targets": config.lora_targets,
+            "ema": config.ema_decay if ema is not None else None,
+            "merged": False,
+        }
+        desc.history = list(desc.history) + [
+            {
+                "command": "train",
+                "step": step,
+                "protocol": config.protocol,
+                "lr": config.lr,
+                "batch_size": config.batch_size,
+                "num_processes": accelerator.num_processes,
+            }
+        ]
         try:
             path = save_checkpoint(run_dir, step, model, ema, optimizer, state, rng, config.to_dict(), desc)
             prune_checkpoints(run_dir, config.checkpoints_total_limit)
@@ -287,7 +346,7 @@ def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     TrainingDiverged, DataError or MissingWeightsError with a message for the user."""
     from accelerate.utils import set_seed
 
-    from sanasr_cli.prompts.taggers import make_tagger
+    from sanasr_cli.prompts.rule import tagger_from_rule
     from sanasr_cli.training.data import build_training_data, make_validation_batch, next_training_batch
     from sanasr_cli.training.runlog import RunLogger
     from sanasr_cli.training.validation import save_validation_grid
@@ -303,14 +362,24 @@ def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     # 3. model with a fresh adapter, 4. objective
     model = load_model_with_lora(config, accelerator)
     rule = model.description.prompt
-    tagger = make_tagger(rule.tagger)
+    tagger = tagger_from_rule(rule, device=accelerator.device, cache_dir=config.tag_cache)
     objective = build_objective(config, model, accelerator.device)
     # 5. optimisation
     optimizer, scheduler = create_optimizer(config, objective)
     ema = create_ema(config, model.transformer)
     # 6. data (each process its own shard)
     data = build_training_data(config, accelerator)
-    validation = make_validation_batch(data, config, accelerator.device) if accelerator.is_main_process else None
+    summary = getattr(data.dataset, "summary", None)
+    _message(
+        accelerator,
+        hooks,
+        f"data: {summary if summary is not None else len(data.dataset)}; "
+        f"{data.stream.sampler.batches_per_epoch} batches of {config.batch_size} per "
+        f"process and epoch, {accelerator.num_processes} process(es)",
+    )
+    validation = (
+        make_validation_batch(data, config, accelerator.device) if accelerator.is_main_process else None
+    )
     objective, optimizer = accelerator.prepare(objective, optimizer)
     params = [p for p in objective.parameters() if p.requires_grad]
     generators = make_generators(config, accelerator)
@@ -331,16 +400,28 @@ def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
         window: list[dict] = []
         t0 = time.perf_counter()
         while step < config.max_steps:
-            lq_up, hq, keys = next_training_batch(data, generators["degrade"], accelerator.device)
-            embeds, mask = encode_prompts(model, rule, tagger, lq_up, keys, accelerator.device)
-            metrics, stepped = run_training_step(objective, (lq_up, hq), embeds, mask, optimizer, scheduler,
-                                                 accelerator, config, generators, params)
+            lq, lq_up, hq, paths = next_training_batch(data, generators["degrade"], accelerator.device)
+            embeds, mask = encode_prompts(model, rule, tagger, lq, paths, accelerator.device)
+            metrics, stepped = run_training_step(
+                objective,
+                (lq_up, hq),
+                embeds,
+                mask,
+                optimizer,
+                scheduler,
+                accelerator,
+                config,
+                generators,
+                params,
+            )
             if not math.isfinite(metrics["loss"]):
                 last = result.checkpoints[-1] if result.checkpoints else resume_from
                 where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-                raise TrainingDiverged(f"loss became {metrics['loss']} at step {step + 1} (terms: "
-                                       + ", ".join(f"{k}={metrics[k]:.4g}" for k in TERM_NAMES[1:])
-                                       + f"); stopped without applying it; {where}. Try a lower --lr.")
+                raise TrainingDiverged(
+                    f"loss became {metrics['loss']} at step {step + 1} (terms: "
+                    + ", ".join(f"{k}={metrics[k]:.4g}" for k in TERM_NAMES[1:])
+                    + f"); stopped without applying it; {where}. Try a lower --lr."
+                )
             window.append(metrics)
             if not stepped:
                 continue
@@ -350,8 +431,9 @@ def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
             record = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
             window = []
             now = time.perf_counter()
-            record.update(step=step, lr=scheduler.get_last_lr()[0], epoch=data.stream.epoch,
-                          step_time_s=now - t0)
+            record.update(
+                step=step, lr=scheduler.get_last_lr()[0], epoch=data.stream.epoch, step_time_s=now - t0
+            )
             t0 = now
             result.last_metrics = record
             if accelerator.is_main_process:
@@ -360,11 +442,22 @@ def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
                 if hooks.on_step:
                     hooks.on_step(step, record)
             if validation is not None and step % config.validate_every == 0:
-                grid = save_validation_grid(model, rule, tagger, validation, run_dir, step)
+                with accelerator.autocast():
+                    grid = save_validation_grid(model, rule, tagger, validation, run_dir, step)
                 logger.image("validation", grid, step)
             if step % config.save_every == 0 or step == config.max_steps:
-                path = save_training_checkpoint(run_dir, step, model, ema, optimizer, scheduler, accelerator,
-                                                generators, data.stream, config)
+                path = save_training_checkpoint(
+                    run_dir,
+                    step,
+                    model,
+                    ema,
+                    optimizer,
+                    scheduler,
+                    accelerator,
+                    generators,
+                    data.stream,
+                    config,
+                )
                 if path is not None:
                     result.checkpoints.append(path)
                     _message(accelerator, hooks, f"saved {path}")

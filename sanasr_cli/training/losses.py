@@ -105,10 +105,10 @@ class PerceptualLoss(torch.nn.Module):
 def _lpips_with_random_vgg_features():
     """LPIPS-VGG with its (bundled) linear heads and a randomly initialised VGG16 trunk.
 
-    lpips builds the trunk with `torchvision.models.vgg16(...).features`, which also creates and initialises the
-    120 M-parameter classifier that LPIPS never uses (seconds and ~0.5 GB per process); for the random trunk we hand
-    it the same VGG16 feature layers (torchvision's `make_layers(cfgs["D"])`, initialised as torchvision does)
-    without the classifier.
+    lpips builds the trunk with `torchvision.models.vgg16(...).features`, which also creates and initialises
+    the 120 M-parameter classifier that LPIPS never uses (seconds and ~0.5 GB per process); for the random
+    trunk we hand it the same VGG16 feature layers (torchvision's `make_layers(cfgs["D"])`, initialised as
+    torchvision does) without the classifier.
     """
     import lpips
     from lpips import pretrained_networks

@@ -1,7 +1,9 @@
 """The training objective as one `nn.Module`, so that DDP (through accelerate) sees one forward per backward.
 
-The SANA-SR step calls the transformer three times (restore with the adapter, the frozen prior on both perturbed
-latents, the adapter again for L_cons); wrapping the whole objective keeps those calls inside a single DDP forward,
+The SANA-SR step calls the transformer three times (restore with the adapter, the frozen prior on both
+perturbed
+latents, the adapter again for L_cons); wrapping the whole objective keeps those calls inside a single DDP
+forward,
 where shared weights are fine, instead of three forwards of a wrapped transformer that DDP would not allow.
 The VAE and the LPIPS network are frozen and held as plain attributes (not submodules), so DDP neither
 broadcasts nor tracks them.
@@ -43,11 +45,20 @@ class TrainingObjective(torch.nn.Module):
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """Eq. 8 on a batch. lq_upsampled, hq: (B, 3, H, W) in [0, 1] on the model's device; embeds (B, T, D),
-        mask (B, T). Returns {"loss", "pixel", "perceptual", "align", "consistency"} (scalar tensors; only "loss"
+        mask (B, T). Returns {"loss", "pixel", "perceptual", "align", "consistency"} (scalar tensors; only
+        "loss"
         carries the graph) and "t" (the alignment timestep as a float tensor)."""
         terms = compute_task_losses(
-            self.restorer, self.codec, lq_upsampled, hq, embeds, mask, self.weights, self.protocol,
-            self.perceptual, generator=generator,
+            self.restorer,
+            self.codec,
+            lq_upsampled,
+            hq,
+            embeds,
+            mask,
+            self.weights,
+            self.protocol,
+            self.perceptual,
+            generator=generator,
         )
         out = {
             "loss": terms.total,

@@ -1,0 +1,304 @@
+"""`sanasr train` end to end on the tiny preset: files, exact resume, NaN stop, bad input, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from sanasr_cli.cli import app
+from tests.conftest import REPO_ROOT, make_photo_like
+
+runner = CliRunner()
+
+# 5 images, batch 2: two batches per epoch, so step 3 is already in the second epoch.
+TINY = [
+    "--model",
+    "tiny",
+    "--crop",
+    "16",
+    "--batch-size",
+    "2",
+    "--lora-rank",
+    "4",
+    "--lora-alpha",
+    "4",
+    "--perceptual-backbone",
+    "random",
+    "--num-workers",
+    "0",
+    "--log-every",
+    "1",
+    "--precision",
+    "fp32",
+]
+
+
+def _write_images(folder: Path, n: int, size=(40, 48), seed=0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(make_photo_like(size[0], size[1], seed + i)).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hq_dir(tmp_path_factory) -> Path:
+    return _write_images(tmp_path_factory.mktemp("data") / "hq", 5)
+
+
+@pytest.fixture(scope="module")
+def short_run(hq_dir, tmp_path_factory) -> Path:
+    """Two steps through the CLI, a checkpoint every step (the newest kept), a validation grid at step 2."""
+    run = tmp_path_factory.mktemp("runs") / "run"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--hq",
+            str(hq_dir),
+            "-o",
+            str(run),
+            "--max-steps",
+            "2",
+            "--save-every",
+            "1",
+            "--checkpoints-total-limit",
+            "1",
+            "--validate-every",
+            "2",
+            "--validation-images",
+            "2",
+            *TINY,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_short_run_writes_the_expected_files(short_run):
+    ckpt = short_run / "checkpoint-2"
+    assert sorted(p.name for p in short_run.glob("checkpoint-*")) == [
+        "checkpoint-2"
+    ]  # limit 1: step 1 pruned
+    for rel in (
+        "sanasr.json",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "train/adapter/adapter_model.safetensors",
+        "train/optimizer.pt",
+        "train/rng.safetensors",
+        "train/state.json",
+        "train/train_config.json",
+    ):
+        assert (ckpt / rel).is_file(), rel
+    assert json.loads((short_run / "train_config.json").read_text())["lora_rank"] == 4
+    records = [json.loads(line) for line in (short_run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        for term in ("loss", "pixel", "perceptual", "align", "consistency", "t", "lr", "grad_norm"):
+            assert isinstance(r[term], float), term
+        assert 70 <= r["t"] <= 650  # HQ-prompt protocol
+    assert list((short_run / "tensorboard").glob("events.out.tfevents.*"))
+    grid = Image.open(short_run / "validation" / "step-0000002.png")
+    assert grid.size == (3 * 16 + 2 * 2, 2 * 16 + 2)  # 2 rows of LQ | SR | HQ at 16 px, 2 px gaps
+    desc = json.loads((ckpt / "sanasr.json").read_text())
+    assert desc["adapter"] == "adapter" and desc["lora"]["rank"] == 4 and desc["history"][-1]["step"] == 2
+    state = json.loads((ckpt / "train" / "state.json").read_text())
+    assert (state["step"], state["epoch"], state["batch_in_epoch"], state["num_processes"]) == (
+        2,
+        0,
+        2,
+        1,
+    )  # 2 of 2 batches of epoch 0 consumed
+
+
+def test_checkpoint_is_a_model_for_upscale(short_run, image_folder, tmp_path):
+    out = tmp_path / "sr"
+    result = runner.invoke(
+        app, ["upscale", str(image_folder), "-o", str(out), "--model", str(short_run / "checkpoint-2")]
+    )
+    assert result.exit_code == 0, result.output
+    assert Image.open(out / "a.png").size == (64, 64)
+
+
+def test_resume_continues_with_the_uninterrupted_losses(short_run, hq_dir, tmp_path):
+    """The short run (2 steps) resumed to 3 gives the losses of a 3-step run from scratch, step by step."""
+    import shutil
+
+    from sanasr_cli.training.config import TrainConfig
+    from sanasr_cli.training.loop import train
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(short_run, resumed)
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--hq",
+            str(hq_dir),
+            "-o",
+            str(resumed),
+            "--max-steps",
+            "3",
+            "--save-every",
+            "1",
+            "--checkpoints-total-limit",
+            "1",
+            "--validate-every",
+            "2",
+            "--validation-images",
+            "2",
+            "--resume",
+            "latest",
+            *TINY,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "resumed from" in result.output
+    config = TrainConfig.load(short_run / "train_config.json")
+    config.output, config.max_steps, config.resume = tmp_path / "straight", 3, None
+    train(config)
+    straight = _losses(tmp_path / "straight")
+    assert len(straight) == 3
+    assert _losses(resumed) == straight  # exact equality: same data, degradations, t, noise, optimizer state
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(hq_dir, tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--hq",
+            str(hq_dir),
+            "-o",
+            str(run),
+            "--max-steps",
+            "4",
+            "--save-every",
+            "1",
+            "--lr",
+            "1e30",
+            "--max-grad-norm",
+            "0",
+            "--ema-decay",
+            "0",
+            "--validation-images",
+            "0",
+            *TINY,
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    assert "loss became nan at step 2" in result.output and "checkpoint-1" in result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert (run / "checkpoint-1" / "train" / "state.json").is_file()
+
+
+def test_bad_input_is_one_line_and_exit_2(hq_dir, short_run, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one = _write_images(tmp_path / "one", 1)
+    small = _write_images(tmp_path / "small", 3, size=(12, 12))
+    cases = [
+        (["--hq", str(tmp_path / "missing")], "--hq"),
+        (["--hq", str(empty)], "no usable HQ images"),
+        (["--hq", str(one)], "need at least --batch-size x processes = 2"),
+        (["--hq", str(small)], "no usable HQ images"),
+        (["--hq", str(hq_dir), "--crop", "12"], "multiple of the VAE factor 8"),
+        (["--hq", str(hq_dir), "--lr", "-1"], "--lr"),
+        (["--pairs", str(hq_dir), str(empty)], "--pairs"),
+    ]
+    for extra, expected in cases:
+        result = runner.invoke(app, ["train", "-o", str(tmp_path / "run"), "--max-steps", "1", *TINY, *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        assert expected in result.output, (extra, result.output)
+        assert "Traceback" not in result.output
+    # an existing run without --resume, and a resume under another configuration
+    result = runner.invoke(app, ["train", "--hq", str(hq_dir), "-o", str(short_run), *TINY])
+    assert result.exit_code == 2 and "--resume latest" in result.output
+    result = runner.invoke(
+        app,
+        ["train", "--hq", str(hq_dir), "-o", str(short_run), "--resume", "latest", *TINY, "--lora-rank", "8"],
+    )
+    assert result.exit_code == 2 and "lora_rank" in result.output, result.output
+    result = runner.invoke(
+        app, ["train", "--hq", str(hq_dir), "-o", str(tmp_path / "new"), "--resume", "latest", *TINY]
+    )
+    assert result.exit_code == 1 and "no complete checkpoint" in result.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_with_accelerate_launch_on_paired_data(tmp_path):
+    """A real 2-process DDP run (gloo on CPU) through `accelerate launch`, on LQ/HQ pairs."""
+    hq = _write_images(tmp_path / "pairs_hq", 4, size=(32, 40))
+    lq = tmp_path / "pairs_lq"
+    lq.mkdir()
+    for p in hq.iterdir():
+        Image.open(p).resize((10, 8), Image.BICUBIC).save(lq / p.name)
+    run = tmp_path / "run"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "ACCELERATE_USE_CPU": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "sanasr_cli",
+        "train",
+        "--pairs",
+        str(lq),
+        str(hq),
+        "-o",
+        str(run),
+        "--max-steps",
+        "2",
+        "--save-every",
+        "2",
+        "--validate-every",
+        "2",
+        "--validation-images",
+        "1",
+        *TINY,
+        "--batch-size",
+        "1",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = json.loads((run / "checkpoint-2" / "train" / "state.json").read_text())
+    assert state["num_processes"] == 2 and sorted(state["rng"]) == ["0", "1"]
+    assert len(_losses(run)) == 2  # one writer
+    assert (run / "validation" / "step-0000002.png").is_file()
+    assert proc.stderr.count("saved ") == 1
