@@ -43,8 +43,8 @@ def _config(tmp_path, **kw):
 @pytest.fixture(scope="module")
 def step_setup(tmp_path_factory):
     """Accelerator + tiny model with LoRA + objective + optimizer, as the loop builds them (shared by the
-    tests of
-    this module, which only ever step it forward; the loss test, which changes the protocol, comes last)."""
+    tests of this module, which only ever step it forward; the loss test, which changes the protocol, comes
+    last)."""
     from sanasr_cli.training import loop
 
     config = _config(tmp_path_factory.mktemp("cfg"), lr=1e-3)
@@ -362,3 +362,22 @@ def test_loss_falls_on_a_fixed_batch(step_setup):
     assert all(math.isfinite(v) for v in losses)
     assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
     assert losses[-1] < 0.96 * losses[0], losses
+
+
+def test_benchmark_script_measures_the_training_step():
+    """benchmarks/train_step.py on the tiny preset (the real-size run needs a GPU)."""
+    import importlib.util
+
+    from tests.conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "train_step_bench", REPO_ROOT / "benchmarks" / "train_step.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rec = bench.measure_train_step(
+        "tiny", batch_size=1, crop=16, steps=1, warmup=1, precision="fp32", lora_rank=4
+    )
+    assert rec["steps_timed"] == 1 and len(rec["losses"]) == 1 and math.isfinite(rec["losses"][0])
+    assert rec["step_seconds_median"] > 0 and rec["device"] == "cpu"
+    assert 0 < rec["trainable_params"] < rec["transformer_params"]

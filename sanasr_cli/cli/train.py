@@ -170,8 +170,7 @@ def train(
     """Adapt the LinearDiT with LoRA on HQ images (or LQ/HQ pairs) using the paper's objective.
 
     Every --save-every steps RUN/checkpoint-<step>/ is written: a model directory (sanasr.json + adapter/)
-    that
-    `sanasr upscale --model` loads directly, plus train/ with what --resume needs to continue exactly.
+    that `sanasr upscale --model` loads directly, plus train/ with what --resume needs to continue exactly.
     For several GPUs: `accelerate launch --multi_gpu --num_processes N -m sanasr_cli train ...` (same flags).
     Exit code: 0 done, 1 training failed (NaN loss, disk full, missing weights), 2 bad options.
     """

@@ -1,8 +1,7 @@
 """Training checkpoints: a model directory plus what it takes to continue exactly.
 
     RUN/checkpoint-<step>/
-      sanasr.json            model description (adapter over the base): `upscale`, `eval`, `merge-lora` load
-      it
+      sanasr.json            model description (adapter over the base): upscale, eval, merge-lora load it
       adapter/               PEFT adapter folder with the EMA weights (the raw weights when EMA is off)
       train/
         adapter/             PEFT adapter folder with the raw trained weights (what training continues from)
@@ -12,10 +11,8 @@
         train_config.json    the resolved configuration
 
 A checkpoint is assembled in a hidden staging folder next to it and renamed into place only when complete, so
-an
-interrupted save (a full disk, a kill) never leaves a half-written `checkpoint-<step>`; `state.json` is
-written
-last and marks a checkpoint as complete.
+an interrupted save (a full disk, a kill) never leaves a half-written `checkpoint-<step>`; `state.json` is
+written last and marks a checkpoint as complete.
 """
 
 from __future__ import annotations
@@ -258,8 +255,7 @@ def load_checkpoint(ckpt: Path, transformer, ema, optimizer: torch.optim.Optimiz
     """Load a checkpoint into live objects (every process). Returns the state dict (with 'rng' for this rank).
 
     Order matters: the EMA adapter is loaded into the live LoRA weights and copied into the EMA shadow, then
-    the
-    raw adapter overwrites the live weights.
+    the raw adapter overwrites the live weights.
     """
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file

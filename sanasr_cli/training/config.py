@@ -1,10 +1,9 @@
 """The training configuration: one typed dataclass, validated up front, written next to every checkpoint.
 
 Defaults are the paper's (App. B): LoRA rank/alpha 64 on the attention projections, AdamW lr 5e-5, weight
-decay
-1e-2, betas (0.9, 0.999), eps 1e-8, gradient clipping 1.0, EMA 0.999, batch 4, 512 crops, 100K steps, loss
-weights
-1 / 2 / 1 / 1, HQ-prompt protocol (tau_g 900, t in [70, 650]). Validation errors name the CLI flag to fix.
+decay 1e-2, betas (0.9, 0.999), eps 1e-8, gradient clipping 1.0, EMA 0.999, batch 4, 512 crops, 100K steps,
+loss weights 1 / 2 / 1 / 1, HQ-prompt protocol (tau_g 900, t in [70, 650]). Validation errors name the CLI
+flag to fix.
 """
 
 from __future__ import annotations

@@ -1,14 +1,11 @@
 """Training data for `train`: the data sets of `sanasr_cli.data.datasets`, sharded across processes, with a
-position
-that a checkpoint records and a resume seeks to.
+position that a checkpoint records and a resume seeks to.
 
 Sharding is done here, not by `accelerator.prepare(dataloader)`: each epoch's order is a permutation drawn
-from
-(seed, epoch) alone, cut into `world_size` interleaved shards of whole batches (the tail that does not fill a
-batch
-on every process is dropped). The data position is then just (epoch, batches consumed), and a resume restarts
-the
-epoch's sampler at that batch without reading the skipped images, independent of loader internals.
+from (seed, epoch) alone, cut into `world_size` interleaved shards of whole batches (the tail that does not
+fill a batch on every process is dropped). The data position is then just (epoch, batches consumed), and a
+resume restarts the epoch's sampler at that batch without reading the skipped images, independent of loader
+internals.
 """
 
 from __future__ import annotations
@@ -59,14 +56,11 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
 class BatchStream:
     """An endless stream of this process's batches over epochs; `epoch` and `batch_index` (batches consumed in
-    the
-    epoch) are the data position.
+    the epoch) are the data position.
 
     Each (re)start builds a loader with `build_dataloader` over this process's remaining indices of the epoch,
-    in
-    order (a `Subset`, shuffle off): items depend only on (seed, epoch, index), so a loader that starts
-    mid-epoch
-    yields the very batches an uninterrupted one would.
+    in order (a `Subset`, shuffle off): items depend only on (seed, epoch, index), so a loader that starts
+    mid-epoch yields the very batches an uninterrupted one would.
     """
 
     def __init__(self, dataset, sampler: ShardedBatchSampler, loader_factory):
@@ -128,8 +122,7 @@ def build_dataset(config: TrainConfig):
 
 def build_training_data(config: TrainConfig, accelerator) -> TrainingData:
     """This process's shard of the data set, as a BatchStream; a data set too small for one batch per process
-    is
-    an error naming the flag."""
+    is an error naming the flag."""
     from sanasr_cli.data import datasets
 
     dataset = build_dataset(config)
@@ -179,8 +172,8 @@ def _paths_by_key(dataset) -> dict[str, Path]:
 
 def to_model_inputs(data: TrainingData, batch: dict, generator: torch.Generator, device):
     """A collated batch -> (lq, lq_upsampled, hq, paths): lq (B, 3, H/4, W/4) (what the tagger sees),
-    lq_upsampled and
-    hq (B, 3, H, W), float in [0, 1] on `device`; paths: the file per item for the `file` tagger (or None)."""
+    lq_upsampled and hq (B, 3, H, W), float in [0, 1] on `device`; paths: the file per item for the `file`
+    tagger (or None)."""
     from sanasr_cli.data.datasets import make_training_batch
 
     hq = batch["hq"].to(device, non_blocking=True).float()

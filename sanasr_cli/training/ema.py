@@ -3,8 +3,7 @@
 Only the adapter trains, so the shadow copy is as small as the adapter (a few MB), kept in float32 on the
 parameters' device. `swapped_in()` puts the EMA weights into the live parameters for saving or validation and
 restores the trained weights afterwards. Written here rather than taken from diffusers' `EMAModel` because
-that
-class tracks whole modules and pickles its state; this one saves through the PEFT adapter format.
+that class tracks whole modules and pickles its state; this one saves through the PEFT adapter format.
 """
 
 from __future__ import annotations

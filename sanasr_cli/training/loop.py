@@ -69,8 +69,7 @@ def create_accelerator(config: TrainConfig):
 
 def prepare_run_dir(config: TrainConfig, accelerator) -> Path | None:
     """Stage 2: check the output folder, find the checkpoint to resume from (checked against the config),
-    write
-    the resolved config. Returns the checkpoint to resume from, or None."""
+    write the resolved config. Returns the checkpoint to resume from, or None."""
     from sanasr_cli.training.checkpoint import clean_staging, read_checkpoint_config, resolve_resume
 
     run = Path(config.output)
@@ -216,8 +215,7 @@ def restore_training_state(ckpt: Path, model, ema, optimizer, scheduler, acceler
 
 def encode_prompts(model, rule, tagger, lq: torch.Tensor, paths: list, device) -> tuple:
     """Prompts by the run's rule (Eq. 12: the tagger on each LQ input, then the template), as inference builds
-    them;
-    the PromptEncoder encodes each distinct prompt once. lq: (B, 3, h, w) in [0, 1]."""
+    them; the PromptEncoder encodes each distinct prompt once. lq: (B, 3, h, w) in [0, 1]."""
     from sanasr_cli.prompts.rule import prompt_for_image
 
     prompts = [prompt_for_image(rule, lq[i].detach().cpu(), paths[i], tagger) for i in range(lq.shape[0])]
@@ -259,8 +257,7 @@ def _message(accelerator, hooks: TrainHooks | None, text: str) -> None:
 
 def check_replicas_in_sync(transformer, accelerator) -> None:
     """Every process must hold the same LoRA weights (DDP averages the gradients); a mismatch means the
-    processes
-    trained apart, and the checkpoint would record only one of them."""
+    processes trained apart, and the checkpoint would record only one of them."""
     from accelerate.utils import gather_object
 
     if accelerator.num_processes == 1:

@@ -1,12 +1,10 @@
 """The training objective as one `nn.Module`, so that DDP (through accelerate) sees one forward per backward.
 
 The SANA-SR step calls the transformer three times (restore with the adapter, the frozen prior on both
-perturbed
-latents, the adapter again for L_cons); wrapping the whole objective keeps those calls inside a single DDP
-forward,
-where shared weights are fine, instead of three forwards of a wrapped transformer that DDP would not allow.
-The VAE and the LPIPS network are frozen and held as plain attributes (not submodules), so DDP neither
-broadcasts nor tracks them.
+perturbed latents, the adapter again for L_cons); wrapping the whole objective keeps those calls inside a
+single DDP forward, where shared weights are fine, instead of three forwards of a wrapped transformer that DDP
+would not allow. The VAE and the LPIPS network are frozen and held as plain attributes (not submodules), so
+DDP neither broadcasts nor tracks them.
 """
 
 from __future__ import annotations
@@ -46,8 +44,7 @@ class TrainingObjective(torch.nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Eq. 8 on a batch. lq_upsampled, hq: (B, 3, H, W) in [0, 1] on the model's device; embeds (B, T, D),
         mask (B, T). Returns {"loss", "pixel", "perceptual", "align", "consistency"} (scalar tensors; only
-        "loss"
-        carries the graph) and "t" (the alignment timestep as a float tensor)."""
+        "loss" carries the graph) and "t" (the alignment timestep as a float tensor)."""
         terms = compute_task_losses(
             self.restorer,
             self.codec,

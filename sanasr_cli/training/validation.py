@@ -1,8 +1,7 @@
 """Validation grids: a few fixed training images, LQ | SR | HQ per row, written as PNG every N steps.
 
 The fixed images are made once per run (the first items of the dataset, degraded with their own seeded
-generator),
-so every grid of a run, resumed or not, shows the same inputs.
+generator), so every grid of a run, resumed or not, shows the same inputs.
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ def save_validation_grid(model, rule, tagger, validation: dict, run_dir: Path, s
     """Restore the fixed validation inputs with the current weights; write RUN/validation/step-<step>.png.
 
     validation: {"lq": (B, 3, H/4, W/4), "lq_up": (B, 3, H, W) bicubic, "hq": (B, 3, H, W), "paths"}, in [0,
-    1].
-    Returns the grid (3, H', W').
+    1]. Returns the grid (3, H', W').
     """
     from sanasr_cli.data.io import write_image
     from sanasr_cli.prompts.rule import prompt_for_image
