@@ -107,7 +107,7 @@ def test_short_run_writes_the_expected_files(short_run):
         "sanasr.json",
         "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors",
-        "train/adapter/adapter_model.safetensors",
+        "adapter_ema/adapter_model.safetensors",
         "train/optimizer.pt",
         "train/rng.safetensors",
         "train/state.json",
@@ -142,6 +142,10 @@ def test_checkpoint_is_a_model_for_upscale(short_run, image_folder, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert Image.open(out / "a.png").size == (64, 64)
+    merged = tmp_path / "merged"
+    result = runner.invoke(app, ["merge-lora", str(short_run / "checkpoint-2"), "-o", str(merged), "--ema"])
+    assert result.exit_code == 0, result.output
+    assert (merged / "transformer" / "config.json").is_file()
 
 
 def test_resume_continues_with_the_uninterrupted_losses(short_run, hq_dir, tmp_path):

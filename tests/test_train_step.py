@@ -223,27 +223,35 @@ def test_checkpoint_is_a_model_dir_and_restores_training_state(step_setup, tmp_p
         "sanasr.json",
         "adapter/adapter_model.safetensors",
         "adapter/adapter_config.json",
-        "train/adapter/adapter_model.safetensors",
+        "adapter_ema/adapter_model.safetensors",
+        "adapter_ema/adapter_config.json",
         "train/optimizer.pt",
         "train/rng.safetensors",
         "train/state.json",
         "train/train_config.json",
     ):
         assert (ckpt / rel).is_file(), rel
-    # a valid model directory: its adapter holds the EMA weights
+    # a valid model directory over the trained adapter
+    live = dict(step_setup["model"].transformer.named_parameters())
     loaded = load_model(ckpt)
     assert loaded.description.lora["rank"] == 4
-    ema_named = dict(zip(step_setup["ema"].names, step_setup["ema"].shadow, strict=False))
     for n, p in loaded.transformer.named_parameters():
         if "lora_" in n:
-            torch.testing.assert_close(p.float(), ema_named[n])
-    # the raw adapter is a PEFT folder that peft itself loads
-    peft_model = PeftModel.from_pretrained(
-        build_random_transformer(PRESETS["tiny"], 0), str(ckpt / "train/adapter")
-    )
-    live = dict(step_setup["model"].transformer.named_parameters())
-    got = {n.removeprefix("base_model.model."): p for n, p in peft_model.named_parameters() if "lora_" in n}
-    assert got and all(torch.equal(p, live[n].detach()) for n, p in got.items())
+            assert torch.equal(p, live[n].detach())
+    # both adapters are PEFT folders that peft itself loads; adapter_ema/ holds the EMA shadow
+    ema_named = dict(zip(step_setup["ema"].names, step_setup["ema"].shadow, strict=True))
+    for folder, expected in (
+        ("adapter", {n: p.detach() for n, p in live.items()}),
+        ("adapter_ema", ema_named),
+    ):
+        peft_model = PeftModel.from_pretrained(
+            build_random_transformer(PRESETS["tiny"], 0), str(ckpt / folder)
+        )
+        got = {
+            n.removeprefix("base_model.model."): p for n, p in peft_model.named_parameters() if "lora_" in n
+        }
+        assert got and all(torch.equal(p, expected[n]) for n, p in got.items()), folder
+    assert not all(torch.equal(ema_named[n], live[n].detach()) for n in ema_named)  # they differ after a step
     # resume: weights, EMA, optimizer, scheduler, RNG, data position
     expected_next = torch.randn(3, generator=step_setup["gens"]["noise"])
     fresh = _fresh_setup(dataclasses.replace(step_setup["config"], lambda_perceptual=0.0))

@@ -104,7 +104,7 @@ def train(
         0.999,
         "--ema-decay",
         rich_help_panel=_OPT,
-        help="EMA of the LoRA weights (0: off). Checkpoints' adapter/ holds the EMA.",
+        help="EMA of the LoRA weights (0: off), saved as adapter_ema/ in each checkpoint.",
     ),
     precision: str = typer.Option(
         "auto",

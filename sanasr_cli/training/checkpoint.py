@@ -2,9 +2,9 @@
 
     RUN/checkpoint-<step>/
       sanasr.json            model description (adapter over the base): upscale, eval, merge-lora load it
-      adapter/               PEFT adapter folder with the EMA weights (the raw weights when EMA is off)
+      adapter/               PEFT adapter folder: the trained LoRA weights (what the model directory uses)
+      adapter_ema/           PEFT adapter folder: their EMA (`merge-lora --ema` merges it), when EMA is on
       train/
-        adapter/             PEFT adapter folder with the raw trained weights (what training continues from)
         optimizer.pt         AdamW state (torch.save of tensors and numbers; read back with weights_only=True)
         rng.safetensors      torch CPU/CUDA and named-generator states of every rank
         state.json           step, data position, LR scheduler, loss scaler, numpy/python RNG, rank count
@@ -192,7 +192,7 @@ def save_checkpoint(
     """
     from safetensors.torch import save_file
 
-    from sanasr_cli.models.lora import save_adapter
+    from sanasr_cli.models.lora import EMA_ADAPTER_DIR, save_adapter
     from sanasr_cli.models.sanasr import save_model_dir
 
     run_dir = Path(run_dir)
@@ -200,15 +200,12 @@ def save_checkpoint(
     staging = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.", dir=run_dir))
     shutil.rmtree(staging)  # save_model_dir creates it (itself atomically)
     try:
-        desc = copy.deepcopy(description)
+        save_model_dir(model, staging, description=copy.deepcopy(description), save_transformer=False)
         if ema is not None:
             with ema.swapped_in():
-                save_model_dir(model, staging, description=desc, save_transformer=False)
-        else:
-            save_model_dir(model, staging, description=desc, save_transformer=False)
+                save_adapter(model.transformer, staging / EMA_ADAPTER_DIR)
         train = staging / "train"
         train.mkdir()
-        save_adapter(model.transformer, train / "adapter")
         torch.save(_to_cpu(optimizer.state_dict()), train / "optimizer.pt")
         tensors, rng_meta = _rng_files(rng_per_rank)
         save_file(tensors, str(train / "rng.safetensors"))
@@ -255,31 +252,20 @@ def load_checkpoint(ckpt: Path, transformer, ema, optimizer: torch.optim.Optimiz
     """Load a checkpoint into live objects (every process). Returns the state dict (with 'rng' for this rank).
 
     Order matters: the EMA adapter is loaded into the live LoRA weights and copied into the EMA shadow, then
-    the raw adapter overwrites the live weights.
+    the trained adapter overwrites the live weights.
     """
-    from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from sanasr_cli.models.lora import ADAPTER_NAME
+    from sanasr_cli.models.lora import ADAPTER_DIR, EMA_ADAPTER_DIR, load_adapter_weights
 
     ckpt = Path(ckpt)
     train = ckpt / "train"
     try:
         state = json.loads((train / STATE_FILE).read_text())
-
-        def put(folder: Path) -> None:
-            weights = load_file(str(folder / "adapter_model.safetensors"))
-            weights = {k.removeprefix("base_model.model."): v for k, v in weights.items()}
-            result = set_peft_model_state_dict(transformer, weights, adapter_name=ADAPTER_NAME)
-            if getattr(result, "unexpected_keys", None):
-                raise CheckpointError(
-                    f"{folder} does not fit this model's adapter (was the LoRA config changed?)"
-                )
-
         if ema is not None:
-            put(ckpt / "adapter")
+            load_adapter_weights(transformer, ckpt / EMA_ADAPTER_DIR)
             ema.shadow = [p.detach().float().clone() for p in ema.params]
-        put(train / "adapter")
+        load_adapter_weights(transformer, ckpt / ADAPTER_DIR)
         opt_state = torch.load(train / "optimizer.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(opt_state)
         tensors = load_file(str(train / "rng.safetensors"))
