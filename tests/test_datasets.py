@@ -1,4 +1,4 @@
-"""HQ pool (dedup, too-small, unreadable, crops), paired folders (matching errors, aligned crops), loader, batches."""
+"""HQ pool (dedup, too small, unreadable, crops), paired folders (mismatches, aligned crops), loader."""
 
 import shutil
 
@@ -164,7 +164,7 @@ def test_make_training_batch_paths(paired):
     batch = next(iter(build_dataloader(ds, batch_size=3, shuffle=False)))
     up, hq = make_training_batch(batch, None, None, scale=4)
     assert up.shape == hq.shape == (3, 3, 32, 32) and 0 <= up.min() and up.max() <= 1
-    from sanasr_cli.pipeline.upscale import upsample_bicubic
+    from sanasr_cli.data.resample import upsample_bicubic
 
     assert torch.equal(up, upsample_bicubic(batch["lq"], 4))
     # without "lq" the degrader makes it, reproducibly

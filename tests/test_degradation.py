@@ -1,8 +1,7 @@
-"""The Real-ESRGAN degradation pipeline: contract, determinism, and each operation measured against its parameter."""
+"""Real-ESRGAN degradation pipeline: contract, determinism, each operation measured against its parameter."""
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -97,7 +96,7 @@ def test_config_defaults_are_the_x4plus_values():
     assert DegradationConfig.from_dict(c.to_dict()) == c
 
 
-# --- kernels -------------------------------------------------------------------------------------------------
+# --- kernels ------------------------------------------------------------------------------------------------
 
 
 def _moments(k):
@@ -130,7 +129,7 @@ def test_gaussian_kernels_have_the_requested_covariance():
 def test_generalized_and_plateau_shapes(beta):
     c, s = 10, 2.0  # centre index, sigma (an integer, so x = s and 2s are grid points)
     g = generalized_gaussian_kernel(21, s, beta=beta)
-    # exp(-0.5 q^beta), q = (x / s)^2: the ratio at x = s is exp(-0.5) for every beta, at x = 2s exp(-0.5 * 4^beta)
+    # exp(-0.5 q^beta), q = (x / s)^2: ratio exp(-0.5) at x = s for every beta, exp(-0.5 * 4^beta) at x = 2s
     assert math.isclose(float(g[c, c + 2] / g[c, c]), math.exp(-0.5), rel_tol=1e-9)
     assert math.isclose(float(g[c, c + 4] / g[c, c]), math.exp(-0.5 * 4**beta), rel_tol=1e-9)
     p = plateau_kernel(21, s, beta=beta)
@@ -203,7 +202,7 @@ def test_filter2d_is_a_convolution():
     assert filter2d(torch.rand(2, 3, 4, 4), gaussian_kernel(21, 2.0)).shape == (2, 3, 4, 4)  # smaller than k
 
 
-# --- resize --------------------------------------------------------------------------------------------------
+# --- resize -------------------------------------------------------------------------------------------------
 
 
 def test_resize_factors_and_sizes():
@@ -243,7 +242,7 @@ def test_resize_factors_and_sizes():
     assert out.shape[-2:] == (16, 12)
 
 
-# --- noise ---------------------------------------------------------------------------------------------------
+# --- noise --------------------------------------------------------------------------------------------------
 
 
 def test_gaussian_noise_level_and_gray_vs_colour():
@@ -270,8 +269,8 @@ def test_poisson_noise_level_matches_the_shot_model():
 
 
 def test_noise_level_measured_end_to_end_matches_the_drawn_sigma():
-    """Only noise and near-lossless JPEG (quality 100) on a flat image, scale 1: the luma noise of the output is
-    the drawn sigma times 1 (gray noise) or sqrt(0.299^2 + 0.587^2 + 0.114^2) (independent colour noise)."""
+    """Only noise and near-lossless JPEG (quality 100) on a flat image, scale 1: the luma noise of the output
+    is the drawn sigma times 1 (gray noise) or sqrt(0.299^2 + 0.587^2 + 0.114^2) (colour noise)."""
     cfg = DegradationConfig(
         blur_kernel_size=(1,),
         blur_kernel_size2=(1,),
@@ -297,7 +296,7 @@ def test_noise_level_measured_end_to_end_matches_the_drawn_sigma():
     assert {p["noise1"]["gray"] for p in plans} == {True, False}  # both kinds were exercised
 
 
-# --- JPEG ----------------------------------------------------------------------------------------------------
+# --- JPEG ---------------------------------------------------------------------------------------------------
 
 
 def _blockiness(y):

@@ -11,8 +11,12 @@ from sanasr_cli.cli.common import EXIT_FAILED, EXIT_USAGE, console, fail, resolv
 
 
 def degrade(
-    hq_dir: Path = typer.Argument(..., help="A folder of HQ images (png, jpg, webp, tif, bmp), or one image."),
-    output: Path = typer.Option(..., "-o", "--output", help="Writes OUT/hq/<stem>.png and OUT/lq/<stem>.png."),
+    hq_dir: Path = typer.Argument(
+        ..., help="A folder of HQ images (png, jpg, webp, tif, bmp), or one image."
+    ),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Writes OUT/hq/<stem>.png and OUT/lq/<stem>.png."
+    ),
     scale: int = typer.Option(4, "--scale", "-s", min=1, help="LQ size = HQ size / scale (an integer)."),
     seed: int = typer.Option(0, "--seed", help="Run seed; each file's draws come from (seed, file stem)."),
     crop: int = typer.Option(
@@ -24,8 +28,12 @@ def degrade(
     config: Path = typer.Option(
         None, "--config", help="JSON file overriding DegradationConfig fields (Real-ESRGAN yml names)."
     ),
-    jpeg: str = typer.Option(None, "--jpeg", help="JPEG codec: torch (default, as in training) or pil (libjpeg)."),
-    device: str = typer.Option("cpu", "--device", help="cpu (default: reproducible bytes), cuda, cuda:N, auto."),
+    jpeg: str = typer.Option(
+        None, "--jpeg", help="JPEG codec: torch (default, as in training) or pil (libjpeg)."
+    ),
+    device: str = typer.Option(
+        "cpu", "--device", help="cpu (default: reproducible bytes), cuda, cuda:N, auto."
+    ),
 ):
     """Degrade every image of HQ_DIR into an LQ/HQ benchmark pair (e.g. a DIV2K-Val-style set).
 
@@ -51,7 +59,9 @@ def degrade(
     inputs = {p.resolve() for p in images}
     for sub in ("hq", "lq"):
         if any((output / sub / f"{p.stem}.png").resolve() in inputs for p in images):
-            raise fail(f"output folder {output / sub} would overwrite the inputs; choose another -o", EXIT_USAGE)
+            raise fail(
+                f"output folder {output / sub} would overwrite the inputs; choose another -o", EXIT_USAGE
+            )
     overrides = {}
     if config is not None:
         try:
@@ -68,8 +78,12 @@ def degrade(
     dev = resolve_device(device)
 
     progress = Progress(
-        TextColumn("[bold]degrade"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.description}"), console=console,
+        TextColumn("[bold]degrade"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
     )
     with progress:
         task = progress.add_task("", total=len(images))
@@ -79,7 +93,9 @@ def degrade(
                 progress.console.print(f"[red]failed:[/] {rec.error}", highlight=False, soft_wrap=True)
             progress.update(task, advance=1, description=Path(rec.input).name)
 
-        records = degrade_files(images, output, degrader, seed=seed, crop=crop_size, device=dev, on_done=on_done)
+        records = degrade_files(
+            images, output, degrader, seed=seed, crop=crop_size, device=dev, on_done=on_done
+        )
     write_manifest(output / "degradation.json", degrader, seed, crop_size, records)
     failed = [r for r in records if r.status != "ok"]
     console.print(

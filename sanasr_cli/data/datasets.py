@@ -3,9 +3,9 @@
 Item contracts (float32 in [0, 1]):
     HQImageDataset[i]      -> {"hq": (3, crop, crop), "key": str}
     PairedImageDataset[i]  -> {"lq": (3, crop/scale, crop/scale), "hq": (3, crop, crop), "key": str}
-    make_training_batch    -> (lq_upsampled, hq), both (B, 3, H, W) on hq's device: the model input x_L is the LQ
-                              upsampled bicubically to the HQ size.
-Crops and flips are a function of (seed, epoch, index) only, so a run is reproducible whatever the worker count.
+    make_training_batch    -> (lq_upsampled, hq), both (B, 3, H, W) on hq's device: the model input x_L is
+                              the LQ upsampled bicubically to the HQ size.
+Crops and flips are a function of (seed, epoch, index) only: a run is reproducible whatever the worker count.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 def _header(data: bytes, max_pixels: int) -> tuple[int, int]:
-    """(width, height) from the file header (EXIF rotation applied); raises ImageReadError-worthy exceptions."""
+    """(width, height) from the file header (EXIF rotation applied); raises on anything unusable."""
     with Image.open(io.BytesIO(data)) as im:
         w, h = im.size
         if w * h > max_pixels:
@@ -89,12 +89,12 @@ def _crop_flip(array: np.ndarray, top: int, left: int, size_h: int, size_w: int,
 
 
 class HQImageDataset(Dataset):
-    """HQ images from several folders (recursive, links not followed), de-duplicated by SHA256 of the file bytes.
+    """HQ images from several folders (recursive, links not followed), deduplicated by SHA256 of the bytes.
 
     Items: {"hq": float32 (3, crop, crop) in [0, 1], "key": str}: a random crop and a random horizontal flip
-    (Real-ESRGAN's use_hflip) drawn from (seed, epoch, index). Images smaller than the crop are skipped with one
-    DatasetWarning each; unreadable ones are skipped and named; both are counted in `.summary`. `crop` must be a
-    multiple of `scale`, so the degrader can produce an LQ of exactly crop/scale.
+    (Real-ESRGAN's use_hflip) drawn from (seed, epoch, index). Images smaller than the crop are skipped with
+    one DatasetWarning each; unreadable ones are skipped and named; both are counted in `.summary`. `crop`
+    must be a multiple of `scale`, so the degrader can produce an LQ of exactly crop/scale.
     """
 
     def __init__(
@@ -123,7 +123,7 @@ class HQImageDataset(Dataset):
         seen: dict[str, str] = {}
         self.items: list[tuple[Path, str]] = []
         for (path, key), (_, digest, size, error) in zip(
-            candidates, _scan_all([p for p, _ in candidates], max_pixels)
+            candidates, _scan_all([p for p, _ in candidates], max_pixels), strict=True
         ):
             if error is not None:
                 self.summary.unreadable.append((str(path), error))
@@ -175,9 +175,10 @@ class PairedImageDataset(Dataset):
     """LQ/HQ pairs from two folders, matched by file stem (relative path without the suffix, recursive).
 
     Every HQ must be exactly `scale` x its LQ. Any LQ without an HQ, HQ without an LQ, duplicate stem, or size
-    mismatch is listed in one PairedDataError. Items: {"lq": (3, crop/scale, crop/scale), "hq": (3, crop, crop),
-    "key": stem}, aligned crops (the LQ at its own resolution) and the same horizontal flip for both;
-    crop=None gives whole images. Pairs smaller than the crop are skipped with a warning, unreadable ones named.
+    mismatch is listed in one PairedDataError. Items: {"lq": (3, crop/scale, crop/scale),
+    "hq": (3, crop, crop), "key": stem}, aligned crops (the LQ at its own resolution) and the same horizontal
+    flip for both; crop=None gives whole images. Pairs smaller than the crop are skipped with a warning,
+    unreadable ones named.
     """
 
     def __init__(
@@ -215,7 +216,7 @@ class PairedImageDataset(Dataset):
         self.summary = DatasetSummary(found=len(stems))
         self.items: list[tuple[Path, Path, str]] = []
         bad_sizes = []
-        for stem, (lp, _, lsize, lerr), (hp, _, hsize, herr) in zip(stems, lq_scans, hq_scans):
+        for stem, (lp, _, lsize, lerr), (hp, _, hsize, herr) in zip(stems, lq_scans, hq_scans, strict=True):
             if lerr or herr:
                 for p, err in ((lp, lerr), (hp, herr)):
                     if err:
@@ -298,7 +299,7 @@ def make_training_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A loader batch -> (lq_upsampled, hq), both float32 (B, 3, H, W) in [0, 1] on hq's device.
 
-    With "lq" in the batch (paired data) it is used as it is; otherwise `degrader(hq, generator)` synthesises it.
+    With "lq" in the batch (paired data) it is used as it is; otherwise `degrader(hq, generator)` makes it.
     The LQ is then upsampled bicubically to the HQ size: the model input x_L of the paper.
     """
     hq = batch["hq"]

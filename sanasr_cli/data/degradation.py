@@ -14,7 +14,7 @@ Pipeline (each arrow draws its parameters from the caller's generator):
                -> resize (up / down / keep; area, bilinear or bicubic) -> Gaussian or Poisson noise (colour or
                gray) -> JPEG
       stage 2 (prob second_order_prob): blur (prob second_blur_prob) -> resize to (H/s) * r -> noise
-      final, in random order: [resize to H/s + sinc filter (prob final_sinc_prob)] then JPEG, or JPEG then [...]
+      final, in random order: [resize to H/s + sinc filter (prob final_sinc_prob)] then JPEG, or the reverse
       clamp to [0, 1] and quantise to 8 bits  -> LQ (H/s x W/s)
 
 Deliberate differences from the reference, each for a stated reason:
@@ -27,8 +27,8 @@ Deliberate differences from the reference, each for a stated reason:
   uses the real libjpeg through Pillow (CPU round trip; quality rounded to an integer).
 - Real-ESRGAN x4plus degrades the unsharp-masked GT and trains against sharpened targets (`l1_gt_usm`); the
   paper trains against the plain HQ, so the input is not sharpened here.
-- Kernels are not zero-padded to 21 (a size-k kernel is applied as it is, with reflect padding, replicate where
-  the image is smaller than the padding), so small crops (e.g. 64 x 64 in tests) work.
+- Kernels are not zero-padded to 21 (a size-k kernel is applied as it is, with reflect padding, replicate
+  where the image is smaller than the padding), so small crops (e.g. 64 x 64 in tests) work.
 """
 
 from __future__ import annotations
@@ -190,8 +190,8 @@ class _Draws:
 # ----------------------------------------------------------------------------------------------------------
 
 
-# numpy, not torch, for these 21 x 21 float64 maps: torch may hand even tiny float64 element-wise ops to its thread
-# pool, which costs milliseconds per kernel on a busy CPU; numpy stays single-threaded and exact.
+# numpy, not torch, for these 21 x 21 float64 maps: torch may hand even tiny float64 element-wise ops to its
+# thread pool, which costs milliseconds per kernel on a busy CPU; numpy stays single-threaded and exact.
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +201,7 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _quadratic_form(size: int, sigma_x: float, sigma_y: float, theta: float) -> np.ndarray:
-    """x^T Sigma^-1 x on the kernel grid, Sigma the covariance of a Gaussian with these axes, rotated by theta."""
+    """x^T Sigma^-1 x on the kernel grid; Sigma: covariance with these axes, rotated by theta."""
     xx, yy = _grid(size)
     c, s = math.cos(theta), math.sin(theta)
     u = c * xx + s * yy  # coordinates along the rotated axes
@@ -238,10 +238,10 @@ def plateau_kernel(
 
 
 def sinc_kernel(size: int, cutoff: float) -> torch.Tensor:
-    """Circularly symmetric low-pass (2D sinc, "jinc") with cutoff frequency `cutoff` in radians (pi = Nyquist).
+    """Circularly symmetric low-pass (2D sinc, "jinc"), cutoff frequency `cutoff` in radians (pi = Nyquist).
 
-    The ideal filter's impulse response is cutoff * J1(cutoff r) / (2 pi r), with value cutoff^2 / (4 pi) at r = 0;
-    truncated to size x size and normalised to sum 1.
+    The ideal filter's impulse response is cutoff * J1(cutoff r) / (2 pi r), with value cutoff^2 / (4 pi) at
+    r = 0; truncated to size x size and normalised to sum 1.
     """
     xx, yy = _grid(size)
     r = np.sqrt(xx**2 + yy**2)
@@ -290,12 +290,12 @@ def random_blur_kernel(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Operations on (B, 3, H, W) float tensors in [0, 1] (values may leave [0, 1] between steps, as in the reference).
+# Operations on (B, 3, H, W) float tensors in [0, 1] (values may leave [0, 1] between steps, as in basicsr).
 # ----------------------------------------------------------------------------------------------------------
 
 
 def filter2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Convolve every channel with `kernel` (k, k) or per-sample (B, k, k); same size out (reflect padding)."""
+    """Convolve every channel with `kernel` (k, k) or per sample (B, k, k); same size out (reflect pad)."""
     b, c, h, w = x.shape
     k = kernel.to(device=x.device, dtype=x.dtype)
     if k.ndim == 2:
@@ -338,7 +338,7 @@ def add_gaussian_noise(
 
 
 def _distinct_levels(q: torch.Tensor) -> torch.Tensor:
-    """(B, ...) integer 0..255 -> (B,) number of distinct values per sample, without a host sync per sample."""
+    """(B, ...) integer 0..255 -> (B,) number of distinct values per sample, with no host sync per sample."""
     b = q.shape[0]
     flat = q.reshape(b, -1).long() + 256 * torch.arange(b, device=q.device)[:, None]
     hist = torch.bincount(flat.reshape(-1), minlength=256 * b).reshape(b, 256)
@@ -348,9 +348,10 @@ def _distinct_levels(q: torch.Tensor) -> torch.Tensor:
 def add_poisson_noise(
     x: torch.Tensor, scale: torch.Tensor | float, gray: torch.Tensor | bool, generator: torch.Generator
 ) -> torch.Tensor:
-    """Shot noise as basicsr models it: the image quantised to 8 bits, counts ~ Poisson(img * L) with L the number
-    of distinct levels rounded up to a power of two, noise = (counts / L - img) * scale; clamped to [0, 1].
-    Its standard deviation is scale * sqrt(img / L). gray (B,) bool: computed on the luma plane (ITU-R 601)."""
+    """Shot noise as basicsr models it: the image quantised to 8 bits, counts ~ Poisson(img * L) with L the
+    number of distinct levels rounded up to a power of two, noise = (counts / L - img) * scale; clamped to
+    [0, 1]. Its standard deviation is scale * sqrt(img / L). gray (B,) bool: computed on the luma plane
+    (ITU-R 601)."""
     b, c, h, w = x.shape
     scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1).expand(b, 1, 1, 1)
     gray = torch.as_tensor(gray, device=x.device).reshape(-1).expand(b)
@@ -368,7 +369,7 @@ def add_poisson_noise(
     return (x + noise * scale).clamp(0, 1)
 
 
-# --- JPEG (baseline, 4:2:0, IJG quality scaling), in torch ---------------------------------------------------
+# --- JPEG (baseline, 4:2:0, IJG quality scaling), in torch --------------------------------------------------
 
 # ITU-T T.81 Annex K tables (luminance, chrominance), row-major 8x8.
 _JPEG_LUMA = [
@@ -505,13 +506,14 @@ def _blockwise(plane: torch.Tensor, table: torch.Tensor, m: torch.Tensor) -> tor
 
 
 def jpeg_compress(x: torch.Tensor, quality: torch.Tensor | float) -> torch.Tensor:
-    """Baseline JPEG round trip in torch (any device, batched): (B, 3, H, W) in [0, 1], quality (B,) -> same shape,
-    8-bit values in [0, 1].
+    """Baseline JPEG round trip in torch (any device, batched): (B, 3, H, W) in [0, 1], quality (B,) -> same
+    shape, 8-bit values in [0, 1].
 
-    JFIF YCbCr, 4:2:0 chroma (2x2 mean; bilinear upsampling like libjpeg's "fancy" upsampling), 8x8 orthonormal
-    DCT, IJG-scaled Annex K tables (identical to libjpeg's for integer qualities), edges padded by replication to
-    a multiple of 16 as encoders do. Not bit-identical to libjpeg (integer DCTs): on the example photos the two
-    outputs differ by 40-46 dB PSNR and lose the same PSNR to the original within 0.3 dB (qualities 10-95).
+    JFIF YCbCr, 4:2:0 chroma (2x2 mean; bilinear upsampling like libjpeg's "fancy" upsampling), 8x8
+    orthonormal DCT, IJG-scaled Annex K tables (identical to libjpeg's for integer qualities), edges padded by
+    replication to a multiple of 16 as encoders do. Not bit-identical to libjpeg (integer DCTs): on the
+    example photos the two outputs differ by 40-46 dB PSNR and lose the same PSNR to the original within
+    0.3 dB (qualities 10-95).
     """
     b, _, h, w = x.shape
     dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
@@ -529,7 +531,7 @@ def jpeg_compress(x: torch.Tensor, quality: torch.Tensor | float) -> torch.Tenso
     chroma = F.avg_pool2d(torch.stack([cb, cr], 1), 2)  # (B, 2, H/2, W/2)
     cb_c = _blockwise(chroma[:, 0] - 128.0, chroma_t, m)
     cr_c = _blockwise(chroma[:, 1] - 128.0, chroma_t, m)
-    # libjpeg's default "fancy" chroma upsampling is the triangle filter (3/4, 1/4) = bilinear, half-pixel centres
+    # libjpeg's default "fancy" chroma upsampling: triangle filter (3/4, 1/4) = bilinear, half-pixel centres
     cbcr = F.interpolate(torch.stack([cb_c, cr_c], 1), scale_factor=2, mode="bilinear", align_corners=False)
     cb, cr = cbcr[:, 0], cbcr[:, 1]
     r = y + 1.402 * cr
@@ -540,14 +542,14 @@ def jpeg_compress(x: torch.Tensor, quality: torch.Tensor | float) -> torch.Tenso
 
 
 def jpeg_compress_pil(x: torch.Tensor, quality: torch.Tensor | float) -> torch.Tensor:
-    """The same round trip through libjpeg (Pillow, 4:2:0), one image at a time on the CPU; quality rounded."""
+    """The same round trip via libjpeg (Pillow, 4:2:0), one image at a time on the CPU; integer quality."""
     from PIL import Image
 
     b = x.shape[0]
     quality = torch.as_tensor(quality, dtype=torch.float64).reshape(-1).expand(b)
     arrays = (x.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     outs = []
-    for arr, q in zip(arrays, quality.tolist()):
+    for arr, q in zip(arrays, quality.tolist(), strict=True):
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, format="JPEG", quality=int(round(q)), subsampling=2)
         buf.seek(0)
@@ -570,9 +572,9 @@ class RealESRGANDegrader:
         Every random draw comes from `generator`: the same seed gives a bit-identical result (on one device).
     degrade(hq, generator) -> (lq, plans): also returns, per sample, the plan that was drawn and applied.
 
-    Each sample is one `draw_plan` (every random choice, the kernels, and seeds for the noise tensors, drawn in
-    a fixed order that does not depend on the image) followed by `apply_plan` (no randomness of its own besides
-    generators seeded from the plan).
+    Each sample is one `draw_plan` (every random choice, the kernels, and seeds for the noise tensors, drawn
+    in a fixed order that does not depend on the image) followed by `apply_plan` (no randomness of its own
+    besides generators seeded from the plan).
     """
 
     def __init__(self, config: DegradationConfig | None = None, scale: int = 4):
@@ -603,8 +605,8 @@ class RealESRGANDegrader:
     # --- drawing ------------------------------------------------------------------------------------------
 
     def draw_plan(self, generator: torch.Generator | _Draws) -> dict:
-        """All random choices for one sample. Keys: blur1, resize1, noise1, jpeg1, second_order, [blur2 (None when
-        skipped), resize2, noise2], final_sinc (None when skipped), final_mode, jpeg2, resize_first."""
+        """All random choices for one sample. Keys: blur1, resize1, noise1, jpeg1, second_order, [blur2 (None
+        when skipped), resize2, noise2], final_sinc (None when skipped), final_mode, jpeg2, resize_first."""
         draw = generator if isinstance(generator, _Draws) else _Draws(generator)
         c = self.config
         plan: dict = {}

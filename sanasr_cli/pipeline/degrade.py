@@ -107,8 +107,9 @@ def degrade_files(
     return records
 
 
-def write_manifest(path: Path, degrader: RealESRGANDegrader, seed: int, crop: int | None,
-                   records: list[DegradeRecord]) -> None:
+def write_manifest(
+    path: Path, degrader: RealESRGANDegrader, seed: int, crop: int | None, records: list[DegradeRecord]
+) -> None:
     """OUT/degradation.json: the configuration, seed and per-file plans. Written atomically."""
     body = {
         "scale": degrader.scale,
