@@ -1,5 +1,8 @@
 """HQ pool (dedup, too small, unreadable, crops), paired folders (mismatches, aligned crops), loader."""
 
+import hashlib
+import json
+import os
 import shutil
 
 import numpy as np
@@ -175,3 +178,24 @@ def test_make_training_batch_paths(paired):
     assert up1.shape == (3, 3, 32, 32) and torch.equal(up1, up2)
     with pytest.raises(ValueError, match="needs a degrader"):
         make_training_batch(hq_only, None, None)
+
+
+def test_index_cache_is_used_and_invalidated(tmp_path):
+    root = tmp_path / "pool"
+    a, b = _save(root / "a.png", 64, 64, 1), _save(root / "b.png", 64, 64, 2)
+    cache = tmp_path / "index.json"
+    assert len(HQImageDataset([root], crop=32, index_cache=cache)) == 2
+    index = json.loads(cache.read_text())
+    entry = index["files"][str(a.resolve())]
+    assert entry[2] == hashlib.sha256(a.read_bytes()).hexdigest() and entry[3:] == [64, 64]
+    # the cache, not the bytes, is trusted while size and mtime match: forge b's digest to equal a's
+    index["files"][str(b.resolve())][2] = entry[2]
+    cache.write_text(json.dumps(index))
+    ds = HQImageDataset([root], crop=32, index_cache=cache)
+    assert len(ds) == 1 and len(ds.summary.duplicates) == 1
+    # a changed file is hashed again
+    _save(b, 64, 72, 3)
+    os.utime(b, ns=(b.stat().st_atime_ns, b.stat().st_mtime_ns + 10**9))
+    assert len(HQImageDataset([root], crop=32, index_cache=cache)) == 2
+    cache.write_text("{not json")  # a damaged cache is rebuilt, not fatal
+    assert len(HQImageDataset([root], crop=32, index_cache=cache)) == 2

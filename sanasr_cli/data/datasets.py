@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import os
 import random
+import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 from sanasr_cli.data.io import DEFAULT_MAX_PIXELS, list_images, read_image_uint8, uint8_to_tensor
 from sanasr_cli.data.resample import upsample_bicubic
 from sanasr_cli.errors import DatasetError, ImageReadError, PairedDataError
+
+INDEX_FORMAT = "sanasr-hq-index-1"  # {absolute path: [bytes, mtime_ns, sha256, width, height]}
 
 
 class DatasetWarning(UserWarning):
@@ -75,10 +80,57 @@ def _scan(path: Path, max_pixels: int) -> tuple[Path, str | None, tuple[int, int
         return path, None, None, f"{type(e).__name__}: {e}"
 
 
-def _scan_all(paths: list[Path], max_pixels: int) -> list[tuple]:
+def _scan_all(paths: list[Path], max_pixels: int, index_cache: Path | None = None) -> list[tuple]:
+    """_scan for every path. With `index_cache`, files whose size and mtime match their cached entry are not
+    read again (hashing a 90K-image pool reads every byte once), and the cache is rewritten afterwards."""
+    cache = _load_index(index_cache)
+    results: list[tuple | None] = [None] * len(paths)
+    todo = []
+    for i, p in enumerate(paths):
+        try:
+            st = p.stat()
+            entry = cache.get(str(p.resolve()))
+        except OSError:
+            entry, st = None, None
+        if entry and st and entry[:2] == [st.st_size, st.st_mtime_ns] and entry[3] * entry[4] <= max_pixels:
+            results[i] = (p, entry[2], (entry[3], entry[4]), None)
+        else:
+            todo.append(i)
     # threads overlap the file reads (hashlib and PIL release the GIL on large buffers)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(lambda p: _scan(p, max_pixels), paths))
+        for i, res in zip(todo, pool.map(lambda i: _scan(paths[i], max_pixels), todo), strict=True):
+            results[i] = res
+    if index_cache is not None:
+        fresh = {}
+        for p, digest, size, error in results:
+            if error is None:
+                st = p.stat()
+                fresh[str(p.resolve())] = [st.st_size, st.st_mtime_ns, digest, size[0], size[1]]
+        _save_index(index_cache, {**cache, **fresh})
+    return results
+
+
+def _load_index(path: Path | None) -> dict:
+    if path is None or not Path(path).is_file():
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+        return data.get("files", {}) if data.get("format") == INDEX_FORMAT else {}
+    except (OSError, ValueError, AttributeError):
+        return {}  # a damaged cache is only a cache: rebuild it
+
+
+def _save_index(path: Path, files: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"format": INDEX_FORMAT, "files": files}, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _crop_flip(array: np.ndarray, top: int, left: int, size_h: int, size_w: int, flip: bool) -> torch.Tensor:
@@ -95,6 +147,8 @@ class HQImageDataset(Dataset):
     (Real-ESRGAN's use_hflip) drawn from (seed, epoch, index). Images smaller than the crop are skipped with
     one DatasetWarning each; unreadable ones are skipped and named; both are counted in `.summary`. `crop`
     must be a multiple of `scale`, so the degrader can produce an LQ of exactly crop/scale.
+    `index_cache` (a JSON file) keeps each file's SHA256 and size keyed by path, size and mtime, so a restart
+    does not re-read the whole pool.
     """
 
     def __init__(
@@ -104,6 +158,7 @@ class HQImageDataset(Dataset):
         seed: int = 0,
         scale: int = 4,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        index_cache: Path | None = None,
     ):
         if crop < scale or crop % scale:
             raise DatasetError(f"crop {crop} must be a positive multiple of the scale {scale}")
@@ -123,7 +178,7 @@ class HQImageDataset(Dataset):
         seen: dict[str, str] = {}
         self.items: list[tuple[Path, str]] = []
         for (path, key), (_, digest, size, error) in zip(
-            candidates, _scan_all([p for p, _ in candidates], max_pixels), strict=True
+            candidates, _scan_all([p for p, _ in candidates], max_pixels, index_cache), strict=True
         ):
             if error is not None:
                 self.summary.unreadable.append((str(path), error))
