@@ -26,7 +26,10 @@ Deliberate differences from the reference, each for a stated reason:
   batch, with the fractional qualities the reference draws, and never leaves the device. `jpeg_backend="pil"`
   uses the real libjpeg through Pillow (CPU round trip; quality rounded to an integer).
 - Real-ESRGAN x4plus degrades the unsharp-masked GT and trains against sharpened targets (`l1_gt_usm`); the
-  paper trains against the plain HQ, so the input is not sharpened here.
+  SANA-SR paper mentions no sharpening, so neither the input nor the target is sharpened here.
+- The HQ crop is degraded as it is, at the training size (512 in the paper). Real-ESRGAN degrades a 400 px
+  crop and cuts its 256 px pair out of the result, which keeps filter borders out of the pair; here borders
+  use reflect padding.
 - Kernels are not zero-padded to 21 (a size-k kernel is applied as it is, with reflect padding, replicate
   where the image is smaller than the padding), so small crops (e.g. 64 x 64 in tests) work.
 """
@@ -329,12 +332,31 @@ def add_gaussian_noise(
     one noise plane shared by the three channels."""
     b, c, h, w = x.shape
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1).expand(b, 1, 1, 1)
-    gray = torch.as_tensor(gray, device=x.device).reshape(-1).expand(b)
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    if bool(gray.any()):
-        plane = torch.randn((b, 1, h, w), generator=generator, device=x.device, dtype=x.dtype)
-        noise = torch.where(gray.reshape(b, 1, 1, 1), plane.expand_as(x), noise)
+    gray = _host_flags(gray, b)
+
+    def colour():
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+    def plane():
+        return torch.randn((b, 1, h, w), generator=generator, device=x.device, dtype=x.dtype).expand_as(x)
+
+    noise = _mix(gray, colour, plane, x.device)
     return (x + noise * sigma / 255.0).clamp(0, 1)
+
+
+def _host_flags(flags, b: int) -> torch.Tensor:
+    """Per-sample booleans on the CPU (they decide which tensors to draw; no device sync for python bools)."""
+    return torch.as_tensor(flags).reshape(-1).expand(b).cpu().bool()
+
+
+def _mix(gray: torch.Tensor, colour, gray_fn, device) -> torch.Tensor:
+    """colour() where gray is False, gray_fn() where True; draws only what is needed."""
+    if bool(gray.all()):
+        return gray_fn()
+    if not bool(gray.any()):
+        return colour()
+    c, g = colour(), gray_fn()
+    return torch.where(gray.to(device).reshape(-1, 1, 1, 1), g, c)
 
 
 def _distinct_levels(q: torch.Tensor) -> torch.Tensor:
@@ -354,7 +376,7 @@ def add_poisson_noise(
     (ITU-R 601)."""
     b, c, h, w = x.shape
     scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1).expand(b, 1, 1, 1)
-    gray = torch.as_tensor(gray, device=x.device).reshape(-1).expand(b)
+    gray = _host_flags(gray, b)
 
     def shot(img):
         q = (img * 255.0).round().clamp(0, 255)
@@ -362,10 +384,10 @@ def add_poisson_noise(
         img = q / 255.0
         return torch.poisson(img * levels, generator=generator) / levels - img
 
-    noise = shot(x)
-    if bool(gray.any()):
-        luma = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-        noise = torch.where(gray.reshape(b, 1, 1, 1), shot(luma).expand_as(x), noise)
+    def luma():
+        return shot(0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+
+    noise = _mix(gray, lambda: shot(x), luma, x.device)
     return (x + noise * scale).clamp(0, 1)
 
 

@@ -46,7 +46,7 @@ def list_images(root: Path, recursive: bool = False) -> list[Path]:
 
 
 def read_image_uint8(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageInfo]:
-    """Read an image as uint8 RGB (H, W, 3), EXIF orientation applied; ImageReadError with one clear line otherwise.
+    """Read an image as uint8 RGB (H, W, 3), EXIF orientation applied; ImageReadError (one line) otherwise.
 
     Data loaders crop this array before converting to float (cheaper than converting a whole 2K photo)."""
     path = Path(path)
@@ -79,7 +79,7 @@ def read_image_uint8(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
 
 
 def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, ImageInfo]:
-    """Read an image as float32 RGB (3, H, W) in [0, 1]; raise ImageReadError with one clear line otherwise."""
+    """Read an image as float32 RGB (3, H, W) in [0, 1]; raise ImageReadError (one clear line) otherwise."""
     array, info = read_image_uint8(path, max_pixels)
     return uint8_to_tensor(array), info
 
