@@ -74,10 +74,11 @@ class PruneReport:
 
 
 def render_table(report: PruneReport):
-    """A rich Table: one row per block (params, saliency, kept), before/after totals in the caption."""
+    """Rich renderables: one row per block (params, saliency, kept), then a before/after totals table."""
+    from rich.console import Group
     from rich.table import Table
 
-    table = Table(title=f"prune: {report.strategy}, budget {format_params(report.budget)}", show_lines=False)
+    table = Table(title=f"prune: {report.strategy}, budget {format_params(report.budget)}")
     table.add_column("block", justify="right")
     table.add_column("params", justify="right")
     table.add_column("saliency", justify="right")
@@ -90,10 +91,15 @@ def render_table(report: PruneReport):
             "[green]yes[/]" if b.kept else "[red]-[/]",
         )
     inp = report.macs_input
-    table.caption = (
-        f"blocks {report.num_blocks_before} -> {report.num_blocks_after}   "
-        f"params {format_params(report.params_before)} -> {format_params(report.params_after)}   "
-        f"MACs {report.macs_before / 1e9:.2f}G -> {report.macs_after / 1e9:.2f}G "
-        f"(transformer, {inp['image'][0]}x{inp['image'][1]} image)"
+    totals = Table()
+    totals.add_column("transformer")
+    totals.add_column("before", justify="right")
+    totals.add_column("after", justify="right")
+    totals.add_row("blocks", str(report.num_blocks_before), str(report.num_blocks_after))
+    totals.add_row("parameters", format_params(report.params_before), format_params(report.params_after))
+    totals.add_row(
+        f"GMACs ({inp['image'][0]}x{inp['image'][1]} image)",
+        f"{report.macs_before / 1e9:.2f}",
+        f"{report.macs_after / 1e9:.2f}",
     )
-    return table
+    return Group(table, totals)
