@@ -216,6 +216,8 @@ def _run(
         calib_source=", ".join(map(str, calib)) if calib else None,
     )
     batches, perceptual = None, None
+    if strategy != "fisher" and calib:
+        console.print(f"[yellow]note:[/] --calib is not used by --strategy {strategy} (only fisher uses it)")
     if strategy == "fisher":
         factor = model.codec.factor
         if crop % factor:
