@@ -141,6 +141,7 @@ def measure_train_step(
         record["peak_memory_allocated_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
         record["peak_memory_reserved_gib"] = torch.cuda.max_memory_reserved(dev) / 2**30
     accelerator.end_training()
+    loop.release_accelerator_state()
     return record
 
 

@@ -56,7 +56,12 @@ class OneStepRestorer(torch.nn.Module):
             yield
             return
         self.transformer.disable_adapters()
+        # Gradient checkpointing would recompute this pass in backward, after the adapters are enabled again
+        # (a different graph): run it without checkpointing; the other passes stay checkpointed.
+        checkpointing = getattr(self.transformer, "gradient_checkpointing", False)
+        self.transformer.gradient_checkpointing = False
         try:
             yield
         finally:
+            self.transformer.gradient_checkpointing = checkpointing
             self.transformer.enable_adapters()

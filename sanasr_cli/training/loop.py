@@ -67,6 +67,15 @@ def create_accelerator(config: TrainConfig):
     )
 
 
+def release_accelerator_state() -> None:
+    """Forget this run's precision / accumulation settings so that a later `train()` in the same Python process
+    can use others (accelerate keeps them in a process-wide singleton); the process group stays."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
 def prepare_run_dir(config: TrainConfig, accelerator) -> Path | None:
     """Stage 2: check the output folder, find the checkpoint to resume from (checked against the config),
     write the resolved config. Returns the checkpoint to resume from, or None."""
@@ -463,4 +472,5 @@ def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
         logger.close()
         accelerator.wait_for_everyone()
         accelerator.end_training()
+        release_accelerator_state()
     return result
