@@ -321,8 +321,8 @@ def test_two_processes_with_accelerate_launch_on_paired_data(tmp_path):
 
 
 def test_checkpointing_and_workers_do_not_change_the_losses(short_run, tmp_path):
-    """Gradient checkpointing (with the frozen-prior pass run uncheckpointed) and 2 loader workers reproduce the
-    short run's losses exactly."""
+    """Gradient checkpointing (the frozen-prior pass runs uncheckpointed) and 2 loader workers reproduce
+    the short run's losses exactly."""
     from sanasr_cli.training.config import TrainConfig
     from sanasr_cli.training.loop import train
 

@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file
 
 # Paper App. B: attention projections of self- and cross-attention.
 DEFAULT_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-# Optional FFN convs of SANA's GLUMBConv (--lora-targets attn+ffn): the two pointwise (1x1) convs. The depthwise
-# `conv_depth` (groups = channels) is left out: PEFT's LoRA on a grouped conv needs the rank divisible by the groups,
-# which no useful rank is (5760 groups in SANA-600M).
+# Optional FFN convs of SANA's GLUMBConv (--lora-targets attn+ffn): the two pointwise (1x1) convs. The
+# depthwise `conv_depth` (groups = channels) is left out: PEFT's LoRA on a grouped conv needs the rank
+# divisible by the groups, which no useful rank is (5760 groups in SANA-600M).
 FFN_LORA_TARGETS: tuple[str, ...] = ("conv_inverted", "conv_point")
 ADAPTER_NAME = "default"
 # Model-directory subfolders: the trained adapter, and its exponential moving average (same config, written by

@@ -68,8 +68,8 @@ def create_accelerator(config: TrainConfig):
 
 
 def release_accelerator_state() -> None:
-    """Forget this run's precision / accumulation settings so that a later `train()` in the same Python process
-    can use others (accelerate keeps them in a process-wide singleton); the process group stays."""
+    """Forget this run's precision / accumulation settings so that a later `train()` in the same Python
+    process can use others (accelerate keeps them in a process-wide singleton); the process group stays."""
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=False)
