@@ -332,37 +332,23 @@ def test_checkpointing_and_workers_do_not_change_the_losses(short_run, tmp_path)
     assert _losses(tmp_path / "gc") == _losses(short_run)
 
 
-def test_gradient_accumulation_and_ffn_targets(hq_dir, tmp_path):
+def test_gradient_accumulation_ffn_targets_and_file_tagger(tmp_path):
     from safetensors.torch import load_file
 
+    data = _write_images(tmp_path / "hq", 3)
+    (data / "img0.txt").write_text("tree, red flower")
     run = tmp_path / "run"
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "--hq",
-            str(hq_dir),
-            "-o",
-            str(run),
-            "--max-steps",
-            "2",
-            "--save-every",
-            "2",
-            "--gradient-accumulation-steps",
-            "2",
-            "--lora-targets",
-            "attn+ffn",
-            "--validation-images",
-            "0",
-            *TINY,
-        ],
-    )
+    args = ["train", "--hq", str(data), "-o", str(run), "--max-steps", "2", "--save-every", "2"]
+    args += ["--gradient-accumulation-steps", "2", "--lora-targets", "attn+ffn", "--tagger", "file"]
+    args += ["--validate-every", "2", "--validation-images", "1", *TINY, "--batch-size", "1"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     state = json.loads((run / "checkpoint-2" / "train" / "state.json").read_text())
-    assert (state["epoch"], state["batch_in_epoch"]) == (
-        1,
-        2,
-    )  # 2 steps x 2 micro-batches, 2 batches an epoch
-    assert [r["step"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())] == [1, 2]
+    assert (state["epoch"], state["batch_in_epoch"]) == (1, 1)  # 2 steps x 2 micro-batches, 3 an epoch
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
     keys = load_file(str(run / "checkpoint-2" / "adapter" / "adapter_model.safetensors"))
     assert any("conv_inverted.lora_A" in k for k in keys) and any("to_q.lora_A" in k for k in keys)
+    prompts = json.loads((run / "validation" / "prompts.json").read_text())
+    assert prompts[0].startswith("tree, red flower, clean, sharp")  # tags from img0.txt, then the template
+    desc = json.loads((run / "checkpoint-2" / "sanasr.json").read_text())
+    assert desc["prompt"]["tagger"] == "file"  # the run's prompt rule travels with the model

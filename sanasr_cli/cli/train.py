@@ -186,7 +186,10 @@ def train(
         model_rule = resolve_model(model, base=base)[0].prompt
     except ModelDirError as e:
         raise fail(str(e), EXIT_USAGE) from None
-    rule = asked_prompt_rule(model_rule, tagger, tagger_weights, tagger_model, tag_vocab, template)
+    # the run's rule becomes the trained model's rule: a change from the base's is no mismatch to warn about
+    rule = asked_prompt_rule(
+        model_rule, tagger, tagger_weights, tagger_model, tag_vocab, template, warn=False
+    )
     config = TrainConfig(
         model=model,
         base=base,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from sanasr_cli.errors import SanaSRError
+from sanasr_cli.errors import MissingWeightsError, SanaSRError
 from sanasr_cli.training.config import CONFIG_FILE, ConfigError, TrainConfig
 from sanasr_cli.training.objective import TERM_NAMES
 
@@ -159,7 +159,15 @@ def build_objective(config: TrainConfig, model, device):
         try:
             perceptual = PerceptualLoss(random_backbone=config.perceptual_backbone == "random").to(device)
         except RuntimeError as e:
-            raise ConfigError("--perceptual-backbone", str(e)) from None
+            import torch.hub
+
+            raise MissingWeightsError(
+                "LPIPS VGG16 (torchvision vgg16-397923af.pth)",
+                f"{torch.hub.get_dir()}/checkpoints",
+                "Download it once with network access (torchvision vgg16(weights='DEFAULT')), or copy "
+                "the file there; set --lambda-perceptual 0 to train without LPIPS",
+                str(e).split("Cause: ")[-1],
+            ) from None
     return TrainingObjective(model.restorer, model.codec, weights, protocol, perceptual)
 
 
@@ -227,7 +235,14 @@ def encode_prompts(model, rule, tagger, lq: torch.Tensor, paths: list, device) -
     them; the PromptEncoder encodes each distinct prompt once. lq: (B, 3, h, w) in [0, 1]."""
     from sanasr_cli.prompts.rule import prompt_for_image
 
-    prompts = [prompt_for_image(rule, lq[i].detach().cpu(), paths[i], tagger) for i in range(lq.shape[0])]
+    # Only the `file` tagger gets the path (it reads <image>.txt). Model taggers see the LQ crop itself, which
+    # is not the file's content: with a path, the tag cache (keyed by file hash) would store crop tags under
+    # the whole file's key and hand them to upscale / eval of that file.
+    use_paths = rule.tagger == "file"
+    prompts = [
+        prompt_for_image(rule, lq[i].detach().cpu(), paths[i] if use_paths else None, tagger)
+        for i in range(lq.shape[0])
+    ]
     embeds, mask = model.prompts.encode(prompts)
     return embeds.to(device), mask.to(device)
 

@@ -6,6 +6,7 @@ generator), so every grid of a run, resumed or not, shows the same inputs.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -27,18 +28,19 @@ def make_grid(lq_upsampled: torch.Tensor, sr: torch.Tensor, hq: torch.Tensor, ga
 
 @torch.no_grad()
 def save_validation_grid(model, rule, tagger, validation: dict, run_dir: Path, step: int) -> torch.Tensor:
-    """Restore the fixed validation inputs with the current weights; write RUN/validation/step-<step>.png.
+    """Restore the fixed validation inputs with the current weights; write RUN/validation/step-<step>.png
+    (and the rows' prompts to RUN/validation/prompts.json).
 
     validation: {"lq": (B, 3, H/4, W/4), "lq_up": (B, 3, H, W) bicubic, "hq": (B, 3, H, W), "paths"}, in [0,
     1]. Returns the grid (3, H', W').
     """
     from sanasr_cli.data.io import write_image
     from sanasr_cli.prompts.rule import prompt_for_image
+    from sanasr_cli.training.checkpoint import write_text_atomic
 
     lq, lq_up, hq = validation["lq"], validation["lq_up"], validation["hq"]
-    prompts = [
-        prompt_for_image(rule, lq[i].cpu(), validation["paths"][i], tagger) for i in range(lq.shape[0])
-    ]
+    paths = validation["paths"] if rule.tagger == "file" else [None] * lq.shape[0]  # see encode_prompts
+    prompts = [prompt_for_image(rule, lq[i].cpu(), paths[i], tagger) for i in range(lq.shape[0])]
     transformer = model.transformer
     was_training = transformer.training
     transformer.eval()
@@ -51,5 +53,6 @@ def save_validation_grid(model, rule, tagger, validation: dict, run_dir: Path, s
     finally:
         transformer.train(was_training)
     grid = make_grid(lq_up, sr, hq)
+    write_text_atomic(Path(run_dir) / VALIDATION_DIR / "prompts.json", json.dumps(prompts, indent=2) + "\n")
     write_image(Path(run_dir) / VALIDATION_DIR / f"step-{step:07d}.png", grid)
     return grid
