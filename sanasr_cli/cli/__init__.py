@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from sanasr_cli import __version__
-from sanasr_cli.cli import degrade, merge_lora, prune, train, upscale
+from sanasr_cli.cli import bench, degrade, eval, merge_lora, prune, train, upscale
 
 app = typer.Typer(
     name="sanasr",
@@ -39,6 +39,8 @@ degrade.register(app)
 merge_lora.register(app)
 prune.register(app)
 train.register(app)
+eval.register(app)
+bench.register(app)
 
 
 def main() -> None:

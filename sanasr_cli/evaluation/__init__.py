@@ -1,0 +1,2 @@
+"""Evaluation: image pairing, pyiqa metrics under stated protocols (metrics.py), checkpoint ranking, and
+cost measurements (bench.py)."""
