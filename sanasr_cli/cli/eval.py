@@ -22,15 +22,14 @@ def _progress(label: str) -> Progress:
 def _print_metrics_list() -> None:
     from sanasr_cli.evaluation.metrics import DEFAULT_METRICS, METRICS
 
-    table = Table(title="metrics (pyiqa)", title_justify="left")
-    for col in ("name", "type", "better", "pyiqa variant", "what"):
-        table.add_column(col, overflow="fold")
+    out = type(console)(soft_wrap=True, highlight=False)  # stdout, one line per field (no table wrapping)
     for m in METRICS.values():
-        table.add_row(m.name + (" *" if m.name in DEFAULT_METRICS else ""), m.mode,
-                      "lower" if m.lower_better else "higher", m.variant, m.description)
-    Console = type(console)
-    Console().print(table)
-    Console().print("* in the default set. FR: needs --hr (full reference); NR: no reference.")
+        default = ", default" if m.name in DEFAULT_METRICS else ""
+        out.print(f"[bold]{m.name}[/] ({m.mode}, {'lower' if m.lower_better else 'higher'} is better{default})")
+        out.print(f"    {m.variant}")
+        out.print(f"    {m.description}")
+    out.print("FR: needs --hr (full reference); NR: no reference. Weights of all but psnr/ssim are downloaded "
+              "by pyiqa on first use into $TORCH_HOME/hub/pyiqa (default ~/.cache/torch/hub/pyiqa).")
 
 
 def _print_means(result, title: str) -> None:
