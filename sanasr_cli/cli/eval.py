@@ -1,5 +1,5 @@
-"""`sanasr eval`: score restored images against references (pyiqa metrics, stated protocol), run a model end to
-end and score it, or rank the checkpoints of a training run."""
+"""`sanasr eval`: score restored images against references (pyiqa metrics, stated protocol), run a model
+end to end and score it, or rank the checkpoints of a training run."""
 
 from __future__ import annotations
 
@@ -11,12 +11,26 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sanasr_cli.cli.common import EXIT_FAILED, EXIT_USAGE, console, fail, quiet_libraries, resolve_device, resolve_precision
+from sanasr_cli.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    console,
+    fail,
+    quiet_libraries,
+    resolve_device,
+    resolve_precision,
+)
 
 
 def _progress(label: str) -> Progress:
-    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.description}"), console=console)
+    return Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+    )
 
 
 def _print_metrics_list() -> None:
@@ -25,11 +39,15 @@ def _print_metrics_list() -> None:
     out = type(console)(soft_wrap=True, highlight=False)  # stdout, one line per field (no table wrapping)
     for m in METRICS.values():
         default = ", default" if m.name in DEFAULT_METRICS else ""
-        out.print(f"[bold]{m.name}[/] ({m.mode}, {'lower' if m.lower_better else 'higher'} is better{default})")
+        out.print(
+            f"[bold]{m.name}[/] ({m.mode}, {'lower' if m.lower_better else 'higher'} is better{default})"
+        )
         out.print(f"    {m.variant}")
         out.print(f"    {m.description}")
-    out.print("FR: needs --hr (full reference); NR: no reference. Weights of all but psnr/ssim are downloaded "
-              "by pyiqa on first use into $TORCH_HOME/hub/pyiqa (default ~/.cache/torch/hub/pyiqa).")
+    out.print(
+        "FR: needs --hr (full reference); NR: no reference. Weights of all but psnr/ssim are downloaded "
+        "by pyiqa on first use into $TORCH_HOME/hub/pyiqa (default ~/.cache/torch/hub/pyiqa)."
+    )
 
 
 def _print_means(result, title: str) -> None:
@@ -48,23 +66,51 @@ def _print_means(result, title: str) -> None:
 
 
 def eval_command(
-    sr: Path = typer.Option(None, "--sr", help="Folder of restored images to score (paired with --hr by file stem)."),
+    sr: Path = typer.Option(
+        None, "--sr", help="Folder of restored images to score (paired with --hr by file stem)."
+    ),
     hr: Path = typer.Option(None, "--hr", help="Folder of reference (ground-truth) images."),
-    model: str = typer.Option(None, "--model", "-m", help="Run this model end to end on --lq first (a preset or a "
-                              "model directory), then score its outputs."),
-    lq: Path = typer.Option(None, "--lq", help="Folder of low-quality inputs (with --model or --rank-checkpoints)."),
-    save_dir: Path = typer.Option(None, "--save-dir", help="Keep the restored images here (default: a temporary "
-                                  "folder, removed afterwards)."),
-    rank_checkpoints: Path = typer.Option(None, "--rank-checkpoints", help="Score every RUN_DIR/checkpoint-*/ of "
-                                          "a training run on --lq (and --hr) and print them ranked, best first."),
+    model: str = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Run this model end to end on --lq first (a preset or a "
+        "model directory), then score its outputs.",
+    ),
+    lq: Path = typer.Option(
+        None, "--lq", help="Folder of low-quality inputs (with --model or --rank-checkpoints)."
+    ),
+    save_dir: Path = typer.Option(
+        None,
+        "--save-dir",
+        help="Keep the restored images here (default: a temporary folder, removed afterwards).",
+    ),
+    rank_checkpoints: Path = typer.Option(
+        None,
+        "--rank-checkpoints",
+        help="Score every RUN_DIR/checkpoint-*/ of "
+        "a training run on --lq (and --hr) and print them ranked, best first.",
+    ),
     metric: str = typer.Option("musiq", "--metric", help="The one metric that ranks checkpoints."),
-    metrics: str = typer.Option(None, "--metrics", help="Comma-separated metrics (default: psnr,ssim,lpips,dists,"
-                                "niqe,musiq,maniqa,clipiqa; only no-reference ones without --hr). See --list-metrics."),
-    list_metrics: bool = typer.Option(False, "--list-metrics", help="List the metrics and their exact pyiqa variants."),
-    protocol: str = typer.Option("full", "--protocol", help="full: whole images (sizes must agree); patch: the "
-                                 "256x256 centre crop of both."),
-    json_out: Path = typer.Option(None, "--json", help="Write means, per-image values, variants, protocol and "
-                                  "versions to this JSON file."),
+    metrics: str = typer.Option(
+        None,
+        "--metrics",
+        help="Comma-separated metrics (default: psnr,ssim,lpips,dists,"
+        "niqe,musiq,maniqa,clipiqa; only no-reference ones without --hr). See --list-metrics.",
+    ),
+    list_metrics: bool = typer.Option(
+        False, "--list-metrics", help="List the metrics and their exact pyiqa variants."
+    ),
+    protocol: str = typer.Option(
+        "full",
+        "--protocol",
+        help="full: whole images (sizes must agree); patch: the 256x256 centre crop of both.",
+    ),
+    json_out: Path = typer.Option(
+        None,
+        "--json",
+        help="Write means, per-image values, variants, protocol and versions to this JSON file.",
+    ),
     csv_out: Path = typer.Option(None, "--csv", help="Write one row per image to this CSV file."),
     scale: float = typer.Option(4.0, "--scale", "-s", min=1.0, help="Upscale factor when a model runs."),
     base: str = typer.Option(None, "--base", help="Hub id or local folder of the pretrained SANA base."),
@@ -81,7 +127,8 @@ def eval_command(
     sanasr eval --rank-checkpoints runs/exp1 --lq val_lq/ --metric musiq
     sanasr eval --list-metrics
 
-    Files are paired by stem (`0801_SR.png` <-> `0801.png`), never by sort order. PSNR/SSIM are on the Y channel
+    Files are paired by stem (`0801_SR.png` <-> `0801.png`), never by sort order. PSNR/SSIM are on the Y
+    channel
     of YCbCr; every metric's pyiqa variant is printed and stored. Exit code: 0 when everything was computed,
     1 when a metric could not run (e.g. its weights are missing offline; the others still run) or an image
     failed, 2 for usage errors.
@@ -90,16 +137,32 @@ def eval_command(
         _print_metrics_list()
         return
     from sanasr_cli.errors import MissingWeightsError, ModelDirError, SanaSRError
-    from sanasr_cli.evaluation.metrics import DEFAULT_METRICS, METRICS, PROTOCOLS, MetricUnavailable, parse_metrics
+    from sanasr_cli.evaluation.metrics import (
+        DEFAULT_METRICS,
+        METRICS,
+        PROTOCOLS,
+        MetricUnavailable,
+        parse_metrics,
+    )
     from sanasr_cli.evaluation.pairing import pair_folders
 
     if protocol not in PROTOCOLS:
         raise fail(f"unknown protocol '{protocol}'; use one of {', '.join(PROTOCOLS)}", EXIT_USAGE)
-    modes = [m for m, on in (("--sr", sr is not None), ("--model", model is not None),
-                             ("--rank-checkpoints", rank_checkpoints is not None)) if on]
+    modes = [
+        m
+        for m, on in (
+            ("--sr", sr is not None),
+            ("--model", model is not None),
+            ("--rank-checkpoints", rank_checkpoints is not None),
+        )
+        if on
+    ]
     if len(modes) != 1:
-        raise fail("give exactly one of --sr DIR (score outputs), --model M (run a model on --lq) or "
-                   "--rank-checkpoints RUN_DIR" + (f"; got {' and '.join(modes)}" if modes else ""), EXIT_USAGE)
+        raise fail(
+            "give exactly one of --sr DIR (score outputs), --model M (run a model on --lq) or "
+            "--rank-checkpoints RUN_DIR" + (f"; got {' and '.join(modes)}" if modes else ""),
+            EXIT_USAGE,
+        )
     if sr is not None and hr is None:
         raise fail("--sr needs --hr (the reference folder)", EXIT_USAGE)
     if (model or rank_checkpoints) and lq is None:
@@ -112,11 +175,15 @@ def eval_command(
             specs = parse_metrics([metric], need_reference=hr is not None)
             lq_pairs = pair_folders(lq, hr, sr_what="--lq")
         else:
-            default = DEFAULT_METRICS if hr is not None else [m for m in DEFAULT_METRICS if METRICS[m].mode == "NR"]
+            default = (
+                DEFAULT_METRICS if hr is not None else [m for m in DEFAULT_METRICS if METRICS[m].mode == "NR"]
+            )
             specs = parse_metrics(metrics or list(default), need_reference=hr is not None)
-            pairs = pair_folders(sr if sr is not None else lq, hr, sr_what="--sr" if sr is not None else "--lq")
+            pairs = pair_folders(
+                sr if sr is not None else lq, hr, sr_what="--sr" if sr is not None else "--lq"
+            )
     except SanaSRError as e:
-        raise fail(str(e), EXIT_USAGE)
+        raise fail(str(e), EXIT_USAGE) from None
 
     if save_dir is not None:
         from sanasr_cli.evaluation.model_eval import check_save_dir
@@ -124,15 +191,26 @@ def eval_command(
         try:
             check_save_dir(save_dir, lq, hr, sr)
         except SanaSRError as e:
-            raise fail(str(e), EXIT_USAGE)
+            raise fail(str(e), EXIT_USAGE) from None
     tmp = None
     if (model or rank_checkpoints) and save_dir is None:
         tmp = Path(tempfile.mkdtemp(prefix="sanasr-eval-"))
     out_dir = save_dir or tmp
     try:
         if rank_checkpoints is not None:
-            code = _rank(rank_checkpoints, lq_pairs, lq, specs[0], out_dir, protocol, dev, precision, base, scale,
-                         json_out)
+            code = _rank(
+                rank_checkpoints,
+                lq_pairs,
+                lq,
+                specs[0],
+                out_dir,
+                protocol,
+                dev,
+                precision,
+                base,
+                scale,
+                json_out,
+            )
             raise typer.Exit(code)
         model_info = None
         failed_upscales = []
@@ -145,27 +223,40 @@ def eval_command(
                 try:
                     sr_model = load_model(model, device=dev, dtype=dtype, base=base, seed=seed)
                 except ModelDirError as e:
-                    raise fail(str(e), EXIT_USAGE)
+                    raise fail(str(e), EXIT_USAGE) from None
                 except MissingWeightsError as e:
-                    raise fail(str(e), EXIT_FAILED)
+                    raise fail(str(e), EXIT_FAILED) from None
             if sr_model.description.random_weights:
-                console.print(f"[yellow]note:[/] '{model}' has random (untrained) weights: scores show the "
-                              "pipeline, not SR quality.")
-            model_info = {"spec": model, "description": sr_model.description.to_dict(), "scale": scale,
-                          "device": str(dev), "precision": str(dtype).replace("torch.", ""), "outputs": str(out_dir)}
-            pairs, failed_upscales = _run_model(sr_model, pairs, lq, out_dir,
-                                                UpscaleOptions(scale=scale, prompt_rule=sr_model.description.prompt))
+                console.print(
+                    f"[yellow]note:[/] '{model}' has random (untrained) weights: scores show the "
+                    "pipeline, not SR quality."
+                )
+            model_info = {
+                "spec": model,
+                "description": sr_model.description.to_dict(),
+                "scale": scale,
+                "device": str(dev),
+                "precision": str(dtype).replace("torch.", ""),
+                "outputs": str(out_dir),
+            }
+            pairs, failed_upscales = _run_model(
+                sr_model,
+                pairs,
+                lq,
+                out_dir,
+                UpscaleOptions(scale=scale, prompt_rule=sr_model.description.prompt),
+            )
             del sr_model
         result = _score(pairs, specs, protocol, dev)
     except MetricUnavailable as e:
-        raise fail(str(e), EXIT_FAILED)
+        raise fail(str(e), EXIT_FAILED) from None
     except SanaSRError as e:  # e.g. sizes that do not fit the protocol
-        raise fail(str(e), EXIT_USAGE)
+        raise fail(str(e), EXIT_USAGE) from None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    for name, message in result.unavailable.items():
+    for message in result.unavailable.values():
         console.print(f"[bold red]metric unavailable:[/] {message}", highlight=False, soft_wrap=True)
     for s in result.failed_images:
         console.print(f"[red]failed:[/] {s.error}", highlight=False, soft_wrap=True)
@@ -174,11 +265,19 @@ def eval_command(
         from sanasr_cli.evaluation.metrics import CONVERSION_RULE
 
         listed = ", ".join(f"{f} ({m})" for f, m in list(converted.items())[:8])
-        console.print(f"[yellow]note:[/] {len(converted)} file(s) not RGB, {CONVERSION_RULE}: {listed}"
-                      + (" ..." if len(converted) > 8 else ""), highlight=False, soft_wrap=True)
-    _print_means(result, f"{len(result.images) - len(result.failed_images)} image pairs"
-                 + (f" ({model})" if model else ""))
-    _write_outputs(result, model_info, json_out, csv_out, {"failed_upscales": [r.to_dict() for r in failed_upscales]})
+        console.print(
+            f"[yellow]note:[/] {len(converted)} file(s) not RGB, {CONVERSION_RULE}: {listed}"
+            + (" ..." if len(converted) > 8 else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
+    _print_means(
+        result,
+        f"{len(result.images) - len(result.failed_images)} image pairs" + (f" ({model})" if model else ""),
+    )
+    _write_outputs(
+        result, model_info, json_out, csv_out, {"failed_upscales": [r.to_dict() for r in failed_upscales]}
+    )
     if not result.ok or failed_upscales:
         raise typer.Exit(EXIT_FAILED)
 
@@ -202,8 +301,13 @@ def _score(pairs, specs, protocol, dev):
 
     with _progress("score") as progress:
         task = progress.add_task("", total=len(pairs))
-        return evaluate_pairs(pairs, specs, protocol=protocol, device=dev,
-                              on_image=lambda s: progress.update(task, advance=1, description=Path(s.sr).name))
+        return evaluate_pairs(
+            pairs,
+            specs,
+            protocol=protocol,
+            device=dev,
+            on_image=lambda s: progress.update(task, advance=1, description=Path(s.sr).name),
+        )
 
 
 def _write_outputs(result, model_info, json_out, csv_out, extra) -> None:
@@ -226,39 +330,70 @@ def _rank(run_dir, lq_pairs, lq, spec, out_dir, protocol, dev, precision, base, 
     try:
         checkpoints = find_checkpoints(run_dir)
     except ModelDirError as e:
-        raise fail(str(e), EXIT_USAGE)
+        raise fail(str(e), EXIT_USAGE) from None
     dtype = resolve_precision(precision, dev)
     with _progress("checkpoints") as progress:
         task = progress.add_task("", total=len(checkpoints))
 
         def on_checkpoint(cs):
             if cs.error:
-                progress.console.print(f"[red]failed:[/] {Path(cs.checkpoint).name}: {cs.error}",
-                                       highlight=False, soft_wrap=True)
+                progress.console.print(
+                    f"[red]failed:[/] {Path(cs.checkpoint).name}: {cs.error}", highlight=False, soft_wrap=True
+                )
             progress.update(task, advance=1, description=Path(cs.checkpoint).name)
 
         ranked, _ = rank_checkpoints(
-            run_dir, lq_pairs, lq, spec, out_dir, protocol=protocol, device=dev, dtype=dtype, base=base,
+            run_dir,
+            lq_pairs,
+            lq,
+            spec,
+            out_dir,
+            protocol=protocol,
+            device=dev,
+            dtype=dtype,
+            base=base,
             options_for=lambda m: UpscaleOptions(scale=scale, prompt_rule=m.description.prompt),
             on_checkpoint=on_checkpoint,
         )
-    table = Table(title=f"checkpoints of {run_dir} ranked by {spec.name} ({'lower' if spec.lower_better else 'higher'}"
-                        f" is better), {len(lq_pairs)} images", title_justify="left",
-                  caption=f"{spec.variant}; protocol {protocol_text(protocol)}")
+    table = Table(
+        title=f"checkpoints of {run_dir} ranked by {spec.name} ({'lower' if spec.lower_better else 'higher'}"
+        f" is better), {len(lq_pairs)} images",
+        title_justify="left",
+        caption=f"{spec.variant}; protocol {protocol_text(protocol)}",
+    )
     for col in ("rank", "checkpoint", "step", spec.name):
         table.add_column(col)
     for s in ranked:
-        table.add_row(str(s.rank or "-"), Path(s.checkpoint).name, str(s.step),
-                      f"{s.score:.4f}" if s.score is not None else f"failed: {s.error}")
+        table.add_row(
+            str(s.rank or "-"),
+            Path(s.checkpoint).name,
+            str(s.step),
+            f"{s.score:.4f}" if s.score is not None else f"failed: {s.error}",
+        )
     type(console)().print(table)
     if json_out is not None:
-        write_json(json_out, {
-            "run_dir": str(run_dir), "metric": spec.name, "variant": spec.to_dict(), "protocol": protocol,
-            "protocol_description": protocol_text(protocol), "num_images": len(lq_pairs),
-            "ranking": [{"rank": s.rank, "checkpoint": s.checkpoint, "step": s.step, "score": s.score,
-                         "error": s.error} for s in ranked],
-            "versions": versions(),
-        })
+        write_json(
+            json_out,
+            {
+                "run_dir": str(run_dir),
+                "metric": spec.name,
+                "variant": spec.to_dict(),
+                "protocol": protocol,
+                "protocol_description": protocol_text(protocol),
+                "num_images": len(lq_pairs),
+                "ranking": [
+                    {
+                        "rank": s.rank,
+                        "checkpoint": s.checkpoint,
+                        "step": s.step,
+                        "score": s.score,
+                        "error": s.error,
+                    }
+                    for s in ranked
+                ],
+                "versions": versions(),
+            },
+        )
         console.print(f"JSON written to {json_out}")
     return EXIT_FAILED if any(s.error for s in ranked) else 0
 

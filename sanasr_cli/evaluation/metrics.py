@@ -10,8 +10,8 @@ What is computed, so two users get the same numbers for the same images:
   left at the bottom/right); images smaller than 256 on a side are refused.
 - Each metric is `pyiqa.create_metric(<pyiqa name>, **options)` as listed in METRICS (PSNR and SSIM on the Y
   channel of YCbCr, ITU-R BT.601). Scores are per image; the mean is the plain mean over images.
-- A metric whose weights are neither in the local cache nor downloadable is reported with one message naming the
-  file and the folder to put it in; the other metrics still run.
+- A metric whose weights are neither in the local cache nor downloadable is reported with one message
+  naming the file and the folder to put it in; the other metrics still run.
 """
 
 from __future__ import annotations
@@ -69,16 +69,36 @@ class MetricSpec:
 METRICS: dict[str, MetricSpec] = {
     m.name: m
     for m in [
-        MetricSpec("psnr", "psnry", {"color_space": "ycbcr"}, "FR", False,
-                   f"PSNR (dB) on {_YCBCR}, float Y in [0, 1], data range 1, no border crop", needs_weights=False),
-        MetricSpec("ssim", "ssim", {"color_space": "ycbcr", "downsample": False}, "FR", False,
-                   f"SSIM on {_YCBCR} rounded to integers 0..255, float64, 11x11 Gaussian window (sigma 1.5), "
-                   "'valid' filtering, no downsampling, no border crop", needs_weights=False),
+        MetricSpec(
+            "psnr",
+            "psnry",
+            {"color_space": "ycbcr"},
+            "FR",
+            False,
+            f"PSNR (dB) on {_YCBCR}, float Y in [0, 1], data range 1, no border crop",
+            needs_weights=False,
+        ),
+        MetricSpec(
+            "ssim",
+            "ssim",
+            {"color_space": "ycbcr", "downsample": False},
+            "FR",
+            False,
+            f"SSIM on {_YCBCR} rounded to integers 0..255, float64, 11x11 Gaussian window (sigma 1.5), "
+            "'valid' filtering, no downsampling, no border crop",
+            needs_weights=False,
+        ),
         MetricSpec("lpips", "lpips", {}, "FR", True, "LPIPS v0.1, AlexNet features, RGB"),
         MetricSpec("lpips-vgg", "lpips-vgg", {}, "FR", True, "LPIPS v0.1, VGG-16 features, RGB"),
         MetricSpec("dists", "dists", {}, "FR", True, "DISTS (VGG-16), RGB"),
-        MetricSpec("niqe", "niqe", {}, "NR", True,
-                   "NIQE, pyiqa's PyTorch port (Y channel); differs slightly from the MATLAB code"),
+        MetricSpec(
+            "niqe",
+            "niqe",
+            {},
+            "NR",
+            True,
+            "NIQE, pyiqa's PyTorch port (Y channel); differs slightly from the MATLAB code",
+        ),
         MetricSpec("musiq", "musiq", {}, "NR", False, "MUSIQ trained on KonIQ-10k"),
         MetricSpec("maniqa", "maniqa", {}, "NR", False, "MANIQA trained on KonIQ-10k (pyiqa default)"),
         MetricSpec("clipiqa", "clipiqa", {}, "NR", False, "CLIP-IQA (ResNet-50 CLIP, antonym prompts)"),
@@ -158,11 +178,15 @@ def check_sizes(pairs: list[ImagePair], protocol: str) -> None:
         if protocol == "patch":
             for path, (w, h) in ((p.sr, sr_size), (p.hr, hr_size)):
                 if path is not None and (w < PATCH_SIZE or h < PATCH_SIZE):
-                    problems.append(f"{path.name} is {w}x{h}, smaller than the {PATCH_SIZE}x{PATCH_SIZE} patch")
+                    problems.append(
+                        f"{path.name} is {w}x{h}, smaller than the {PATCH_SIZE}x{PATCH_SIZE} patch"
+                    )
     if problems:
         shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
         hint = " (use --protocol patch to compare centre crops)" if protocol == "full" else ""
-        raise ProtocolError(f"{len(problems)} image(s) cannot be compared under --protocol {protocol}: {shown}{hint}")
+        raise ProtocolError(
+            f"{len(problems)} image(s) cannot be compared under --protocol {protocol}: {shown}{hint}"
+        )
 
 
 # ---------------------------------------------------------------- building metrics
@@ -176,8 +200,8 @@ class MetricUnavailable(SanaSRError):
 def _recording_downloads(attempts: list[tuple[str, str]]):
     """Record (url, destination) of every download pyiqa or torchvision starts.
 
-    pyiqa and torchvision fetch weights through torch.hub.download_url_to_file; the URLError they raise offline
-    does not say which file, so we note each attempt to name the file and its cache folder in our message.
+    pyiqa and torchvision fetch weights through torch.hub.download_url_to_file; the URLError they raise
+    offline does not say which file, so we note each attempt to name the file and its cache folder.
     """
     import pyiqa.utils.download_util as pyiqa_download
     import torch.hub
@@ -206,8 +230,8 @@ def missing_weights_message(metric: str, url: str, destination: str, cause: str)
     dst = Path(destination)
     return (
         f"metric '{metric}': weights file {dst.name} is not in {dst.parent} and could not be downloaded "
-        f"from {url} ({cause}). Put {dst.name} into {dst.parent}/ (fetch it from that URL where there is network) "
-        f"and run again."
+        f"from {url} ({cause}). Put {dst.name} into {dst.parent}/ (fetch it from that URL where there is "
+        f"network) and run again."
     )
 
 
@@ -223,8 +247,11 @@ def build_metric(spec: MetricSpec, device: torch.device | str = "cpu"):
     except ImportError as e:
         raise MetricUnavailable(
             f"metric '{spec.name}' cannot be built: a package it needs is missing ({_first_line(e)})"
-            + (" - the 'clip' package pyiqa uses needs pkg_resources: pip install 'setuptools<81'"
-               if "pkg_resources" in str(e) else "")
+            + (
+                " - the 'clip' package pyiqa uses needs pkg_resources: pip install 'setuptools<81'"
+                if "pkg_resources" in str(e)
+                else ""
+            )
         ) from None
     except Exception as e:  # any failure of one metric must not stop the others
         if attempts and isinstance(e, OSError):
@@ -234,8 +261,8 @@ def build_metric(spec: MetricSpec, device: torch.device | str = "cpu"):
             from huggingface_hub.constants import HF_HUB_CACHE
 
             raise MetricUnavailable(
-                f"metric '{spec.name}': a backbone file from the Hugging Face hub is not in the cache {HF_HUB_CACHE} "
-                f"and could not be downloaded ({_first_line(e)}). Run once with network access (or copy that "
+                f"metric '{spec.name}': a backbone file from the Hugging Face hub is not in the cache "
+                f"{HF_HUB_CACHE} and could not be downloaded ({_first_line(e)}). Run once with network access (or copy that "
                 f"cache folder from a machine that has it) and run again."
             ) from None
         raise MetricUnavailable(f"metric '{spec.name}' could not be built: {_first_line(e)}") from None
@@ -312,8 +339,8 @@ def evaluate_pairs(
 ) -> EvalResult:
     """Score every pair with every metric under `protocol`.
 
-    `built` (optional) maps metric name -> an already built pyiqa metric (reused across calls, e.g. when ranking
-    checkpoints). Raises ProtocolError before any work when sizes do not fit the protocol.
+    `built` (optional) maps metric name -> an already built pyiqa metric (reused across calls, e.g. when
+    ranking checkpoints). Raises ProtocolError before any work when sizes do not fit the protocol.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol '{protocol}' (use {' or '.join(PROTOCOLS)})")
@@ -353,5 +380,5 @@ def evaluate_pairs(
 
 
 def finite(x: float | None) -> float | None:
-    """JSON-safe number: None for NaN/inf (e.g. PSNR of identical images is capped by pyiqa's eps, not inf)."""
+    """JSON-safe number: None for NaN/inf (PSNR of identical images is capped by pyiqa's eps, not inf)."""
     return None if x is None or not math.isfinite(x) else x

@@ -1,4 +1,5 @@
-"""Evaluating models end to end: LQ folder -> `upscale_files` (the same pipeline as `sanasr upscale`) -> scores,
+"""Evaluating models end to end: LQ folder -> `upscale_files` (the same pipeline as `sanasr upscale`) ->
+scores,
 and ranking the checkpoints of a training run (paper App. B: checkpoints are chosen on a held-out set).
 """
 
@@ -54,7 +55,9 @@ def check_save_dir(save_dir: Path, *inputs: Path | None) -> None:
             continue
         d = Path(d).resolve()
         if s == d or d.is_relative_to(s) or s.is_relative_to(d):
-            raise SanaSRError(f"--save-dir {save_dir} overlaps the input folder {d}; choose a separate folder")
+            raise SanaSRError(
+                f"--save-dir {save_dir} overlaps the input folder {d}; choose a separate folder"
+            )
 
 
 @dataclass
@@ -102,13 +105,13 @@ def rank_checkpoints(
 ) -> tuple[list[CheckpointScore], dict[int, EvalResult]]:
     """Score every checkpoint of a run on the same images with one metric; returns them best first.
 
-    Each checkpoint is a model directory; its outputs go to `save_root/checkpoint-<step>/`. `options_for(model)`
+    Each checkpoint is a model directory; its outputs go to `save_root/checkpoint-<step>/`.
+    `options_for(model)`
     gives the UpscaleOptions for a loaded model (default: the model's own prompt rule, x4).
     """
+    from sanasr_cli.evaluation.metrics import build_metric
     from sanasr_cli.models.sanasr import load_model
     from sanasr_cli.pipeline.upscale import UpscaleOptions
-
-    from sanasr_cli.evaluation.metrics import build_metric
 
     built = {metric.name: build_metric(metric, device)}  # MetricUnavailable now, before any upscaling
     scores, results = [], {}
@@ -116,9 +119,12 @@ def rank_checkpoints(
         cs = CheckpointScore(checkpoint=str(folder), step=step)
         try:
             model = load_model(folder, device=device, dtype=dtype, base=base)
-            options = options_for(model) if options_for else UpscaleOptions(prompt_rule=model.description.prompt)
-            sr_pairs, failed = upscale_pairs(model, lq_pairs, lq_dir, Path(save_root) / folder.name, options,
-                                             on_done=on_image)
+            options = (
+                options_for(model) if options_for else UpscaleOptions(prompt_rule=model.description.prompt)
+            )
+            sr_pairs, failed = upscale_pairs(
+                model, lq_pairs, lq_dir, Path(save_root) / folder.name, options, on_done=on_image
+            )
             del model
             if failed:
                 raise SanaSRError(f"{len(failed)} image(s) failed to upscale, first: {failed[0].error}")

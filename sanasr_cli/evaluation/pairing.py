@@ -2,8 +2,8 @@
 
 The pairing key of a file is its stem, lower-cased, with at most one known trailing suffix removed
 (`_sr`, `_out`, `_x4`, ... on the SR/LQ side; `_hr`, `_gt` on the reference side). So `0801_SR.png` pairs with
-`0801.png` and `Canon_001_LR4.png` with `Canon_001_HR.png`. Two files of one folder with the same key, or a file
-without a partner, are errors listed in one message.
+`0801.png` and `Canon_001_LR4.png` with `Canon_001_HR.png`. Two files of one folder with the same key, or
+a file without a partner, are errors listed in one message.
 """
 
 from __future__ import annotations
@@ -15,8 +15,23 @@ from sanasr_cli.data.io import list_images
 from sanasr_cli.errors import SanaSRError
 
 # Suffixes stripped from restored / low-quality stems (one of them, once, at the end of the stem).
-SR_SUFFIXES = ("_sr", "-sr", "_out", "-out", "_output", "_result", "_restored", "_x4", "-x4", "x4", "_lr4", "_lr",
-               "-lr", "_lq", "-lq")
+SR_SUFFIXES = (
+    "_sr",
+    "-sr",
+    "_out",
+    "-out",
+    "_output",
+    "_result",
+    "_restored",
+    "_x4",
+    "-x4",
+    "x4",
+    "_lr4",
+    "_lr",
+    "-lr",
+    "_lq",
+    "-lq",
+)
 # Suffixes stripped from reference stems.
 HR_SUFFIXES = ("_hr", "-hr", "_gt", "-gt")
 
@@ -47,7 +62,9 @@ def _keyed(files: list[Path], suffixes: tuple[str, ...], folder: Path) -> dict[s
         keyed.setdefault(pairing_key(f.stem, suffixes), []).append(f)
     dupes = {k: v for k, v in keyed.items() if len(v) > 1}
     if dupes:
-        listed = "; ".join(" and ".join(p.name for p in v) + f" (key '{k}')" for k, v in sorted(dupes.items()))
+        listed = "; ".join(
+            " and ".join(p.name for p in v) + f" (key '{k}')" for k, v in sorted(dupes.items())
+        )
         raise PairingError(f"{folder}: several files share a pairing key: {listed}")
     return {k: v[0] for k, v in keyed.items()}
 
@@ -75,7 +92,7 @@ def pair_folders(
     hr_suffixes: tuple[str, ...] = HR_SUFFIXES,
     sr_what: str = "--sr",
 ) -> list[ImagePair]:
-    """Pairs of (restored, reference) files matched by key, sorted by key; all unmatched files in one error."""
+    """Pairs of (restored, reference) files matched by key, sorted; all unmatched files in one error."""
     sr = _keyed(images_in(sr_dir, sr_what), sr_suffixes, sr_dir)
     if hr_dir is None:
         return [ImagePair(k, sr[k]) for k in sorted(sr)]
@@ -87,7 +104,8 @@ def pair_folders(
         if only_sr:
             parts.append(f"{len(only_sr)} in {sr_dir} without a reference: {_names(only_sr)}")
         if only_hr:
-            parts.append(f"{len(only_hr)} in {hr_dir} without a {sr_what.strip('-')} partner: {_names(only_hr)}")
+            parts.append(
+                f"{len(only_hr)} in {hr_dir} without a {sr_what.strip('-')} partner: {_names(only_hr)}"
+            )
         raise PairingError("unmatched files (paired by file stem): " + "; ".join(parts))
     return [ImagePair(k, sr[k], hr[k]) for k in sorted(sr)]
-

@@ -1,4 +1,5 @@
-"""Evaluation reports: the JSON document (means, per-image values, variants, protocol, versions) and the CSV."""
+"""Evaluation reports: the JSON document (means, per-image values, variants, protocol, versions) and the
+CSV."""
 
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ def versions() -> dict[str, str]:
 
 def protocol_text(protocol: str) -> str:
     if protocol == "patch":
-        return (f"patch: {PATCH_SIZE}x{PATCH_SIZE} centre crop of both images "
-                f"(top = (H - {PATCH_SIZE}) // 2, left = (W - {PATCH_SIZE}) // 2)")
+        return (
+            f"patch: {PATCH_SIZE}x{PATCH_SIZE} centre crop of both images "
+            f"(top = (H - {PATCH_SIZE}) // 2, left = (W - {PATCH_SIZE}) // 2)"
+        )
     return "full: whole images, sizes must agree"
 
 

@@ -1,0 +1,565 @@
+"""Cost of the pipeline per part: parameters, MACs, latency and peak memory, and an OSEDiff-shaped comparison.
+
+How each number is obtained (and stated in every report):
+- **MACs** = FLOPs / 2, FLOPs from `torch.utils.flop_counter.FlopCounterMode`, counted on the META device (no
+  weights, no memory): on CPU tensors FlopCounterMode misses the fused scaled-dot-product-attention
+  kernels and under-counts attention. Every part and both pipelines are counted the same way.
+- **params**: the parameters of the modules a part runs (VAE encoder, text encoder, denoiser, VAE decoder).
+- **latency_ms**: median of `repeats` timed runs after `warmup` runs, on real tensors with random (or loaded)
+  weights, `torch.cuda.synchronize()` around each run on CUDA. Optional: on CPU a real-size model is too slow,
+  so by default latency is measured only on CUDA or for small models; `null` means not measured.
+- **peak_memory_mb**: `torch.cuda.max_memory_allocated` during the part (all weights of the pipeline
+  resident),
+  in MiB; `null` on CPU (not measured).
+- **end_to_end** = VAE encode -> denoiser -> VAE decode on one image batch. The text encoder is excluded from
+  end_to_end for both pipelines and reported as its own part (its output is cached per prompt; the tagger
+  is not counted either).
+
+OSEDiff-shaped pipeline: diffusers `AutoencoderKL` (SD VAE) + `UNet2DConditionModel` with the SD-2.1 configs
+below, the SD-2.1 text encoder (OpenCLIP ViT-H text tower as `CLIPTextModel`, 77 tokens), one UNet step at
+t = 999; random weights (the cost does not depend on them).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+PARTS = ("vae_encode", "text_encoder", "transformer", "vae_decode")
+END_TO_END_PARTS = ("vae_encode", "transformer", "vae_decode")
+AUTO_LATENCY_CPU_MAX_GMACS = 5.0  # `--latency auto` on CPU: measure only pipelines this cheap per image
+MIB = 2**20
+
+# SD-2.1 (stabilityai/stable-diffusion-2-1-base) configs, as in its unet/ and vae/ config.json.
+SD21_UNET = dict(
+    sample_size=96,
+    in_channels=4,
+    out_channels=4,
+    center_input_sample=False,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    downsample_padding=1,
+    mid_block_scale_factor=1,
+    act_fn="silu",
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    cross_attention_dim=1024,
+    attention_head_dim=(5, 10, 20, 20),
+    use_linear_projection=True,
+    upcast_attention=True,
+)
+SD_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    act_fn="silu",
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=768,
+    scaling_factor=0.18215,
+)
+SD21_TEXT = dict(
+    vocab_size=49408,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=23,
+    num_attention_heads=16,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=512,
+)
+
+
+# ---------------------------------------------------------------- pipelines as parts
+
+
+@dataclass
+class Pipeline:
+    """Built modules of one pipeline, with one callable per part; inputs are made for a (batch, size)."""
+
+    name: str
+    modules: dict[str, list[torch.nn.Module]]  # part -> modules whose parameters the part uses
+    make_inputs: Callable[[int, int, torch.device, torch.dtype], dict]
+    run: dict[str, Callable[[dict], object]]  # part -> fn(inputs); plus "end_to_end"
+    size_multiple: int
+    description: str
+
+    def params(self, part: str) -> int:
+        parts = END_TO_END_PARTS if part == "end_to_end" else (part,)
+        return sum(p.numel() for q in parts for m in self.modules[q] for p in m.parameters())
+
+
+def sana_pipeline(model) -> Pipeline:
+    """Parts of a SanaSR (see sanasr_cli.models.sanasr.SanaSR.restore, which end_to_end follows)."""
+    codec, prompts, restorer = model.codec, model.prompts, model.restorer
+    f, c = codec.factor, codec.latent_channels
+
+    def make_inputs(batch, size, device, dtype):
+        from sanasr_cli.prompts.template import DEFAULT_TEMPLATE
+
+        tok = prompts.tokenize([DEFAULT_TEMPLATE] * batch)  # padded to max_length as SANA does: cost is fixed
+        caption = prompts.text_encoder.config.hidden_size
+        latent = -(-size // f)
+        return {
+            "image": torch.rand(batch, 3, size, size, device=device)
+            if device.type != "meta"
+            else torch.empty(batch, 3, size, size, device=device),
+            "input_ids": tok["input_ids"].to(device),
+            "attention_mask": tok["attention_mask"].to(device),
+            "mask": tok["mask"].to(device),
+            "embeds": torch.zeros(batch, prompts.max_length, caption, device=device, dtype=dtype),
+            "latents": torch.zeros(batch, c, latent, latent, device=device, dtype=dtype),
+        }
+
+    def end_to_end(i):
+        h, w = i["image"].shape[-2:]
+        return codec.crop(
+            codec.decode(restorer(codec.encode_padded(i["image"]), i["embeds"], i["mask"])), h, w
+        )
+
+    return Pipeline(
+        name="sanasr",
+        modules={
+            "vae_encode": [codec.vae.encoder],
+            "text_encoder": [prompts.text_encoder],
+            "transformer": [restorer.transformer],
+            "vae_decode": [codec.vae.decoder],
+        },
+        make_inputs=make_inputs,
+        run={
+            "vae_encode": lambda i: codec.encode_padded(i["image"]),
+            "text_encoder": lambda i: prompts.text_encoder(
+                input_ids=i["input_ids"], attention_mask=i["attention_mask"]
+            ),
+            "transformer": lambda i: restorer(i["latents"], i["embeds"], i["mask"]),
+            "vae_decode": lambda i: codec.decode(i["latents"]),
+            "end_to_end": end_to_end,
+        },
+        size_multiple=f,
+        description=f"SANA-SR ({model.description.base_preset}): DC-AE encode, LinearDiT one step (Eq. 4), "
+        f"DC-AE decode; text encoder separate ({prompts.max_length} tokens)",
+    )
+
+
+def osediff_pipeline(
+    device: torch.device | str = "meta", dtype: torch.dtype = torch.float32, seed: int = 0
+) -> Pipeline:
+    """An SD-2.1-shaped one-step pipeline (OSEDiff's structure), random weights, on `device`."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**SD21_UNET)
+        vae = AutoencoderKL(**SD_VAE)
+        text = CLIPTextModel(CLIPTextConfig(**SD21_TEXT))
+    for m in (unet, vae, text):
+        m.to(dtype=dtype).eval().requires_grad_(False)
+    sf = SD_VAE["scaling_factor"]
+
+    def make_inputs(batch, size, device, dtype):
+        real = device.type != "meta"
+        return {
+            "image": torch.rand(batch, 3, size, size, device=device)
+            if real
+            else torch.empty(batch, 3, size, size, device=device),
+            "input_ids": torch.zeros(batch, 77, dtype=torch.long, device=device),
+            "embeds": torch.zeros(batch, 77, SD21_TEXT["hidden_size"], device=device, dtype=dtype),
+            "latents": torch.zeros(batch, 4, size // 8, size // 8, device=device, dtype=dtype),
+        }
+
+    def encode(x):
+        return vae.encode((x * 2 - 1).to(dtype)).latent_dist.mode() * sf
+
+    def denoise(z, embeds):
+        t = torch.full((z.shape[0],), 999, device=z.device, dtype=torch.long)
+        return (
+            z - unet(z, t, encoder_hidden_states=embeds).sample
+        )  # one step; the update itself is negligible
+
+    def decode(z):
+        return ((vae.decode(z / sf).sample.float() + 1) / 2).clamp(0, 1)
+
+    return Pipeline(
+        name="osediff",
+        modules={
+            "vae_encode": [vae.encoder, vae.quant_conv],
+            "text_encoder": [text],
+            "transformer": [unet],
+            "vae_decode": [vae.post_quant_conv, vae.decoder],
+        },
+        make_inputs=make_inputs,
+        run={
+            "vae_encode": lambda i: encode(i["image"]),
+            "text_encoder": lambda i: text(input_ids=i["input_ids"]),
+            "transformer": lambda i: denoise(i["latents"], i["embeds"]),
+            "vae_decode": lambda i: decode(i["latents"]),
+            "end_to_end": lambda i: decode(denoise(encode(i["image"]), i["embeds"])),
+        },
+        size_multiple=64,
+        description="OSEDiff-shaped: SD VAE encode, SD-2.1 UNet one step (t=999, its 'transformer' part), "
+        "SD VAE decode; SD-2.1 text encoder separate (77 tokens); random weights",
+    )
+
+
+# ---------------------------------------------------------------- building SANA-SR for bench
+
+
+def build_sanasr(
+    spec: str,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+    random_weights: bool = False,
+    base: str | None = None,
+    seed: int = 0,
+):
+    """A SanaSR for measuring. On the meta device, or with random weights, the modules are built directly on
+    `device` with the same builders `load_model` uses (no CPU detour for a real-size model, no download); the
+    transformer follows the model directory (its own config when it has one, e.g. pruned; its LoRA adapter
+    unmerged). Otherwise `load_model` loads the real weights.
+    """
+    from sanasr_cli.models.presets import PRESETS
+    from sanasr_cli.models.sanasr import (
+        SanaSR,
+        build_random_text,
+        build_random_transformer,
+        build_random_vae,
+        load_model,
+        resolve_model,
+    )
+
+    device = torch.device(device)
+    description, folder = resolve_model(spec, base=base, random_weights=random_weights, seed=seed)
+    if device.type != "meta" and not (random_weights or description.random_weights):
+        return load_model(spec, device=device, dtype=dtype, base=base, seed=seed)
+
+    from diffusers import SanaTransformer2DModel
+
+    from sanasr_cli.models.restorer import OneStepRestorer
+    from sanasr_cli.models.text_encoder import PromptEncoder
+    from sanasr_cli.models.vae import LatentCodec
+
+    preset = PRESETS[description.base_preset]
+    seed_ = int(description.random_seed or seed)
+    with torch.device(device):
+        if description.transformer != "base":
+            config = SanaTransformer2DModel.load_config(str(folder / description.transformer))
+            transformer = SanaTransformer2DModel.from_config(config)
+        else:
+            transformer = build_random_transformer(preset, seed_)
+        if description.adapter:
+            from peft import LoraConfig
+
+            transformer.add_adapter(LoraConfig.from_pretrained(str(folder / description.adapter)))
+        vae = build_random_vae(preset, seed_)
+        tokenizer, text_encoder = build_random_text(preset, seed_)
+    for m in (transformer, vae, text_encoder):
+        m.to(dtype=dtype).eval().requires_grad_(False)
+    return SanaSR(
+        codec=LatentCodec(vae),
+        prompts=PromptEncoder(
+            tokenizer,
+            text_encoder,
+            max_length=preset.max_text_length,
+            mask_degradation_words=description.prompt.mask_degradation_words,
+        ),
+        restorer=OneStepRestorer(transformer, tau_g=description.tau_g, flow_shift=description.flow_shift),
+        description=description,
+        source_dir=folder,
+    )
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@torch.no_grad()
+def count_macs(fn: Callable[[], object]) -> int:
+    """MACs (= FLOPs / 2) of one call, counted by FlopCounterMode. Run it on meta tensors (see module doc)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops()) // 2
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def time_part(
+    fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5
+) -> tuple[float, float | None]:
+    """(median latency in ms, peak CUDA memory in MiB or None) of `fn` on real tensors."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1000)
+    peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
+    return statistics.median(times), peak
+
+
+@dataclass
+class PipelineCost:
+    parts: dict[str, dict] = field(default_factory=dict)  # part -> {params, macs, latency_ms, peak_memory_mb}
+    end_to_end: dict = field(default_factory=dict)
+
+
+def measure_macs(pipeline: Pipeline, size: int, batch: int) -> PipelineCost:
+    """Params and MACs of every part and of end_to_end; `pipeline` must be built on the meta device."""
+    meta = torch.device("meta")
+    inputs = pipeline.make_inputs(batch, size, meta, torch.float32)
+    cost = PipelineCost()
+    for part in (*PARTS, "end_to_end"):
+        entry = {
+            "params": pipeline.params(part),
+            "macs": count_macs(lambda p=part: pipeline.run[p](inputs)),
+            "latency_ms": None,
+            "peak_memory_mb": None,
+        }
+        if part == "end_to_end":
+            cost.end_to_end = entry
+        else:
+            cost.parts[part] = entry
+    return cost
+
+
+def measure_latency(
+    pipeline: Pipeline,
+    cost: PipelineCost,
+    size: int,
+    batch: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    warmup: int = 2,
+    repeats: int = 5,
+) -> None:
+    """Fill latency_ms / peak_memory_mb of `cost` with runs of `pipeline` (built on `device`)."""
+    inputs = pipeline.make_inputs(batch, size, device, dtype)
+    for part in (*PARTS, "end_to_end"):
+        entry = cost.end_to_end if part == "end_to_end" else cost.parts[part]
+        entry["latency_ms"], entry["peak_memory_mb"] = time_part(
+            lambda p=part: pipeline.run[p](inputs), device, warmup, repeats
+        )
+
+
+def device_name(device: torch.device) -> str:
+    import os
+    import platform
+
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def ratios(ours: PipelineCost, other: PipelineCost) -> dict:
+    """other / ours of end_to_end (and per part), for each quantity measured on both."""
+
+    def div(a, b):
+        return None if a is None or b in (None, 0) else a / b
+
+    keys = ("params", "macs", "latency_ms", "peak_memory_mb")
+    out = {"end_to_end": {k: div(other.end_to_end[k], ours.end_to_end[k]) for k in keys}}
+    for part in PARTS:
+        out[part] = {k: div(other.parts[part][k], ours.parts[part][k]) for k in keys}
+    return out
+
+
+@dataclass
+class BenchOptions:
+    sizes: tuple[int, ...] = (512,)
+    batch_size: int = 1
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    latency: str = "auto"  # auto | on | off
+    warmup: int = 2
+    repeats: int = 5
+    compare: tuple[str, ...] = ()
+    random_weights: bool = False
+    base: str | None = None
+    seed: int = 0
+
+
+def _latency_decision(mode: str, device: torch.device, gmacs_per_image: float) -> tuple[bool, str]:
+    if mode == "on":
+        return True, "measured (--latency on)"
+    if mode == "off":
+        return False, "not measured (--latency off)"
+    if device.type == "cuda":
+        return True, "measured on CUDA"
+    if gmacs_per_image <= AUTO_LATENCY_CPU_MAX_GMACS:
+        return True, f"measured on CPU (small pipeline: {gmacs_per_image:.2f} GMACs per image)"
+    return False, (
+        f"not measured: CPU and {gmacs_per_image:.0f} GMACs per image (too slow; run on a GPU, or pass "
+        f"--latency on to force)"
+    )
+
+
+def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] | None = None) -> list[dict]:
+    """Measure `spec` (and each pipeline in options.compare) at every size; one JSON-ready dict per size."""
+    step = on_step or (lambda _msg: None)
+    device = torch.device(options.device)
+    meta_ours = sana_pipeline(
+        build_sanasr(spec, "meta", random_weights=True, base=options.base, seed=options.seed)
+    )
+    meta_other = {name: osediff_pipeline("meta") for name in options.compare}
+    for size in options.sizes:
+        for p in (meta_ours, *meta_other.values()):
+            if size % p.size_multiple:
+                raise ValueError(f"--size {size} is not a multiple of {p.size_multiple} (needed by {p.name})")
+    costs: dict[int, dict[str, PipelineCost]] = {}
+    for size in options.sizes:
+        step(f"counting MACs at {size}x{size}")
+        costs[size] = {"sanasr": measure_macs(meta_ours, size, options.batch_size)}
+        costs[size].update({n: measure_macs(p, size, options.batch_size) for n, p in meta_other.items()})
+    # Latency: one pipeline on the device at a time, so peak memory holds only that pipeline's weights.
+    notes: dict[int, dict[str, str]] = {size: {} for size in options.sizes}
+    for name in ("sanasr", *meta_other):
+        real = None
+        for size in options.sizes:
+            cost = costs[size][name]
+            do, why = _latency_decision(
+                options.latency, device, cost.end_to_end["macs"] / options.batch_size / 1e9
+            )
+            notes[size][name] = why
+            if not do:
+                continue
+            if real is None:
+                step(f"building {name} on {device} for latency")
+                real = (
+                    sana_pipeline(
+                        build_sanasr(
+                            spec, device, options.dtype, options.random_weights, options.base, options.seed
+                        )
+                    )
+                    if name == "sanasr"
+                    else osediff_pipeline(device, options.dtype, options.seed)
+                )
+            step(f"timing {name} at {size}x{size}")
+            measure_latency(
+                real, cost, size, options.batch_size, device, options.dtype, options.warmup, options.repeats
+            )
+        del real
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    reports = []
+    for size in options.sizes:
+        ours = costs[size]["sanasr"]
+        report = _report(size, options, device, ours, notes[size]["sanasr"], meta_ours.description)
+        for name in meta_other:
+            sub = _report(
+                size, options, device, costs[size][name], notes[size][name], meta_other[name].description
+            )
+            sub.pop("compare")
+            sub["ratios"] = ratios(ours, costs[size][name])
+            report["compare"][name] = sub
+        reports.append(report)
+    return reports
+
+
+def _report(size, options, device, cost: PipelineCost, latency_note: str, description: str) -> dict:
+    return {
+        "size": size,
+        "batch_size": options.batch_size,
+        "device": device_name(device),
+        "parts": cost.parts,
+        "end_to_end": cost.end_to_end,
+        "compare": {},
+        "precision": str(options.dtype).replace("torch.", ""),
+        "pipeline": description,
+        "notes": {
+            "macs": "FLOPs/2 from torch.utils.flop_counter.FlopCounterMode on the meta device",
+            "latency": latency_note
+            + (
+                f"; median of {options.repeats} runs after {options.warmup} warm-up runs"
+                if latency_note.startswith("measured")
+                else ""
+            ),
+            "peak_memory_mb": "torch.cuda.max_memory_allocated during the part, MiB"
+            if device.type == "cuda"
+            else "not measured on CPU",
+            "end_to_end": "vae_encode + transformer + vae_decode; text encoder reported separately, "
+            "tagger not counted",
+        },
+    }
+
+
+# ---------------------------------------------------------------- plot
+
+
+def plot_reports(reports: list[dict], path: str | Path) -> None:
+    """PNG of MACs and latency against resolution, for SANA-SR and each compared pipeline (atomic write)."""
+    import os
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [r["size"] for r in reports]
+    series = {"SANA-SR": [r["end_to_end"] for r in reports]}
+    for name in reports[0]["compare"]:
+        series[f"{name}-shaped"] = [r["compare"][name]["end_to_end"] for r in reports]
+    fig, (ax_m, ax_l) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, points in series.items():
+        ax_m.plot(sizes, [p["macs"] / 1e9 for p in points], marker="o", label=label)
+        lat = [
+            (s, p["latency_ms"]) for s, p in zip(sizes, points, strict=True) if p["latency_ms"] is not None
+        ]
+        if lat:
+            ax_l.plot([s for s, _ in lat], [v for _, v in lat], marker="o", label=label)
+    ax_m.set(
+        title="end-to-end GMACs (FlopCounterMode, meta)",
+        xlabel="output size (px, square)",
+        ylabel="GMACs",
+        yscale="log",
+    )
+    ax_l.set(
+        title=f"end-to-end latency (median)\n{reports[0]['device']}, {reports[0]['precision']}",
+        xlabel="output size (px, square)",
+        ylabel="ms",
+        yscale="log",
+    )
+    if not ax_l.lines:
+        ax_l.text(0.5, 0.5, "latency not measured", ha="center", va="center", transform=ax_l.transAxes)
+    for ax in (ax_m, ax_l):
+        ax.set_xticks(sizes)
+        if ax.lines:
+            ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, format="png")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)

@@ -1,0 +1,152 @@
+"""`sanasr bench`: MACs of the real-size architectures (meta device), the JSON shape, latency on a tiny model,
+model directories measured as they are, the plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from sanasr_cli.cli import app
+from sanasr_cli.evaluation.bench import BenchOptions, run_bench
+
+runner = CliRunner()
+G, M = 1e9, 1e6
+PART_KEYS = {"params", "macs", "latency_ms", "peak_memory_mb"}
+
+
+def test_real_size_macs_match_the_design_table():
+    """SANA-600M / DC-AE / SD-2.1 shapes at 512x512, random weights on the meta device (DESIGN.md's table)."""
+    (r,) = run_bench(
+        "sana-600m-512", BenchOptions(sizes=(512,), latency="off", compare=("osediff",), random_weights=True)
+    )
+    parts = r["parts"]
+    assert parts["transformer"]["macs"] / G == pytest.approx(157.8, rel=0.01)
+    assert parts["vae_encode"]["macs"] / G == pytest.approx(647.4, rel=0.01)
+    assert parts["vae_decode"]["macs"] / G == pytest.approx(1046.1, rel=0.01)
+    assert parts["transformer"]["params"] / M == pytest.approx(591.7, rel=0.001)
+    assert parts["vae_encode"]["params"] / M == pytest.approx(153.0, rel=0.001)
+    assert parts["vae_decode"]["params"] / M == pytest.approx(159.2, rel=0.001)
+    assert parts["text_encoder"]["params"] / M == pytest.approx(
+        2614.3, rel=0.001
+    )  # Gemma-2 2B, counted apart
+    e2e = r["end_to_end"]
+    assert e2e["macs"] == pytest.approx(
+        sum(parts[p]["macs"] for p in ("vae_encode", "transformer", "vae_decode")), rel=1e-6
+    )
+    assert e2e["macs"] / G == pytest.approx(1851.3, rel=0.01)
+    ose = r["compare"]["osediff"]
+    assert ose["end_to_end"]["macs"] / G == pytest.approx(2217.7, rel=0.01)
+    assert ose["parts"]["transformer"]["params"] / M == pytest.approx(865.9, rel=0.001)  # the SD-2.1 UNet
+    assert ose["parts"]["transformer"]["macs"] / G == pytest.approx(402.1, rel=0.01)
+    assert ose["ratios"]["end_to_end"]["macs"] == pytest.approx(2217.7 / 1851.3, rel=0.01)
+    for entry in [*parts.values(), e2e, *ose["parts"].values()]:
+        assert entry["latency_ms"] is None and entry["peak_memory_mb"] is None  # --latency off: not measured
+    assert "not measured" in r["notes"]["latency"]
+
+
+def test_fused_attention_is_counted_on_meta_but_missed_on_cpu():
+    """Why bench counts on the meta device: the SD UNet's self-attention runs through fused SDPA kernels."""
+    from diffusers.models.attention_processor import Attention
+
+    from sanasr_cli.evaluation.bench import count_macs
+
+    attn = Attention(query_dim=64, heads=4, dim_head=16)
+    x = torch.zeros(1, 256, 64)
+    with torch.device("meta"):
+        attn_meta = Attention(query_dim=64, heads=4, dim_head=16)
+    on_meta = count_macs(lambda: attn_meta(x.to("meta")))
+    projections = 4 * 256 * 64 * 64  # q, k, v, out
+    assert on_meta == projections + 2 * 256 * 256 * 64  # + QK^T and AV
+    assert count_macs(lambda: attn(x)) < on_meta  # CPU tensors: fused SDPA not counted (torch 2.x)
+
+
+def test_cli_json_shape_latency_and_plot_on_tiny(tmp_path):
+    js, png = tmp_path / "b.json", tmp_path / "cost.png"
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "--model",
+            "tiny",
+            "--size",
+            "64",
+            "--size",
+            "128",
+            "--compare",
+            "osediff",
+            "--json",
+            str(js),
+            "--plot",
+            str(png),
+            "--device",
+            "cpu",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    reports = json.loads(js.read_text())
+    assert isinstance(reports, list) and [r["size"] for r in reports] == [64, 128]
+    for r in reports:
+        assert {"size", "batch_size", "device", "parts", "end_to_end", "compare"} <= r.keys()
+        assert r["batch_size"] == 1 and r["device"].startswith("cpu")
+        assert set(r["parts"]) == {"vae_encode", "text_encoder", "transformer", "vae_decode"}
+        for entry in [*r["parts"].values(), r["end_to_end"]]:
+            assert set(entry) == PART_KEYS
+            assert isinstance(entry["params"], int) and isinstance(entry["macs"], int) and entry["macs"] > 0
+            assert entry["latency_ms"] > 0 and entry["peak_memory_mb"] is None  # tiny: timed on CPU; no CUDA
+        ose = r["compare"]["osediff"]
+        assert {"size", "batch_size", "device", "parts", "end_to_end"} <= ose.keys()
+        assert set(ose["parts"]) == set(r["parts"]) and set(ose["end_to_end"]) == PART_KEYS
+        assert ose["end_to_end"]["latency_ms"] is None and "not measured" in ose["notes"]["latency"]
+        assert ose["ratios"]["end_to_end"]["macs"] == pytest.approx(
+            ose["end_to_end"]["macs"] / r["end_to_end"]["macs"]
+        )
+    # Cost grows with resolution (the tiny DiT is linear attention; VAEs are convolutional: ~4x for 2x size).
+    assert reports[1]["end_to_end"]["macs"] / reports[0]["end_to_end"]["macs"] == pytest.approx(4, rel=0.1)
+    assert reports[0]["parts"]["text_encoder"]["macs"] == reports[1]["parts"]["text_encoder"]["macs"]
+    assert "not measured" in result.output and "osediff" in result.output
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 600
+    one = runner.invoke(app, ["bench", "--model", "tiny", "--size", "64", "--latency", "off", "--json", "-"])
+    assert one.exit_code == 0
+    doc = json.loads(one.stdout)
+    assert isinstance(doc, dict) and doc["compare"] == {} and doc["end_to_end"]["latency_ms"] is None
+
+
+def test_model_dir_is_measured_as_it_is(fresh_tiny_model, tmp_path):
+    """A model directory with its own (smaller) transformer and a LoRA adapter: both in params and MACs."""
+    from diffusers import SanaTransformer2DModel
+
+    from sanasr_cli.models.lora import add_lora, lora_config
+    from sanasr_cli.models.sanasr import save_model_dir
+
+    cfg = dict(fresh_tiny_model.transformer.config)
+    cfg["num_layers"] = 2
+    small = SanaTransformer2DModel.from_config(cfg)
+    fresh_tiny_model.restorer.transformer = small
+    add_lora(small, lora_config(rank=4, alpha=4))
+    save_model_dir(fresh_tiny_model, tmp_path / "m")
+    (full,) = run_bench("tiny", BenchOptions(sizes=(64,), latency="off"))
+    (mine,) = run_bench(str(tmp_path / "m"), BenchOptions(sizes=(64,), latency="off"))
+    assert mine["parts"]["transformer"]["params"] == sum(p.numel() for p in small.parameters())
+    assert mine["parts"]["transformer"]["macs"] < full["parts"]["transformer"]["macs"]
+    assert mine["parts"]["vae_encode"] == full["parts"]["vae_encode"]
+
+
+def test_bad_input_is_one_line_exit_2():
+    for args, expected in (
+        (["--size", "100"], "not a multiple of 8"),
+        (["--compare", "stablesr"], "unknown --compare stablesr; known: osediff"),
+        (["--latency", "sometimes"], "--latency must be auto, on or off"),
+        (["--model", "no/such/dir"], "neither a preset"),
+    ):
+        result = runner.invoke(app, ["bench", "--model", "tiny", "--latency", "off", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert expected in " ".join(result.output.split()) and "Traceback" not in result.output
