@@ -83,6 +83,23 @@ def test_json_and_csv_schema(folders, tmp_path):
         )
     mean_psnr = sum(i["values"]["psnr"] for i in doc["images"]) / 3
     assert doc["means"]["psnr"] == pytest.approx(mean_psnr)
+    to_stdout = runner.invoke(
+        app,
+        [
+            "eval",
+            "--sr",
+            str(sr),
+            "--hr",
+            str(hr),
+            "--metrics",
+            "psnr,ssim",
+            "--protocol",
+            "patch",
+            "--json",
+            "-",
+        ],
+    )
+    assert to_stdout.exit_code == 0 and json.loads(to_stdout.stdout)["means"] == doc["means"]
     rows = list(csv.DictReader(cs.open()))
     assert [r["key"] for r in rows] == [i["key"] for i in doc["images"]]
     assert float(rows[0]["psnr"]) == pytest.approx(doc["images"][0]["values"]["psnr"])

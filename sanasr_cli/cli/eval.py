@@ -106,10 +106,11 @@ def eval_command(
         "--protocol",
         help="full: whole images (sizes must agree); patch: the 256x256 centre crop of both.",
     ),
-    json_out: Path = typer.Option(
+    json_out: str = typer.Option(
         None,
         "--json",
-        help="Write means, per-image values, variants, protocol and versions to this JSON file.",
+        help="Write means, per-image values, variants, protocol and versions to this JSON file ('-': stdout, "
+        "instead of the table).",
     ),
     csv_out: Path = typer.Option(None, "--csv", help="Write one row per image to this CSV file."),
     scale: float = typer.Option(4.0, "--scale", "-s", min=1.0, help="Upscale factor when a model runs."),
@@ -271,10 +272,9 @@ def eval_command(
             highlight=False,
             soft_wrap=True,
         )
-    _print_means(
-        result,
-        f"{len(result.images) - len(result.failed_images)} image pairs" + (f" ({model})" if model else ""),
-    )
+    if json_out != "-":
+        pairs_done = len(result.images) - len(result.failed_images)
+        _print_means(result, f"{pairs_done} image pairs" + (f" ({model})" if model else ""))
     _write_outputs(
         result, model_info, json_out, csv_out, {"failed_upscales": [r.to_dict() for r in failed_upscales]}
     )
@@ -310,12 +310,24 @@ def _score(pairs, specs, protocol, dev):
         )
 
 
+def _emit_json(json_out: str, data: dict) -> None:
+    """Write the JSON report to a file (atomically), or to stdout for '-'."""
+    import json
+
+    from sanasr_cli.evaluation.report import write_json
+
+    if json_out == "-":
+        print(json.dumps(data, indent=2, allow_nan=False))
+    else:
+        write_json(json_out, data)
+        console.print(f"JSON written to {json_out}")
+
+
 def _write_outputs(result, model_info, json_out, csv_out, extra) -> None:
-    from sanasr_cli.evaluation.report import eval_csv, eval_report, write_json, write_text_atomic
+    from sanasr_cli.evaluation.report import eval_csv, eval_report, write_text_atomic
 
     if json_out is not None:
-        write_json(json_out, eval_report(result, model=model_info, extra=extra))
-        console.print(f"JSON written to {json_out}")
+        _emit_json(json_out, eval_report(result, model=model_info, extra=extra))
     if csv_out is not None:
         write_text_atomic(csv_out, eval_csv(result))
         console.print(f"CSV written to {csv_out}")
@@ -324,7 +336,7 @@ def _write_outputs(result, model_info, json_out, csv_out, extra) -> None:
 def _rank(run_dir, lq_pairs, lq, spec, out_dir, protocol, dev, precision, base, scale, json_out) -> int:
     from sanasr_cli.errors import ModelDirError
     from sanasr_cli.evaluation.model_eval import find_checkpoints, rank_checkpoints
-    from sanasr_cli.evaluation.report import protocol_text, versions, write_json
+    from sanasr_cli.evaluation.report import protocol_text, versions
     from sanasr_cli.pipeline.upscale import UpscaleOptions
 
     try:
@@ -370,9 +382,10 @@ def _rank(run_dir, lq_pairs, lq, spec, out_dir, protocol, dev, precision, base, 
             str(s.step),
             f"{s.score:.4f}" if s.score is not None else f"failed: {s.error}",
         )
-    type(console)().print(table)
+    if json_out != "-":
+        type(console)().print(table)
     if json_out is not None:
-        write_json(
+        _emit_json(
             json_out,
             {
                 "run_dir": str(run_dir),
@@ -394,7 +407,6 @@ def _rank(run_dir, lq_pairs, lq, spec, out_dir, protocol, dev, precision, base, 
                 "versions": versions(),
             },
         )
-        console.print(f"JSON written to {json_out}")
     return EXIT_FAILED if any(s.error for s in ranked) else 0
 
 
