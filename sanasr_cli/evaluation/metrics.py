@@ -262,8 +262,8 @@ def build_metric(spec: MetricSpec, device: torch.device | str = "cpu"):
 
             raise MetricUnavailable(
                 f"metric '{spec.name}': a backbone file from the Hugging Face hub is not in the cache "
-                f"{HF_HUB_CACHE} and could not be downloaded ({_first_line(e)}). Run once with network access (or copy that "
-                f"cache folder from a machine that has it) and run again."
+                f"{HF_HUB_CACHE} and could not be downloaded ({_first_line(e)}). Run once with network "
+                f"access (or copy that cache folder from a machine that has it) and run again."
             ) from None
         raise MetricUnavailable(f"metric '{spec.name}' could not be built: {_first_line(e)}") from None
 
