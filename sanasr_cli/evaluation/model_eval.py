@@ -5,7 +5,6 @@ and ranking the checkpoints of a training run (paper App. B: checkpoints are cho
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +14,7 @@ import torch
 from sanasr_cli.errors import ModelDirError, SanaSRError
 from sanasr_cli.evaluation.metrics import EvalResult, MetricSpec, evaluate_pairs
 from sanasr_cli.evaluation.pairing import ImagePair
-
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+from sanasr_cli.training.checkpoint import CHECKPOINT_RE as _CHECKPOINT_RE
 
 
 def upscale_pairs(
