@@ -200,6 +200,20 @@ def test_filter2d_is_a_convolution():
         filter2d(torch.full((1, 3, 8, 8), 0.3), k), torch.full((1, 3, 8, 8), 0.3), atol=1e-6
     )
     assert filter2d(torch.rand(2, 3, 4, 4), gaussian_kernel(21, 2.0)).shape == (2, 3, 4, 4)  # smaller than k
+    # the FFT path (used on the CPU for large kernels) is the same convolution as the direct one
+    asym = torch.rand(2, 11, 11, dtype=torch.float64)
+    asym = asym / asym.sum(dim=(1, 2), keepdim=True)
+    img = torch.rand(2, 3, 40, 33)
+    direct, fft = filter2d(img, asym, method="direct"), filter2d(img, asym, method="fft")
+    assert (direct - fft).abs().max() < 1e-5
+    assert torch.equal(filter2d(img, asym), fft)  # auto on the CPU with k >= 9
+    impulse = torch.zeros(1, 3, 15, 15)
+    impulse[..., 7, 7] = 1
+    shifted = torch.zeros(3, 3, dtype=torch.float64)
+    shifted[0, 2] = 1  # a convolution moves the impulse by (-1, +1)
+    for method in ("direct", "fft"):
+        out = filter2d(impulse, shifted, method=method)
+        assert out[0, 0, 6, 8] > 0.999 and out.abs().sum() < 3.001
 
 
 # --- resize -------------------------------------------------------------------------------------------------
