@@ -201,6 +201,6 @@ def make_validation_batch(data: TrainingData, config: TrainConfig, device) -> di
         k: torch.stack([it[k] for it in items]) for k in items[0] if isinstance(items[0][k], torch.Tensor)
     }
     batch["key"] = [it.get("key") for it in items]
-    g = torch.Generator(device=device).manual_seed(config.seed + 424242)
+    g = torch.Generator().manual_seed(config.seed + 424242)  # CPU draws, as in training
     lq, lq_up, hq, paths = to_model_inputs(data, batch, g, device)
     return {"lq": lq, "lq_up": lq_up, "hq": hq, "paths": paths}

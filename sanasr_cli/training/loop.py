@@ -200,11 +200,12 @@ def create_ema(config: TrainConfig, transformer):
 
 
 def make_generators(config: TrainConfig, accelerator) -> dict[str, torch.Generator]:
-    """Per-process generators: 'noise' (t and eps of Eq. 16-17) and 'degrade' (the synthetic LQ)."""
-    device = accelerator.device
+    """Per-process generators: 'noise' (t and eps of Eq. 16-17, on the accelerator's device) and 'degrade'
+    (the synthetic LQ). The degrader's scalar draws stay on the CPU (no device sync per draw); it seeds its
+    own device generators for the noise tensors from them."""
     rank = accelerator.process_index
     gens = {}
-    for k, name in enumerate(("noise", "degrade")):
+    for k, (name, device) in enumerate((("noise", accelerator.device), ("degrade", torch.device("cpu")))):
         g = torch.Generator(device=device)
         g.manual_seed(config.seed * 1000 + 17 * rank + k + 1)
         gens[name] = g
