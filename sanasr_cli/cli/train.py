@@ -242,6 +242,8 @@ def train(
         raise fail(str(e), EXIT_USAGE) from None
     except (TrainingDiverged, CheckpointError, MissingWeightsError, SanaSRError) as e:
         raise fail(str(e), EXIT_FAILED) from None
+    except OSError as e:  # e.g. a full disk while appending to the log: written checkpoints stay valid
+        raise fail(f"{e.filename or config.output}: {e.strerror or e}", EXIT_FAILED) from None
     if progress.is_main:
         last = result.checkpoints[-1] if result.checkpoints else None
         console.print(
