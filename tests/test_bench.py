@@ -23,6 +23,8 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
 G, M = 1e9, 1e6
 PART_KEYS = {"params", "macs", "latency_ms", "peak_memory_mb"}
 
@@ -147,6 +149,14 @@ def test_model_dir_is_measured_as_it_is(fresh_tiny_model, tmp_path):
     assert mine["parts"]["transformer"]["params"] == sum(p.numel() for p in small.parameters())
     assert mine["parts"]["transformer"]["macs"] < full["parts"]["transformer"]["macs"]
     assert mine["parts"]["vae_encode"] == full["parts"]["vae_encode"]
+
+
+def test_batch_size_scales_every_part():
+    one, two = (run_bench("tiny", BenchOptions(sizes=(64,), batch_size=b, latency="off"))[0] for b in (1, 2))
+    assert two["batch_size"] == 2
+    for part in ("vae_encode", "text_encoder", "transformer", "vae_decode"):
+        assert two["parts"][part]["macs"] == 2 * one["parts"][part]["macs"]
+        assert two["parts"][part]["params"] == one["parts"][part]["params"]
 
 
 def test_bad_input_is_one_line_exit_2():

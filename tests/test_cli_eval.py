@@ -27,6 +27,8 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
 HQ = sorted((REPO_ROOT / "examples" / "hq").glob("*.png"))
 
 
@@ -123,7 +125,7 @@ def test_usage_errors_are_one_line_with_exit_2(folders, tmp_path):
         ),
         (["--sr", str(sr), "--hr", str(hr), "--protocol", "crop"], "unknown protocol 'crop'"),
         (["--sr", str(tmp_path / "nothing"), "--hr", str(hr)], "does not exist"),
-        (["--sr", str(sr)], "--sr needs --hr"),
+        (["--sr", str(sr), "--metrics", "psnr,niqe"], "psnr need reference images (--hr)"),
         (["--hr", str(hr)], "give exactly one of"),
         (["--model", "tiny", "--hr", str(hr)], "--model needs --lq"),
     ]
@@ -136,6 +138,21 @@ def test_usage_errors_are_one_line_with_exit_2(folders, tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert expected in " ".join(result.output.split()), (args, result.output)
         assert "Traceback" not in result.output
+
+
+def test_an_unreadable_image_fails_alone_with_exit_1(folders, tmp_path):
+    sr, hr = folders
+    (sr / HQ[0].name).write_bytes(b"not an image")  # an unreadable file in place of the first output
+    (sr / f"{HQ[0].stem}_sr.png").unlink()
+    js = tmp_path / "r.json"
+    result = runner.invoke(
+        app, ["eval", "--sr", str(sr), "--hr", str(hr), "--metrics", "psnr", "--json", str(js)]
+    )
+    assert result.exit_code == 1, result.output
+    assert "not a recognised image file" in result.output and "Traceback" not in result.output
+    doc = json.loads(js.read_text())
+    assert doc["num_images"] == 2 and [i["error"] is None for i in doc["images"]] == [False, True, True]
+    assert doc["means"]["psnr"] == pytest.approx(sum(i["values"]["psnr"] for i in doc["images"][1:]) / 2)
 
 
 def test_list_metrics_names_variants():

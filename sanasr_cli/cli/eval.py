@@ -123,6 +123,7 @@ def eval_command(
 
     \b
     sanasr eval --sr results/ --hr gt/                          score existing outputs
+    sanasr eval --sr results/ --metrics musiq,niqe              no references: no-reference metrics only
     sanasr eval --sr results/ --hr gt/ --protocol patch --json scores.json --csv per_image.csv
     sanasr eval --model MODEL_DIR --lq lq/ --hr gt/ --save-dir out/   run the model, then score
     sanasr eval --rank-checkpoints runs/exp1 --lq val_lq/ --metric musiq
@@ -164,8 +165,6 @@ def eval_command(
             "--rank-checkpoints RUN_DIR" + (f"; got {' and '.join(modes)}" if modes else ""),
             EXIT_USAGE,
         )
-    if sr is not None and hr is None:
-        raise fail("--sr needs --hr (the reference folder)", EXIT_USAGE)
     if (model or rank_checkpoints) and lq is None:
         raise fail(f"{modes[0]} needs --lq (the low-quality inputs)", EXIT_USAGE)
     dev = resolve_device(device)
