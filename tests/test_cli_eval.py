@@ -214,6 +214,9 @@ def test_missing_weights_offline_names_file_and_folder_and_others_still_run(fold
     assert not any(folder.glob("*"))  # nothing half-downloaded left behind
 
 
+PROMPT_FLAGS = ["--template", "sharp, detailed", "--prompt", "a face", "--tag-cache", "off"]
+
+
 def test_end_to_end_model_eval_reuses_upscale(tmp_path):
     lq, hr = tmp_path / "lq", tmp_path / "hr"
     lq.mkdir(), hr.mkdir()
@@ -239,16 +242,22 @@ def test_end_to_end_model_eval_reuses_upscale(tmp_path):
             str(js),
             "--device",
             "cpu",
+            *PROMPT_FLAGS,
         ],
     )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in save.iterdir()) == [f"{f.stem}_lr.png" for f in HQ[:1]]
     doc = json.loads(js.read_text())
     assert doc["model"]["spec"] == "tiny" and doc["model"]["description"]["base_preset"] == "tiny"
+    assert (
+        doc["model"]["prompt_rule"]["template"] == "sharp, detailed"
+        and doc["model"]["user_prompt"] == "a face"
+    )
     # The saved outputs are exactly what `sanasr upscale` writes for the same inputs, and `eval --sr` on them
     # gives the same scores.
     up = runner.invoke(
-        app, ["upscale", str(lq), "-o", str(tmp_path / "up"), "--model", "tiny", "--device", "cpu"]
+        app,
+        ["upscale", str(lq), "-o", str(tmp_path / "up"), "--model", "tiny", "--device", "cpu", *PROMPT_FLAGS],
     )
     assert up.exit_code == 0, up.output
     for f in save.iterdir():

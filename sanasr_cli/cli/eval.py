@@ -11,6 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sanasr_cli.cli import prompt_options as po
 from sanasr_cli.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -118,6 +119,18 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (model and metrics)."),
     precision: str = typer.Option("auto", "--precision", help="Model precision: auto, fp32, fp16, bf16."),
     seed: int = typer.Option(0, "--seed", help="Seed of random-weight presets (tiny)."),
+    tagger: str = po.TAGGER,
+    tagger_weights: Path = po.TAGGER_WEIGHTS,
+    tagger_model: str = po.TAGGER_MODEL,
+    tag_vocab: Path = po.TAG_VOCAB,
+    template: str = po.TEMPLATE,
+    tag_cache: str = po.TAG_CACHE,
+    prompt: str = typer.Option(
+        None,
+        "--prompt",
+        help="Extra words put before the tags and the quality template (when a model runs).",
+        rich_help_panel="Prompt",
+    ),
 ):
     """Score super-resolved images with pyiqa metrics, stating exactly what was computed.
 
@@ -170,6 +183,7 @@ def eval_command(
     dev = resolve_device(device)
     quiet_libraries()
 
+    prompt_flags = (tagger, tagger_weights, tagger_model, tag_vocab, template, tag_cache)
     try:
         if rank_checkpoints is not None:
             specs = parse_metrics([metric], need_reference=hr is not None)
@@ -208,15 +222,14 @@ def eval_command(
                 dev,
                 precision,
                 base,
-                scale,
                 json_out,
+                lambda m: _upscale_options(m, scale, prompt, prompt_flags, dev, pretag_images=None),
             )
             raise typer.Exit(code)
         model_info = None
         failed_upscales = []
         if model is not None:
             from sanasr_cli.models.sanasr import load_model
-            from sanasr_cli.pipeline.upscale import UpscaleOptions
 
             dtype = resolve_precision(precision, dev)
             with console.status(f"loading model {model} on {dev} ..."):
@@ -231,6 +244,7 @@ def eval_command(
                     f"[yellow]note:[/] '{model}' has random (untrained) weights: scores show the "
                     "pipeline, not SR quality."
                 )
+            options = _upscale_options(sr_model, scale, prompt, prompt_flags, dev, [p.sr for p in pairs])
             model_info = {
                 "spec": model,
                 "description": sr_model.description.to_dict(),
@@ -238,13 +252,15 @@ def eval_command(
                 "device": str(dev),
                 "precision": str(dtype).replace("torch.", ""),
                 "outputs": str(out_dir),
+                "prompt_rule": options.prompt_rule.to_dict(),
+                "user_prompt": prompt,
             }
             pairs, failed_upscales = _run_model(
                 sr_model,
                 pairs,
                 lq,
                 out_dir,
-                UpscaleOptions(scale=scale, prompt_rule=sr_model.description.prompt),
+                options,
             )
             del sr_model
         result = _score(pairs, specs, protocol, dev)
@@ -279,6 +295,28 @@ def eval_command(
     )
     if not result.ok or failed_upscales:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _upscale_options(sr_model, scale, prompt, prompt_flags, dev, pretag_images):
+    """The same prompt rule and tagger `sanasr upscale` would use with these flags (shared prompt options)."""
+    from sanasr_cli.pipeline.upscale import UpscaleOptions
+
+    tagger, tagger_weights, tagger_model, tag_vocab, template, tag_cache = prompt_flags
+    rule = po.asked_prompt_rule(
+        sr_model.description.prompt,
+        tagger,
+        tagger_weights,
+        tagger_model,
+        tag_vocab,
+        template,
+        warn=sr_model.source_dir is not None,
+    )  # presets have no trained rule
+    options = UpscaleOptions(
+        scale=scale, prompt_rule=rule, user_prompt=prompt, tagger=po.build_tagger(rule, dev, tag_cache)
+    )
+    if pretag_images is not None:
+        po.pretag(options.tagger, pretag_images)
+    return options
 
 
 def _run_model(sr_model, lq_pairs, lq, out_dir, options):
@@ -332,11 +370,10 @@ def _write_outputs(result, model_info, json_out, csv_out, extra) -> None:
         console.print(f"CSV written to {csv_out}")
 
 
-def _rank(run_dir, lq_pairs, lq, spec, out_dir, protocol, dev, precision, base, scale, json_out) -> int:
+def _rank(run_dir, lq_pairs, lq, spec, out_dir, protocol, dev, precision, base, json_out, options_for) -> int:
     from sanasr_cli.errors import ModelDirError
     from sanasr_cli.evaluation.model_eval import find_checkpoints, rank_checkpoints
     from sanasr_cli.evaluation.report import protocol_text, versions
-    from sanasr_cli.pipeline.upscale import UpscaleOptions
 
     try:
         checkpoints = find_checkpoints(run_dir)
@@ -363,7 +400,7 @@ def _rank(run_dir, lq_pairs, lq, spec, out_dir, protocol, dev, precision, base, 
             device=dev,
             dtype=dtype,
             base=base,
-            options_for=lambda m: UpscaleOptions(scale=scale, prompt_rule=m.description.prompt),
+            options_for=options_for,
             on_checkpoint=on_checkpoint,
         )
     table = Table(
