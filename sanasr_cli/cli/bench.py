@@ -132,9 +132,8 @@ def bench(
 
     MACs = FLOPs/2 counted by torch's FlopCounterMode on the meta device (no weights or memory needed, fused
     attention counted). end_to_end = encode + transformer + decode; the text encoder is its own part.
-    Latency is
-    the median of --repeats runs after --warmup runs (CUDA-synchronised); the output says what was not
-    measured.
+    Latency is the median of --repeats runs after --warmup runs (CUDA-synchronised); the output says what
+    was not measured.
     """
     from sanasr_cli.errors import MissingWeightsError, ModelDirError
     from sanasr_cli.evaluation.bench import BenchOptions, run_bench

@@ -143,10 +143,9 @@ def eval_command(
     sanasr eval --list-metrics
 
     Files are paired by stem (`0801_SR.png` <-> `0801.png`), never by sort order. PSNR/SSIM are on the Y
-    channel
-    of YCbCr; every metric's pyiqa variant is printed and stored. Exit code: 0 when everything was computed,
-    1 when a metric could not run (e.g. its weights are missing offline; the others still run) or an image
-    failed, 2 for usage errors.
+    channel of YCbCr; every metric's pyiqa variant is printed and stored. Exit code: 0 when everything was
+    computed, 1 when a metric could not run (e.g. its weights are missing offline; the others still run) or
+    an image failed, 2 for usage errors.
     """
     if list_metrics:
         _print_metrics_list()

@@ -8,9 +8,8 @@ How each number is obtained (and stated in every report):
 - **latency_ms**: median of `repeats` timed runs after `warmup` runs, on real tensors with random (or loaded)
   weights, `torch.cuda.synchronize()` around each run on CUDA. Optional: on CPU a real-size model is too slow,
   so by default latency is measured only on CUDA or for small models; `null` means not measured.
-- **peak_memory_mb**: `torch.cuda.max_memory_allocated` during the part (all weights of the pipeline
-  resident),
-  in MiB; `null` on CPU (not measured).
+- **peak_memory_mb**: `torch.cuda.max_memory_allocated` during the part (all weights of that pipeline
+  resident, one pipeline on the device at a time), in MiB; `null` on CPU (not measured).
 - **end_to_end** = VAE encode -> denoiser -> VAE decode on one image batch. The text encoder is excluded from
   end_to_end for both pipelines and reported as its own part (its output is cached per prompt; the tagger
   is not counted either).
