@@ -1,8 +1,8 @@
 """Calibration batches for `sanasr prune --calib`: a paired folder (lq/ + hq/) or HQ folders degraded online.
 
-The datasets and the Real-ESRGAN degradation are the training ones (sanasr_cli.data); this module only turns
-their batches into CalibrationBatch tuples with prompts made by the model's prompt rule (App. A.1: the same
-rule for training, calibration and inference).
+The datasets, the Real-ESRGAN degradation and the batch glue are the training ones (sanasr_cli.data,
+sanasr_cli.training.data); this module only turns their batches into CalibrationBatch tuples with prompts
+made by the model's prompt rule (App. A.1: the same rule for training, calibration and inference).
 """
 
 from __future__ import annotations
@@ -25,29 +25,25 @@ def calibration_batches(
     """An endless iterator of calibration batches and the number of distinct images behind it.
 
     folders: [one folder with lq/ and hq/] for pairs, or any number of HQ folders (LQ synthesised online from
-    a
-    generator seeded with `seed`). Each epoch draws new crops (the dataset's epoch is advanced when it wraps).
+    a generator seeded with `seed`). Each epoch draws new crops (the dataset's epoch advances when it wraps).
     tagger: the rule's tagger, already built (default: `tagger_from_rule(rule)`).
     Raises sanasr_cli.data.datasets' DatasetError for folders without usable images.
     """
-    from sanasr_cli.data.datasets import (
-        HQImageDataset,
-        PairedImageDataset,
-        build_dataloader,
-        make_training_batch,
-    )
+    from sanasr_cli.data.datasets import HQImageDataset, PairedImageDataset, build_dataloader
     from sanasr_cli.data.degradation import RealESRGANDegrader
     from sanasr_cli.prompts.rule import prompt_for_image, tagger_from_rule
+    from sanasr_cli.training.data import TrainingData, _paths_by_key, to_model_inputs
 
     folders = [Path(f) for f in folders]
-    if len(folders) == 1 and is_paired_folder(folders[0]):
+    paired = len(folders) == 1 and is_paired_folder(folders[0])
+    if paired:
         dataset = PairedImageDataset(folders[0] / "lq", folders[0] / "hq", crop=crop, scale=scale, seed=seed)
-        paths = {stem: lq for lq, _, stem in dataset.items}
-        degrader = None
     else:
         dataset = HQImageDataset(folders, crop=crop, seed=seed, scale=scale)
-        paths = {key: path for path, key in dataset.items}
-        degrader = RealESRGANDegrader(scale=scale)
+    # the training data glue (LQ from the pair or the Real-ESRGAN degrader, bicubic x scale, file per item),
+    # without its sharded stream: calibration is one process, batch 1
+    degrader = None if paired else RealESRGANDegrader(scale=scale)
+    data = TrainingData(dataset, None, paired, degrader, scale, _paths_by_key(dataset))
     generator = torch.Generator().manual_seed(seed)
     tagger = tagger or tagger_from_rule(rule)
 
@@ -57,13 +53,9 @@ def calibration_batches(
             dataset.set_epoch(epoch)
             loader = build_dataloader(dataset, batch_size=batch_size, shuffle=True, seed=seed + epoch)
             for batch in loader:
-                lq_up, hq = make_training_batch(batch, degrader, generator, scale=scale)
-                lq_small = batch.get("lq")
-                prompts = []
-                for i, key in enumerate(batch["key"]):
-                    # the tagger sees x_L as the user's file is (paired) or as synthesised, never the HQ
-                    image = lq_small[i] if lq_small is not None else lq_up[i]
-                    prompts.append(prompt_for_image(rule, image, paths.get(key), tagger))
+                lq, lq_up, hq, paths = to_model_inputs(data, batch, generator, "cpu")
+                # the tagger sees x_L at its own size (the LQ file or the synthesised one), never HQ
+                prompts = [prompt_for_image(rule, lq[i], paths[i], tagger) for i in range(lq.shape[0])]
                 yield CalibrationBatch(lq_up, hq, prompts)
             epoch += 1
 
