@@ -54,7 +54,10 @@ def calibration_batches(
             loader = build_dataloader(dataset, batch_size=batch_size, shuffle=True, seed=seed + epoch)
             for batch in loader:
                 lq, lq_up, hq, paths = to_model_inputs(data, batch, generator, "cpu")
-                # the tagger sees x_L at its own size (the LQ file or the synthesised one), never HQ
+                # the tagger sees x_L at its own size (the LQ crop or the synthesised one), never HQ; only the
+                # `file` tagger gets the path: a model tagger's crop tags must not enter the per-file tag
+                # cache (as in training.loop.encode_prompts)
+                paths = paths if rule.tagger == "file" else [None] * len(paths)
                 prompts = [prompt_for_image(rule, lq[i], paths[i], tagger) for i in range(lq.shape[0])]
                 yield CalibrationBatch(lq_up, hq, prompts)
             epoch += 1
