@@ -109,6 +109,12 @@ def test_cli_bad_inputs(tmp_path, tiny_model):
         assert r.exit_code == 2, (args, r.output)
         assert message in r.output and "Traceback" not in r.output
         assert not out.exists()
+    pairs = _pairs(tmp_path / "pairs", n=1)
+    for bad in (["--protocol", "crop"], ["--validate-metrics", "psnr,sharpness"]):
+        r = _cli(
+            "prune", "tiny", "-o", out, "--budget", "75K", "--strategy", "tail", "--validate", pairs, *bad
+        )
+        assert r.exit_code == 2 and "unknown" in r.output and not out.exists(), r.output
     r = _cli("prune", tmp_path / "missing", "-o", out, "--budget", "75K", "--strategy", "tail")
     assert r.exit_code == 2 and "does not exist" in r.output
     from sanasr_cli.models.sanasr import save_model_dir
@@ -162,7 +168,8 @@ def test_validation_gate(tmp_path, fresh_tiny_model):
     )
     rep = _report(out)  # written whether or not the gate passes
     v = rep["validation"]
-    assert set(v["before"]) == {"psnr", "ssim"} and v["pairs"] == 1
+    assert set(v["before"]) == {"psnr", "ssim"} and v["pairs"] == 1 and v["protocol"] == "full"
+    assert "psnry" in v["variants"]["psnr"]  # sanasr eval's exact metric variant
     failed = [k for k in v["drop"] if v["drop"][k] > 0.03]
     assert v["failed"] == failed and r.exit_code == (1 if failed else 0), r.output
 

@@ -46,6 +46,12 @@ def prune(
         "--validate",
         help="A folder with lq/ and hq/: compare unpruned vs pruned PSNR/SSIM (Y channel).",
     ),
+    validate_metrics: str = typer.Option(
+        "psnr,ssim", "--validate-metrics", help="Metrics the gate monitors (names as in `sanasr eval`)."
+    ),
+    protocol: str = typer.Option(
+        "full", "--protocol", help="Validation protocol: full (whole images) or patch."
+    ),
     max_drop: float = typer.Option(
         0.03,
         "--max-drop",
@@ -114,11 +120,15 @@ def prune(
     if output.exists() and not overwrite:
         raise fail(f"{output} already exists (pass --overwrite to replace it)", EXIT_USAGE)
     if validate is not None:
+        from sanasr_cli.evaluation.metrics import PROTOCOLS, UnknownMetricError, parse_metrics
         from sanasr_cli.pruning.validate import PairsError, list_pairs
 
+        if protocol not in PROTOCOLS:
+            raise fail(f"unknown --protocol '{protocol}' (use {' or '.join(PROTOCOLS)})", EXIT_USAGE)
         try:
             list_pairs(validate)
-        except PairsError as e:
+            parse_metrics(validate_metrics)
+        except (PairsError, UnknownMetricError) as e:
             raise fail(str(e), EXIT_USAGE) from None
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
@@ -156,6 +166,7 @@ def prune(
             overwrite,
             rule,
             tagger_obj,
+            (validate_metrics, protocol),
         )
     except KeyboardInterrupt:
         raise fail(f"interrupted: nothing was written to {output}", EXIT_FAILED) from None
@@ -179,6 +190,7 @@ def _run(
     overwrite,
     rule,
     tagger,
+    gate,
 ) -> int:
     from rich.progress import (
         BarColumn,
@@ -267,29 +279,45 @@ def _run(
     # ---- 4. validation gate (App. B), then write everything at once
     code = 0
     if validate is not None:
+        from sanasr_cli.errors import SanaSRError
         from sanasr_cli.pruning.validate import validate_pruning
 
-        with console.status(f"validating on {validate} (unpruned vs pruned) ..."):
-            result = validate_pruning(model, pruned, validate, max_drop=max_drop, rule=rule, tagger=tagger)
-        report.validation = result.to_dict()
-        for name in result.before:
-            bad = name in result.failed
-            console.print(
-                f"{name}: {result.before[name]:.4f} -> {result.after[name]:.4f} "
-                f"(drop {result.drop[name]:+.2%}){' [red]> max-drop[/]' if bad else ''}"
-            )
-        if not result.passed:
+        metrics, protocol = gate
+        try:
+            with console.status(f"validating on {validate} (unpruned vs pruned, {protocol} protocol) ..."):
+                result = validate_pruning(
+                    model,
+                    pruned,
+                    validate,
+                    max_drop=max_drop,
+                    rule=rule,
+                    tagger=tagger,
+                    metrics=metrics.split(","),
+                    protocol=protocol,
+                )
+        except SanaSRError as e:  # the gate cannot decide: say why, still write OUT, exit 1
+            report.validation = {"error": str(e), "passed": False}
+            console.print(f"[red]validation could not run:[/] {e}", highlight=False, soft_wrap=True)
             code = EXIT_FAILED
+        else:
+            report.validation = result.to_dict()
+            for name in result.before:
+                bad = name in result.failed
+                console.print(
+                    f"{name}: {result.before[name]:.4f} -> {result.after[name]:.4f} "
+                    f"(drop {result.drop[name]:+.2%}){' [red]> max-drop[/]' if bad else ''}"
+                )
+            if not result.passed:
+                code = EXIT_FAILED
     with console.status(f"writing {output} ..."):
         save_pruned(model, pruned, report, output, overwrite=overwrite)
     console.print(
         f"pruned {report.num_blocks_before} -> {report.num_blocks_after} blocks, "
         f"{format_params(report.params_before)} -> {format_params(report.params_after)} parameters: {output}"
     )
-    if code:
-        console.print(
-            f"[red]validation failed:[/] {', '.join(result.failed)} dropped more than {max_drop:.1%}"
-        )
+    if code and report.validation.get("failed"):
+        failed = ", ".join(report.validation["failed"])
+        console.print(f"[red]validation failed:[/] {failed} dropped more than {max_drop:.1%}")
     return code
 
 

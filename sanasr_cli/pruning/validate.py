@@ -1,22 +1,22 @@
 """The validation gate of App. B: run the unpruned and pruned models on the same pairs and compare metrics.
 
-Each monitored metric's relative drop, (before - after) / |before| for higher-is-better metrics, must stay
-within `max_drop` (0.03 in the paper). Metrics: pyiqa's PSNR and SSIM on the Y channel of YCbCr (no download).
+Both models go through `sanasr eval`'s end-to-end path (`evaluation.model_eval.upscale_pairs`: the upscale
+pipeline writes PNGs, then `evaluation.metrics.evaluate_pairs` scores them under the full-image or 256x256
+patch protocol), so the gate measures what `sanasr eval` would report. Each metric's relative drop,
+(before - after) / |before| (sign flipped for lower-is-better metrics), must stay within `max_drop` (0.03 in
+the paper). Default metrics: PSNR and SSIM on the Y channel (pyiqa, no downloads).
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from sanasr_cli.errors import SanaSRError
 
-# NOTE: `sanasr eval` (sanasr_cli/evaluation/) was not on main when this was written; these two pyiqa metrics
-# are created here directly. Switch to its metric functions once they land.
-METRICS = {"psnr": dict(test_y_channel=True), "ssim": dict(test_y_channel=True)}
+DEFAULT_METRICS = ("psnr", "ssim")
 
 
 class PairsError(SanaSRError):
@@ -27,10 +27,12 @@ class PairsError(SanaSRError):
 class ValidationResult:
     pairs: int
     max_drop: float
+    protocol: str
     before: dict[str, float]  # metric -> mean over pairs, unpruned model
     after: dict[str, float]  # metric -> mean over pairs, pruned model
     drop: dict[str, float]  # metric -> relative drop (positive = worse)
     failed: list[str] = field(default_factory=list)  # metrics whose drop exceeds max_drop
+    variants: dict[str, str] = field(default_factory=dict)  # metric -> the exact pyiqa call
 
     @property
     def passed(self) -> bool:
@@ -40,19 +42,17 @@ class ValidationResult:
         return {**asdict(self), "passed": self.passed}
 
 
-def list_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
-    """(lq, hq) paths of a paired folder: FOLDER/lq/<stem>.* and FOLDER/hq/<stem>.*, matched by stem."""
-    from sanasr_cli.data.io import list_images
+def list_pairs(folder: str | Path):
+    """ImagePairs (sr = the LQ file, hr = its reference) of FOLDER/lq and FOLDER/hq, matched by file stem."""
+    from sanasr_cli.evaluation.pairing import PairingError, pair_folders
 
     folder = Path(folder)
-    lq_dir, hq_dir = folder / "lq", folder / "hq"
-    if not lq_dir.is_dir() or not hq_dir.is_dir():
+    if not (folder / "lq").is_dir() or not (folder / "hq").is_dir():
         raise PairsError(f"{folder} must contain lq/ and hq/ folders with images of the same names")
-    hq = {p.stem: p for p in list_images(hq_dir)}
-    pairs = [(p, hq[p.stem]) for p in list_images(lq_dir) if p.stem in hq]
-    if not pairs:
-        raise PairsError(f"{folder}: no lq/ image has an hq/ image of the same name")
-    return pairs
+    try:
+        return pair_folders(folder / "lq", folder / "hq", sr_suffixes=(), hr_suffixes=(), sr_what="lq/")
+    except PairingError as e:
+        raise PairsError(f"--validate {folder}: {e}") from None
 
 
 def relative_drop(before: float, after: float, lower_better: bool = False) -> float:
@@ -63,53 +63,61 @@ def relative_drop(before: float, after: float, lower_better: bool = False) -> fl
     return -change if lower_better else change
 
 
-def _score_model(
-    model, pairs, rule, tagger, metrics, on_image: Callable[[], None] | None
-) -> dict[str, float]:
-    from sanasr_cli.data.io import read_image
-    from sanasr_cli.pipeline.upscale import upsample_bicubic
-    from sanasr_cli.prompts.rule import prompt_for_image
-
-    sums = dict.fromkeys(metrics, 0.0)
-    for lq_path, hq_path in pairs:
-        lq, _ = read_image(lq_path)
-        hq, _ = read_image(hq_path)
-        x = upsample_bicubic(lq, hq.shape[-2] / lq.shape[-2])
-        h, w = min(x.shape[-2], hq.shape[-2]), min(x.shape[-1], hq.shape[-1])
-        x, hq = x[..., :h, :w], hq[..., :h, :w]
-        prompt = prompt_for_image(rule, lq, lq_path, tagger)
-        sr = model.restore(x[None], [prompt]).cpu()
-        for name, metric in metrics.items():
-            sums[name] += float(metric(sr, hq[None]).item())
-        if on_image:
-            on_image()
-    return {k: v / len(pairs) for k, v in sums.items()}
-
-
 def validate_pruning(
-    model, pruned_transformer, pairs_dir, max_drop: float = 0.03, rule=None, tagger=None, on_image=None
+    model,
+    pruned_transformer,
+    pairs_dir,
+    max_drop: float = 0.03,
+    rule=None,
+    tagger=None,
+    metrics: tuple[str, ...] | list[str] = DEFAULT_METRICS,
+    protocol: str = "full",
+    scale: float = 4.0,
+    on_image: Callable | None = None,
 ) -> ValidationResult:
     """Score `model` as it is, then with `pruned_transformer` in place of its transformer, on the same pairs.
 
     rule / tagger: the prompt rule and its built tagger (default: the model's rule). The model's own
-    transformer is put back afterwards. Raises PairsError for a folder without pairs.
+    transformer is put back afterwards. Raises PairsError for a folder without pairs, and SanaSRError when an
+    image fails or a metric cannot be built (the gate cannot decide without every score).
     """
-    import pyiqa
-
+    from sanasr_cli.evaluation.metrics import build_metric, evaluate_pairs, parse_metrics
+    from sanasr_cli.evaluation.model_eval import upscale_pairs
+    from sanasr_cli.pipeline.upscale import UpscaleOptions
     from sanasr_cli.prompts.rule import tagger_from_rule
 
     pairs = list_pairs(pairs_dir)
-    metrics = {name: pyiqa.create_metric(name, device="cpu", **opts) for name, opts in METRICS.items()}
+    specs = parse_metrics(list(metrics))
+    built = {s.name: build_metric(s, "cpu") for s in specs}  # MetricUnavailable now, before any restoring
     rule = rule or model.description.prompt
-    tagger = tagger or tagger_from_rule(rule)
+    options = UpscaleOptions(scale=scale, prompt_rule=rule, tagger=tagger or tagger_from_rule(rule))
     original = model.restorer.transformer
-    with torch.no_grad():
-        before = _score_model(model, pairs, rule, tagger, metrics, on_image)
-        model.restorer.transformer = pruned_transformer.to(device=model.device)
-        try:
-            after = _score_model(model, pairs, rule, tagger, metrics, on_image)
-        finally:
-            model.restorer.transformer = original
-    drop = {k: relative_drop(before[k], after[k], metrics[k].lower_better) for k in metrics}
-    failed = [k for k, d in drop.items() if d > max_drop]
-    return ValidationResult(len(pairs), max_drop, before, after, drop, failed)
+    means = {}
+    with tempfile.TemporaryDirectory(prefix="sanasr-validate-") as tmp:
+        for name, transformer in (("unpruned", original), ("pruned", pruned_transformer)):
+            model.restorer.transformer = transformer.to(device=model.device)
+            try:
+                restored, failed = upscale_pairs(
+                    model, pairs, Path(pairs_dir) / "lq", Path(tmp) / name, options, on_done=on_image
+                )
+            finally:
+                model.restorer.transformer = original
+            if failed:
+                raise SanaSRError(f"validation ({name} model): {failed[0].error}")
+            result = evaluate_pairs(restored, specs, protocol=protocol, built=built)
+            if result.failed_images:
+                raise SanaSRError(f"validation ({name} model): {result.failed_images[0].error}")
+            means[name] = result.means
+    before, after = means["unpruned"], means["pruned"]
+    drop = {s.name: relative_drop(before[s.name], after[s.name], s.lower_better) for s in specs}
+    failed_metrics = [k for k, d in drop.items() if d > max_drop]
+    return ValidationResult(
+        len(pairs),
+        max_drop,
+        protocol,
+        before,
+        after,
+        drop,
+        failed_metrics,
+        {s.name: s.variant for s in specs},
+    )
