@@ -349,3 +349,67 @@ def test_rank_checkpoints_scores_every_checkpoint_best_first(fresh_tiny_model, t
     assert "checkpoint-200" in result.output
     bad = runner.invoke(app, ["eval", "--rank-checkpoints", str(tmp_path / "lq"), "--lq", str(lq)])
     assert bad.exit_code == 2 and "no checkpoint-<step>/ folders" in bad.output
+
+
+def test_rank_checkpoints_of_a_real_training_run(tmp_path):
+    """The checkpoints `sanasr train` writes (adapter/, adapter_ema/, train/ state) rank as they are."""
+    from tests.conftest import make_photo_like
+
+    hq = tmp_path / "hq"
+    hq.mkdir()
+    for i in range(2):
+        Image.fromarray(make_photo_like(32, 32, i)).save(hq / f"t{i}.png")
+    run = tmp_path / "run"
+    tiny = [
+        "--model",
+        "tiny",
+        "--crop",
+        "16",
+        "--batch-size",
+        "2",
+        "--lora-rank",
+        "4",
+        "--lora-alpha",
+        "4",
+        "--perceptual-backbone",
+        "random",
+        "--num-workers",
+        "0",
+        "--precision",
+        "fp32",
+        "--tag-cache",
+        "off",
+    ]
+    trained = runner.invoke(
+        app, ["train", "--hq", str(hq), "-o", str(run), "--max-steps", "2", "--save-every", "1", *tiny]
+    )
+    assert trained.exit_code == 0, trained.output
+    lq, hr = tmp_path / "lq", tmp_path / "hr"
+    lq.mkdir(), hr.mkdir()
+    Image.open(HQ[1]).save(hr / HQ[1].name)
+    Image.open(REPO_ROOT / "examples" / "lq" / HQ[1].name).save(lq / HQ[1].name)
+    js = tmp_path / "rank.json"
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--rank-checkpoints",
+            str(run),
+            "--lq",
+            str(lq),
+            "--hr",
+            str(hr),
+            "--metric",
+            "ssim",
+            "--json",
+            str(js),
+            "--device",
+            "cpu",
+            "--tag-cache",
+            "off",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    ranking = json.loads(js.read_text())["ranking"]
+    assert sorted(r["step"] for r in ranking) == [1, 2] and all(r["error"] is None for r in ranking)
+    assert ranking[0]["score"] >= ranking[1]["score"]
