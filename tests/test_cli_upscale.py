@@ -83,3 +83,44 @@ def test_console_script_entry_point_runs(image_folder, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert Image.open(out / "a.png").size == (64, 64)
+
+
+def test_usage_errors_for_new_flags_and_folders(image_folder, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    cases = {
+        "inside the input folder": ["-o", str(image_folder / "results")],
+        "is not writable": ["-o", str(tmp_path / "a_file" / "sub")],
+        "--tile takes": ["-o", str(tmp_path / "o"), "--tile", "huge"],
+        "--color-fix takes": ["-o", str(tmp_path / "o"), "--color-fix", "sepia"],
+        "--ext takes": ["-o", str(tmp_path / "o"), "--ext", "gif"],
+        "--shard takes": ["-o", str(tmp_path / "o"), "--shard", "2/2"],
+    }
+    for message, args in cases.items():
+        result = runner.invoke(app, ["upscale", str(image_folder), *args, "--model", "tiny"])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+    same = runner.invoke(app, ["upscale", str(image_folder), "-o", str(image_folder), "--model", "tiny"])
+    assert same.exit_code == 2
+
+
+def test_report_summary_shard_and_pixel_limit(image_folder, tmp_path):
+    import json
+
+    out, report = tmp_path / "out", tmp_path / "run.json"
+    args = ["upscale", str(image_folder), "-o", str(out), "--model", "tiny", "--report", str(report),
+            "--max-pixels", "0.00025", "--shard", "0/2", "--suffix", "_x4", "--color-fix", "adain", "--tile", "32"]
+    result = runner.invoke(app, args)
+    # shard 0/2 of [a.png, b.png, c.jpg] = a.png, c.jpg; c.jpg (20x12 = 240 px) passes, a.png (256 px) does not
+    assert result.exit_code == 1, result.output
+    doc = json.loads(report.read_text())
+    by = {r["input"].split("/")[-1]: r for r in doc["records"]}
+    assert set(by) == {"a.png", "c.jpg"} and by["a.png"]["status"] == "failed" and "MP limit" in by["a.png"]["error"]
+    assert by["c.jpg"]["status"] == "ok" and by["c.jpg"]["tile_plan"]["dit_tiles"] > 1
+    assert doc["meta"]["shard"] == "0/2" and doc["meta"]["color_fix"] == "adain"
+    assert sorted(p.name for p in out.iterdir()) == ["c_x4.png"]
+    assert "upscale summary" in result.output and "Traceback" not in result.output
+    # rerun without the limit: the finished file is skipped, the refused one now done
+    result = runner.invoke(app, args[:8] + args[10:])
+    assert result.exit_code == 0, result.output
+    statuses = {r["input"].split("/")[-1]: r["status"] for r in json.loads(report.read_text())["records"]}
+    assert statuses == {"a.png": "ok", "c.jpg": "skipped"}

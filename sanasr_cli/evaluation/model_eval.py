@@ -5,6 +5,7 @@ and ranking the checkpoints of a training run (paper App. B: checkpoints are cho
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ def upscale_pairs(
     from sanasr_cli.pipeline.upscale import upscale_files
 
     lq_dir, save_dir = Path(lq_dir).resolve(), Path(save_dir).resolve()
+    # upscale skips finished outputs (resume); scores must come from this model's outputs only
+    options = dataclasses.replace(options, overwrite=True)
     records = upscale_files(model, [p.sr for p in lq_pairs], lq_dir, save_dir, options, on_done=on_done)
     by_input = {Path(r.input): r for r in records}
     out, failed = [], []

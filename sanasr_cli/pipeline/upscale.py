@@ -1,25 +1,72 @@
 """Upscaling images and folders with a loaded SanaSR.
 
-Per image: read -> bicubic to scale x size (the model's input, x_L at target resolution) -> prompt (tagger +
-template) -> one-step restore -> write `<stem>.png`. A file that fails is recorded with a one-line error and the
-run goes on.
+Per image, in stages:
+  1. probe the header -> output path; skip when a complete output is already there (resume)
+  2. read (any mode / bit depth, see data/io.py) and build the prompt (tagger + user prompt + template)
+  3. restore at x4: bicubic x4 -> [tiled] DC-AE encode -> [tiled] one LinearDiT step (Eq. 4) -> [tiled] decode,
+     halving the tiles on out-of-memory
+  4. colour fix against the bicubic input; resize to round(scale x size) when scale != 4 (the model is x4;
+     like Real-ESRGAN's --outscale); alpha upscaled bicubically on its own and re-attached
+  5. write atomically in the input's mode (grayscale stays grayscale, 16-bit stays 16-bit, ICC kept)
+A file that fails is recorded with a one-line error and the run goes on; each input gives one UpscaleRecord.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import resource
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from sanasr_cli.data.io import read_image, write_image
+from sanasr_cli.data.io import (
+    DEFAULT_MAX_PIXELS,
+    ImageInfo,
+    format_for,
+    is_complete_image,
+    probe_image,
+    read_image,
+    remove_stale_temps,
+    write_image,
+)
 from sanasr_cli.data.resample import upsample_bicubic  # noqa: F401  (re-exported: its old home)
-from sanasr_cli.errors import SanaSRError
+from sanasr_cli.errors import ImageReadError, SanaSRError
 from sanasr_cli.models.sanasr import SanaSR
-from sanasr_cli.prompts.rule import PromptRule, prompt_for_image, tag_files, tagger_from_rule
+from sanasr_cli.pipeline.color import color_fix as apply_color_fix
+from sanasr_cli.pipeline.tiling import (
+    TilePlan,
+    plan_tiles,
+    run_with_oom_retry,
+    tiled_decode,
+    tiled_encode,
+    tiled_latent_apply,
+)
+from sanasr_cli.prompts.rule import PromptRule, tag_files, tagger_from_rule
 from sanasr_cli.prompts.taggers import Tagger
+from sanasr_cli.prompts.template import build_prompt, clean_tags
+
+MODEL_SCALE = 4  # SANA-SR is an x4 model; other --scale values resize its output
+EXTENSIONS = ("png", "auto", "jpg", "webp", "tif")
+
+
+def resize_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, C, H, W) [0, 1] -> (B, C, height, width): bicubic, antialiased when shrinking (no aliasing at --scale < 4)."""
+    if image.shape[-2:] == (height, width):
+        return image
+    return F.interpolate(image.float(), size=(height, width), mode="bicubic", align_corners=False,
+                         antialias=True).clamp_(0, 1)
+
+
+def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """(width, height) of the output: exactly round(scale x input size), at least 1."""
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 @dataclass
@@ -27,36 +74,133 @@ class UpscaleOptions:
     scale: float = 4.0
     prompt_rule: PromptRule = field(default_factory=PromptRule)
     user_prompt: str | None = None
+    tile: str | int = "auto"  # auto | none | tile side in pixels of the x4 image
+    color_fix: str = "wavelet"  # wavelet | adain | none
+    batch_size: int = 1
+    ext: str = "png"  # png | auto (the input's format) | jpg | webp | tif
+    suffix: str = ""
+    overwrite: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    save_prompts: bool = False
+    quality: int = 95  # JPEG / WebP
     tagger: Tagger | None = None  # built from prompt_rule (with the tag cache) when None
 
 
 @dataclass
 class UpscaleRecord:
-    """One input's outcome (also a row of the run report)."""
+    """One input's outcome (also a record of the run report)."""
 
     input: str
     output: str | None = None
-    status: str = "pending"  # ok | failed
+    status: str = "pending"  # ok | skipped | failed
     error: str | None = None
     input_size: tuple[int, int] | None = None  # (width, height)
     output_size: tuple[int, int] | None = None
+    mode: str | None = None  # input mode, e.g. RGB, L, RGBA, CMYK, I;16 (+ bit depth)
     prompt: str | None = None
+    tile_plan: dict | None = None
     seconds: float | None = None
+    peak_memory_mb: float | None = None
+    memory: str | None = None  # what peak_memory_mb measures
+    process: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def upscale_tensor(model: SanaSR, lq: torch.Tensor, prompt: str, scale: float) -> torch.Tensor:
-    """(3, h, w) LQ in [0, 1] -> (3, round(h*scale), round(w*scale)) SR in [0, 1], on the CPU."""
-    x = upsample_bicubic(lq, scale)
-    return model.restore(x[None], [prompt])[0].cpu()
+# ---------------------------------------------------------------- the tensor path
 
 
-def output_path_for(image: Path, input_root: Path, outdir: Path) -> Path:
-    """OUTDIR/<stem>.png, keeping sub-folders relative to the input folder."""
+def restore_x4(
+    model: SanaSR,
+    lq: torch.Tensor,
+    prompts: list[str],
+    plan: TilePlan,
+    color_fix: str = "wavelet",
+    batch_size: int = 1,
+) -> torch.Tensor:
+    """(B, 3, h, w) LQ in [0, 1] -> (B, 3, 4h, 4w) float32 in [0, 1] on the model's device, following `plan`."""
+    codec = model.codec
+    x = upsample_bicubic(lq.to(model.device), MODEL_SCALE)
+    h, w = x.shape[-2:]
+    z_lq = tiled_encode(codec, codec.pad(x), plan.vae_tile, batch_size)
+    embeds, mask = model.prompts.encode(prompts)
+
+    def step(z: torch.Tensor) -> torch.Tensor:
+        n = z.shape[0] // embeds.shape[0]  # tiles of all images stacked: repeat the conditions to match
+        return model.restorer(z, embeds.repeat(n, 1, 1), mask.repeat(n, 1))
+
+    z_hat = tiled_latent_apply(step, z_lq, plan.dit_tile, batch_size)
+    sr = codec.crop(tiled_decode(codec, z_hat, plan.vae_tile, batch_size), h, w)
+    return apply_color_fix(sr, x, color_fix)
+
+
+def upscale_tensor(
+    model: SanaSR,
+    lq: torch.Tensor,
+    prompt: str,
+    scale: float = 4.0,
+    tile: str | int = "auto",
+    color_fix: str = "wavelet",
+    batch_size: int = 1,
+    return_plan: bool = False,
+):
+    """(3, h, w) LQ in [0, 1] -> (3, round(h*scale), round(w*scale)) SR float32 in [0, 1], on the CPU.
+
+    With return_plan, returns (sr, plan) where plan is the TilePlan finally used (after any OOM retries).
+    """
+    h, w = lq.shape[-2:]
+    plan = plan_tiles(model, h * MODEL_SCALE, w * MODEL_SCALE, tile)
+    sr, plan = run_with_oom_retry(lambda p: restore_x4(model, lq[None], [prompt], p, color_fix, batch_size), plan)
+    ow, oh = output_size(w, h, scale)
+    sr = resize_to(sr, oh, ow)[0].cpu()
+    return (sr, plan) if return_plan else sr
+
+
+# ---------------------------------------------------------------- files
+
+
+def output_path_for(
+    image: Path, input_root: Path, outdir: Path, ext: str = "png", suffix: str = "",
+    in_format: str | None = None, has_alpha: bool = False,
+) -> Path:
+    """OUTDIR/<sub-folders relative to the input folder>/<stem><suffix>.<ext>.
+
+    ext 'auto' keeps the input's format. Transparency needs PNG/WebP/TIFF: an image with alpha asked as jpg (or a
+    BMP/JPEG input under auto) is written as PNG.
+    """
     rel = image.relative_to(input_root) if input_root.is_dir() else Path(image.name)
-    return outdir / rel.with_suffix(".png")
+    if ext == "auto":
+        suffix_ext = image.suffix.lower().lstrip(".") or "png"
+    else:
+        suffix_ext = ext
+    if has_alpha and format_for(f"x.{suffix_ext}") not in ("PNG", "WEBP", "TIFF"):
+        suffix_ext = "png"
+    return outdir / rel.parent / f"{rel.stem}{suffix}.{suffix_ext}"
+
+
+def _peak_memory(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated (this image)"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_mb = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+    return rss_mb, "process peak RSS (whole run so far)"
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+@dataclass
+class _Item:
+    rec: UpscaleRecord
+    path: Path
+    out: Path
+    lq: torch.Tensor
+    info: ImageInfo
+    tags: list[str]
+    start: float
 
 
 def upscale_files(
@@ -66,28 +210,174 @@ def upscale_files(
     outdir: Path,
     options: UpscaleOptions,
     on_done: Callable[[UpscaleRecord], None] | None = None,
+    process_index: int = 0,
 ) -> list[UpscaleRecord]:
-    images = list(images)
-    tagger = options.tagger or tagger_from_rule(options.prompt_rule, device=model.device)
-    tag_files(tagger, images)  # tag every file first, then free the GPU from the tagger; the loop hits the cache
-    records = []
-    for path in images:
-        rec = UpscaleRecord(input=str(path))
-        start = time.perf_counter()
-        try:
-            lq, info = read_image(path)
-            rec.input_size = (info.width, info.height)
-            rec.prompt = prompt_for_image(options.prompt_rule, lq, path, tagger, options.user_prompt)
-            sr = upscale_tensor(model, lq, rec.prompt, options.scale)
-            out = output_path_for(path, input_root, outdir)
-            write_image(out, sr)
-            rec.output, rec.output_size, rec.status = str(out), (sr.shape[-1], sr.shape[-2]), "ok"
-        except SanaSRError as e:
-            rec.status, rec.error = "failed", str(e)
-        except (RuntimeError, ValueError) as e:  # e.g. out of memory; the run goes on with the next file
-            rec.status, rec.error = "failed", f"{path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    """Upscale each image into outdir (see the module docstring); one record per input, in input order.
+
+    Consecutive images of one size are restored together, `options.batch_size` at a time, when they are not tiled.
+    KeyboardInterrupt propagates (outputs already written stay; the one in flight leaves no file).
+    """
+    records: list[UpscaleRecord] = []
+    pending: list[_Item] = []
+
+    def finish(rec: UpscaleRecord, start: float) -> None:
         rec.seconds = round(time.perf_counter() - start, 4)
-        records.append(rec)
+        if rec.status != "skipped":
+            peak, rec.memory = _peak_memory(model.device)
+            rec.peak_memory_mb = round(peak, 1)
         if on_done:
             on_done(rec)
+
+    def failed(rec: UpscaleRecord, path: Path, e: Exception, start: float) -> None:
+        rec.status = "failed"
+        rec.error = str(e) if isinstance(e, SanaSRError) else f"{path}: {_one_line(e)}"
+        finish(rec, start)
+
+    def flush() -> None:
+        if not pending:
+            return
+        batch = list(pending)
+        pending.clear()
+        try:
+            _restore_and_write(model, batch, options)
+        except (SanaSRError, RuntimeError, ValueError, OSError) as e:
+            for it in batch:
+                if it.rec.status == "pending":
+                    it.rec.status = "failed"
+                    it.rec.error = it.rec.error or f"{it.path}: {e if isinstance(e, SanaSRError) else _one_line(e)}"
+        for it in batch:
+            finish(it.rec, it.start)
+
+    # stage 1: headers only -> output paths; finished outputs are skipped (resume)
+    todo: list[tuple[UpscaleRecord, Path, Path]] = []
+    for path in map(Path, images):
+        rec = UpscaleRecord(input=str(path), process=process_index)
+        records.append(rec)
+        start = time.perf_counter()
+        try:
+            size, fmt, has_alpha = probe_image(path, options.max_pixels)
+            rec.input_size = size
+            out = output_path_for(path, input_root, outdir, options.ext, options.suffix, fmt, has_alpha)
+            rec.output = str(out)
+            if out.resolve() == path.resolve():
+                raise ImageReadError(f"{path}: the output would overwrite the input (choose another -o or --suffix)")
+            remove_stale_temps(out)  # left by a killed run (ours carry TEMP_MARK); the output is judged below
+            expected = output_size(*size, options.scale)
+            if not options.overwrite and out.exists() and is_complete_image(out, expected):
+                rec.status, rec.output_size = "skipped", expected
+                finish(rec, start)
+                continue
+        except (SanaSRError, RuntimeError, ValueError, OSError) as e:
+            failed(rec, path, e, start)
+            continue
+        todo.append((rec, path, out))
+
+    # stage 2: tag the files to do in one pass (fills the tag cache, then frees the tagger's GPU memory)
+    tagger = options.tagger or tagger_from_rule(options.prompt_rule, device=model.device)
+    tag_files(tagger, [path for _, path, _ in todo])
+
+    # stages 3-5: read, prompt, restore (batched by size when untiled), write
+    for rec, path, out in todo:
+        start = time.perf_counter()
+        try:
+            lq, info = read_image(path, options.max_pixels)
+            rec.mode = info.mode + (f" {info.bit_depth}-bit" if info.bit_depth != 8 else "")
+            tags = clean_tags(tagger.tags(lq, path), limit=options.prompt_rule.tag_limit)
+            rec.prompt = build_prompt(tags, options.prompt_rule.template, options.user_prompt)
+        except (SanaSRError, RuntimeError, ValueError, OSError) as e:
+            failed(rec, path, e, start)
+            continue
+        item = _Item(rec, path, out, lq, info, tags, start)
+        if pending and (pending[0].lq.shape != lq.shape or len(pending) >= options.batch_size):
+            flush()
+        pending.append(item)
+        plan = plan_tiles(model, lq.shape[-2] * MODEL_SCALE, lq.shape[-1] * MODEL_SCALE, options.tile)
+        if options.batch_size <= 1 or plan.dit_tile is not None or plan.vae_tile is not None:
+            flush()
+    flush()
     return records
+
+
+def _restore_and_write(model: SanaSR, batch: list[_Item], options: UpscaleOptions) -> None:
+    """Stages 3-5 for images of one size; on an OOM the tiles shrink (a batch of several first splits up)."""
+    if model.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(model.device)
+    h, w = batch[0].lq.shape[-2:]
+    plan = plan_tiles(model, h * MODEL_SCALE, w * MODEL_SCALE, options.tile)
+    lq = torch.stack([it.lq for it in batch])
+    prompts = [it.rec.prompt for it in batch]
+    if len(batch) > 1:
+        try:
+            sr = restore_x4(model, lq, prompts, plan, options.color_fix, options.batch_size)
+        except Exception as e:
+            from sanasr_cli.pipeline.tiling import is_oom
+
+            if not is_oom(e):
+                raise
+            for it in batch:  # one at a time, with the usual tile fallback
+                _restore_and_write(model, [it], options)
+            return
+    else:
+        sr, plan = run_with_oom_retry(
+            lambda p: restore_x4(model, lq, prompts, p, options.color_fix, options.batch_size), plan
+        )
+    for i, it in enumerate(batch):
+        ow, oh = output_size(w, h, options.scale)
+        out = resize_to(sr[i:i + 1], oh, ow)[0].cpu()
+        alpha = None
+        if it.info.alpha is not None:
+            alpha = resize_to(upsample_bicubic(it.info.alpha[None], MODEL_SCALE), oh, ow)[0]
+        try:
+            write_image(it.out, out, bit_depth=it.info.bit_depth, grayscale=it.info.grayscale, alpha=alpha,
+                        icc_profile=it.info.icc_profile, quality=options.quality)
+            if options.save_prompts:
+                _write_text_atomic(it.out.with_suffix(".txt"), ", ".join(it.tags) + "\n")
+        except SanaSRError as e:
+            it.rec.status, it.rec.error = "failed", str(e)
+            continue
+        it.rec.status, it.rec.output_size, it.rec.tile_plan = "ok", (ow, oh), plan.to_dict()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- work split and report
+
+
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """'i/n' (0 <= i < n) -> (i, n); None -> (0, 1). ValueError with the flag named otherwise."""
+    if not spec:
+        return 0, 1
+    try:
+        i, n = (int(p) for p in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes i/n with 0 <= i < n (e.g. 0/4), not '{spec}'") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard takes i/n with 0 <= i < n (e.g. 0/4), not '{spec}'")
+    return i, n
+
+
+def split_work(files: list[Path], shard: tuple[int, int] = (0, 1), process: tuple[int, int] = (0, 1)) -> list[Path]:
+    """This shard's and this process's share of a sorted file list: every file in exactly one share."""
+    si, sn = shard
+    pi, pn = process
+    mine = files[si::sn]
+    return mine[pi::pn]
+
+
+def write_report(path: Path, records: list[dict], meta: dict) -> None:
+    """run.json: {"meta": ..., "summary": counts, "records": [one per input]}; atomic."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    doc = {"meta": meta, "summary": {"inputs": len(records), **counts}, "records": records}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(path, json.dumps(doc, indent=2, default=str) + "\n")
