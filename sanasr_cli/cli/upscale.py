@@ -216,14 +216,27 @@ def _distributed_state():
 
 
 def _check_writable(output: Path) -> None:
+    """Fail early (exit 2) when OUTDIR cannot be written; folders made for the check are removed again, so a
+    run that stops before writing anything (e.g. a tagger that cannot load) leaves no trace."""
     import tempfile
 
+    created = []
     try:
+        for folder in [output, *output.parents]:
+            if folder.exists():
+                break
+            created.append(folder)
         output.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=output):
             pass
     except OSError as e:
         raise fail(f"output folder {output} is not writable ({e.strerror or e})", EXIT_USAGE) from None
+    finally:
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
 
 def _run(sr_model, images, input_root, output, options, rank: int, show: bool):
