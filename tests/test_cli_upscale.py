@@ -60,8 +60,17 @@ def test_usage_errors_exit_2(image_folder, tmp_path):
 
 def test_missing_weights_is_one_clear_line(image_folder, tmp_path):
     result = runner.invoke(
-        app, ["upscale", str(image_folder), "-o", str(tmp_path / "o"), "--model", "sana-600m-512",
-              "--base", str(tmp_path / "nowhere")]
+        app,
+        [
+            "upscale",
+            str(image_folder),
+            "-o",
+            str(tmp_path / "o"),
+            "--model",
+            "sana-600m-512",
+            "--base",
+            str(tmp_path / "nowhere"),
+        ],
     )
     assert result.exit_code == 1
     assert "missing weights for 'transformer'" in result.output and "Traceback" not in result.output
@@ -78,8 +87,22 @@ def test_console_script_entry_point_runs(image_folder, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "sanasr_cli", "upscale", str(image_folder / "a.png"), "-o", str(out), "--model", "tiny"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "sanasr_cli",
+            "upscale",
+            str(image_folder / "a.png"),
+            "-o",
+            str(out),
+            "--model",
+            "tiny",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert Image.open(out / "a.png").size == (64, 64)
@@ -107,14 +130,36 @@ def test_report_summary_shard_and_pixel_limit(image_folder, tmp_path):
     import json
 
     out, report = tmp_path / "out", tmp_path / "run.json"
-    args = ["upscale", str(image_folder), "-o", str(out), "--model", "tiny", "--report", str(report),
-            "--max-pixels", "0.00025", "--shard", "0/2", "--suffix", "_x4", "--color-fix", "adain", "--tile", "32"]
+    args = [
+        "upscale",
+        str(image_folder),
+        "-o",
+        str(out),
+        "--model",
+        "tiny",
+        "--report",
+        str(report),
+        "--max-pixels",
+        "0.00025",
+        "--shard",
+        "0/2",
+        "--suffix",
+        "_x4",
+        "--color-fix",
+        "adain",
+        "--tile",
+        "32",
+    ]
     result = runner.invoke(app, args)
-    # shard 0/2 of [a.png, b.png, c.jpg] = a.png, c.jpg; c.jpg (20x12 = 240 px) passes, a.png (256 px) does not
+    # shard 0/2 of [a.png, b.png, c.jpg] = a.png, c.jpg; c.jpg (20x12 = 240 px) passes, a.png (256) does not
     assert result.exit_code == 1, result.output
     doc = json.loads(report.read_text())
     by = {r["input"].split("/")[-1]: r for r in doc["records"]}
-    assert set(by) == {"a.png", "c.jpg"} and by["a.png"]["status"] == "failed" and "MP limit" in by["a.png"]["error"]
+    assert (
+        set(by) == {"a.png", "c.jpg"}
+        and by["a.png"]["status"] == "failed"
+        and "MP limit" in by["a.png"]["error"]
+    )
     assert by["c.jpg"]["status"] == "ok" and by["c.jpg"]["tile_plan"]["dit_tiles"] > 1
     assert doc["meta"]["shard"] == "0/2" and doc["meta"]["color_fix"] == "adain"
     assert sorted(p.name for p in out.iterdir()) == ["c_x4.png"]

@@ -81,8 +81,9 @@ def _jumps(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _seam_ratio(img: torch.Tensor, borders: list[int], factor: int, size: int) -> float:
-    """Per axis: mean jump across the tile borders / median jump across the other interior latent-grid lines (the
-    random tiny VAE draws its own grid pattern, so only grid lines are comparable); the worse axis is returned.
+    """Per axis: mean jump across the tile borders / median jump across the other interior latent-grid
+    lines (the random tiny VAE draws its own grid pattern, so only grid lines are comparable); the worse
+    axis is returned.
     Grid lines next to the image edge are left out: the decoder's edge effects are strongest there."""
     grid = [c * factor for c in range(2, size // factor - 1)]
     others = [g - 1 for g in grid if g not in borders]

@@ -34,7 +34,9 @@ def test_every_mode_round_trips_with_size_mode_and_depth(tiny_model, tmp_path):
     Image.fromarray(make_photo_like(6, 5, 1)).save(src / "rgb.png", icc_profile=icc)
     Image.fromarray(make_photo_like(6, 5, 2)[:, :, 0], "L").save(src / "gray.png")
     cv2.imwrite(str(src / "deep.png"), (np.random.default_rng(0).random((5, 7, 3)) * 65535).astype(np.uint16))
-    cv2.imwrite(str(src / "deepgray.tif"), (np.random.default_rng(1).random((5, 7)) * 65535).astype(np.uint16))
+    cv2.imwrite(
+        str(src / "deepgray.tif"), (np.random.default_rng(1).random((5, 7)) * 65535).astype(np.uint16)
+    )
     rgba = np.dstack([make_photo_like(7, 6, 3), np.full((7, 6), 128, np.uint8)])
     Image.fromarray(rgba, "RGBA").save(src / "alpha.png")
     p = Image.new("P", (5, 5))
@@ -45,7 +47,9 @@ def test_every_mode_round_trips_with_size_mode_and_depth(tiny_model, tmp_path):
         src / "webalpha.webp", lossless=True
     )
     out = tmp_path / "out"
-    recs = {r.input.split("/")[-1]: r for r in upscale_files(tiny_model, sorted(src.iterdir()), src, out, _opts())}
+    recs = {
+        r.input.split("/")[-1]: r for r in upscale_files(tiny_model, sorted(src.iterdir()), src, out, _opts())
+    }
     assert all(r.status == "ok" for r in recs.values()), [r.error for r in recs.values()]
 
     def opened(name):
@@ -59,7 +63,9 @@ def test_every_mode_round_trips_with_size_mode_and_depth(tiny_model, tmp_path):
     deepgray = cv2.imread(str(out / "deepgray.png"), cv2.IMREAD_UNCHANGED)
     assert deepgray.dtype == np.uint16 and deepgray.shape == (20, 28)
     a = opened("alpha.png")
-    assert a.mode == "RGBA" and a.size == (24, 28) and abs(np.asarray(a)[:, :, 3].astype(int) - 128).max() <= 1
+    assert (
+        a.mode == "RGBA" and a.size == (24, 28) and abs(np.asarray(a)[:, :, 3].astype(int) - 128).max() <= 1
+    )
     assert opened("pal.png").mode == "RGBA" and np.asarray(opened("pal.png"))[:, :, 3].max() == 0
     assert opened("cmyk.png").mode == "RGB" and opened("cmyk.png").size == (20, 24)
     assert opened("webalpha.png").mode == "RGBA"
@@ -67,7 +73,14 @@ def test_every_mode_round_trips_with_size_mode_and_depth(tiny_model, tmp_path):
 
 
 def test_scales_keep_exact_sizes_and_strips_and_1x1_work(tiny_model, tmp_path):
-    for h, w, scale in [(13, 21, 2.0), (13, 21, 1.0), (13, 21, 2.5), (13, 21, 6.0), (1, 1, 4.0), (3, 200, 4.0)]:
+    for h, w, scale in [
+        (13, 21, 2.0),
+        (13, 21, 1.0),
+        (13, 21, 2.5),
+        (13, 21, 6.0),
+        (1, 1, 4.0),
+        (3, 200, 4.0),
+    ]:
         lq = torch.rand(3, h, w)
         sr = upscale_tensor(tiny_model, lq, "a photo", scale=scale)
         assert sr.shape == (3, max(1, round(h * scale)), max(1, round(w * scale))), (h, w, scale)
@@ -102,7 +115,9 @@ def test_resume_skips_finished_and_redoes_partial(tiny_model, image_folder, tmp_
     # a different scale makes the old outputs unfinished (wrong size): redone
     third = upscale_files(tiny_model, [image_folder / "a.png"], image_folder, out, _opts(scale=2))
     assert third[0].status == "ok" and Image.open(out / "a.png").size == (32, 32)
-    forced = upscale_files(tiny_model, [image_folder / "a.png"], image_folder, out, _opts(scale=2, overwrite=True))
+    forced = upscale_files(
+        tiny_model, [image_folder / "a.png"], image_folder, out, _opts(scale=2, overwrite=True)
+    )
     assert forced[0].status == "ok"
 
 
@@ -113,7 +128,9 @@ def test_interrupt_leaves_only_complete_files_and_rerun_resumes(tiny_model, imag
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        upscale_files(tiny_model, sorted(image_folder.iterdir()), image_folder, out, _opts(), on_done=stop_after_first)
+        upscale_files(
+            tiny_model, sorted(image_folder.iterdir()), image_folder, out, _opts(), on_done=stop_after_first
+        )
     assert sorted(p.name for p in out.iterdir()) == ["a.png"]
     again = upscale_files(tiny_model, sorted(image_folder.iterdir()), image_folder, out, _opts())
     assert [r.status for r in again] == ["skipped", "ok", "ok"]
@@ -130,12 +147,19 @@ def test_ext_suffix_recursive_layout_and_save_prompts(tiny_model, tmp_path):
     files = list_images(src, recursive=True)
     out = tmp_path / "out"
     rule = PromptRule(tagger="file")
-    recs = upscale_files(tiny_model, files, src, out,
-                         _opts(ext="auto", suffix="_x4", save_prompts=True, prompt_rule=rule, user_prompt="park"))
+    recs = upscale_files(
+        tiny_model,
+        files,
+        src,
+        out,
+        _opts(ext="auto", suffix="_x4", save_prompts=True, prompt_rule=rule, user_prompt="park"),
+    )
     assert all(r.status == "ok" for r in recs)
     assert (out / "top_x4.jpg").is_file() and (out / "sub" / "deeper" / "low_x4.png").is_file()
     assert Image.open(out / "top_x4.jpg").format == "JPEG"
-    assert (out / "top_x4.txt").read_text().strip() == "tree, sky"  # tags only; 'blurry' is a degradation word
+    assert (
+        out / "top_x4.txt"
+    ).read_text().strip() == "tree, sky"  # tags only; 'blurry' is a degradation word
     assert recs[1].prompt.startswith("park, tree, sky, clean")
     # read back with --tagger file: the same prompt
     from sanasr_cli.prompts.taggers import FileTagger
@@ -176,8 +200,14 @@ def test_bad_inputs_fail_alone_with_one_line(tiny_model, image_folder, tmp_path)
     recs = upscale_files(tiny_model, sorted(image_folder.iterdir()), image_folder, out, _opts())
     by = {r.input.split("/")[-1]: r for r in recs}
     assert {n for n, r in by.items() if r.status == "ok"} == {"a.png", "b.png", "c.jpg"}
-    expect = {"empty.png": "empty file", "trunc.png": "unreadable", "trunc2.jpg": "unreadable",
-              "text.png": "not a recognised image", "bomb.png": "MP limit", "float.tif": "unsupported image mode"}
+    expect = {
+        "empty.png": "empty file",
+        "trunc.png": "unreadable",
+        "trunc2.jpg": "unreadable",
+        "text.png": "not a recognised image",
+        "bomb.png": "MP limit",
+        "float.tif": "unsupported image mode",
+    }
     for name, words in expect.items():
         assert by[name].status == "failed" and words in by[name].error and name in by[name].error, by[name]
         assert "\n" not in by[name].error
@@ -207,6 +237,19 @@ def test_report_has_one_record_per_input_with_plan_seconds_memory(tiny_model, im
     for r in ok:
         assert r["tile_plan"]["factor"] == 8 and r["seconds"] > 0 and r["peak_memory_mb"] > 0
         assert r["output"] and r["output_size"] and r["input_size"] and r["prompt"]
-    assert [r["error"] for r in doc["records"] if r["status"] == "failed"][0].startswith(str(image_folder / "bad.png"))
+    assert [r["error"] for r in doc["records"] if r["status"] == "failed"][0].startswith(
+        str(image_folder / "bad.png")
+    )
     img, _ = read_image(ok[0]["output"])
     assert list(img.shape[1:][::-1]) == ok[0]["output_size"]
+
+
+def test_half_precision_model_gives_float32_images_of_the_right_size():
+    """--precision bf16 (the CUDA default) through the same path, here on CPU with the tiny preset."""
+    from sanasr_cli.models.sanasr import load_model
+
+    model = load_model("tiny", device="cpu", dtype=torch.bfloat16, seed=0)
+    assert model.dtype == torch.bfloat16 and model.codec.vae.dtype == torch.bfloat16
+    sr, plan = upscale_tensor(model, torch.rand(3, 10, 12), "a photo", scale=2, tile=48, return_plan=True)
+    assert sr.dtype == torch.float32 and sr.shape == (3, 20, 24) and torch.isfinite(sr).all()
+    assert plan.dit_tile == 6

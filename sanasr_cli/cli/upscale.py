@@ -26,44 +26,66 @@ def upscale(
     input: Path = typer.Argument(..., help="An image file or a folder of images (png, jpg, webp, tif, bmp)."),
     output: Path = typer.Option(..., "-o", "--output", help="Folder for the results (never inside INPUT)."),
     model: str = typer.Option(
-        "sana-600m-512", "--model", "-m",
+        "sana-600m-512",
+        "--model",
+        "-m",
         help="A preset (sana-600m-512, tiny) or a model directory written by train / merge-lora / prune.",
     ),
     base: str = typer.Option(
         None, "--base", help="Hub id or local folder of the SANA base (default: $SANASR_BASE or the hub)."
     ),
     scale: float = typer.Option(
-        4.0, "--scale", "-s", min=1.0,
+        4.0,
+        "--scale",
+        "-s",
+        min=1.0,
         help="Output size = round(scale x input size). The model runs at x4; other scales resize its result.",
     ),
     tile: str = typer.Option(
-        "auto", "--tile",
-        help="auto (plan from free GPU memory; whole image on CPU unless huge), none, or a tile size in pixels "
+        "auto",
+        "--tile",
+        help="auto (plan from free GPU memory; whole image on CPU unless huge), none, or a tile size in "
+        "pixels "
         "of the x4 image (e.g. 512). Out of memory halves the tile and retries.",
     ),
     color_fix: str = typer.Option(
-        "wavelet", "--color-fix",
+        "wavelet",
+        "--color-fix",
         help="wavelet (default: low frequencies from the bicubic input, detail from the model), adain "
         "(global per-channel mean/std), none.",
     ),
     ext: str = typer.Option(
-        "png", "--ext",
+        "png",
+        "--ext",
         help="png (default: lossless, keeps 16-bit and alpha), auto (the input's format), jpg, webp, tif. "
         "Images with transparency are written as PNG when the format cannot hold it.",
     ),
     suffix: str = typer.Option("", "--suffix", help="Added to output names: photo.jpg -> photo<suffix>.png."),
-    recursive: bool = typer.Option(False, "--recursive", "-r", help="Include sub-folders (mirrored in OUTDIR)."),
+    recursive: bool = typer.Option(
+        False, "--recursive", "-r", help="Include sub-folders (mirrored in OUTDIR)."
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Redo finished outputs (default: skip them, so a rerun resumes)."
     ),
-    report: Path = typer.Option(None, "--report", help="Write a JSON report, one record per input (e.g. run.json)."),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Tiles, or untiled images of one size, per step."),
-    shard: str = typer.Option(None, "--shard", help="i/n: do only the i-th of n equal shares (cluster job arrays)."),
+    report: Path = typer.Option(
+        None, "--report", help="Write a JSON report, one record per input (e.g. run.json)."
+    ),
+    batch_size: int = typer.Option(
+        1, "--batch-size", min=1, help="Tiles, or untiled images of one size, per step."
+    ),
+    shard: str = typer.Option(
+        None, "--shard", help="i/n: do only the i-th of n equal shares (cluster job arrays)."
+    ),
     max_pixels: float = typer.Option(
-        64.0, "--max-pixels", min=0.0, help="Refuse inputs above this many megapixels (decompression-bomb guard)."
+        64.0,
+        "--max-pixels",
+        min=0.0,
+        help="Refuse inputs above this many megapixels (decompression-bomb guard).",
     ),
     save_prompts: bool = typer.Option(
-        False, "--save-prompts", help="Write each image's tags to <output stem>.txt (readable by --tagger file)."
+        False,
+        "--save-prompts",
+        help="Write each image's tags to <output stem>.txt (readable by --tagger file).",
     ),
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG / WebP quality."),
     tagger: str = po.TAGGER,
@@ -73,21 +95,32 @@ def upscale(
     template: str = po.TEMPLATE,
     tag_cache: str = po.TAG_CACHE,
     prompt: str = typer.Option(
-        None, "--prompt", help="Extra words put before the tags and the quality template.", rich_help_panel="Prompt"
+        None,
+        "--prompt",
+        help="Extra words put before the tags and the quality template.",
+        rich_help_panel="Prompt",
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (under accelerate: its device)."),
+    device: str = typer.Option(
+        "auto", "--device", help="auto, cpu, cuda, cuda:N (under accelerate: its device)."
+    ),
     precision: str = typer.Option(
         "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, fp16, bf16."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of random-weight presets (tiny); inference is deterministic."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of random-weight presets (tiny); inference is deterministic."
+    ),
 ):
     """Super-resolve INPUT (a file or a folder) into OUTDIR.
 
-    The image is upsampled bicubically x4, encoded by the DC-AE, restored by one LinearDiT step (Eq. 4), decoded,
-    colour-fixed and resized to the asked scale; large images are tiled in latent space. Finished outputs are
-    skipped, so rerunning an interrupted command resumes it. Under `accelerate launch` the files are split across
-    processes. Exit code: 0 when every image succeeded (or was already done), 1 when any failed (after all others
-    ran), 2 for usage errors, 130 when interrupted.
+    The image is upsampled bicubically x4, encoded by the DC-AE, restored by one
+    LinearDiT step (Eq. 4), decoded, colour-fixed and resized to the asked scale.
+    Large images are tiled in latent space.
+
+    Finished outputs are skipped, so rerunning an interrupted command resumes it.
+    Under `accelerate launch` the files are split across processes.
+
+    Exit code: 0 when every image succeeded (or was already done), 1 when any
+    failed (after all others ran), 2 for usage errors, 130 when interrupted.
     """
     from sanasr_cli.data.io import list_images
     from sanasr_cli.errors import MissingWeightsError, ModelDirError
@@ -115,13 +148,18 @@ def upscale(
     if input.is_dir():
         inp, out = input.resolve(), output.resolve()
         if out == inp or inp in out.parents:
-            raise fail(f"output folder {output} is inside the input folder {input}: outputs would mix with (or "
-                       f"become) inputs; choose a folder outside it", EXIT_USAGE)
+            raise fail(
+                f"output folder {output} is inside the input folder {input}: outputs would mix with (or "
+                f"become) inputs; choose a folder outside it",
+                EXIT_USAGE,
+            )
     _check_writable(output)
     images = list_images(input, recursive=recursive)
     if not images:
-        raise fail(f"no images found in {input}" + ("" if recursive else " (sub-folders need --recursive)"),
-                   EXIT_USAGE)
+        raise fail(
+            f"no images found in {input}" + ("" if recursive else " (sub-folders need --recursive)"),
+            EXIT_USAGE,
+        )
 
     # 2. processes and device
     state = _distributed_state()
@@ -148,23 +186,42 @@ def upscale(
         except MissingWeightsError as e:
             raise fail(str(e), EXIT_FAILED) from None
     if sr_model.description.random_weights and is_main:
-        console.print(f"[yellow]note:[/] '{model}' has random (untrained) weights: outputs show the pipeline, "
-                      "not SR quality.")
-    rule = po.asked_prompt_rule(sr_model.description.prompt, tagger, tagger_weights, tagger_model, tag_vocab, template,
-                                warn=sr_model.source_dir is not None and is_main)  # presets were trained with no rule
+        console.print(
+            f"[yellow]note:[/] '{model}' has random (untrained) weights: outputs show the pipeline, "
+            "not SR quality."
+        )
+    rule = po.asked_prompt_rule(
+        sr_model.description.prompt,
+        tagger,
+        tagger_weights,
+        tagger_model,
+        tag_vocab,
+        template,
+        warn=sr_model.source_dir is not None and is_main,
+    )  # presets were trained with no rule
     tagger_obj = po.build_tagger(rule, dev, tag_cache)
 
     from sanasr_cli.pipeline.upscale import UpscaleOptions
 
     options = UpscaleOptions(
-        scale=scale, prompt_rule=rule, user_prompt=prompt, tile=tile_spec, color_fix=color_fix,
-        batch_size=batch_size, ext=ext, suffix=suffix, overwrite=overwrite, max_pixels=int(max_pixels * 1e6),
-        save_prompts=save_prompts, quality=quality, tagger=tagger_obj,
+        scale=scale,
+        prompt_rule=rule,
+        user_prompt=prompt,
+        tile=tile_spec,
+        color_fix=color_fix,
+        batch_size=batch_size,
+        ext=ext,
+        suffix=suffix,
+        overwrite=overwrite,
+        max_pixels=int(max_pixels * 1e6),
+        save_prompts=save_prompts,
+        quality=quality,
+        tagger=tagger_obj,
     )
 
     po.pretag(tagger_obj, mine)  # one tagging pass with a bar (cached by file hash), then the GPU is free
 
-    # 4. run (Ctrl-C: outputs written so far stay, the one in flight leaves no file, the report is still written)
+    # 4. run (Ctrl-C: outputs written so far stay, the one in flight leaves no file, the report is written)
     start = time.perf_counter()
     records, interrupted = _run(sr_model, mine, input, output, options, rank, show=is_main)
     all_records = [r.to_dict() for r in records]
@@ -180,15 +237,25 @@ def upscale(
             from sanasr_cli.pipeline.upscale import write_report
 
             meta = {
-                "input": str(input), "output": str(output), "model": model, "scale": scale, "tile": tile,
-                "color_fix": color_fix, "precision": str(dtype).replace("torch.", ""), "device": str(dev),
-                "processes": nproc, "shard": shard or "0/1", "seconds": round(time.perf_counter() - start, 3),
+                "input": str(input),
+                "output": str(output),
+                "model": model,
+                "scale": scale,
+                "tile": tile,
+                "color_fix": color_fix,
+                "precision": str(dtype).replace("torch.", ""),
+                "device": str(dev),
+                "processes": nproc,
+                "shard": shard or "0/1",
+                "seconds": round(time.perf_counter() - start, 3),
                 "interrupted": interrupted,
             }
             write_report(report, all_records, meta)
         _print_summary(all_records, output, report)
     if interrupted:
-        console.print("[yellow]interrupted:[/] rerun the same command to resume (finished outputs are skipped)")
+        console.print(
+            "[yellow]interrupted:[/] rerun the same command to resume (finished outputs are skipped)"
+        )
         raise typer.Exit(EXIT_INTERRUPTED)
     if failed:
         raise typer.Exit(EXIT_FAILED)
@@ -203,7 +270,7 @@ class _nullcontext:
 
 
 def _distributed_state():
-    """accelerate's PartialState when launched with several processes (accelerate launch / torchrun), else None."""
+    """accelerate's PartialState when launched with several processes (accelerate launch, torchrun)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     import torch
@@ -211,7 +278,9 @@ def _distributed_state():
 
     # accelerate 1.15 picks gloo on CPU only when told cpu=True (its `--cpu` launch flag starts one process
     # without MPI, so CPU-only runs are launched with `--multi_gpu` and land here without CUDA)
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+    use_cpu = (
+        os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+    )
     return PartialState(cpu=use_cpu)
 
 
@@ -252,8 +321,14 @@ def _run(sr_model, images, input_root, output, options, rank: int, show: bool):
     from sanasr_cli.pipeline.upscale import UpscaleRecord, upscale_files
 
     progress = Progress(
-        TextColumn("[bold]upscale"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        TextColumn("{task.description}"), console=console, disable=not show,
+        TextColumn("[bold]upscale"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        disable=not show,
     )
     done: list[UpscaleRecord] = []
     with progress:
@@ -266,8 +341,9 @@ def _run(sr_model, images, input_root, output, options, rank: int, show: bool):
             progress.update(task, advance=1, description=Path(rec.input).name)
 
         try:
-            return upscale_files(sr_model, images, input_root, output, options, on_done=on_done,
-                                 process_index=rank), False
+            return upscale_files(
+                sr_model, images, input_root, output, options, on_done=on_done, process_index=rank
+            ), False
         except KeyboardInterrupt:
             return done, True
 
@@ -286,14 +362,20 @@ def _print_summary(records: list[dict], output: Path, report: Path | None) -> No
     table.add_column("s / image", justify="right")
     table.add_column("peak MB", justify="right")
     table.add_row(
-        str(len(records)), str(counts["ok"]), str(counts["skipped"]),
+        str(len(records)),
+        str(counts["ok"]),
+        str(counts["skipped"]),
         f"[red]{counts['failed']}[/]" if counts["failed"] else "0",
         f"{seconds / counts['ok']:.2f}" if counts["ok"] else "-",
         f"{max(peaks):.0f}" if peaks else "-",
     )
     console.print(table)
-    for r in [r for r in records if r["status"] == "failed" and r["process"] != 0][:20]:  # others printed live
-        console.print(f"[red]failed (process {r['process']}):[/] {r['error']}", highlight=False, soft_wrap=True)
+    for r in [r for r in records if r["status"] == "failed" and r["process"] != 0][
+        :20
+    ]:  # others printed live
+        console.print(
+            f"[red]failed (process {r['process']}):[/] {r['error']}", highlight=False, soft_wrap=True
+        )
     where = f"outputs in {output}" + (f", report in {report}" if report else "")
     console.print(where, highlight=False)
 

@@ -60,8 +60,8 @@ class ImageInfo:
 
 
 def list_images(root: Path, recursive: bool = False) -> list[Path]:
-    """Image files under `root` (or [root] for a file), sorted, skipping hidden files and folders; links are not
-    followed (a symlinked file or folder could lead out of the input tree)."""
+    """Image files under `root` (or [root] for a file), sorted, skipping hidden files and folders; links
+    are not followed (a symlinked file or folder could lead out of the input tree)."""
     root = Path(root)
     if root.is_file():
         return [root]
@@ -94,7 +94,9 @@ def _is_16bit(im: Image.Image) -> bool:
     return im.format in _SIXTEEN_BIT_FORMATS and any(";16" in r for r in rawmodes)
 
 
-def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[tuple[int, int], str | None, bool]:
+def probe_image(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[tuple[int, int], str | None, bool]:
     """Header only (no pixel decoding): ((width, height) after EXIF orientation, format, has transparency).
     Raises the same one-line ImageReadError as read_image for files it can already tell are bad."""
     path = Path(path)
@@ -109,7 +111,9 @@ def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
                     f"(raise it with --max-pixels if the file is trusted)"
                 )
             orientation = im.getexif().get(0x0112, 1)
-            alpha = im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (im.mode == "P" and "transparency" in im.info)
+            alpha = im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (
+                im.mode == "P" and "transparency" in im.info
+            )
             fmt = im.format
     except ImageReadError:
         raise
@@ -118,7 +122,9 @@ def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not a recognised image file") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
-        raise ImageReadError(f"{path}: unreadable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise ImageReadError(
+            f"{path}: unreadable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
     return ((h, w) if orientation in (5, 6, 7, 8) else (w, h)), fmt, alpha
 
 
@@ -138,7 +144,9 @@ def _decode(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
             mode, fmt = im.mode, im.format
             sixteen = _is_16bit(im)  # before getexif(), which may decode the image and drop the tile info
             if mode not in _SUPPORTED_MODES or (mode == "I" and not sixteen):
-                raise ImageReadError(f"{path}: unsupported image mode '{mode}' (use 8/16-bit gray, RGB, RGBA, CMYK)")
+                raise ImageReadError(
+                    f"{path}: unsupported image mode '{mode}' (use 8/16-bit gray, RGB, RGBA, CMYK)"
+                )
             orientation = im.getexif().get(0x0112, 1)
             icc = im.info.get("icc_profile") or None
             with warnings.catch_warnings():
@@ -158,13 +166,21 @@ def _decode(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageReadError(f"{path}: refused as a decompression bomb ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
-        raise ImageReadError(f"{path}: unreadable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise ImageReadError(
+            f"{path}: unreadable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
     array = _orient(array, orientation)
     if array.ndim == 2:
         array = array[:, :, None]
     info = ImageInfo(
-        path=path, width=array.shape[1], height=array.shape[0], mode=mode, format=fmt,
-        bit_depth=16 if sixteen else 8, grayscale=gray, icc_profile=icc,
+        path=path,
+        width=array.shape[1],
+        height=array.shape[0],
+        mode=mode,
+        format=fmt,
+        bit_depth=16 if sixteen else 8,
+        grayscale=gray,
+        icc_profile=icc,
     )
     return array, info
 
@@ -176,14 +192,14 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
     scale = 65535.0 if info.bit_depth == 16 else 255.0
     t = torch.from_numpy(array.astype(np.float32) / scale).permute(2, 0, 1).contiguous()
     color_channels = 1 if info.grayscale else 3
-    info.alpha = t[color_channels:color_channels + 1].clone() if t.shape[0] > color_channels else None
+    info.alpha = t[color_channels : color_channels + 1].clone() if t.shape[0] > color_channels else None
     rgb = t[:1].expand(3, -1, -1).contiguous() if info.grayscale else t[:3]
     return rgb, info
 
 
 def read_image_uint8(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageInfo]:
-    """Read an image as uint8 RGB (H, W, 3), EXIF orientation applied, alpha dropped, 16-bit rounded to 8 bits;
-    ImageReadError with one clear line otherwise.
+    """Read an image as uint8 RGB (H, W, 3), EXIF orientation applied, alpha dropped, 16-bit rounded to 8
+    bits; ImageReadError with one clear line otherwise.
 
     Data loaders crop this array before converting to float (cheaper than converting a whole 2K photo)."""
     array, info = _decode(Path(path), max_pixels)
@@ -218,8 +234,8 @@ def _read_16bit(path: Path) -> np.ndarray:
 
 
 def _pixels_8bit(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, bool, bytes | None]:
-    """(H, W, C) uint8 with C in {1, 2, 3, 4} (gray, gray+alpha, RGB, RGBA), grayscale flag, the ICC profile that
-    still applies to those pixels."""
+    """(H, W, C) uint8 with C in {1, 2, 3, 4} (gray, gray+alpha, RGB, RGBA), grayscale flag, the ICC profile
+    that still applies to those pixels."""
     mode = im.mode
     if mode in ("1", "L"):
         return np.asarray(im.convert("L")), True, icc
@@ -245,8 +261,12 @@ def _pixels_8bit(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, bool, 
 
 
 _ORIENT_METHODS = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
 
@@ -270,8 +290,17 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def to_uint16(image: torch.Tensor) -> np.ndarray:
     """(C, H, W) float in [0, 1] -> (H, W, C) uint16, rounded."""
-    return image.detach().float().clamp(0, 1).mul(65535).round().to(torch.int32).permute(1, 2, 0).cpu().numpy().astype(
-        np.uint16
+    return (
+        image.detach()
+        .float()
+        .clamp(0, 1)
+        .mul(65535)
+        .round()
+        .to(torch.int32)
+        .permute(1, 2, 0)
+        .cpu()
+        .numpy()
+        .astype(np.uint16)
     )
 
 
@@ -283,8 +312,15 @@ def to_gray(image: torch.Tensor) -> torch.Tensor:
 
 def format_for(path: str | Path) -> str:
     ext = Path(path).suffix.lower()
-    return {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
-            ".bmp": "BMP"}.get(ext, "PNG")
+    return {
+        ".jpg": "JPEG",
+        ".jpeg": "JPEG",
+        ".png": "PNG",
+        ".webp": "WEBP",
+        ".tif": "TIFF",
+        ".tiff": "TIFF",
+        ".bmp": "BMP",
+    }.get(ext, "PNG")
 
 
 def write_image(
@@ -298,8 +334,9 @@ def write_image(
 ) -> None:
     """Write a (3, H, W) (or (1, H, W) gray) [0, 1] image. Atomic: temp file + rename, also on Ctrl-C.
 
-    grayscale: store one channel (luma of an RGB input). alpha: (1, H, W) in [0, 1], stored where the format can
-    (PNG, WebP, TIFF; an error otherwise). bit_depth 16 is honoured for PNG and TIFF, else 8 bits are written.
+    grayscale: store one channel (luma of an RGB input). alpha: (1, H, W) in [0, 1], stored where the format
+    can (PNG, WebP, TIFF; an error otherwise). bit_depth 16 is honoured for PNG and TIFF, else 8 bits are
+    written.
     icc_profile: embedded as it is (PNG, JPEG, WebP, TIFF; 16-bit PNG through an iCCP chunk).
     """
     path = Path(path)
@@ -311,7 +348,9 @@ def write_image(
     if alpha is not None:
         image = torch.cat([image, alpha.to(image)], 0)
     sixteen = bit_depth == 16 and fmt in _SIXTEEN_BIT_FORMATS
-    data = _encode_16bit(image, fmt, icc_profile) if sixteen else _encode_8bit(image, fmt, icc_profile, quality)
+    data = (
+        _encode_16bit(image, fmt, icc_profile) if sixteen else _encode_8bit(image, fmt, icc_profile, quality)
+    )
     _atomic_write_bytes(path, data)
 
 
@@ -355,7 +394,12 @@ def _encode_16bit(image: torch.Tensor, fmt: str, icc: bytes | None) -> bytes:
 def _png_with_iccp(png: bytes, icc: bytes) -> bytes:
     """Insert an iCCP chunk right after IHDR (PNG spec: before PLTE and IDAT)."""
     body = b"icc\x00\x00" + zlib.compress(icc)
-    chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body) & 0xFFFFFFFF)
+    chunk = (
+        struct.pack(">I", len(body))
+        + b"iCCP"
+        + body
+        + struct.pack(">I", zlib.crc32(b"iCCP" + body) & 0xFFFFFFFF)
+    )
     ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
     return png[:ihdr_end] + chunk + png[ihdr_end:]
 
@@ -379,7 +423,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def remove_stale_temps(output: Path) -> int:
-    """Delete temp files a killed run left for `output` (ours only: they carry TEMP_MARK). Returns how many."""
+    """Delete temp files a killed run left for `output` (ours only: they carry TEMP_MARK); how many."""
     n = 0
     with contextlib.suppress(OSError):
         for p in output.parent.glob(f".{output.name}{TEMP_MARK}.*"):
@@ -389,7 +433,7 @@ def remove_stale_temps(output: Path) -> int:
 
 
 def is_complete_image(path: Path, size: tuple[int, int] | None = None) -> bool:
-    """True when `path` decodes completely (a truncated file does not) and, if given, has (width, height) `size`."""
+    """True when `path` decodes completely (a truncated file does not) and, if given, has size (w, h)."""
     try:
         with _pil_pixel_limit(None), Image.open(path) as im:
             if size is not None and im.size != tuple(size):

@@ -2,8 +2,9 @@
 
 One-step diffusion SR can shift colours (the VAE and the prior drift the low frequencies). Both fixes take the
 colour from the bicubic input x_L and the detail from the restored x_hat:
-- wavelet (default, as in StableSR / OSEDiff / SeeSR): keep x_hat's high-frequency layers of an a-trous wavelet
-  decomposition and replace its lowest layer with x_L's. Local: it also fixes shifts that vary across the image
+- wavelet (default, as in StableSR / OSEDiff / SeeSR): keep x_hat's high-frequency layers of an a-trous
+  wavelet decomposition and replace its lowest layer with x_L's. Local: it also fixes shifts that vary across
+  the image
   (e.g. tile-to-tile), and it cannot add the bicubic blur back because only the coarsest layer is taken.
 - adain: match x_hat's per-channel mean and standard deviation to x_L's. Global only: cheaper, keeps more of
   the model's own colours, but misses local shifts.
@@ -31,12 +32,12 @@ def adain_color_fix(restored: torch.Tensor, reference: torch.Tensor, eps: float 
 
 
 def _wavelet_blur(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """3x3 binomial blur with dilation `radius` (one a-trous level); replicate padding works at any image size.
+    """3x3 binomial blur with dilation `radius` (one a-trous level); replicate padding works at any size.
     Written as separable shifted sums: a dilated depthwise conv2d is ~100x slower on CPU."""
     h, w = x.shape[-2:]
     p = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    rows = (p[..., :h, :] + 2 * p[..., radius:radius + h, :] + p[..., 2 * radius:2 * radius + h, :]) / 4
-    return (rows[..., :w] + 2 * rows[..., radius:radius + w] + rows[..., 2 * radius:2 * radius + w]) / 4
+    rows = (p[..., :h, :] + 2 * p[..., radius : radius + h, :] + p[..., 2 * radius : 2 * radius + h, :]) / 4
+    return (rows[..., :w] + 2 * rows[..., radius : radius + w] + rows[..., 2 * radius : 2 * radius + w]) / 4
 
 
 def wavelet_decompose(x: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,25 +1,28 @@
-"""Tiled restoration for large images: a tile plan, latent-space tiling of the transformer, tiled VAE, OOM retry.
+"""Tiled restoration of large images: tile plan, latent tiling of the transformer, tiled VAE, OOM retry.
 
-All sizes are planned in latent units (one latent pixel = `model.codec.factor` image pixels: 32 for the real DC-AE,
-8 for the tiny preset), so every tile boundary falls on the VAE's grid.
+All sizes are planned in latent units (one latent pixel = `model.codec.factor` image pixels: 32 for the
+real DC-AE, 8 for the tiny preset), so every tile boundary falls on the VAE's grid.
 
-- Transformer: overlapping latent tiles (overlap = tile / 4) restored one step each, then averaged with smooth
-  weights: 1 inside a tile, a raised-cosine ramp across each side that overlaps a neighbour, normalised by the sum
-  of weights. Diffusers has no tiling for SanaTransformer2DModel, hence this code.
-- VAE: diffusers' own `AutoencoderDC.enable_tiling` (tiles of `vae_tile` latents, stride 3/4 of that), which
-  crossfades neighbouring tiles linearly over the overlap both when encoding (in latent space) and decoding (in
-  pixel space). That serves: the overlap is a quarter of a tile and every stride is a multiple of the factor, so
-  no tile is zero-padded inside the image.
-- `--tile auto`: on CUDA, tile sizes from free memory and per-pixel / per-token cost estimates (ESTIMATES below;
-  not measured on a GPU yet, so they are conservative and OOM is the safety net); on CPU the whole image unless
+- Transformer: overlapping latent tiles (overlap = tile / 4) restored one step each, then averaged with
+  smooth weights (`tiled_apply`): 1 inside a tile, near 0 at its outer edge, a raised cosine between, on each
+  side that overlaps a neighbour, normalised by the sum of weights. Diffusers has no tiling for
+  SanaTransformer2DModel, hence this code.
+- VAE: the same `tiled_apply`, blending encoder outputs in latent space and decoder outputs in pixel space.
+  Diffusers' own `AutoencoderDC.enable_tiling` was tried first: it crossfades linearly, and in
+  `tiled_encode` over only (tile - stride) / factor latents, and it gives a tile's edge (where the
+  decoder's artefacts are strongest) half weight in the middle of the overlap. On the tiny preset with
+  96 px tiles its largest column jump inside the image was 2.0x the median latent-grid-line jump (whole
+  image: 1.25x); with the weights here the seam test (tests/test_tiling.py) measures 1.06x at the tile
+  borders, so sanasr tiles the VAE itself. Tiles of 8 latents or fewer show seams either way.
+- `--tile auto`: on CUDA, tile sizes from free memory and per-pixel / per-token cost estimates
+  (ESTIMATES below; not measured on a GPU yet: OOM is the safety net); on CPU the whole image unless
   the x4 image exceeds CPU_WHOLE_IMAGE_PIXELS.
-- OOM: `run_with_oom_retry` halves the tiles (whole image -> half its longer side) and tries again, down to
-  MIN_LATENT_TILE.
+- OOM: `run_with_oom_retry` halves the tiles (whole image -> half its longer side) and tries again,
+  down to MIN_LATENT_TILE.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -27,9 +30,13 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 MIN_LATENT_TILE = 4  # below this the overlap is a single latent pixel and tiles stop being useful
-CPU_WHOLE_IMAGE_PIXELS = 4096 * 4096  # on CPU, x4 images up to this are restored whole (RAM, not VRAM, limits)
+CPU_WHOLE_IMAGE_PIXELS = (
+    4096 * 4096
+)  # on CPU, x4 images up to this are restored whole (RAM, not VRAM, limits)
 CPU_TILE_PIXELS = 2048  # tile side (x4 pixels) used on CPU above that
-MEMORY_FRACTION = 0.6  # share of the free CUDA memory a plan may use (allocator fragmentation, colour fix, ...)
+MEMORY_FRACTION = (
+    0.6  # share of the free CUDA memory a plan may use (allocator fragmentation, colour fix, ...)
+)
 # Peak-activation estimates (NOT measured on a GPU; conservative guesses from the layer widths): bytes per
 # image pixel per channel of the decoder's widest full-resolution stage, and per latent token per hidden unit.
 ESTIMATES = {"vae_buffers_per_channel": 12, "dit_buffers_per_hidden": 16}
@@ -55,7 +62,9 @@ class TilePlan:
         if self.dit_tile is None:
             return 1
         h, w = self.latent_size
-        return len(tile_starts(h, self.dit_tile, self.dit_overlap)) * len(tile_starts(w, self.dit_tile, self.dit_overlap))
+        return len(tile_starts(h, self.dit_tile, self.dit_overlap)) * len(
+            tile_starts(w, self.dit_tile, self.dit_overlap)
+        )
 
     def halved(self) -> TilePlan | None:
         """The plan after an out-of-memory error, or None when the tiles cannot shrink any more."""
@@ -67,8 +76,13 @@ class TilePlan:
         dit, vae = half(self.dit_tile), half(self.vae_tile)
         if (dit, vae) == (self.dit_tile, self.vae_tile) or longest <= MIN_LATENT_TILE:
             return None
-        return replace(self, dit_tile=dit, vae_tile=vae, oom_retries=self.oom_retries + 1,
-                       reason=f"{self.reason}; out of memory -> halved")
+        return replace(
+            self,
+            dit_tile=dit,
+            vae_tile=vae,
+            oom_retries=self.oom_retries + 1,
+            reason=f"{self.reason}; out of memory -> halved",
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -86,7 +100,8 @@ def overlap_for(tile: int | None) -> int:
 
 
 def tile_starts(total: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of `tile` covering [0, total) with at least `overlap` overlap; the last ends at total."""
+    """Start offsets of `tile`-long tiles covering [0, total), overlapping by at least `overlap`; the last
+    tile ends at total."""
     if total <= tile:
         return [0]
     stride = max(1, tile - overlap)
@@ -94,7 +109,7 @@ def tile_starts(total: int, tile: int, overlap: int) -> list[int]:
 
 
 def parse_tile(spec: str) -> str | int:
-    """'auto' | 'none' | N (tile side in pixels of the x4 image) -> 'auto' | 'none' | N; ValueError otherwise."""
+    """'auto' | 'none' | N (tile side in pixels of the x4 image) -> 'auto' | 'none' | N, else ValueError."""
     s = str(spec).strip().lower()
     if s in ("auto", "none"):
         return s
@@ -103,7 +118,9 @@ def parse_tile(spec: str) -> str | int:
     raise ValueError(f"--tile takes auto, none or a tile size in pixels (e.g. 512), not '{spec}'")
 
 
-def plan_tiles(model, height: int, width: int, tile: str | int = "auto", device: torch.device | None = None) -> TilePlan:
+def plan_tiles(
+    model, height: int, width: int, tile: str | int = "auto", device: torch.device | None = None
+) -> TilePlan:
     """Plan for an x4 image of height x width pixels (the model's input resolution)."""
     f = int(model.codec.factor)
     latent = (-(-height // f), -(-width // f))
@@ -125,7 +142,9 @@ def plan_tiles(model, height: int, width: int, tile: str | int = "auto", device:
             return plan
         t = CPU_TILE_PIXELS // f
         plan.dit_tile = plan.vae_tile = t if t < longest else None
-        plan.reason = f"auto on CPU: image above {CPU_WHOLE_IMAGE_PIXELS / 1e6:.1f} MP, {CPU_TILE_PIXELS} px tiles"
+        plan.reason = (
+            f"auto on CPU: image above {CPU_WHOLE_IMAGE_PIXELS / 1e6:.1f} MP, {CPU_TILE_PIXELS} px tiles"
+        )
         return plan
     free, _ = torch.cuda.mem_get_info(device)
     budget = free * MEMORY_FRACTION
@@ -153,7 +172,7 @@ def _ramp(n: int) -> torch.Tensor:
 
 
 def tile_weight_1d(length: int, start: int, total: int, overlap: int) -> torch.Tensor:
-    """Weights along one axis of a tile at `start` in [0, total): 1 inside, ramps on sides that have neighbours."""
+    """Weights along one axis of a tile at `start` in [0, total): 1 inside, ramps on sides with neighbours."""
     w = torch.ones(length)
     if overlap > 0 and length > 1:
         o = min(overlap, length)
@@ -174,9 +193,10 @@ def tiled_apply(
 ) -> torch.Tensor:
     """Apply fn over overlapping square tiles of x (B, C, H, W) and blend the results with smooth weights.
 
-    fn: (N, C, t, t) -> (N, C', t * out_scale, t * out_scale) (out_scale = VAE factor for decode, 1 / factor for
-    encode, 1 for the transformer). Weights are sum-normalised, so where fn is the identity the result is exactly
-    x. tile / overlap are in x's units (overlap default: tile // 4); tile=None applies fn once. Returns float32.
+    fn: (N, C, t, t) -> (N, C', t * out_scale, t * out_scale) (out_scale: the VAE factor for decode,
+    1 / factor for encode, 1 for the transformer). Weights are sum-normalised, so where fn is the identity
+    the result is exactly x. tile / overlap are in x's units (overlap default: tile // 4); tile=None applies
+    fn once. Returns float32.
     """
     if tile is None or (tile >= x.shape[-2] and tile >= x.shape[-1]):
         return fn(x).float()
@@ -189,8 +209,8 @@ def tiled_apply(
     out, weight_sum = None, torch.zeros(1, 1, oh, ow, device=x.device)
     per_call = max(1, batch_size // b)
     for i in range(0, len(boxes), per_call):
-        group = boxes[i:i + per_call]
-        res = fn(torch.cat([x[:, :, y:y + th, xx:xx + tw] for y, xx in group], 0)).float()
+        group = boxes[i : i + per_call]
+        res = fn(torch.cat([x[:, :, y : y + th, xx : xx + tw] for y, xx in group], 0)).float()
         if out is None:
             out = torch.zeros(b, res.shape[1], oh, ow, device=x.device)
         rth, rtw = res.shape[-2:]
@@ -199,8 +219,8 @@ def tiled_apply(
             wy = tile_weight_1d(rth, oy, oh, o_overlap).to(x.device)
             wx = tile_weight_1d(rtw, ox, ow, o_overlap).to(x.device)
             wt = (wy[:, None] * wx[None, :])[None, None]
-            out[:, :, oy:oy + rth, ox:ox + rtw] += res[k * b:(k + 1) * b] * wt
-            weight_sum[:, :, oy:oy + rth, ox:ox + rtw] += wt
+            out[:, :, oy : oy + rth, ox : ox + rtw] += res[k * b : (k + 1) * b] * wt
+            weight_sum[:, :, oy : oy + rth, ox : ox + rtw] += wt
     return out / weight_sum
 
 
@@ -214,33 +234,19 @@ def tiled_latent_apply(
 def tiled_encode(codec, x: torch.Tensor, tile: int | None, batch_size: int = 1) -> torch.Tensor:
     """E(x) for (B, 3, H, W) in [0, 1], H, W multiples of the factor, in tiles of `tile` latents."""
     f = codec.factor
-    return tiled_apply(codec.encode, x, None if tile is None else tile * f, None if tile is None else
-                       overlap_for(tile) * f, out_scale=1 / f, batch_size=batch_size)
+    return tiled_apply(
+        codec.encode,
+        x,
+        None if tile is None else tile * f,
+        None if tile is None else overlap_for(tile) * f,
+        out_scale=1 / f,
+        batch_size=batch_size,
+    )
 
 
 def tiled_decode(codec, z: torch.Tensor, tile: int | None, batch_size: int = 1) -> torch.Tensor:
     """D(z) -> (B, 3, H, W) float32 in [0, 1], in tiles of `tile` latents blended in pixel space."""
     return tiled_apply(codec.decode, z, tile, out_scale=codec.factor, batch_size=batch_size).clamp_(0, 1)
-
-
-@contextlib.contextmanager
-def vae_tiling(vae, tile: int | None):
-    """Use diffusers' AutoencoderDC tiling with `tile`-latent tiles (stride 3/4 tile) inside the block."""
-    if tile is None:
-        yield
-        return
-    f = int(vae.spatial_compression_ratio)
-    saved = (vae.use_tiling, vae.tile_sample_min_height, vae.tile_sample_min_width,
-             vae.tile_sample_stride_height, vae.tile_sample_stride_width)
-    size, stride = tile * f, (tile - overlap_for(tile)) * f
-    vae.enable_tiling(tile_sample_min_height=size, tile_sample_min_width=size,
-                      tile_sample_stride_height=stride, tile_sample_stride_width=stride)
-    try:
-        yield
-    finally:
-        vae.use_tiling = saved[0]
-        vae.enable_tiling(*saved[1:])
-        vae.use_tiling = saved[0]
 
 
 def is_oom(e: BaseException) -> bool:
@@ -249,7 +255,9 @@ def is_oom(e: BaseException) -> bool:
     )
 
 
-def run_with_oom_retry(fn: Callable[[TilePlan], torch.Tensor], plan: TilePlan) -> tuple[torch.Tensor, TilePlan]:
+def run_with_oom_retry(
+    fn: Callable[[TilePlan], torch.Tensor], plan: TilePlan
+) -> tuple[torch.Tensor, TilePlan]:
     """fn(plan); on out-of-memory halve the tiles and retry until they cannot shrink (then re-raise)."""
     while True:
         try:

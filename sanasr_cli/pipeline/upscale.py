@@ -3,7 +3,7 @@
 Per image, in stages:
   1. probe the header -> output path; skip when a complete output is already there (resume)
   2. read (any mode / bit depth, see data/io.py) and build the prompt (tagger + user prompt + template)
-  3. restore at x4: bicubic x4 -> [tiled] DC-AE encode -> [tiled] one LinearDiT step (Eq. 4) -> [tiled] decode,
+  3. restore at x4: bicubic x4 -> [tiled] DC-AE encode -> [tiled] LinearDiT step (Eq. 4) -> [tiled] decode,
      halving the tiles on out-of-memory
   4. colour fix against the bicubic input; resize to round(scale x size) when scale != 4 (the model is x4;
      like Real-ESRGAN's --outscale); alpha upscaled bicubically on its own and re-attached
@@ -57,11 +57,12 @@ EXTENSIONS = ("png", "auto", "jpg", "webp", "tif")
 
 
 def resize_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, C, H, W) [0, 1] -> (B, C, height, width): bicubic, antialiased when shrinking (no aliasing at --scale < 4)."""
+    """(B, C, H, W) [0, 1] -> (B, C, height, width): bicubic, antialiased when shrinking (--scale < 4)."""
     if image.shape[-2:] == (height, width):
         return image
-    return F.interpolate(image.float(), size=(height, width), mode="bicubic", align_corners=False,
-                         antialias=True).clamp_(0, 1)
+    return F.interpolate(
+        image.float(), size=(height, width), mode="bicubic", align_corners=False, antialias=True
+    ).clamp_(0, 1)
 
 
 def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
@@ -119,7 +120,7 @@ def restore_x4(
     color_fix: str = "wavelet",
     batch_size: int = 1,
 ) -> torch.Tensor:
-    """(B, 3, h, w) LQ in [0, 1] -> (B, 3, 4h, 4w) float32 in [0, 1] on the model's device, following `plan`."""
+    """(B, 3, h, w) LQ in [0, 1] -> (B, 3, 4h, 4w) float32 in [0, 1] on the model's device, per `plan`."""
     codec = model.codec
     x = upsample_bicubic(lq.to(model.device), MODEL_SCALE)
     h, w = x.shape[-2:]
@@ -151,7 +152,9 @@ def upscale_tensor(
     """
     h, w = lq.shape[-2:]
     plan = plan_tiles(model, h * MODEL_SCALE, w * MODEL_SCALE, tile)
-    sr, plan = run_with_oom_retry(lambda p: restore_x4(model, lq[None], [prompt], p, color_fix, batch_size), plan)
+    sr, plan = run_with_oom_retry(
+        lambda p: restore_x4(model, lq[None], [prompt], p, color_fix, batch_size), plan
+    )
     ow, oh = output_size(w, h, scale)
     sr = resize_to(sr, oh, ow)[0].cpu()
     return (sr, plan) if return_plan else sr
@@ -161,12 +164,18 @@ def upscale_tensor(
 
 
 def output_path_for(
-    image: Path, input_root: Path, outdir: Path, ext: str = "png", suffix: str = "",
-    in_format: str | None = None, has_alpha: bool = False,
+    image: Path,
+    input_root: Path,
+    outdir: Path,
+    ext: str = "png",
+    suffix: str = "",
+    in_format: str | None = None,
+    has_alpha: bool = False,
 ) -> Path:
     """OUTDIR/<sub-folders relative to the input folder>/<stem><suffix>.<ext>.
 
-    ext 'auto' keeps the input's format. Transparency needs PNG/WebP/TIFF: an image with alpha asked as jpg (or a
+    ext 'auto' keeps the input's format. Transparency needs PNG/WebP/TIFF: an image with alpha asked as jpg
+    (or a
     BMP/JPEG input under auto) is written as PNG.
     """
     rel = image.relative_to(input_root) if input_root.is_dir() else Path(image.name)
@@ -214,7 +223,7 @@ def upscale_files(
 ) -> list[UpscaleRecord]:
     """Upscale each image into outdir (see the module docstring); one record per input, in input order.
 
-    Consecutive images of one size are restored together, `options.batch_size` at a time, when they are not tiled.
+    Consecutive untiled images of one size are restored together, `options.batch_size` at a time.
     KeyboardInterrupt propagates (outputs already written stay; the one in flight leaves no file).
     """
     records: list[UpscaleRecord] = []
@@ -244,7 +253,9 @@ def upscale_files(
             for it in batch:
                 if it.rec.status == "pending":
                     it.rec.status = "failed"
-                    it.rec.error = it.rec.error or f"{it.path}: {e if isinstance(e, SanaSRError) else _one_line(e)}"
+                    it.rec.error = (
+                        it.rec.error or f"{it.path}: {e if isinstance(e, SanaSRError) else _one_line(e)}"
+                    )
         for it in batch:
             finish(it.rec, it.start)
 
@@ -260,7 +271,9 @@ def upscale_files(
             out = output_path_for(path, input_root, outdir, options.ext, options.suffix, fmt, has_alpha)
             rec.output = str(out)
             if out.resolve() == path.resolve():
-                raise ImageReadError(f"{path}: the output would overwrite the input (choose another -o or --suffix)")
+                raise ImageReadError(
+                    f"{path}: the output would overwrite the input (choose another -o or --suffix)"
+                )
             remove_stale_temps(out)  # left by a killed run (ours carry TEMP_MARK); the output is judged below
             expected = output_size(*size, options.scale)
             if not options.overwrite and out.exists() and is_complete_image(out, expected):
@@ -323,13 +336,20 @@ def _restore_and_write(model: SanaSR, batch: list[_Item], options: UpscaleOption
         )
     for i, it in enumerate(batch):
         ow, oh = output_size(w, h, options.scale)
-        out = resize_to(sr[i:i + 1], oh, ow)[0].cpu()
+        out = resize_to(sr[i : i + 1], oh, ow)[0].cpu()
         alpha = None
         if it.info.alpha is not None:
             alpha = resize_to(upsample_bicubic(it.info.alpha[None], MODEL_SCALE), oh, ow)[0]
         try:
-            write_image(it.out, out, bit_depth=it.info.bit_depth, grayscale=it.info.grayscale, alpha=alpha,
-                        icc_profile=it.info.icc_profile, quality=options.quality)
+            write_image(
+                it.out,
+                out,
+                bit_depth=it.info.bit_depth,
+                grayscale=it.info.grayscale,
+                alpha=alpha,
+                icc_profile=it.info.icc_profile,
+                quality=options.quality,
+            )
             if options.save_prompts:
                 _write_text_atomic(it.out.with_suffix(".txt"), ", ".join(it.tags) + "\n")
         except SanaSRError as e:
@@ -365,7 +385,9 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     return i, n
 
 
-def split_work(files: list[Path], shard: tuple[int, int] = (0, 1), process: tuple[int, int] = (0, 1)) -> list[Path]:
+def split_work(
+    files: list[Path], shard: tuple[int, int] = (0, 1), process: tuple[int, int] = (0, 1)
+) -> list[Path]:
     """This shard's and this process's share of a sorted file list: every file in exactly one share."""
     si, sn = shard
     pi, pn = process
