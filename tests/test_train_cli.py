@@ -262,63 +262,38 @@ def _free_port() -> int:
 
 
 def test_two_processes_with_accelerate_launch_on_paired_data(tmp_path):
-    """A real 2-process DDP run (gloo on CPU) through `accelerate launch`, on LQ/HQ pairs."""
+    """A real 2-process DDP run (gloo on CPU) through `accelerate launch`, on LQ/HQ pairs; then a second
+    launch resumes from checkpoint-1 and must repeat step 2 exactly (per-process RNG states, data shards)."""
     hq = _write_images(tmp_path / "pairs_hq", 4, size=(32, 40))
     lq = tmp_path / "pairs_lq"
     lq.mkdir()
     for p in hq.iterdir():
         Image.open(p).resize((10, 8), Image.BICUBIC).save(lq / p.name)
     run = tmp_path / "run"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "HF_HUB_OFFLINE": "1",
-        "ACCELERATE_USE_CPU": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        "-m",
-        "sanasr_cli",
-        "train",
-        "--pairs",
-        str(lq),
-        str(hq),
-        "-o",
-        str(run),
-        "--max-steps",
-        "2",
-        "--save-every",
-        "2",
-        "--validate-every",
-        "2",
-        "--validation-images",
-        "1",
-        *TINY,
-        "--batch-size",
-        "1",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1",
+           "OMP_NUM_THREADS": "1"}
+
+    def launch(*extra):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), "-m", "sanasr_cli", "train",
+               "--pairs", str(lq), str(hq), "-o", str(run), "--max-steps", "2", "--save-every", "1",
+               "--validate-every", "2", "--validation-images", "1", *TINY, "--batch-size", "1", *extra]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    proc = launch()
     state = json.loads((run / "checkpoint-2" / "train" / "state.json").read_text())
     assert state["num_processes"] == 2 and sorted(state["rng"]) == ["0", "1"]
-    assert len(_losses(run)) == 2  # one writer
+    assert (state["epoch"], state["batch_in_epoch"]) == (0, 2)  # 4 pairs = 2 batches of 1 on each process
+    first = _losses(run)
+    assert len(first) == 2  # one writer
     assert (run / "validation" / "step-0000002.png").is_file()
-    assert proc.stderr.count("saved ") == 1
-
+    assert proc.stderr.count("saved ") == 2
+    proc = launch("--resume", str(run / "checkpoint-1"))
+    assert "resumed from" in proc.stderr
+    assert _losses(run) == first
 
 def test_checkpointing_and_workers_do_not_change_the_losses(short_run, tmp_path):
     """Gradient checkpointing (the frozen-prior pass runs uncheckpointed) and 2 loader workers reproduce
