@@ -199,3 +199,27 @@ def test_index_cache_is_used_and_invalidated(tmp_path):
     assert len(HQImageDataset([root], crop=32, index_cache=cache)) == 2
     cache.write_text("{not json")  # a damaged cache is rebuilt, not fatal
     assert len(HQImageDataset([root], crop=32, index_cache=cache)) == 2
+
+
+def test_a_file_that_fails_to_decode_at_load_time_is_named_and_replaced(tmp_path):
+    root = tmp_path / "pool"
+    good = _save(root / "good.png", 64, 64, 1)
+    bad = _save(root / "bad.png", 64, 64, 2)
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64  # the header parses, the pixel data does not
+    bad.write_bytes(bytes(data))
+    ds = HQImageDataset([root], crop=32)
+    assert len(ds) == 2  # only the header is checked up front
+    index = [k for _, k in ds.items].index("bad.png")
+    with pytest.warns(DatasetWarning, match="bad.png"):
+        item = ds[index]
+    assert item["key"] == "good.png" and item["hq"].shape == (3, 32, 32)
+    assert good.exists()
+
+
+def test_paired_unreadable_pair_is_skipped_and_named(paired):
+    lq_dir, hq_dir = paired
+    (hq_dir / "p1.png").write_text("garbage")
+    with pytest.warns(DatasetWarning, match="p1"):
+        ds = PairedImageDataset(lq_dir, hq_dir, crop=32, scale=4)
+    assert [k for *_, k in ds.items] == ["p0", "p2"] and ds.summary.unreadable[0][0].endswith("p1.png")

@@ -375,3 +375,16 @@ def test_torch_jpeg_tracks_libjpeg():
     # the degrader runs with either backend
     cfg = DegradationConfig(jpeg_backend="pil")
     assert RealESRGANDegrader(cfg)(photo_batch(1, 32), gen(0)).shape == (1, 3, 8, 8)
+
+
+def test_half_precision_input_and_generator_kinds():
+    hq = photo_batch(2, 32)
+    lq = RealESRGANDegrader()(hq.bfloat16(), gen(0))
+    assert lq.dtype == torch.bfloat16 and lq.shape == (2, 3, 8, 8)
+    # the plan for a seed does not depend on the image: same draws for another image of another size
+    deg = RealESRGANDegrader()
+    _, plans_a = deg.degrade(photo_batch(1, 32), gen(5))
+    _, plans_b = deg.degrade(photo_batch(1, 64, seed=3), gen(5))
+    strip = lambda p: {k: ({a: b for a, b in v.items() if a not in ("kernel", "size")} if isinstance(v, dict)  # noqa: E731
+                           else v) for k, v in p.items()}
+    assert strip(plans_a[0]) == strip(plans_b[0])

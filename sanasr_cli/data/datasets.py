@@ -64,7 +64,9 @@ def _header(data: bytes, max_pixels: int) -> tuple[int, int]:
         w, h = im.size
         if w * h > max_pixels:
             raise ValueError(f"{w}x{h} exceeds the {max_pixels / 1e6:.0f} MP limit")
-        orientation = im.getexif().get(0x0112, 1)
+        # EXIF sits in the header of JPEG/WebP/TIFF; Pillow's PNG getexif() decodes the whole image, so PNGs
+        # (whose rare eXIf chunk may come after the pixels) keep their stored size
+        orientation = im.getexif().get(0x0112, 1) if im.format in ("JPEG", "MPO", "WEBP", "TIFF") else 1
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
