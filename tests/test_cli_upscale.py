@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -11,6 +13,15 @@ from sanasr_cli.cli import app
 from tests.conftest import REPO_ROOT
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: on a shared 2-core machine two intra-op threads mostly wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_upscale_folder_sizes_and_exit_code(image_folder, tmp_path):
@@ -84,7 +95,7 @@ def test_help_lists_only_working_commands():
 
 def test_console_script_entry_point_runs(image_folder, tmp_path):
     """`python -m sanasr_cli` as a user would run it (a real process, real files)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out"
     proc = subprocess.run(
         [
