@@ -39,7 +39,7 @@ def make_photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     channels = []
-    for c in range(3):
+    for _ in range(3):
         f1, f2 = rng.uniform(0.02, 0.2, size=2)
         ph = rng.uniform(0, 6.28)
         ch = 0.5 + 0.25 * np.sin(xx * f1 + ph) * np.cos(yy * f2) + 0.2 * (xx / max(width, 1) - 0.5)

@@ -54,8 +54,18 @@ def test_task_losses_terms_and_gradient_only_to_lora(fresh_tiny_model):
     lq, hq = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
     embeds, mask = model.prompts.encode(["tree", "sky"])
     g = torch.Generator().manual_seed(1)
-    terms = compute_task_losses(model.restorer, model.codec, lq, hq, embeds, mask, LossWeights(perceptual=0),
-                                PromptProtocol(), perceptual=None, generator=g)
+    terms = compute_task_losses(
+        model.restorer,
+        model.codec,
+        lq,
+        hq,
+        embeds,
+        mask,
+        LossWeights(perceptual=0),
+        PromptProtocol(),
+        perceptual=None,
+        generator=g,
+    )
     # at init lora_B = 0 so f_theta == f_0: the consistency term is exactly zero
     assert terms.consistency.item() == pytest.approx(0.0, abs=1e-10)
     assert terms.align.item() > 0 and terms.pixel.item() > 0
@@ -73,11 +83,30 @@ def test_calibration_weight_scales_by_omega(tiny_model):
 
     lq, hq = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
     embeds, mask = tiny_model.prompts.encode(["tree"])
-    kw = dict(weights=LossWeights(perceptual=0), protocol=PromptProtocol(), perceptual=None, with_consistency=False)
+    kw = dict(
+        weights=LossWeights(perceptual=0), protocol=PromptProtocol(), perceptual=None, with_consistency=False
+    )
     with torch.no_grad():
-        plain = compute_task_losses(tiny_model.restorer, tiny_model.codec, lq, hq, embeds, mask,
-                                    generator=torch.Generator().manual_seed(5), **kw)
-        cal = compute_task_losses(tiny_model.restorer, tiny_model.codec, lq, hq, embeds, mask,
-                                  generator=torch.Generator().manual_seed(5), calibration_weight=True, **kw)
+        plain = compute_task_losses(
+            tiny_model.restorer,
+            tiny_model.codec,
+            lq,
+            hq,
+            embeds,
+            mask,
+            generator=torch.Generator().manual_seed(5),
+            **kw,
+        )
+        cal = compute_task_losses(
+            tiny_model.restorer,
+            tiny_model.codec,
+            lq,
+            hq,
+            embeds,
+            mask,
+            generator=torch.Generator().manual_seed(5),
+            calibration_weight=True,
+            **kw,
+        )
     assert cal.timestep == plain.timestep
     assert cal.total.item() == pytest.approx(timestep_weight(plain.timestep) * plain.total.item(), rel=1e-5)

@@ -14,7 +14,18 @@ def test_prompt_concatenation_eq12():
 
 
 def test_clean_tags_drops_degradation_dedups_and_limits():
-    raw = ["Tree", "blurry", "tree", " leaf ", "", "None", "jpeg artifacts", "low quality photo", "sky", "branch"]
+    raw = [
+        "Tree",
+        "blurry",
+        "tree",
+        " leaf ",
+        "",
+        "None",
+        "jpeg artifacts",
+        "low quality photo",
+        "sky",
+        "branch",
+    ]
     assert clean_tags(raw) == ["tree", "leaf", "sky", "branch"]
     assert clean_tags(raw, limit=2) == ["tree", "leaf"]
 
@@ -31,10 +42,10 @@ def test_mask_zeroes_degradation_tokens(tiny_model):
     tok = enc.tokenize([prompt])
     tokens = enc.tokenizer.convert_ids_to_tokens(tok["input_ids"][0])
     attn, mask = tok["attention_mask"][0], tok["mask"][0]
-    masked = [t for t, a, m in zip(tokens, attn, mask) if a == 1 and m == 0]
+    masked = [t for t, a, m in zip(tokens, attn, mask, strict=True) if a == 1 and m == 0]
     assert masked == ["blurry", "low", "quality"]
     # "best quality" of the template stays visible; padding stays masked
-    kept = [t for t, m in zip(tokens, mask) if m == 1]
+    kept = [t for t, m in zip(tokens, mask, strict=True) if m == 1]
     assert "best" in kept and "quality" in kept and "tree" in kept and "sky" in kept
     assert attn.sum() < len(attn)  # right padding to max_length
     assert tok["input_ids"].shape[1] == enc.max_length
@@ -43,8 +54,12 @@ def test_mask_zeroes_degradation_tokens(tiny_model):
 def test_mask_can_be_turned_off(tiny_model):
     from sanasr_cli.models.text_encoder import PromptEncoder
 
-    enc = PromptEncoder(tiny_model.prompts.tokenizer, tiny_model.prompts.text_encoder, max_length=32,
-                        mask_degradation_words=False)
+    enc = PromptEncoder(
+        tiny_model.prompts.tokenizer,
+        tiny_model.prompts.text_encoder,
+        max_length=32,
+        mask_degradation_words=False,
+    )
     tok = enc.tokenize(["blurry tree"])
     torch.testing.assert_close(tok["mask"], tok["attention_mask"])
 

@@ -15,7 +15,12 @@ def test_pad_crop_round_trip_on_odd_sizes(tiny_model, size):
     torch.testing.assert_close(codec.crop(padded, h, w), x)
     with torch.no_grad():
         z = codec.encode(padded)
-        assert z.shape == (1, codec.latent_channels, padded.shape[-2] // codec.factor, padded.shape[-1] // codec.factor)
+        assert z.shape == (
+            1,
+            codec.latent_channels,
+            padded.shape[-2] // codec.factor,
+            padded.shape[-1] // codec.factor,
+        )
         y = codec.crop(codec.decode(z), h, w)
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
 

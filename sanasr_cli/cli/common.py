@@ -21,7 +21,9 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise typer.BadParameter(f"unknown device '{device}' (use auto, cpu, cuda, cuda:N)", param_hint="--device")
+        raise typer.BadParameter(
+            f"unknown device '{device}' (use auto, cpu, cuda, cuda:N)", param_hint="--device"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise typer.BadParameter("CUDA was asked for but no CUDA GPU is available", param_hint="--device")
     return dev

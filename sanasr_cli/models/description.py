@@ -52,7 +52,9 @@ class ModelDescription:
         if d.get("format") != FORMAT:
             raise ModelDirError(f"not a sanasr model description (format={d.get('format')!r})")
         if int(d.get("version", 0)) > FORMAT_VERSION:
-            raise ModelDirError(f"model description version {d['version']} is newer than this sanasr understands")
+            raise ModelDirError(
+                f"model description version {d['version']} is newer than this sanasr understands"
+            )
         fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         fields["prompt"] = PromptRule.from_dict(d.get("prompt"))
         return cls(**fields)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from sanasr_cli.prompts.template import DEGRADATION_WORDS, DEFAULT_TEMPLATE
+from sanasr_cli.prompts.template import DEFAULT_TEMPLATE, DEGRADATION_WORDS
 
 SANA_600M_512_HUB_ID = "Efficient-Large-Model/Sana_600M_512px_diffusers"
 BASE_ENV_VAR = "SANASR_BASE"
@@ -202,7 +202,9 @@ def build_local_tokenizer(extra_words: tuple[str, ...] = ()):
 
     specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
     words: list[str] = []
-    for phrase in list(_LOCAL_VOCAB_WORDS) + list(DEGRADATION_WORDS) + DEFAULT_TEMPLATE.split(",") + list(extra_words):
+    for phrase in (
+        list(_LOCAL_VOCAB_WORDS) + list(DEGRADATION_WORDS) + DEFAULT_TEMPLATE.split(",") + list(extra_words)
+    ):
         for w in phrase.replace("-", " - ").lower().split():
             if w not in words and w not in specials:
                 words.append(w)

@@ -106,8 +106,11 @@ def build_random_text(preset: Preset, seed: int):
     cfg = dict(preset.text_encoder)
     if cfg.get("vocab_size") is None:
         cfg["vocab_size"] = len(tokenizer)
-    cfg.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-               eos_token_id=tokenizer.eos_token_id)
+    cfg.update(
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     with _seeded(seed + 2):
         model = Gemma2Model(Gemma2Config(**cfg))
     return tokenizer, model
@@ -136,7 +139,9 @@ def _from_pretrained(component: str, preset: Preset, source: str, loader, subfol
         return loader(source, subfolder=subfolder, **kwargs)
     except (OSError, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MissingWeightsError(component, _looked_in(source, subfolder), _how_to_fix(preset), first_line) from None
+        raise MissingWeightsError(
+            component, _looked_in(source, subfolder), _how_to_fix(preset), first_line
+        ) from None
 
 
 def load_pretrained_base(preset: Preset, source: str, dtype: torch.dtype, need_transformer: bool = True):
@@ -147,14 +152,21 @@ def load_pretrained_base(preset: Preset, source: str, dtype: torch.dtype, need_t
     transformer = None
     if need_transformer:
         transformer = _from_pretrained(
-            "transformer", preset, source, SanaTransformer2DModel.from_pretrained, "transformer", torch_dtype=dtype
+            "transformer",
+            preset,
+            source,
+            SanaTransformer2DModel.from_pretrained,
+            "transformer",
+            torch_dtype=dtype,
         )
     vae = _from_pretrained("vae", preset, source, AutoencoderDC.from_pretrained, "vae", torch_dtype=dtype)
     tokenizer = _from_pretrained("tokenizer", preset, source, AutoTokenizer.from_pretrained, "tokenizer")
     text_encoder = _from_pretrained(
         "text_encoder", preset, source, AutoModel.from_pretrained, "text_encoder", dtype=dtype
     )
-    sched = _from_pretrained("scheduler", preset, source, FlowMatchEulerDiscreteScheduler.load_config, "scheduler")
+    sched = _from_pretrained(
+        "scheduler", preset, source, FlowMatchEulerDiscreteScheduler.load_config, "scheduler"
+    )
     shift = sched.get("flow_shift") or sched.get("shift") or preset.flow_shift
     return transformer, vae, tokenizer, text_encoder, float(shift)
 
@@ -163,7 +175,11 @@ def load_pretrained_base(preset: Preset, source: str, dtype: torch.dtype, need_t
 
 
 def describe_preset(
-    name: str, base: str | None = None, random_weights: bool = False, seed: int = 0, prompt: PromptRule | None = None
+    name: str,
+    base: str | None = None,
+    random_weights: bool = False,
+    seed: int = 0,
+    prompt: PromptRule | None = None,
 ) -> ModelDescription:
     preset = PRESETS[name]
     source = None if (random_weights or preset.hub_id is None) else default_base_source(preset, base)
@@ -232,7 +248,9 @@ def load_model(
     if own_transformer:
         tdir = folder / description.transformer
         if not (tdir / "config.json").is_file():
-            raise ModelDirError(f"{folder}: transformer folder '{description.transformer}' has no config.json")
+            raise ModelDirError(
+                f"{folder}: transformer folder '{description.transformer}' has no config.json"
+            )
         transformer = SanaTransformer2DModel.from_pretrained(str(tdir), torch_dtype=dtype)
     if description.random_weights:
         seed_ = int(description.random_seed or 0)
@@ -252,7 +270,9 @@ def load_model(
     if description.adapter:
         adapter_dir = folder / description.adapter
         if not (adapter_dir / "adapter_config.json").is_file():
-            raise ModelDirError(f"{folder}: adapter folder '{description.adapter}' has no adapter_config.json")
+            raise ModelDirError(
+                f"{folder}: adapter folder '{description.adapter}' has no adapter_config.json"
+            )
         load_adapter(transformer, adapter_dir)
     transformer.eval().requires_grad_(False)
     model = SanaSR(
@@ -319,9 +339,7 @@ def _save_base_transformer(transformer, folder: Path) -> None:
 
         clean = SanaTransformer2DModel.from_config(transformer.config).to(transformer.dtype)
         state = {
-            k.replace(".base_layer", ""): v
-            for k, v in transformer.state_dict().items()
-            if "lora_" not in k
+            k.replace(".base_layer", ""): v for k, v in transformer.state_dict().items() if "lora_" not in k
         }
         clean.load_state_dict(state, strict=True)
         transformer = clean
