@@ -56,5 +56,5 @@ def test_two_processes_split_the_work_and_merge_one_report(image_folder, tmp_pat
     }
     # torchrun prints its own ChildFailedError traceback for any worker exiting 1; none may come from sanasr
     assert (
-        f'File "{REPO_ROOT}' not in proc.stderr and "failed:" in proc.stderr and "broken.png" in proc.stderr
+        f'File "{REPO_ROOT / "sanasr_cli"}' not in proc.stderr and "failed:" in proc.stderr and "broken.png" in proc.stderr
     )
