@@ -191,7 +191,7 @@ def test_missing_weights_offline_names_file_and_folder_and_others_still_run(fold
             "--hr",
             str(hr),
             "--metrics",
-            "psnr,niqe",
+            "psnr,niqe,clipiqa",
             "--json",
             str(js),
             "--device",
@@ -207,10 +207,13 @@ def test_missing_weights_offline_names_file_and_folder_and_others_still_run(fold
     folder = torch_home / "hub" / "pyiqa"
     assert f"weights file niqe_modelparameters.mat is not in {folder}" in err
     assert f"Put niqe_modelparameters.mat into {folder}/" in err
+    # CLIPIQA's CLIP weights come through pyiqa's own urllib loader, into another folder
+    assert f"weights file RN50.pt is not in {torch_home / 'hub' / 'clip'}" in err
     assert "Traceback" not in proc.stderr
     doc = json.loads(js.read_text())
     assert set(doc["means"]) == {"psnr"} and doc["means"]["psnr"] > 15
     assert "niqe_modelparameters.mat" in doc["unavailable_metrics"]["niqe"]
+    assert "RN50.pt" in doc["unavailable_metrics"]["clipiqa"]
     assert not any(folder.glob("*"))  # nothing half-downloaded left behind
 
 

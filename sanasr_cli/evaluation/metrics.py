@@ -212,13 +212,28 @@ def _recording_downloads(attempts: list[tuple[str, str]]):
         attempts.append((str(url), str(dst)))
         return original_hub(url, dst, *args, **kwargs)
 
+    # CLIP-based metrics (clipiqa) fetch the OpenAI CLIP weights with urllib in pyiqa's own clip loader.
+    try:
+        import pyiqa.archs.clip_model as pyiqa_clip
+    except ImportError:
+        pyiqa_clip = None
+    original_clip = getattr(pyiqa_clip, "_download", None)
+
+    def recording_clip(url, root, *args, **kwargs):
+        attempts.append((str(url), str(Path(root) / Path(str(url)).name)))
+        return original_clip(url, root, *args, **kwargs)
+
     torch.hub.download_url_to_file = recording
     pyiqa_download.download_url_to_file = recording
+    if original_clip is not None:
+        pyiqa_clip._download = recording_clip
     try:
         yield
     finally:
         torch.hub.download_url_to_file = original_hub
         pyiqa_download.download_url_to_file = original_pyiqa
+        if original_clip is not None:
+            pyiqa_clip._download = original_clip
 
 
 def _first_line(e: BaseException) -> str:
