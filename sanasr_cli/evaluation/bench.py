@@ -231,7 +231,7 @@ def build_sanasr(
     """
     from sanasr_cli.models.presets import PRESETS
     from sanasr_cli.models.sanasr import (
-        SanaSR,
+        assemble_model,
         build_random_text,
         build_random_transformer,
         build_random_vae,
@@ -245,10 +245,6 @@ def build_sanasr(
         return load_model(spec, device=device, dtype=dtype, base=base, seed=seed)
 
     from diffusers import SanaTransformer2DModel
-
-    from sanasr_cli.models.restorer import OneStepRestorer
-    from sanasr_cli.models.text_encoder import PromptEncoder
-    from sanasr_cli.models.vae import LatentCodec
 
     preset = PRESETS[description.base_preset]
     seed_ = int(description.random_seed or seed)
@@ -266,18 +262,7 @@ def build_sanasr(
         tokenizer, text_encoder = build_random_text(preset, seed_)
     for m in (transformer, vae, text_encoder):
         m.to(dtype=dtype).eval().requires_grad_(False)
-    return SanaSR(
-        codec=LatentCodec(vae),
-        prompts=PromptEncoder(
-            tokenizer,
-            text_encoder,
-            max_length=preset.max_text_length,
-            mask_degradation_words=description.prompt.mask_degradation_words,
-        ),
-        restorer=OneStepRestorer(transformer, tau_g=description.tau_g, flow_shift=description.flow_shift),
-        description=description,
-        source_dir=folder,
-    )
+    return assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder)
 
 
 # ---------------------------------------------------------------- measuring

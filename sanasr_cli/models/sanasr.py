@@ -275,7 +275,15 @@ def load_model(
             )
         load_adapter(transformer, adapter_dir)
     transformer.eval().requires_grad_(False)
-    model = SanaSR(
+    model = assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder)
+    return model.to(device=device, dtype=dtype)
+
+
+def assemble_model(
+    transformer, vae, tokenizer, text_encoder, description: ModelDescription, preset: Preset, folder: Path | None
+) -> SanaSR:
+    """Wrap built components into a SanaSR as the description says (tau_g, shift, prompt rule)."""
+    return SanaSR(
         codec=LatentCodec(vae),
         prompts=PromptEncoder(
             tokenizer,
@@ -287,7 +295,6 @@ def load_model(
         description=description,
         source_dir=folder,
     )
-    return model.to(device=device, dtype=dtype)
 
 
 def save_model_dir(
