@@ -169,3 +169,25 @@ def test_bad_input_is_one_line_exit_2():
         result = runner.invoke(app, ["bench", "--model", "tiny", "--latency", "off", *args])
         assert result.exit_code == 2, (args, result.output)
         assert expected in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+def test_tagger_cost_is_its_own_line(tmp_path):
+    """--tagger clip adds the tagger's params and MACs (counted on meta, like every part) to each size's report."""
+    from sanasr_cli.prompts.clip_tagger import clip_image_macs
+
+    js = tmp_path / "t.json"
+    args = ["bench", "--model", "tiny", "--size", "64", "--size", "128", "--latency", "off", "--device", "cpu"]
+    result = runner.invoke(app, [*args, "--tagger", "clip", "--batch-size", "2", "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    assert "tagger (clip" in result.output
+    reports = json.loads(js.read_text())
+    taggers = [r["tagger"] for r in reports]
+    assert taggers[0] == taggers[1]  # once per input image: independent of the output size
+    assert taggers[0]["macs"] == 2 * clip_image_macs()
+    assert 150e6 < taggers[0]["params"] < 153e6 and 87e6 < taggers[0]["image_params"] < 89e6
+    assert taggers[0]["latency_ms"] is None and "latency not measured" in taggers[0]["note"]
+    assert set(reports[0]["parts"]) == {"vae_encode", "text_encoder", "transformer", "vae_decode"}
+    assert runner.invoke(app, [*args, "--json", str(tmp_path / "p.json")]).exit_code == 0
+    assert "tagger" not in json.loads((tmp_path / "p.json").read_text())[0]
+    bad = runner.invoke(app, [*args, "--tagger", "dape"])
+    assert bad.exit_code == 2 and "clip tagger only" in bad.output

@@ -63,6 +63,12 @@ def _print_report(report: dict) -> None:
             _fmt(ratio["peak_memory_mb"]),
         )
     out.print(table)
+    if "tagger" in report:
+        t = report["tagger"]
+        out.print(
+            f"tagger ({t['name']}, {t['model']}): {_fmt(t['params'], 1e6)} M params, {_fmt(t['macs'], 1e9)} GMACs, "
+            f"latency {_fmt(t['latency_ms'])} ms; {t['note']}."
+        )
     notes = report["notes"]
     for name, sub in report["compare"].items():
         out.print(f"{name}: {sub['pipeline']}.")
@@ -120,6 +126,12 @@ def bench(
         None, "--base", help="Hub id or local folder of the pretrained SANA base (latency with real weights)."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of random weights."),
+    tagger: str = typer.Option(
+        "none", "--tagger", help="Also report the prompt tagger's cost as its own line: none or clip."
+    ),
+    tagger_model: str = typer.Option(
+        None, "--tagger-model", help="CLIP hub id or local folder for --tagger clip (default: ViT-B/32)."
+    ),
 ):
     """Measure parameters, MACs, latency and peak memory of each part (VAE encode, text encoder, transformer,
     VAE decode) and end to end.
@@ -161,6 +173,8 @@ def bench(
         random_weights=random_weights,
         base=base,
         seed=seed,
+        tagger=tagger,
+        tagger_model=tagger_model,
     )
     with console.status("bench ...") as status:
         try:

@@ -383,6 +383,62 @@ class BenchOptions:
     random_weights: bool = False
     base: str | None = None
     seed: int = 0
+    tagger: str = "none"  # none | clip: the prompt tagger Pi, reported as its own line
+    tagger_model: str | None = None  # CLIP hub id or local folder (default: the clip tagger's default)
+
+
+def tagger_cost(options: BenchOptions, device: torch.device) -> dict | None:
+    """Cost of the prompt tagger per image, a line of its own (it runs once per input image, on the LQ input
+    resized to the tagger's resolution, so it does not grow with the output size).
+
+    params/MACs: CLIP image tower + projection counted on the meta device (`clip_image_macs`); the vocabulary's
+    text embeddings are computed once per run and not included. Latency: measured with `measure_tagger` when
+    latency is on and the CLIP weights can be loaded; otherwise null with the reason.
+    """
+    if options.tagger == "none":
+        return None
+    if options.tagger != "clip":
+        raise ValueError(f"bench counts the cost of the clip tagger only (got --tagger {options.tagger})")
+    from transformers import CLIPConfig, CLIPModel
+
+    from sanasr_cli.prompts.clip_tagger import clip_image_macs
+    from sanasr_cli.prompts.taggers import DEFAULT_CLIP_MODEL
+
+    source = options.tagger_model or DEFAULT_CLIP_MODEL
+    if options.tagger_model and Path(options.tagger_model).is_dir():
+        config = CLIPConfig.from_pretrained(options.tagger_model)
+    else:
+        config = CLIPConfig()  # transformers' default CLIPConfig is ViT-B/32 at 224, the default tagger model
+        if source != DEFAULT_CLIP_MODEL:
+            raise ValueError(f"--tagger-model {source}: give a local folder to count a CLIP other than the default")
+    with torch.device("meta"):
+        model = CLIPModel._from_config(config)
+    vision = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("vision_model", "visual_proj")))
+    cost = {
+        "name": "clip",
+        "model": source,
+        "params": sum(p.numel() for p in model.parameters()),
+        "image_params": vision,
+        "macs": clip_image_macs(config) * options.batch_size,
+        "latency_ms": None,
+        "peak_memory_mb": None,
+        "note": "per batch of input images at the tagger's resolution; vocabulary text embeddings excluded",
+    }
+    do, why = _latency_decision(options.latency, device, cost["macs"] / options.batch_size / 1e9)
+    if do:
+        from sanasr_cli.prompts.clip_tagger import ClipTagger
+        from sanasr_cli.prompts.rule import measure_tagger
+
+        try:
+            tagger = ClipTagger(model=source, device=str(device))
+            measured = measure_tagger(tagger, torch.rand(3, 64, 64), repeats=options.repeats)
+            cost["latency_ms"] = measured.median_seconds * 1000 * options.batch_size
+            if measured.peak_cuda_bytes is not None:
+                cost["peak_memory_mb"] = measured.peak_cuda_bytes / 2**20
+        except Exception as e:  # noqa: BLE001 - weights missing offline: report, do not fail the bench
+            why = f"not measured: CLIP weights could not be loaded ({type(e).__name__})"
+    cost["note"] += f"; latency {why}"
+    return cost
 
 
 def _latency_decision(mode: str, device: torch.device, gmacs_per_image: float) -> tuple[bool, str]:
@@ -412,6 +468,7 @@ def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] |
         for p in (meta_ours, *meta_other.values()):
             if size % p.size_multiple:
                 raise ValueError(f"--size {size} is not a multiple of {p.size_multiple} (needed by {p.name})")
+    tagger = tagger_cost(options, device)
     costs: dict[int, dict[str, PipelineCost]] = {}
     for size in options.sizes:
         step(f"counting MACs at {size}x{size}")
@@ -458,6 +515,8 @@ def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] |
             sub.pop("compare")
             sub["ratios"] = ratios(ours, costs[size][name])
             report["compare"][name] = sub
+        if tagger is not None:
+            report["tagger"] = tagger
         reports.append(report)
     return reports
 
