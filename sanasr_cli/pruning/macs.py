@@ -18,7 +18,8 @@ def transformer_macs(
     caption_channels) with a full mask, one timestep per sample.
     """
     from diffusers import SanaTransformer2DModel
-    from torch.utils.flop_counter import FlopCounterMode
+
+    from sanasr_cli.evaluation.bench import count_macs  # one counting rule for bench and prune reports
 
     cfg = {k: v for k, v in dict(config).items() if not k.startswith("_")}
     with torch.device("meta"):
@@ -27,13 +28,13 @@ def transformer_macs(
         text = torch.empty(batch, text_length, cfg["caption_channels"])
         mask = torch.ones(batch, text_length)
         timestep = torch.full((batch,), 900.0)
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(
-            hidden_states=latents,
-            encoder_hidden_states=text,
-            encoder_attention_mask=mask,
-            timestep=timestep,
-            return_dict=False,
+    with torch.no_grad():
+        return count_macs(
+            lambda: model(
+                hidden_states=latents,
+                encoder_hidden_states=text,
+                encoder_attention_mask=mask,
+                timestep=timestep,
+                return_dict=False,
+            )
         )
-    return counter.get_total_flops() // 2
