@@ -123,3 +123,19 @@ def test_same_bytes_in_a_separate_process(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert _bytes(tmp_path / "sub") == _bytes(tmp_path / "inproc")
+
+
+def test_recursive_takes_sub_folders_and_flags_repeated_stems(tmp_path):
+    src = _folder(tmp_path)
+    (src / "sub").mkdir()
+    shutil.copy(REPO_ROOT / "examples" / "hq" / "coffee.png", src / "sub" / "coffee2.png")
+    shutil.copy(REPO_ROOT / "examples" / "hq" / "coffee.png", src / "sub" / "cat.png")  # stem used above
+    out = tmp_path / "o"
+    flat = runner.invoke(app, ["degrade", str(src), "-o", str(tmp_path / "flat"), "--crop", "48"])
+    assert not (tmp_path / "flat" / "hq" / "coffee2.png").exists()  # sub-folders only with -r
+    result = runner.invoke(app, ["degrade", str(src), "-o", str(out), "--crop", "48", "-r"])
+    assert flat.exit_code == 0 and result.exit_code == 1
+    assert Image.open(out / "lq" / "coffee2.png").size == (12, 12)
+    assert "stem 'cat' already used" in result.output
+    inside = runner.invoke(app, ["degrade", str(src), "-o", str(src / "pairs"), "-r"])
+    assert inside.exit_code == 2 and "inside the input folder" in inside.output

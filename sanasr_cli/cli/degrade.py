@@ -34,6 +34,13 @@ def degrade(
     device: str = typer.Option(
         "cpu", "--device", help="cpu (default: reproducible bytes), cuda, cuda:N, auto."
     ),
+    recursive: bool = typer.Option(
+        False,
+        "--recursive",
+        "-r",
+        help="Include sub-folders. Outputs stay flat (OUT/hq/<stem>.png), so stems must be unique: a repeated "
+        "stem fails that file.",
+    ),
 ):
     """Degrade every image of HQ_DIR into an LQ/HQ benchmark pair (e.g. a DIV2K-Val-style set).
 
@@ -50,7 +57,9 @@ def degrade(
 
     if not hq_dir.exists():
         raise fail(f"input {hq_dir} does not exist", EXIT_USAGE)
-    images = list_images(hq_dir)
+    if recursive and hq_dir.is_dir() and output.resolve().is_relative_to(hq_dir.resolve()):
+        raise fail(f"output folder {output} is inside the input folder {hq_dir}; with -r choose another -o", EXIT_USAGE)
+    images = list_images(hq_dir, recursive=recursive)
     if not images:
         raise fail(f"no images found in {hq_dir}", EXIT_USAGE)
     crop_size = None if no_crop else crop
