@@ -318,3 +318,32 @@ def test_prune_merges_an_adapter_first(fresh_tiny_model, tmp_path):
         pruned.transformer.named_parameters(), expected.named_parameters(), strict=True
     ):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_prune_ema_merges_the_ema_adapter(fresh_tiny_model, tmp_path):
+    from sanasr_cli.models.lora import EMA_ADAPTER_DIR, add_lora, lora_config, save_adapter
+    from sanasr_cli.models.merge import merge_model
+    from sanasr_cli.models.sanasr import load_model, save_model_dir
+    from sanasr_cli.pruning.blocks import remove_blocks
+
+    add_lora(fresh_tiny_model.transformer, lora_config(rank=2, alpha=2))
+    lora_b = [p for n, p in fresh_tiny_model.transformer.named_parameters() if "lora_B" in n]
+    with torch.no_grad():
+        for p in lora_b:
+            p.normal_(0, 0.3)
+    adapted = save_model_dir(fresh_tiny_model, tmp_path / "adapted", save_transformer=False)
+    no_ema = _cli("prune", adapted, "-o", tmp_path / "x", "--budget", THREE_BLOCKS, "--strategy", "tail", "--ema")
+    assert no_ema.exit_code == 2 and not (tmp_path / "x").exists(), no_ema.output
+    with torch.no_grad():  # an EMA adapter with other weights, as `train` writes beside adapter/
+        for p in lora_b:
+            p.mul_(-0.5)
+    save_adapter(fresh_tiny_model.transformer, adapted / EMA_ADAPTER_DIR)
+    r = _cli("prune", adapted, "-o", tmp_path / "pruned", "--budget", THREE_BLOCKS, "--strategy", "tail", "--ema")
+    assert r.exit_code == 0, r.output
+    pruned = load_model(tmp_path / "pruned")
+    reference = load_model(adapted)
+    merge_model(reference, ema=True)
+    expected = remove_blocks(reference.transformer, [0, 1, 3])
+    for (name, a), (_, b) in zip(pruned.transformer.named_parameters(), expected.named_parameters(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    assert any(h.get("ema") is True for h in pruned.description.history)

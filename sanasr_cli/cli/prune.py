@@ -75,6 +75,9 @@ def prune(
         None, "--base", help="Hub id or local folder of the SANA base, if not the recorded one."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    ema: bool = typer.Option(
+        False, "--ema", help="Merge the EMA adapter (adapter_ema/ of a training checkpoint) before pruning."
+    ),
     tagger: str = po.TAGGER,
     tagger_weights: Path = po.TAGGER_WEIGHTS,
     tagger_model: str = po.TAGGER_MODEL,
@@ -167,6 +170,7 @@ def prune(
             rule,
             tagger_obj,
             (validate_metrics, protocol),
+            ema=ema,
         )
     except KeyboardInterrupt:
         raise fail(f"interrupted: nothing was written to {output}", EXIT_FAILED) from None
@@ -191,6 +195,7 @@ def _run(
     rule,
     tagger,
     gate,
+    ema: bool = False,
 ) -> int:
     from rich.progress import (
         BarColumn,
@@ -201,6 +206,7 @@ def _run(
         TimeRemainingColumn,
     )
 
+    from sanasr_cli.errors import ModelDirError
     from sanasr_cli.pruning.blocks import block_sizes
     from sanasr_cli.pruning.budget import format_params
     from sanasr_cli.pruning.prune import PruneOptions, merge_if_needed, prune_model, save_pruned
@@ -209,7 +215,10 @@ def _run(
     from sanasr_cli.training.losses import LossWeights, PerceptualLoss
 
     # ---- 2. the budget, before calibration
-    merged = merge_if_needed(model)
+    try:
+        merged = merge_if_needed(model, ema=ema)
+    except ModelDirError as e:  # e.g. --ema on a model without an EMA adapter
+        raise fail(str(e), EXIT_USAGE) from None
     if merged:
         console.print(f"merged the LoRA adapter ({merged['merged_from']}/) before pruning")
     sizes = block_sizes(model.transformer)

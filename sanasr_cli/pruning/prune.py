@@ -55,13 +55,11 @@ def protocol_for(description) -> PromptProtocol:
     return proto
 
 
-def merge_if_needed(model) -> dict | None:
-    """Stage 1: Algorithm 2 prunes the merged dense model."""
+def merge_if_needed(model, ema: bool = False) -> dict | None:
+    """Stage 1: Algorithm 2 prunes the merged dense model (the EMA adapter's weights when `ema`)."""
     if has_adapter(model.transformer):
-        record = merge_model(model)
-        model.description.history.append(
-            {"command": "merge-lora", "input": "(prune)", "ema": False, "scale": 1.0}
-        )
+        record = merge_model(model, ema=ema)
+        model.description.history.append({"command": "merge-lora", "input": "(prune)", "ema": ema, "scale": 1.0})
         return record
     return None
 
