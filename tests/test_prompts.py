@@ -48,7 +48,10 @@ def test_mask_zeroes_degradation_tokens(tiny_model):
     kept = [t for t, m in zip(tokens, mask, strict=True) if m == 1]
     assert "best" in kept and "quality" in kept and "tree" in kept and "sky" in kept
     assert attn.sum() < len(attn)  # right padding to max_length
-    assert tok["input_ids"].shape[1] == enc.max_length
+    # the encoder runs over SANA's instruction + the prompt: len(CHI tokens) + max_length - 2 positions
+    assert tok["input_ids"].shape[1] == enc.token_budget > enc.max_length
+    embeds, m = enc.encode([prompt])
+    assert embeds.shape[1] == m.shape[1] == enc.max_length  # first token + the last max_length - 1
 
 
 def test_mask_can_be_turned_off(tiny_model):

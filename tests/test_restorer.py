@@ -6,7 +6,8 @@ from sanasr_cli.models.schedule import flow_sigma
 
 
 def test_eq4_against_hand_computation(tiny_model):
-    """z_hat = z_L - sigma_{tau_g} * f(z_L, tau_g, c, m), computed here by hand from the raw transformer."""
+    """z_hat = z_L - sigma_{tau_g} * f(z_L, 1000 sigma_{tau_g}, c, m), computed here by hand from the raw
+    transformer (fed 1000 * sigma, as SANA was trained: 964.29 for tau_g = 900, shift 3)."""
     torch.manual_seed(0)
     transformer = tiny_model.transformer
     restorer = OneStepRestorer(transformer, tau_g=900, flow_shift=3.0)
@@ -15,7 +16,7 @@ def test_eq4_against_hand_computation(tiny_model):
     with torch.no_grad():
         v = transformer(
             hidden_states=z, encoder_hidden_states=embeds, encoder_attention_mask=mask,
-            timestep=torch.tensor([900.0, 900.0]), return_dict=False,
+            timestep=torch.tensor([1000 * 2.7 / 2.8] * 2), return_dict=False,
         )[0]
         z_hat = restorer(z, embeds, mask)
     sigma = 3 * 0.9 / (1 + 2 * 0.9)

@@ -135,6 +135,12 @@ def test_short_run_writes_the_expected_files(short_run):
     )  # 2 of 2 batches of epoch 0 consumed
 
 
+def test_a_default_run_records_sanas_conventions(short_run):
+    desc = json.loads((short_run / "checkpoint-2" / "sanasr.json").read_text())
+    assert desc["timestep_convention"] == "sigma*1000"
+    assert desc["prompt"]["complex_human_instruction"] is True
+
+
 def test_checkpoint_is_a_model_for_upscale(short_run, image_folder, tmp_path):
     out = tmp_path / "sr"
     result = runner.invoke(
@@ -315,7 +321,7 @@ def test_gradient_accumulation_ffn_targets_and_file_tagger(tmp_path):
     run = tmp_path / "run"
     args = ["train", "--hq", str(data), "-o", str(run), "--max-steps", "2", "--save-every", "2"]
     args += ["--gradient-accumulation-steps", "2", "--lora-targets", "attn+ffn", "--tagger", "file"]
-    args += ["--validate-every", "2", "--validation-images", "1", *TINY, "--batch-size", "1"]
+    args += ["--validate-every", "2", "--validation-images", "1", *TINY, "--batch-size", "1", "--no-chi"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     state = json.loads((run / "checkpoint-2" / "train" / "state.json").read_text())
@@ -327,3 +333,7 @@ def test_gradient_accumulation_ffn_targets_and_file_tagger(tmp_path):
     assert prompts[0].startswith("tree, red flower, clean, sharp")  # tags from img0.txt, then the template
     desc = json.loads((run / "checkpoint-2" / "sanasr.json").read_text())
     assert desc["prompt"]["tagger"] == "file"  # the run's prompt rule travels with the model
+    assert desc["prompt"]["complex_human_instruction"] is False  # --no-chi is recorded ...
+    from sanasr_cli.models.sanasr import load_model
+
+    assert not load_model(run / "checkpoint-2").prompts.complex_human_instruction  # ... and followed

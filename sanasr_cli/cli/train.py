@@ -160,6 +160,13 @@ def train(
     tag_vocab: Path = TAG_VOCAB,
     template: str = TEMPLATE,
     tag_cache: str = TAG_CACHE,
+    no_chi: bool = typer.Option(
+        False,
+        "--no-chi",
+        rich_help_panel="Prompt",
+        help="Encode prompts without SANA's complex human instruction (recorded in the model's prompt rule). "
+        "Default: prompts are encoded exactly as SanaPipeline.encode_prompt does, as SANA was trained.",
+    ),
     offload_text_encoder: bool = typer.Option(
         False,
         "--offload-text-encoder",
@@ -190,6 +197,8 @@ def train(
     rule = asked_prompt_rule(
         model_rule, tagger, tagger_weights, tagger_model, tag_vocab, template, warn=False
     )
+    if no_chi:
+        rule.complex_human_instruction = False
     config = TrainConfig(
         model=model,
         base=base,

@@ -200,6 +200,10 @@ def build_local_tokenizer(extra_words: tuple[str, ...] = ()):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
+    import re
+
+    from sanasr_cli.models.text_encoder import sana_complex_human_instruction
+
     specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
     words: list[str] = []
     for phrase in (
@@ -208,7 +212,11 @@ def build_local_tokenizer(extra_words: tuple[str, ...] = ()):
         for w in phrase.replace("-", " - ").lower().split():
             if w not in words and w not in specials:
                 words.append(w)
-    words += [",", ".", "-", "!", "?", ":", ";", "'", '"', "(", ")"]
+    # SANA's complex human instruction, split as the Whitespace pre-tokenizer splits it (so it is no run of <unk>)
+    for w in re.findall(r"\w+|[^\w\s]+", "\n".join(sana_complex_human_instruction()).lower()):
+        if w not in words and w not in specials:
+            words.append(w)
+    words += [w for w in (",", ".", "-", "!", "?", ":", ";", "'", '"', "(", ")") if w not in words]
     vocab = {tok: i for i, tok in enumerate(specials + words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()

@@ -1,8 +1,9 @@
 """The one-step LinearDiT restorer (Eq. 4): z_hat = z_L - sigma_{tau_g} f_theta(z_L, tau_g, c, m).
 
 `f_theta` is a diffusers `SanaTransformer2DModel`, optionally carrying a PEFT LoRA adapter; the frozen prior f_0
-is the same module with the adapter disabled (`frozen_prior()`), never a second copy. The transformer receives
-the timestep tau on the 0..1000 scale; sigma_tau comes from the flow schedule with the base model's shift.
+is the same module with the adapter disabled (`frozen_prior()`), never a second copy. Callers speak the paper's
+timestep tau (0..1000); the transformer receives `model_timestep(tau) = 1000 * sigma_tau` in float32, as SANA was
+trained and as diffusers' flow-matching schedulers call it (see models/schedule.py).
 """
 
 from __future__ import annotations
@@ -12,15 +13,22 @@ import contextlib
 import torch
 from diffusers import SanaTransformer2DModel
 
-from sanasr_cli.models.schedule import flow_sigma
+from sanasr_cli.models.schedule import LEGACY_TIMESTEP_CONVENTION, TIMESTEP_CONVENTION, flow_sigma, model_timestep
 
 
 class OneStepRestorer(torch.nn.Module):
-    def __init__(self, transformer: SanaTransformer2DModel, tau_g: float = 900.0, flow_shift: float = 3.0):
+    def __init__(
+        self,
+        transformer: SanaTransformer2DModel,
+        tau_g: float = 900.0,
+        flow_shift: float = 3.0,
+        timestep_convention: str = TIMESTEP_CONVENTION,
+    ):
         super().__init__()
         self.transformer = transformer
         self.tau_g = float(tau_g)
         self.flow_shift = float(flow_shift)
+        self.timestep_convention = timestep_convention  # LEGACY: model folders trained feeding the raw tau
 
     @property
     def sigma_g(self) -> float:
@@ -28,17 +36,20 @@ class OneStepRestorer(torch.nn.Module):
         return float(flow_sigma(self.tau_g, self.flow_shift))
 
     def velocity(
-        self, latents: torch.Tensor, timestep: float | torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor
+        self, latents: torch.Tensor, tau: float | torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """f(z, t, c, m): the transformer's output, shape of `latents`. timestep: a float or a (B,) tensor."""
+        """f(z, tau, c, m): the transformer's output, shape of `latents`. tau: the paper's timestep (0..1000), a
+        float or a (B,) tensor; the transformer is fed 1000 * sigma_tau."""
         dtype = self.transformer.dtype
         b = latents.shape[0]
-        t = torch.as_tensor(timestep, device=latents.device, dtype=torch.float32).reshape(-1).expand(b)
+        tau = torch.as_tensor(tau, device=latents.device, dtype=torch.float32).reshape(-1).expand(b)
+        # float32 up to the model's own sinusoidal embedding (cast to bf16, 999 would become 1000)
+        t = tau if self.timestep_convention == LEGACY_TIMESTEP_CONVENTION else model_timestep(tau, self.flow_shift)
         out = self.transformer(
             hidden_states=latents.to(dtype),
             encoder_hidden_states=embeds.to(dtype),
             encoder_attention_mask=mask,
-            timestep=t.to(dtype),
+            timestep=t,
             return_dict=False,
         )[0]
         return out

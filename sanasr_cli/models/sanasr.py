@@ -290,8 +290,14 @@ def assemble_model(
             text_encoder,
             max_length=preset.max_text_length,
             mask_degradation_words=description.prompt.mask_degradation_words,
+            complex_human_instruction=description.prompt.complex_human_instruction,
         ),
-        restorer=OneStepRestorer(transformer, tau_g=description.tau_g, flow_shift=description.flow_shift),
+        restorer=OneStepRestorer(
+            transformer,
+            tau_g=description.tau_g,
+            flow_shift=description.flow_shift,
+            timestep_convention=description.timestep_convention,
+        ),
         description=description,
         source_dir=folder,
     )
@@ -315,7 +321,9 @@ def save_model_dir(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
     desc = description or model.description
-    desc.tau_g, desc.flow_shift = model.restorer.tau_g, model.restorer.flow_shift  # the restorer is the truth
+    # the restorer is the truth
+    desc.tau_g, desc.flow_shift = model.restorer.tau_g, model.restorer.flow_shift
+    desc.timestep_convention = model.restorer.timestep_convention
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

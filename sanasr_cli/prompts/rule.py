@@ -30,6 +30,8 @@ class PromptRule:
     mask_degradation_words: bool = True
     tag_limit: int = 32
     tagger_options: dict = field(default_factory=dict)
+    # SANA's complex human instruction prepended as SanaPipeline.encode_prompt does (train --no-chi: off)
+    complex_human_instruction: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)

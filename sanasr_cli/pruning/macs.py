@@ -27,7 +27,7 @@ def transformer_macs(
         latents = torch.empty(batch, cfg["in_channels"], latent_height, latent_width)
         text = torch.empty(batch, text_length, cfg["caption_channels"])
         mask = torch.ones(batch, text_length)
-        timestep = torch.full((batch,), 900.0)
+        timestep = torch.full((batch,), 1000 * 2.7 / 2.8)  # 1000 sigma(tau_g = 900); MACs do not depend on it
     with torch.no_grad():
         return count_macs(
             lambda: model(

@@ -141,6 +141,7 @@ def load_model_with_lora(config: TrainConfig, accelerator):
         from sanasr_cli.prompts.rule import PromptRule
 
         model.description.prompt = PromptRule.from_dict(config.prompt_rule)
+        model.prompts.complex_human_instruction = model.description.prompt.complex_human_instruction
     return model
 
 
