@@ -197,10 +197,10 @@ def build_local_tokenizer(extra_words: tuple[str, ...] = ()):
 
     Used by the tiny preset and by real-size random-weight builds (bench), where Gemma's tokenizer is not at hand.
     """
+    import re
+
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
-
-    import re
 
     from sanasr_cli.models.text_encoder import sana_complex_human_instruction
 
