@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sanasr_cli.prompts.template import DEFAULT_TEMPLATE, DEGRADATION_WORDS
 
@@ -142,6 +143,68 @@ _TINY_TEXT = dict(
     eos_token_id=2,
 )
 
+# nano: a small SANA-SR trained here on real photos (benchmarks/nano_recipe.py; model card in models/nano/). Same
+# classes as the real model. The DC-AE is f4c16 (3 stages: 32/64/128 channels) rather than SANA's f32c32: at this
+# size and a CPU budget an f4 autoencoder reconstructs far above the bicubic baseline after minutes of training,
+# while an f8/f16 one caps the SR output near it. The transformer uses patch 2, so it still sees one token per 8x8
+# pixels; 6 LinearDiT blocks of width 128; a 2-layer random (frozen) Gemma-2 of width 64 with the local tokenizer.
+_NANO_TEXT_HIDDEN = 64
+_NANO_TRANSFORMER = dict(
+    in_channels=16,
+    out_channels=16,
+    num_attention_heads=4,
+    attention_head_dim=32,
+    num_layers=6,
+    num_cross_attention_heads=4,
+    cross_attention_head_dim=32,
+    cross_attention_dim=128,
+    caption_channels=_NANO_TEXT_HIDDEN,
+    mlp_ratio=2.5,
+    sample_size=32,
+    patch_size=2,
+    norm_elementwise_affine=False,
+    norm_eps=1e-6,
+)
+_NANO_VAE = dict(
+    in_channels=3,
+    latent_channels=16,
+    attention_head_dim=16,
+    encoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock"),
+    decoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock"),
+    encoder_block_out_channels=(32, 64, 128),
+    decoder_block_out_channels=(32, 64, 128),
+    encoder_layers_per_block=(1, 1, 2),
+    decoder_layers_per_block=(1, 2, 2),
+    encoder_qkv_multiscales=((), (), (5,)),
+    decoder_qkv_multiscales=((), (), (5,)),
+    upsample_block_type="interpolate",
+    downsample_block_type="Conv",
+    decoder_norm_types="rms_norm",
+    decoder_act_fns="silu",
+    scaling_factor=1.0,  # the recipe sets 1 / std of the trained encoder's latents
+)
+_NANO_TEXT = dict(
+    vocab_size=None,  # set from the locally built tokenizer (saved with the weights)
+    hidden_size=_NANO_TEXT_HIDDEN,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+    hidden_activation="gelu_pytorch_tanh",
+    max_position_embeddings=1024,
+    rms_norm_eps=1e-6,
+    query_pre_attn_scalar=32,
+    sliding_window=1024,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+# The shipped nano files live in the package: models/nano/base (diffusers layout, like a local SANA copy) and
+# models/nano/sr (the SANA-SR model directory that `--model nano` loads).
+NANO_DIR = Path(__file__).resolve().parent / "nano"
+SHIPPED_BASE_PREFIX = "shipped:"  # base_source "shipped:nano" = the package's models/nano/base
+
 PRESETS: dict[str, Preset] = {
     "sana-600m-512": Preset(
         name="sana-600m-512",
@@ -162,7 +225,26 @@ PRESETS: dict[str, Preset] = {
         max_text_length=64,
         notes="untrained architecture demo: same classes, tiny configs, random weights from a seed",
     ),
+    "nano": Preset(
+        name="nano",
+        transformer=_NANO_TRANSFORMER,
+        vae=_NANO_VAE,
+        text_encoder=_NANO_TEXT,
+        flow_shift=3.0,
+        hub_id=SHIPPED_BASE_PREFIX + "nano",
+        notes="small SANA-SR trained here on real photos (f4c16 DC-AE, 6-block LinearDiT, 2-layer Gemma-2)",
+    ),
 }
+
+# `--model NAME` for these loads the shipped SANA-SR model directory (the preset of the same name is its base).
+SHIPPED_MODELS: dict[str, Path] = {"nano": NANO_DIR / "sr"}
+
+
+def resolve_base_source(source: str | None) -> str | None:
+    """'shipped:nano' -> the package's models/nano/base folder; anything else unchanged."""
+    if source and source.startswith(SHIPPED_BASE_PREFIX):
+        return str(NANO_DIR.parent / source[len(SHIPPED_BASE_PREFIX) :] / "base")
+    return source
 
 
 def get_preset(name: str) -> Preset:

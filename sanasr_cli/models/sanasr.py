@@ -18,14 +18,16 @@ from pathlib import Path
 import torch
 
 from sanasr_cli.errors import MissingWeightsError, ModelDirError
-from sanasr_cli.models.description import ModelDescription
+from sanasr_cli.models.description import ModelDescription, is_model_dir
 from sanasr_cli.models.lora import load_adapter, save_adapter
 from sanasr_cli.models.presets import (
     BASE_ENV_VAR,
     PRESETS,
+    SHIPPED_MODELS,
     Preset,
     build_local_tokenizer,
     default_base_source,
+    resolve_base_source,
 )
 from sanasr_cli.models.restorer import OneStepRestorer
 from sanasr_cli.models.text_encoder import PromptEncoder
@@ -145,9 +147,11 @@ def _from_pretrained(component: str, preset: Preset, source: str, loader, subfol
 
 
 def load_pretrained_base(preset: Preset, source: str, dtype: torch.dtype, need_transformer: bool = True):
-    """Real components from a hub id or a local diffusers-layout folder."""
+    """Real components from a hub id or a local diffusers-layout folder ('shipped:NAME': the package's own)."""
     from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
     from transformers import AutoModel, AutoTokenizer
+
+    source = resolve_base_source(source)
 
     transformer = None
     if need_transformer:
@@ -195,6 +199,9 @@ def describe_preset(
 def resolve_model(spec: str | Path, base: str | None = None, random_weights: bool = False, seed: int = 0):
     """A preset name or a model directory -> (description, directory or None)."""
     spec_str = str(spec)
+    shipped = SHIPPED_MODELS.get(spec_str)
+    if shipped is not None and is_model_dir(shipped):
+        return ModelDescription.load(shipped), shipped
     if spec_str in PRESETS:
         return describe_preset(spec_str, base=base, random_weights=random_weights, seed=seed), None
     path = Path(spec_str).expanduser()

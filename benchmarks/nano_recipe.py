@@ -1,0 +1,460 @@
+"""Build `nano`, a small SANA-SR, from real photos on a CPU: one command, one seed, resumable stages.
+
+    python benchmarks/nano_recipe.py --work runs/nano            # all stages, then ship into the package
+    python benchmarks/nano_recipe.py --work runs/nano --stage prior   # one stage (the ones before must exist)
+
+Stages (each writes a folder under --work; a finished stage is skipped on rerun, an interrupted one resumes from
+its last checkpoint):
+  1. data         photos that ship inside scikit-image, scikit-learn and matplotlib, split by file into train
+                  and held-out before anything is trained (manifest.json: package, path, SHA-256, split)
+  2. autoencoder  the nano DC-AE (diffusers AutoencoderDC, f4c16) trained as an autoencoder on HQ crops with a
+                  pixel loss (L1 + MSE; no pretrained perceptual network is available offline); its
+                  scaling_factor is set to 1 / std of its latents, as SANA's DC-AE config carries one
+  3. text         a 2-layer Gemma-2 (random, frozen, from the seed) and the local word-level tokenizer, saved as
+                  diffusers-layout text_encoder/ and tokenizer/, and the flow-matching scheduler config (shift 3)
+  4. prior        the nano LinearDiT (diffusers SanaTransformer2DModel) pretrained by flow matching on nano
+                  latents of HQ crops: u ~ logit-normal(0, 1), sigma = s u / (1 + (s - 1) u) with s = 3, the
+                  transformer fed 1000 * sigma (SANA's convention), target eps - z0; conditioned through the real
+                  prompt path (the quality template alone, encoded with SANA's complex human instruction)
+  5. sr           `sanasr train` with the paper's objective on Real-ESRGAN-degraded crops (lambda_p = 0: no LPIPS
+                  weights offline), then `sanasr merge-lora --ema`
+  6. ship         base/ and sr/ copied into sanasr_cli/models/nano/, with the manifest and each stage's report
+Held-out photos are never read by stages 2-5; the evaluation (benchmarks/nano_quality.py) is the only reader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sanasr_cli.models.presets import NANO_DIR, PRESETS, build_local_tokenizer  # noqa: E402
+
+PRESET = PRESETS["nano"]
+
+# (package, path inside the package's data folder, split). Split by file, fixed before any training; the two
+# motorcycle views (one scene) stay on the same side. Held-out: the four photos nothing is trained on.
+PHOTOS = [
+    ("skimage", "astronaut.png", "train"),
+    ("skimage", "rocket.jpg", "train"),
+    ("skimage", "motorcycle_left.png", "train"),
+    ("skimage", "motorcycle_right.png", "train"),
+    ("skimage", "ihc.png", "train"),
+    ("skimage", "brick.png", "train"),
+    ("skimage", "grass.png", "train"),
+    ("skimage", "gravel.png", "train"),
+    ("skimage", "camera.png", "train"),
+    ("skimage", "coins.png", "train"),
+    ("skimage", "moon.png", "train"),
+    ("sklearn", "china.jpg", "train"),
+    ("skimage", "chelsea.png", "heldout"),
+    ("skimage", "coffee.png", "heldout"),
+    ("sklearn", "flower.jpg", "heldout"),
+    ("matplotlib", "grace_hopper.jpg", "heldout"),
+]
+
+
+def package_data_dir(package: str) -> Path:
+    if package == "skimage":
+        import skimage
+
+        return Path(skimage.__file__).parent / "data"
+    if package == "sklearn":
+        import sklearn.datasets
+
+        return Path(sklearn.datasets.__file__).parent / "images"
+    if package == "matplotlib":
+        import matplotlib
+
+        return Path(matplotlib.get_data_path()) / "sample_data"
+    raise ValueError(package)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- 1. data
+
+
+def stage_data(work: Path) -> list[dict]:
+    from PIL import Image
+
+    out = work / "photos"
+    manifest = []
+    for package, rel, split in PHOTOS:
+        src = package_data_dir(package) / rel
+        dst = out / split / (Path(rel).stem + ".png")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            Image.open(src).convert("RGB").save(dst)
+        w, h = Image.open(dst).size
+        manifest.append(
+            dict(package=package, path=rel, sha256=sha256(src), split=split, file=f"{split}/{dst.name}", size=[w, h])
+        )
+    write_json(work / "manifest.json", manifest)
+    log(f"data: {sum(m['split'] == 'train' for m in manifest)} train, "
+        f"{sum(m['split'] == 'heldout' for m in manifest)} held-out photos")
+    return manifest
+
+
+def load_split(work: Path, split: str) -> list[torch.Tensor]:
+    """(3, H, W) uint8 tensors of one split."""
+    from PIL import Image
+
+    return [
+        torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).copy()).permute(2, 0, 1)
+        for p in sorted((work / "photos" / split).glob("*.png"))
+    ]
+
+
+def random_crops(images: list[torch.Tensor], crop: int, n: int, g: torch.Generator) -> torch.Tensor:
+    """n random crops (with random flips) from the images, float in [0, 1], (n, 3, crop, crop)."""
+    out = []
+    for _ in range(n):
+        img = images[int(torch.randint(len(images), (1,), generator=g))]
+        _, h, w = img.shape
+        y = int(torch.randint(h - crop + 1, (1,), generator=g))
+        x = int(torch.randint(w - crop + 1, (1,), generator=g))
+        c = img[:, y : y + crop, x : x + crop]
+        if torch.rand(1, generator=g) < 0.5:
+            c = c.flip(-1)
+        out.append(c)
+    return torch.stack(out).float() / 255
+
+
+# ---------------------------------------------------------------- training helper (resumable loop)
+
+
+def train_loop(name, work, module, steps, lr, step_fn, seed, save_every=100, warmup=50):
+    """AdamW with warmup + cosine decay; a checkpoint (weights, optimizer, step, RNG) every save_every steps."""
+    ckpt = work / "ckpt" / f"{name}.pt"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
+    start, history = 0, []
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        module.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        g.set_state(state["rng"])
+        start, history = int(state["step"]), json.loads(state["history"])
+        log(f"{name}: resumed at step {start}")
+
+    def lr_at(step):
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
+
+    module.train()
+    t0 = time.time()
+    for step in range(start, steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        loss = step_fn(g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        opt.step()
+        history.append(float(loss))
+        if (step + 1) % 25 == 0:
+            recent = sum(history[-25:]) / 25
+            log(f"{name}: step {step + 1}/{steps} loss {recent:.5f} ({(time.time() - t0) / (step + 1 - start):.2f} s/step)")
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            state = dict(
+                model=module.state_dict(), optimizer=opt.state_dict(), rng=g.get_state(), step=torch.tensor(step + 1),
+                history=json.dumps(history),
+            )
+            torch.save(state, str(ckpt) + ".tmp")
+            os.replace(str(ckpt) + ".tmp", ckpt)
+    module.eval()
+    return history
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / F.mse_loss(a.clamp(0, 1), b)))
+
+
+# ---------------------------------------------------------------- 2. autoencoder
+
+
+def stage_autoencoder(work: Path, seed: int, steps: int, batch: int = 8, crop: int = 64) -> dict:
+    from diffusers import AutoencoderDC
+
+    from sanasr_cli.models.vae import LatentCodec
+
+    torch.manual_seed(seed)
+    vae = AutoencoderDC(**PRESET.vae)
+    train = load_split(work, "train")
+
+    def step_fn(g):
+        x = random_crops(train, crop, batch, g) * 2 - 1
+        y = vae.decode(vae.encode(x).latent).sample
+        return F.mse_loss(y, x) + 0.5 * F.l1_loss(y, x)
+
+    start = time.time()
+    history = train_loop("autoencoder", work, vae, steps, 1e-3, step_fn, seed)
+    with torch.no_grad():  # scaling factor: 1 / std of the latents of train crops
+        g = torch.Generator().manual_seed(seed + 1)
+        z = torch.cat([vae.encode(random_crops(train, 128, 8, g) * 2 - 1).latent for _ in range(8)])
+        scaling = float(1 / z.std())
+    vae.register_to_config(scaling_factor=round(scaling, 5))
+    vae.save_pretrained(str(work / "base" / "vae"), safe_serialization=True)
+    report = dict(
+        steps=steps, batch=batch, crop=crop, loss="mse + 0.5 l1 on [-1, 1] pixels", lr=1e-3,
+        seconds=round(time.time() - start, 1), final_loss=sum(history[-50:]) / 50,
+        scaling_factor=round(scaling, 5), latent_mean=float(z.mean()), latent_std=float(z.std()),
+    )
+    # reconstruction PSNR on the held-out photos (measured only; never trained on)
+    codec = LatentCodec(vae)
+    with torch.no_grad():
+        recon = {}
+        for p in sorted((work / "photos" / "heldout").glob("*.png")):
+            x = load_image(p)
+            recon[p.stem] = round(psnr(codec.crop(codec.decode(codec.encode_padded(x)), *x.shape[-2:]), x), 2)
+    report["heldout_reconstruction_psnr"] = recon
+    log(f"autoencoder: {report}")
+    return report
+
+
+def load_image(path: Path) -> torch.Tensor:
+    from PIL import Image
+
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
+
+
+# ---------------------------------------------------------------- 3. text encoder, tokenizer, scheduler
+
+
+def stage_text(work: Path, seed: int) -> dict:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import Gemma2Config, Gemma2Model
+
+    tokenizer = build_local_tokenizer()
+    cfg = dict(PRESET.text_encoder, vocab_size=len(tokenizer))
+    cfg.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed + 2)
+    model = Gemma2Model(Gemma2Config(**cfg))
+    base = work / "base"
+    model.save_pretrained(str(base / "text_encoder"), safe_serialization=True)
+    tokenizer.save_pretrained(str(base / "tokenizer"))
+    FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=PRESET.flow_shift).save_pretrained(
+        str(base / "scheduler")
+    )
+    return dict(vocab=len(tokenizer), params=sum(p.numel() for p in model.parameters()))
+
+
+def prompt_encoder(work: Path):
+    from transformers import AutoModel, AutoTokenizer
+
+    from sanasr_cli.models.text_encoder import PromptEncoder
+
+    base = work / "base"
+    return PromptEncoder(
+        AutoTokenizer.from_pretrained(str(base / "tokenizer")),
+        AutoModel.from_pretrained(str(base / "text_encoder")),
+        max_length=PRESET.max_text_length,
+    )
+
+
+# ---------------------------------------------------------------- 4. prior
+
+
+def stage_prior(work: Path, seed: int, steps: int, batch: int = 16, crop: int = 128, pool: int = 768) -> dict:
+    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
+
+    from sanasr_cli.models.schedule import flow_sigma
+    from sanasr_cli.models.vae import LatentCodec
+    from sanasr_cli.prompts.template import DEFAULT_TEMPLATE, build_prompt
+
+    start = time.time()
+    codec = LatentCodec(AutoencoderDC.from_pretrained(str(work / "base" / "vae")))
+    train = load_split(work, "train")
+    pool_file = work / "ckpt" / "prior_latents.pt"
+    if pool_file.exists():
+        latents = torch.load(pool_file, weights_only=True)
+    else:  # a fixed pool of encoded crops (flips included): the encoder runs once, not every step
+        g = torch.Generator().manual_seed(seed + 3)
+        with torch.no_grad():
+            latents = torch.cat([codec.encode(random_crops(train, crop, 32, g)) for _ in range(pool // 32)])
+        pool_file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(latents, pool_file)
+    prompts = prompt_encoder(work)
+    embeds, mask = prompts.encode([build_prompt([], DEFAULT_TEMPLATE)])
+    torch.manual_seed(seed + 4)
+    transformer = SanaTransformer2DModel(**PRESET.transformer)
+    shift = PRESET.flow_shift
+
+    def step_fn(g):
+        idx = torch.randint(len(latents), (batch,), generator=g)
+        z0 = latents[idx]
+        u = torch.sigmoid(torch.randn(batch, generator=g))  # logit-normal(0, 1)
+        sigma = flow_sigma(u * 1000, shift)
+        eps = torch.randn(z0.shape, generator=g)
+        zt = (1 - sigma.view(-1, 1, 1, 1)) * z0 + sigma.view(-1, 1, 1, 1) * eps
+        v = transformer(
+            hidden_states=zt, encoder_hidden_states=embeds.expand(batch, -1, -1),
+            encoder_attention_mask=mask.expand(batch, -1), timestep=1000 * sigma, return_dict=False,
+        )[0]
+        return F.mse_loss(v, eps - z0)
+
+    history = train_loop("prior", work, transformer, steps, 3e-4, step_fn, seed)
+    transformer.save_pretrained(str(work / "base" / "transformer"), safe_serialization=True)
+    # sanity: 20 Euler steps with diffusers' own scheduler from noise; latent statistics vs the data's
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    sched.set_timesteps(20)
+    g = torch.Generator().manual_seed(seed + 5)
+    z = torch.randn(4, *latents.shape[1:], generator=g)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            v = transformer(hidden_states=z, encoder_hidden_states=embeds.expand(4, -1, -1),
+                            encoder_attention_mask=mask.expand(4, -1), timestep=t.expand(4), return_dict=False)[0]
+            z = sched.step(v, t, z).prev_sample
+        sample = codec.decode(z)
+    from PIL import Image
+
+    grid = (sample.permute(0, 2, 3, 1).reshape(-1, sample.shape[-1], 3).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(grid).save(work / "prior_samples.png")
+    report = dict(
+        steps=steps, batch=batch, crop=crop, latent_pool=len(latents), lr=3e-4, t_sampling="logit-normal(0, 1)",
+        shift=shift, seconds=round(time.time() - start, 1), final_loss=sum(history[-50:]) / 50,
+        first_loss=sum(history[:50]) / 50,
+        data_latents=dict(mean=float(latents.mean()), std=float(latents.std())),
+        sampled_latents=dict(mean=float(z.mean()), std=float(z.std())),
+        params=sum(p.numel() for p in transformer.parameters()),
+    )
+    log(f"prior: {report}")
+    return report
+
+
+# ---------------------------------------------------------------- 5. SR adaptation (sanasr train + merge-lora)
+
+SR_ARGS = dict(crop=96, batch=4, lora_rank=32, lr=5e-4, ema=0.99)
+
+
+def stage_sr(work: Path, seed: int, steps: int, threads: int) -> dict:
+    from sanasr_cli.models.description import ModelDescription
+    from sanasr_cli.models.sanasr import describe_preset
+
+    start = time.time()
+    # the base as a model directory: sanasr.json pointing at work/base (no adapter, the prior's transformer)
+    prior_dir = work / "prior_model"
+    prior_dir.mkdir(exist_ok=True)
+    desc: ModelDescription = describe_preset("nano")
+    desc.base_source = str((work / "base").resolve())
+    desc.save(prior_dir)
+    run = work / "sr_run"
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    cmd = [
+        sys.executable, "-m", "sanasr_cli", "train", "--model", str(prior_dir), "--hq", str(work / "photos" / "train"),
+        "-o", str(run), "--crop", str(SR_ARGS["crop"]), "--batch-size", str(SR_ARGS["batch"]),
+        "--max-steps", str(steps), "--save-every", "100", "--checkpoints-total-limit", "2",
+        "--validate-every", str(steps), "--validation-images", "2", "--log-every", "25",
+        "--lora-rank", str(SR_ARGS["lora_rank"]), "--lora-alpha", str(SR_ARGS["lora_rank"]),
+        "--lora-targets", "attn+ffn", "--lr", str(SR_ARGS["lr"]), "--lr-warmup-steps", "50",
+        "--ema-decay", str(SR_ARGS["ema"]), "--lambda-perceptual", "0", "--precision", "fp32",
+        "--num-workers", "1", "--seed", str(seed), "--protocol", "hq", "--tag-cache", "off",
+    ]
+    last = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if run.exists() else []
+    if last:
+        cmd += ["--resume", "latest"]
+    log("sr: " + " ".join(cmd))
+    subprocess.run(cmd, check=True, env=env, cwd=REPO)
+    final = run / f"checkpoint-{steps}"
+    merged = work / "sr"
+    if merged.exists():
+        shutil.rmtree(merged)
+    subprocess.run([sys.executable, "-m", "sanasr_cli", "merge-lora", str(final), "-o", str(merged), "--ema"],
+                   check=True, env=env, cwd=REPO)
+    log_lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    return dict(
+        steps=steps, **SR_ARGS, lora_targets="attn+ffn", lambda_perceptual=0, protocol="hq",
+        seconds=round(time.time() - start, 1), first_loss=log_lines[0]["loss"], final_loss=log_lines[-1]["loss"],
+        command=" ".join(cmd[2:]),
+    )
+
+
+# ---------------------------------------------------------------- 6. ship
+
+
+def stage_ship(work: Path, reports: dict) -> None:
+    dest = NANO_DIR
+    (dest / "base").mkdir(parents=True, exist_ok=True)
+    for part in ("vae", "text_encoder", "tokenizer", "scheduler", "transformer"):
+        if (dest / "base" / part).exists():
+            shutil.rmtree(dest / "base" / part)
+        shutil.copytree(work / "base" / part, dest / "base" / part)
+    if (dest / "sr").exists():
+        shutil.rmtree(dest / "sr")
+    shutil.copytree(work / "sr", dest / "sr", ignore=shutil.ignore_patterns("*.tmp"))
+    desc = json.loads((dest / "sr" / "sanasr.json").read_text())
+    desc["base_source"] = "shipped:nano"  # the package's own base, wherever it is installed
+    for record in desc.get("history", []):
+        record.pop("source", None)  # absolute paths of this machine
+    (dest / "sr" / "sanasr.json").write_text(json.dumps(desc, indent=2) + "\n")
+    shutil.copy(work / "manifest.json", dest / "manifest.json")
+    write_json(dest / "recipe_report.json", reports)
+    log(f"ship: {dest}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("runs/nano"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--stage", default="all", choices=["all", "data", "autoencoder", "text", "prior", "sr", "ship"])
+    ap.add_argument("--ae-steps", type=int, default=600)
+    ap.add_argument("--prior-steps", type=int, default=600)
+    ap.add_argument("--sr-steps", type=int, default=600)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    reports_file = work / "reports.json"
+    reports = json.loads(reports_file.read_text()) if reports_file.exists() else {}
+
+    def run(stage, fn, done_marker):
+        if args.stage not in ("all", stage):
+            return
+        if stage in reports and done_marker.exists():
+            log(f"{stage}: done already ({done_marker})")
+            return
+        reports[stage] = fn()
+        write_json(reports_file, reports)
+
+    run("data", lambda: dict(photos=len(stage_data(work))), work / "manifest.json")
+    run("autoencoder", lambda: stage_autoencoder(work, args.seed, args.ae_steps), work / "base" / "vae")
+    run("text", lambda: stage_text(work, args.seed), work / "base" / "text_encoder")
+    run("prior", lambda: stage_prior(work, args.seed, args.prior_steps), work / "base" / "transformer")
+    run("sr", lambda: stage_sr(work, args.seed, args.sr_steps, args.threads), work / "sr")
+    if args.stage in ("all", "ship"):
+        stage_ship(work, reports)
+
+
+if __name__ == "__main__":
+    main()
