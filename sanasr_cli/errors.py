@@ -39,3 +39,8 @@ class PairedDataError(DatasetError):
 
 class TaggerUnavailableError(SanaSRError):
     """A prompt tagger cannot be built: its package, weights or vocabulary is missing (the message says which)."""
+
+
+class UnsafeOutputError(SanaSRError):
+    """A write was refused because it could replace or delete something sanasr did not write, or land outside
+    the output folder (the message names the path)."""

@@ -249,7 +249,7 @@ def test_end_to_end_model_eval_reuses_upscale(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in save.iterdir()) == [f"{f.stem}_lr.png" for f in HQ[:1]]
+    assert sorted(p.name for p in save.glob("*.png")) == [f"{f.stem}_lr.png" for f in HQ[:1]]
     doc = json.loads(js.read_text())
     assert doc["model"]["spec"] == "tiny" and doc["model"]["description"]["base_preset"] == "tiny"
     assert (
@@ -263,7 +263,7 @@ def test_end_to_end_model_eval_reuses_upscale(tmp_path):
         ["upscale", str(lq), "-o", str(tmp_path / "up"), "--model", "tiny", "--device", "cpu", *PROMPT_FLAGS],
     )
     assert up.exit_code == 0, up.output
-    for f in save.iterdir():
+    for f in save.glob("*.png"):
         assert f.read_bytes() == (tmp_path / "up" / f.name).read_bytes()
     again = runner.invoke(
         app,

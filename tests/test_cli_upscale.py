@@ -28,9 +28,9 @@ def test_upscale_folder_sizes_and_exit_code(image_folder, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(app, ["upscale", str(image_folder), "-o", str(out), "--model", "tiny"])
     assert result.exit_code == 0, result.output
-    sizes = {p.name: Image.open(p).size for p in out.iterdir()}
+    sizes = {p.name: Image.open(p).size for p in out.glob("*.png")}
     assert sizes == {"a.png": (64, 64), "b.png": (84, 52), "c.png": (48, 80)}
-    assert all(Image.open(p).mode == "RGB" for p in out.iterdir())
+    assert all(Image.open(p).mode == "RGB" for p in out.glob("*.png"))
 
 
 def test_a_bad_file_fails_alone_with_exit_1(image_folder, tmp_path):
@@ -39,7 +39,7 @@ def test_a_bad_file_fails_alone_with_exit_1(image_folder, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(app, ["upscale", str(image_folder), "-o", str(out), "--model", "tiny"])
     assert result.exit_code == 1
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a.png", "b.png", "c.png"]
     assert "broken.png" in result.output and "empty.jpg" in result.output
     assert "Traceback" not in result.output
 
@@ -173,7 +173,7 @@ def test_report_summary_shard_and_pixel_limit(image_folder, tmp_path):
     )
     assert by["c.jpg"]["status"] == "ok" and by["c.jpg"]["tile_plan"]["dit_tiles"] > 1
     assert doc["meta"]["shard"] == "0/2" and doc["meta"]["color_fix"] == "adain"
-    assert sorted(p.name for p in out.iterdir()) == ["c_x4.png"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["c_x4.png"]
     assert "upscale summary" in result.output and "Traceback" not in result.output
     # rerun without the limit: the finished file is skipped, the refused one now done
     result = runner.invoke(app, args[:8] + args[10:])

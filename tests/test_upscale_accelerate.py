@@ -49,7 +49,7 @@ def test_two_processes_split_the_work_and_merge_one_report(image_folder, tmp_pat
     )
     assert {r["process"] for r in doc["records"]} == {0, 1}
     assert doc["meta"]["processes"] == 2 and doc["summary"] == {"inputs": 4, "ok": 3, "failed": 1}
-    assert {p.name: Image.open(p).size for p in out.iterdir()} == {
+    assert {p.name: Image.open(p).size for p in out.glob("*.png")} == {
         "a.png": (64, 64),
         "b.png": (84, 52),
         "c.png": (48, 80),

@@ -109,26 +109,25 @@ def test_a_3x2000_strip_and_a_1x1_image_through_files(tiny_model, tmp_path):
     assert recs[1].tile_plan["dit_tiles"] > 1  # the strip was tiled along its length
 
 
-def test_resume_skips_finished_and_redoes_partial(tiny_model, image_folder, tmp_path):
+def test_resume_skips_finished_and_never_replaces_a_file_it_did_not_write(tiny_model, image_folder, tmp_path):
     out = tmp_path / "out"
     first = upscale_files(tiny_model, sorted(image_folder.iterdir()), image_folder, out, _opts())
     assert [r.status for r in first] == ["ok"] * 3
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     data = (out / "b.png").read_bytes()
-    (out / "b.png").write_bytes(data[: len(data) // 2])  # a partial output (e.g. copied by hand, disk full)
+    (out / "b.png").write_bytes(data[: len(data) // 2])  # changed by hand since sanasr wrote it: the user's now
     (out / f".c.png{TEMP_MARK}.x1y2").write_bytes(b"left by a killed run")
     second = upscale_files(tiny_model, sorted(image_folder.iterdir()), image_folder, out, _opts())
-    assert [r.status for r in second] == ["skipped", "ok", "skipped"]
+    assert [r.status for r in second] == ["skipped", "failed", "skipped"]
+    assert "not written by sanasr" in second[1].error and str(out / "b.png") in second[1].error
+    assert (out / "b.png").read_bytes() == data[: len(data) // 2]  # left as it is
     assert (out / "a.png").stat().st_mtime_ns == stamps["a.png"]
-    assert Image.open(out / "b.png").size == (84, 52)
     assert not list(out.glob(f".*{TEMP_MARK}*"))
-    # a different scale makes the old outputs unfinished (wrong size): redone
+    # a different scale makes sanasr's own old output unfinished (wrong size): redone
     third = upscale_files(tiny_model, [image_folder / "a.png"], image_folder, out, _opts(scale=2))
     assert third[0].status == "ok" and Image.open(out / "a.png").size == (32, 32)
-    forced = upscale_files(
-        tiny_model, [image_folder / "a.png"], image_folder, out, _opts(scale=2, overwrite=True)
-    )
-    assert forced[0].status == "ok"
+    forced = upscale_files(tiny_model, [image_folder / "b.png"], image_folder, out, _opts(overwrite=True))
+    assert forced[0].status == "ok" and Image.open(out / "b.png").size == (84, 52)
 
 
 def test_interrupt_leaves_only_complete_files_and_rerun_resumes(tiny_model, image_folder, tmp_path):
@@ -141,7 +140,7 @@ def test_interrupt_leaves_only_complete_files_and_rerun_resumes(tiny_model, imag
         upscale_files(
             tiny_model, sorted(image_folder.iterdir()), image_folder, out, _opts(), on_done=stop_after_first
         )
-    assert sorted(p.name for p in out.iterdir()) == ["a.png"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a.png"]
     again = upscale_files(tiny_model, sorted(image_folder.iterdir()), image_folder, out, _opts())
     assert [r.status for r in again] == ["skipped", "ok", "ok"]
 
@@ -221,10 +220,10 @@ def test_bad_inputs_fail_alone_with_one_line(tiny_model, image_folder, tmp_path)
     for name, words in expect.items():
         assert by[name].status == "failed" and words in by[name].error and name in by[name].error, by[name]
         assert "\n" not in by[name].error
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png", "c.png"]
     # an output that would overwrite its input fails that file only
     same = upscale_files(tiny_model, [image_folder / "a.png"], image_folder, image_folder, _opts())
-    assert same[0].status == "failed" and "overwrite the input" in same[0].error
+    assert same[0].status == "failed" and "overwrite its own input" in same[0].error
 
 
 def test_shards_and_processes_split_without_overlap():

@@ -204,4 +204,6 @@ def bench(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("bench")(bench)
+    from sanasr_cli.cli.common import one_line_errors
+
+    app.command("bench")(one_line_errors(bench))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from pathlib import Path
 
 import torch
 import typer
@@ -55,3 +57,59 @@ def quiet_libraries() -> None:
     tlog.set_verbosity_error()
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
+
+
+def check_model_output(output: Path, overwrite: bool, inputs: list[Path]) -> None:
+    """The OUT of merge-lora / prune: new, or (with --overwrite) a model directory sanasr wrote that holds no
+    input; anything else is refused with one line (exit 2) before any work."""
+    from sanasr_cli.errors import SanaSRError
+    from sanasr_cli.safe_files import check_replaceable_dir
+
+    for inp in inputs:
+        if output.resolve() == Path(inp).resolve():
+            raise fail("OUT must differ from MODEL_DIR (the input is never overwritten)", EXIT_USAGE)
+    if not (output.exists() or output.is_symlink()):
+        return
+    if not overwrite:
+        raise fail(f"{output} already exists (pass --overwrite to replace it)", EXIT_USAGE)
+    try:
+        check_replaceable_dir(output, inputs)
+    except SanaSRError as e:
+        raise fail(str(e), EXIT_USAGE) from None
+
+
+def one_line_errors(command):
+    """Wrap a subcommand so nothing escapes as a traceback: an error it did not turn into its own message
+    still ends as one line and an exit code (2 for bad input or a refused write, 1 otherwise)."""
+    import click
+
+    @functools.wraps(command)
+    def guarded(*args, **kwargs):
+        from sanasr_cli.errors import (
+            DatasetError,
+            ImageReadError,
+            ModelDirError,
+            SanaSRError,
+            UnsafeOutputError,
+        )
+
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort, SystemExit):
+            raise
+        except (ModelDirError, DatasetError, ImageReadError, UnsafeOutputError) as e:
+            raise fail(str(e), EXIT_USAGE) from None
+        except SanaSRError as e:
+            raise fail(str(e), EXIT_FAILED) from None
+        except OSError as e:  # a full disk, a vanished folder, a permission: name the file, no traceback
+            where = f"{e.filename}: " if e.filename else ""
+            raise fail(f"{where}{e.strerror or e}", EXIT_FAILED) from None
+        except Exception as e:  # noqa: BLE001 - the last net: a bug, said so in one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise fail(
+                f"unexpected {type(e).__name__}{': ' + first if first else ''} (this is a bug in sanasr; "
+                "please report it with the command line)",
+                EXIT_FAILED,
+            ) from None
+
+    return guarded

@@ -116,4 +116,6 @@ def degrade(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("degrade")(degrade)
+    from sanasr_cli.cli.common import one_line_errors
+
+    app.command("degrade")(one_line_errors(degrade))

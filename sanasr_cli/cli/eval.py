@@ -446,4 +446,6 @@ def _rank(run_dir, lq_pairs, lq, spec, out_dir, protocol, dev, precision, base, 
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_command)
+    from sanasr_cli.cli.common import one_line_errors
+
+    app.command("eval")(one_line_errors(eval_command))

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from sanasr_cli.cli.common import EXIT_FAILED, EXIT_USAGE, console, fail, quiet_libraries
+from sanasr_cli.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    check_model_output,
+    console,
+    fail,
+    quiet_libraries,
+)
 
 
 def merge_lora(
@@ -36,10 +43,7 @@ def merge_lora(
     from sanasr_cli.models.sanasr import load_model, save_model_dir
 
     check_model_dir(model_dir)
-    if output.exists() and not overwrite:
-        raise fail(f"{output} already exists (pass --overwrite to replace it)", EXIT_USAGE)
-    if output.resolve() == model_dir.resolve():
-        raise fail("OUT must differ from MODEL_DIR (the input is never overwritten)", EXIT_USAGE)
+    check_model_output(output, overwrite, [model_dir])
     quiet_libraries()
     with console.status(f"loading {model_dir} ..."):
         try:
@@ -73,4 +77,6 @@ def check_model_dir(model_dir: Path) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("merge-lora")(merge_lora)
+    from sanasr_cli.cli.common import one_line_errors
+
+    app.command("merge-lora")(one_line_errors(merge_lora))

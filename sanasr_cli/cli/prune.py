@@ -10,6 +10,7 @@ from sanasr_cli.cli import prompt_options as po
 from sanasr_cli.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
+    check_model_output,
     console,
     fail,
     quiet_libraries,
@@ -116,12 +117,11 @@ def prune(
     for folder in calib or []:
         if not folder.exists():
             raise fail(f"calibration folder {folder} does not exist", EXIT_USAGE)
+    inputs = [*(calib or []), *([validate] if validate is not None else [])]
     if model_dir not in PRESETS:
         check_model_dir(Path(model_dir))
-        if output.resolve() == Path(model_dir).resolve():
-            raise fail("OUT must differ from MODEL_DIR (the input is never overwritten)", EXIT_USAGE)
-    if output.exists() and not overwrite:
-        raise fail(f"{output} already exists (pass --overwrite to replace it)", EXIT_USAGE)
+        inputs.append(Path(model_dir))
+    check_model_output(output, overwrite, inputs)
     if validate is not None:
         from sanasr_cli.evaluation.metrics import PROTOCOLS, UnknownMetricError, parse_metrics
         from sanasr_cli.pruning.validate import PairsError, list_pairs
@@ -331,4 +331,6 @@ def _run(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("prune")(prune)
+    from sanasr_cli.cli.common import one_line_errors
+
+    app.command("prune")(one_line_errors(prune))

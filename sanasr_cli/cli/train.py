@@ -317,4 +317,6 @@ class _TrainProgress:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train)
+    from sanasr_cli.cli.common import one_line_errors
+
+    app.command("train")(one_line_errors(train))

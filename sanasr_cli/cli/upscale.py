@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -23,7 +24,9 @@ EXIT_INTERRUPTED = 130
 
 
 def upscale(
-    input: Path = typer.Argument(..., help="An image file or a folder of images (png, jpg, webp, tif, bmp)."),
+    input: Path = typer.Argument(
+        ..., help="An image file or a folder of images (png, jpg, webp, tif, bmp, gif: first frame)."
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="Folder for the results (never inside INPUT)."),
     model: str = typer.Option(
         "sana-600m-512",
@@ -122,16 +125,25 @@ def upscale(
     Exit code: 0 when every image succeeded (or was already done), 1 when any
     failed (after all others ran), 2 for usage errors, 130 when interrupted.
     """
-    from sanasr_cli.data.io import list_images
-    from sanasr_cli.errors import MissingWeightsError, ModelDirError
+    from sanasr_cli.data.io import list_inputs
+    from sanasr_cli.errors import MissingWeightsError, ModelDirError, SanaSRError
     from sanasr_cli.pipeline.color import COLOR_FIXES
     from sanasr_cli.pipeline.tiling import parse_tile
     from sanasr_cli.pipeline.upscale import EXTENSIONS, parse_shard
     from sanasr_cli.prompts.taggers import TAGGERS
+    from sanasr_cli.safe_files import check_name_part, check_output_file
 
     # 1. check the arguments before anything slow
     if not input.exists():
         raise fail(f"input {input} does not exist", EXIT_USAGE)
+    for flag, value in (("--scale", scale), ("--max-pixels", max_pixels)):
+        if not math.isfinite(value):
+            raise fail(f"{flag} must be a finite number, not {value}", EXIT_USAGE)
+    try:
+        check_name_part(suffix, "--suffix")
+        check_output_file(report, "--report")
+    except SanaSRError as e:
+        raise fail(str(e), EXIT_USAGE) from None
     if tagger is not None and tagger not in TAGGERS:
         raise fail(f"unknown tagger '{tagger}'; known: {', '.join(sorted(TAGGERS))}", EXIT_USAGE)
     if color_fix not in COLOR_FIXES:
@@ -154,12 +166,13 @@ def upscale(
                 EXIT_USAGE,
             )
     _check_writable(output)
-    images = list_images(input, recursive=recursive)
+    images, not_images = list_inputs(input, recursive=recursive)
     if not images:
         raise fail(
             f"no images found in {input}" + ("" if recursive else " (sub-folders need --recursive)"),
             EXIT_USAGE,
         )
+    _refuse_path_conflicts(images, input, output, ext, suffix, max_pixels)
 
     # 2. processes and device
     state = _distributed_state()
@@ -229,6 +242,10 @@ def upscale(
         from accelerate.utils import gather_object
 
         all_records = sorted(gather_object(all_records), key=lambda r: r["input"])
+    if shard_ij == (0, 1):  # every file of the input folder is accounted for: the ones that are not images too
+        from sanasr_cli.pipeline.upscale import UpscaleRecord
+
+        all_records += [UpscaleRecord(input=str(p), status="ignored", note=why).to_dict() for p, why in not_images]
 
     # 5. report and summary (main process only)
     failed = [r for r in all_records if r["status"] == "failed"]
@@ -259,6 +276,18 @@ def upscale(
         raise typer.Exit(EXIT_INTERRUPTED)
     if failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _refuse_path_conflicts(images, input, output, ext, suffix, max_pixels) -> None:
+    """Exit 2 before any work when two inputs would share an output, or an output would land on an input
+    (e.g. `-o` a parent of the input folder) or outside -o: the user must choose, nothing is lost."""
+    from sanasr_cli.pipeline.upscale import UpscaleOptions, plan_outputs
+
+    options = UpscaleOptions(ext=ext, suffix=suffix, max_pixels=int(max_pixels * 1e6))
+    conflicts = [p.error for p in plan_outputs(images, input, output, options) if p.conflict]
+    if conflicts:
+        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        raise fail(f"{conflicts[0]}{more}; nothing was written", EXIT_USAGE)
 
 
 class _nullcontext:
@@ -351,7 +380,7 @@ def _run(sr_model, images, input_root, output, options, rank: int, show: bool):
 def _print_summary(records: list[dict], output: Path, report: Path | None) -> None:
     from rich.table import Table
 
-    counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed")}
+    counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed", "ignored")}
     seconds = sum(r["seconds"] or 0 for r in records if r["status"] == "ok")
     peaks = [r["peak_memory_mb"] for r in records if r.get("peak_memory_mb")]
     table = Table(title="upscale summary", show_header=True, header_style="bold")
@@ -362,7 +391,7 @@ def _print_summary(records: list[dict], output: Path, report: Path | None) -> No
     table.add_column("s / image", justify="right")
     table.add_column("peak MB", justify="right")
     table.add_row(
-        str(len(records)),
+        str(len(records) - counts["ignored"]),
         str(counts["ok"]),
         str(counts["skipped"]),
         f"[red]{counts['failed']}[/]" if counts["failed"] else "0",
@@ -376,9 +405,16 @@ def _print_summary(records: list[dict], output: Path, report: Path | None) -> No
         console.print(
             f"[red]failed (process {r['process']}):[/] {r['error']}", highlight=False, soft_wrap=True
         )
+    if counts["ignored"]:
+        console.print(
+            f"ignored {counts['ignored']} file(s) that are not images (each listed in the report with why)",
+            highlight=False,
+        )
     where = f"outputs in {output}" + (f", report in {report}" if report else "")
     console.print(where, highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("upscale")(upscale)
+    from sanasr_cli.cli.common import one_line_errors
+
+    app.command("upscale")(one_line_errors(upscale))

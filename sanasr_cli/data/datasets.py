@@ -23,10 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from sanasr_cli.data.io import DEFAULT_MAX_PIXELS, list_images, read_image_uint8, uint8_to_tensor
+from sanasr_cli.data.io import (
+    DEFAULT_MAX_PIXELS,
+    list_images,
+    open_image,
+    read_image_uint8,
+    uint8_to_tensor,
+)
 from sanasr_cli.data.resample import upsample_bicubic
 from sanasr_cli.errors import DatasetError, ImageReadError, PairedDataError
 
@@ -60,7 +65,7 @@ def _sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 def _header(data: bytes, max_pixels: int) -> tuple[int, int]:
     """(width, height) from the file header (EXIF rotation applied); raises on anything unusable."""
-    with Image.open(io.BytesIO(data)) as im:
+    with open_image(io.BytesIO(data)) as im:
         w, h = im.size
         if w * h > max_pixels:
             raise ValueError(f"{w}x{h} exceeds the {max_pixels / 1e6:.0f} MP limit")

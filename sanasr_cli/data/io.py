@@ -20,7 +20,6 @@ import contextlib
 import io
 import os
 import struct
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -32,7 +31,11 @@ from PIL import Image, UnidentifiedImageError
 
 from sanasr_cli.errors import ImageReadError, ImageWriteError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+# The only decoders an input file may reach, whatever its name says: Pillow would otherwise pick any of its
+# plugins by content (a PostScript file named .png goes to the EPS plugin, which runs Ghostscript on it).
+# (Camera JPEGs with extra frames still open, as MPO, through the JPEG entry.)
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
 DEFAULT_MAX_PIXELS = 64_000_000  # decompression-bomb guard: refuse inputs whose header claims more pixels
 TEMP_MARK = ".sanasr-tmp"  # in the names of temp files, so a resumed run can recognise and remove stale ones
 
@@ -53,6 +56,7 @@ class ImageInfo:
     grayscale: bool = False
     alpha: torch.Tensor | None = None  # (1, H, W) float32 in [0, 1]
     icc_profile: bytes | None = None
+    frames: int = 1  # frames in the file (animated GIF/WebP/TIFF pages); only the first is read
 
     @property
     def has_alpha(self) -> bool:
@@ -62,17 +66,37 @@ class ImageInfo:
 def list_images(root: Path, recursive: bool = False) -> list[Path]:
     """Image files under `root` (or [root] for a file), sorted, skipping hidden files and folders; links
     are not followed (a symlinked file or folder could lead out of the input tree)."""
+    return list_inputs(root, recursive)[0]
+
+
+def list_inputs(root: Path, recursive: bool = False) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(image files, [(other file, why it is skipped)]) under `root`, both sorted: every file of the walked
+    folders is in exactly one list, so a report can account for each of them."""
     root = Path(root)
     if root.is_file():
-        return [root]
-    found = []
+        return [root], []
+    found, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+        if recursive:
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        else:
+            dirnames[:] = []
         for name in filenames:
             p = Path(dirpath) / name
-            if not name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_symlink():
+            if name.startswith("."):
+                continue  # hidden files (ours included: temp files, the output record) are not inputs
+            if p.is_symlink():
+                skipped.append((p, "a symbolic link (links are not followed)"))
+            elif p.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append((p, f"not an image file name ({', '.join(IMAGE_EXTENSIONS)})"))
+            else:
                 found.append(p)
-    return sorted(found)
+    return sorted(found), sorted(skipped)
+
+
+def open_image(path_or_file) -> Image.Image:
+    """Image.open restricted to ALLOWED_FORMATS (the caller handles UnidentifiedImageError)."""
+    return Image.open(path_or_file, formats=ALLOWED_FORMATS)
 
 
 @contextlib.contextmanager
@@ -103,7 +127,7 @@ def probe_image(
     try:
         if path.stat().st_size == 0:
             raise ImageReadError(f"{path}: empty file (0 bytes)")
-        with _pil_pixel_limit(None), Image.open(path) as im:
+        with _pil_pixel_limit(None), open_image(path) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageReadError(
@@ -120,7 +144,9 @@ def probe_image(
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
     except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not a recognised image file") from None
+        raise ImageReadError(
+            f"{path}: not a recognised image file (read formats: {', '.join(ALLOWED_FORMATS)})"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         raise ImageReadError(
             f"{path}: unreadable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
@@ -134,7 +160,7 @@ def _decode(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
     try:
         if path.stat().st_size == 0:
             raise ImageReadError(f"{path}: empty file (0 bytes)")
-        with _pil_pixel_limit(None), Image.open(path) as im:
+        with _pil_pixel_limit(None), open_image(path) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageReadError(
@@ -143,10 +169,16 @@ def _decode(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
                 )
             mode, fmt = im.mode, im.format
             sixteen = _is_16bit(im)  # before getexif(), which may decode the image and drop the tile info
+            if mode.startswith("I") and _int32_samples(im):
+                raise ImageReadError(
+                    f"{path}: 32-bit integer samples cannot be represented in 8 or 16 bits (refused, not "
+                    "wrapped); convert it to 16-bit first"
+                )
             if mode not in _SUPPORTED_MODES or (mode == "I" and not sixteen):
                 raise ImageReadError(
                     f"{path}: unsupported image mode '{mode}' (use 8/16-bit gray, RGB, RGBA, CMYK)"
                 )
+            frames = int(getattr(im, "n_frames", 1) or 1)
             orientation = im.getexif().get(0x0112, 1)
             icc = im.info.get("icc_profile") or None
             with warnings.catch_warnings():
@@ -162,7 +194,9 @@ def _decode(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
     except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not a recognised image file") from None
+        raise ImageReadError(
+            f"{path}: not a recognised image file (read formats: {', '.join(ALLOWED_FORMATS)})"
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageReadError(f"{path}: refused as a decompression bomb ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
@@ -181,6 +215,7 @@ def _decode(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
         bit_depth=16 if sixteen else 8,
         grayscale=gray,
         icc_profile=icc,
+        frames=frames,
     )
     return array, info
 
@@ -218,6 +253,12 @@ def uint8_to_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255)
 
 
+def _int32_samples(im: Image.Image) -> bool:
+    """True for 32-bit integer pixel data (TIFF 'I;32'/'I;32S' raw modes), which 16 bits cannot hold."""
+    rawmodes = [str(t.args) for t in (im.tile or [])]
+    return any(";32" in r for r in rawmodes)
+
+
 def _read_16bit(path: Path) -> np.ndarray:
     """(H, W) or (H, W, C) uint16, RGB(A) order, no orientation applied (OpenCV ignores EXIF here)."""
     import cv2
@@ -226,8 +267,10 @@ def _read_16bit(path: Path) -> np.ndarray:
     array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
     if array is None:
         raise OSError("truncated or corrupt 16-bit image data")
-    if array.dtype != np.uint16:
-        array = (array.astype(np.uint16) * 257) if array.dtype == np.uint8 else array.astype(np.uint16)
+    if array.dtype == np.uint8:
+        array = array.astype(np.uint16) * 257
+    elif array.dtype != np.uint16:  # int32 / float: a cast would wrap or truncate silently
+        raise ImageReadError(f"{path}: {array.dtype} samples cannot be represented in 16 bits (refused)")
     if array.ndim == 3 and array.shape[2] >= 3:
         array = array[:, :, [2, 1, 0, 3][: array.shape[2]]]  # BGR(A) -> RGB(A)
     return array
@@ -331,6 +374,7 @@ def write_image(
     alpha: torch.Tensor | None = None,
     icc_profile: bytes | None = None,
     quality: int = 95,
+    before_replace=None,
 ) -> None:
     """Write a (3, H, W) (or (1, H, W) gray) [0, 1] image. Atomic: temp file + rename, also on Ctrl-C.
 
@@ -338,6 +382,7 @@ def write_image(
     can (PNG, WebP, TIFF; an error otherwise). bit_depth 16 is honoured for PNG and TIFF, else 8 bits are
     written.
     icc_profile: embedded as it is (PNG, JPEG, WebP, TIFF; 16-bit PNG through an iCCP chunk).
+    before_replace: see safe_files.write_bytes (upscale records its outputs with it).
     """
     path = Path(path)
     fmt = format_for(path)
@@ -351,7 +396,7 @@ def write_image(
     data = (
         _encode_16bit(image, fmt, icc_profile) if sixteen else _encode_8bit(image, fmt, icc_profile, quality)
     )
-    _atomic_write_bytes(path, data)
+    _atomic_write_bytes(path, data, before_replace)
 
 
 def _encode_8bit(image: torch.Tensor, fmt: str, icc: bytes | None, quality: int) -> bytes:
@@ -404,22 +449,13 @@ def _png_with_iccp(png: bytes, icc: bytes) -> bytes:
     return png[:ihdr_end] + chunk + png[ihdr_end:]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _atomic_write_bytes(path: Path, data: bytes, before_replace=None) -> None:
+    from sanasr_cli.safe_files import write_bytes
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}.", dir=path.parent)
+        write_bytes(path, data, temp_mark=TEMP_MARK, before_replace=before_replace)
     except OSError as e:
         raise ImageWriteError(f"{path}: cannot write ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise ImageWriteError(f"{path}: cannot write ({e.strerror or e})") from None
-        raise
 
 
 def remove_stale_temps(output: Path) -> int:
@@ -435,16 +471,10 @@ def remove_stale_temps(output: Path) -> int:
 def is_complete_image(path: Path, size: tuple[int, int] | None = None) -> bool:
     """True when `path` decodes completely (a truncated file does not) and, if given, has size (w, h)."""
     try:
-        with _pil_pixel_limit(None), Image.open(path) as im:
+        with _pil_pixel_limit(None), open_image(path) as im:
             if size is not None and im.size != tuple(size):
                 return False
             im.load()
         return True
     except Exception:
         return False
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

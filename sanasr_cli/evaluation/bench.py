@@ -553,8 +553,7 @@ def _report(size, options, device, cost: PipelineCost, latency_note: str, descri
 
 def plot_reports(reports: list[dict], path: str | Path) -> None:
     """PNG of MACs and latency against resolution, for SANA-SR and each compared pipeline (atomic write)."""
-    import os
-    import tempfile
+    import io
 
     import matplotlib
 
@@ -593,16 +592,11 @@ def plot_reports(reports: list[dict], path: str | Path) -> None:
             ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    from sanasr_cli.safe_files import write_bytes
+
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=120, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fig.savefig(buf, dpi=120, format="png")
     finally:
         plt.close(fig)
+    write_bytes(path, buf.getvalue())  # atomic, through links, never replacing a special file

@@ -156,9 +156,9 @@ def apply_protocol(image: torch.Tensor, protocol: str) -> torch.Tensor:
 
 def oriented_size(path: Path) -> tuple[int, int]:
     """(width, height) as read_image will return it (EXIF rotation by 90/270 degrees swaps them)."""
-    from PIL import Image
+    from sanasr_cli.data.io import open_image
 
-    with Image.open(path) as im:
+    with open_image(path) as im:
         w, h = im.size
         orientation = im.getexif().get(0x0112, 1)
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)

@@ -34,8 +34,9 @@ def upscale_pairs(
     from sanasr_cli.pipeline.upscale import upscale_files
 
     lq_dir, save_dir = Path(lq_dir).resolve(), Path(save_dir).resolve()
-    # upscale skips finished outputs (resume); scores must come from this model's outputs only
-    options = dataclasses.replace(options, overwrite=True)
+    # upscale skips finished outputs (resume); scores must come from this model's outputs only. `redo`, not
+    # `overwrite`: a file in the save folder that sanasr did not write is still never replaced
+    options = dataclasses.replace(options, redo=True)
     records = upscale_files(model, [p.sr for p in lq_pairs], lq_dir, save_dir, options, on_done=on_done)
     by_input = {Path(r.input): r for r in records}
     out, failed = [], []

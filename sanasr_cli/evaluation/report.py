@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from sanasr_cli.evaluation.metrics import CONVERSION_RULE, PATCH_SIZE, EvalResult, finite
@@ -82,18 +80,10 @@ def _fmt(x: float | None) -> str:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write text via a temp file in the same folder and os.replace, so no half-written report is left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write text without a half-written file, through links, never replacing a special file (safe_files)."""
+    from sanasr_cli.safe_files import write_text
+
+    write_text(path, text)
 
 
 def write_json(path: str | Path, data) -> None:

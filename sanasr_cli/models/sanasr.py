@@ -324,9 +324,12 @@ def save_model_dir(
     the directory refers to the base transformer. A LoRA adapter on the transformer is saved as `adapter/`.
     extra_files: {relative name: text} written into the directory before it is renamed into place (reports).
     """
+    from sanasr_cli.safe_files import check_replaceable_dir
+
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+    check_replaceable_dir(out)  # --overwrite only ever replaces a model directory sanasr wrote
     desc = description or model.description
     # the restorer is the truth
     desc.tau_g, desc.flow_shift = model.restorer.tau_g, model.restorer.flow_shift
@@ -345,9 +348,13 @@ def save_model_dir(
         desc.save(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        if out.exists():  # set the old one aside first: a failed rename leaves it where it was
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

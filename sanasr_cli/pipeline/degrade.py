@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -22,6 +20,7 @@ import torch
 from sanasr_cli.data.degradation import RealESRGANDegrader
 from sanasr_cli.data.io import read_image, write_image
 from sanasr_cli.errors import SanaSRError
+from sanasr_cli.safe_files import write_text
 
 
 @dataclass
@@ -118,15 +117,7 @@ def write_manifest(
         "config": degrader.config.to_dict(),
         "files": [_manifest_row(r, path.parent) for r in records],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".degradation.", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(body, f, indent=1, default=_jsonable)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, json.dumps(body, indent=1, default=_jsonable))
 
 
 def _manifest_row(rec: DegradeRecord, outdir: Path) -> dict:

@@ -14,10 +14,8 @@ A file that fails is recorded with a one-line error and the run goes on; each in
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +26,7 @@ import torch.nn.functional as F
 
 from sanasr_cli.data.io import (
     DEFAULT_MAX_PIXELS,
+    TEMP_MARK,
     ImageInfo,
     format_for,
     is_complete_image,
@@ -37,7 +36,7 @@ from sanasr_cli.data.io import (
     write_image,
 )
 from sanasr_cli.data.resample import upsample_bicubic  # noqa: F401  (re-exported: its old home)
-from sanasr_cli.errors import ImageReadError, SanaSRError
+from sanasr_cli.errors import ImageReadError, SanaSRError, UnsafeOutputError
 from sanasr_cli.models.sanasr import SanaSR
 from sanasr_cli.pipeline.color import color_fix as apply_color_fix
 from sanasr_cli.pipeline.tiling import (
@@ -51,9 +50,11 @@ from sanasr_cli.pipeline.tiling import (
 from sanasr_cli.prompts.rule import PromptRule, tag_files, tagger_from_rule
 from sanasr_cli.prompts.taggers import Tagger
 from sanasr_cli.prompts.template import build_prompt, clean_tags
+from sanasr_cli.safe_files import OutputLedger, write_bytes, write_text
 
 MODEL_SCALE = 4  # SANA-SR is an x4 model; other --scale values resize its output
 EXTENSIONS = ("png", "auto", "jpg", "webp", "tif")
+WRITE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp")  # what --ext auto may keep
 
 
 def resize_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -80,7 +81,8 @@ class UpscaleOptions:
     batch_size: int = 1
     ext: str = "png"  # png | auto (the input's format) | jpg | webp | tif
     suffix: str = ""
-    overwrite: bool = False
+    overwrite: bool = False  # redo finished outputs and replace files sanasr did not write
+    redo: bool = False  # redo finished outputs, but never replace a file sanasr did not write (eval)
     max_pixels: int = DEFAULT_MAX_PIXELS
     save_prompts: bool = False
     quality: int = 95  # JPEG / WebP
@@ -93,8 +95,9 @@ class UpscaleRecord:
 
     input: str
     output: str | None = None
-    status: str = "pending"  # ok | skipped | failed
+    status: str = "pending"  # ok | skipped (done before) | failed | ignored (not an image: see note)
     error: str | None = None
+    note: str | None = None  # e.g. why a file was ignored, or "animated GIF: first of N frames"
     input_size: tuple[int, int] | None = None  # (width, height)
     output_size: tuple[int, int] | None = None
     mode: str | None = None  # input mode, e.g. RGB, L, RGBA, CMYK, I;16 (+ bit depth)
@@ -181,11 +184,65 @@ def output_path_for(
     rel = image.relative_to(input_root) if input_root.is_dir() else Path(image.name)
     if ext == "auto":
         suffix_ext = image.suffix.lower().lstrip(".") or "png"
+        if suffix_ext not in WRITE_EXTENSIONS:  # e.g. gif: read, never written
+            suffix_ext = "png"
     else:
         suffix_ext = ext
     if has_alpha and format_for(f"x.{suffix_ext}") not in ("PNG", "WEBP", "TIFF"):
         suffix_ext = "png"
     return outdir / rel.parent / f"{rel.stem}{suffix}.{suffix_ext}"
+
+
+@dataclass
+class PlannedOutput:
+    input: Path
+    output: Path | None = None
+    size: tuple[int, int] | None = None  # input (width, height)
+    error: str | None = None  # why this input cannot be done (one line naming the file)
+    conflict: bool = False  # the error is a clash of paths (not a bad file): commands refuse it up front
+
+
+def plan_outputs(
+    images: Iterable[Path], input_root: Path, outdir: Path, options: UpscaleOptions
+) -> list[PlannedOutput]:
+    """Stage 1 for every input, before any work: header -> output path, with the guards that keep the
+    user's files safe. An output must lie under `outdir` once resolved, may not be (or resolve to) any input
+    of the run, and may not be shared by two inputs (all of them fail, naming each other)."""
+    from sanasr_cli.safe_files import check_confined, check_name_part
+
+    check_name_part(options.suffix, "--suffix")
+    images = [Path(p) for p in images]
+    inputs = {p.resolve(): p for p in images}
+    plans: list[PlannedOutput] = []
+    for path in images:
+        plan = PlannedOutput(path)
+        plans.append(plan)
+        try:
+            size, fmt, has_alpha = probe_image(path, options.max_pixels)
+            plan.size = size
+            out = output_path_for(path, input_root, outdir, options.ext, options.suffix, fmt, has_alpha)
+            plan.output = out
+            real = check_confined(out, outdir, what=f"{path}: output")
+            if real in inputs:
+                what = "its own input" if inputs[real] == path else f"the input {inputs[real]}"
+                raise UnsafeOutputError(
+                    f"{path}: the output {out} would overwrite {what} (choose another -o or --suffix)"
+                )
+        except UnsafeOutputError as e:
+            plan.error, plan.conflict = str(e), True
+        except SanaSRError as e:
+            plan.error = str(e)
+    by_output: dict[Path, list[PlannedOutput]] = {}
+    for plan in plans:
+        if plan.output is not None and plan.error is None:
+            by_output.setdefault(plan.output.resolve(), []).append(plan)
+    for group in by_output.values():
+        if len(group) > 1:
+            names = ", ".join(str(g.input) for g in group)
+            for g in group:
+                g.error = f"{g.input}: inputs {names} would all be written to {g.output} (rename one)"
+                g.conflict = True
+    return plans
 
 
 def _peak_memory(device: torch.device) -> tuple[float, str]:
@@ -248,7 +305,7 @@ def upscale_files(
         batch = list(pending)
         pending.clear()
         try:
-            _restore_and_write(model, batch, options)
+            _restore_and_write(model, batch, options, ledger)
         except (SanaSRError, RuntimeError, ValueError, OSError) as e:
             for it in batch:
                 if it.rec.status == "pending":
@@ -259,27 +316,40 @@ def upscale_files(
         for it in batch:
             finish(it.rec, it.start)
 
-    # stage 1: headers only -> output paths; finished outputs are skipped (resume)
+    # stage 1: headers only -> output paths (guarded, see plan_outputs); finished outputs are skipped (resume),
+    # and only a file this tool wrote there (the ledger says so) is ever replaced without --overwrite
+    ledger = OutputLedger(outdir)
     todo: list[tuple[UpscaleRecord, Path, Path]] = []
-    for path in map(Path, images):
+    for plan in plan_outputs(images, input_root, outdir, options):
+        path = plan.input
         rec = UpscaleRecord(input=str(path), process=process_index)
         records.append(rec)
         start = time.perf_counter()
+        rec.input_size = plan.size
+        rec.output = str(plan.output) if plan.output is not None else None
         try:
-            size, fmt, has_alpha = probe_image(path, options.max_pixels)
-            rec.input_size = size
-            out = output_path_for(path, input_root, outdir, options.ext, options.suffix, fmt, has_alpha)
-            rec.output = str(out)
-            if out.resolve() == path.resolve():
-                raise ImageReadError(
-                    f"{path}: the output would overwrite the input (choose another -o or --suffix)"
-                )
+            if plan.error:
+                raise ImageReadError(plan.error)
+            out = plan.output
             remove_stale_temps(out)  # left by a killed run (ours carry TEMP_MARK); the output is judged below
-            expected = output_size(*size, options.scale)
-            if not options.overwrite and out.exists() and is_complete_image(out, expected):
-                rec.status, rec.output_size = "skipped", expected
-                finish(rec, start)
-                continue
+            expected = output_size(*plan.size, options.scale)
+            if out.exists() or out.is_symlink():
+                if not options.overwrite and not ledger.owns(out):
+                    raise ImageReadError(
+                        f"{path}: {out} already exists and was not written by sanasr: it is left as it is "
+                        "(move it, or pass --overwrite to replace it)"
+                    )
+                if not (options.overwrite or options.redo) and is_complete_image(out, expected):
+                    rec.status, rec.output_size = "skipped", expected
+                    finish(rec, start)
+                    continue
+            if options.save_prompts:
+                txt = out.with_suffix(".txt")
+                if (txt.exists() or txt.is_symlink()) and not options.overwrite and not ledger.owns(txt):
+                    raise ImageReadError(
+                        f"{path}: {txt} already exists and was not written by sanasr (--save-prompts would "
+                        "replace it; move it, or pass --overwrite)"
+                    )
         except (SanaSRError, RuntimeError, ValueError, OSError) as e:
             failed(rec, path, e, start)
             continue
@@ -295,6 +365,8 @@ def upscale_files(
         try:
             lq, info = read_image(path, options.max_pixels)
             rec.mode = info.mode + (f" {info.bit_depth}-bit" if info.bit_depth != 8 else "")
+            if info.frames > 1:
+                rec.note = f"{info.frames} frames (animated): the first frame was upscaled"
             tags = clean_tags(tagger.tags(lq, path), limit=options.prompt_rule.tag_limit)
             rec.prompt = build_prompt(tags, options.prompt_rule.template, options.user_prompt)
         except (SanaSRError, RuntimeError, ValueError, OSError) as e:
@@ -311,7 +383,9 @@ def upscale_files(
     return records
 
 
-def _restore_and_write(model: SanaSR, batch: list[_Item], options: UpscaleOptions) -> None:
+def _restore_and_write(
+    model: SanaSR, batch: list[_Item], options: UpscaleOptions, ledger: OutputLedger | None = None
+) -> None:
     """Stages 3-5 for images of one size; on an OOM the tiles shrink (a batch of several first splits up)."""
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.device)
@@ -328,7 +402,7 @@ def _restore_and_write(model: SanaSR, batch: list[_Item], options: UpscaleOption
             if not is_oom(e):
                 raise
             for it in batch:  # one at a time, with the usual tile fallback
-                _restore_and_write(model, [it], options)
+                _restore_and_write(model, [it], options, ledger)
             return
     else:
         sr, plan = run_with_oom_retry(
@@ -349,24 +423,19 @@ def _restore_and_write(model: SanaSR, batch: list[_Item], options: UpscaleOption
                 alpha=alpha,
                 icc_profile=it.info.icc_profile,
                 quality=options.quality,
+                before_replace=ledger.recorder(it.out) if ledger else None,
             )
             if options.save_prompts:
-                _write_text_atomic(it.out.with_suffix(".txt"), ", ".join(it.tags) + "\n")
+                txt = it.out.with_suffix(".txt")
+                data = (", ".join(it.tags) + "\n").encode("utf-8")
+                write_bytes(txt, data, TEMP_MARK, ledger.recorder(txt) if ledger else None)
+        except OSError as e:
+            it.rec.status, it.rec.error = "failed", f"{it.path}: cannot write ({e.strerror or e})"
+            continue
         except SanaSRError as e:
             it.rec.status, it.rec.error = "failed", str(e)
             continue
         it.rec.status, it.rec.output_size, it.rec.tile_plan = "ok", (ow, oh), plan.to_dict()
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- work split and report
@@ -401,5 +470,4 @@ def write_report(path: Path, records: list[dict], meta: dict) -> None:
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     doc = {"meta": meta, "summary": {"inputs": len(records), **counts}, "records": records}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(path, json.dumps(doc, indent=2, default=str) + "\n")
+    write_text(path, json.dumps(doc, indent=2, default=str) + "\n")

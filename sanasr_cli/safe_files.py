@@ -1,0 +1,204 @@
+"""The rules that keep a user's files safe, in one place (every command uses these helpers, never copies).
+
+- `check_name_part`: a piece of a file name built from user input (`--suffix`) holds no path separator or `..`.
+- `check_confined`: an output path, once resolved (links included), lies under its output folder.
+- `check_output_file`: a report path (`--json`, `--csv`, `--report`, `--plot`) can be written: checked before
+  any work starts, not after it.
+- `write_bytes` / `write_text`: a regular file (or a new one) is replaced atomically (temp file + rename); a
+  symlink is written through (its target is replaced, the link stays); a special file (`/dev/stdout`, a FIFO,
+  `/dev/full`) is written in place, never replaced by a regular file; a folder is refused.
+- `check_replaceable_dir`: what `--overwrite` may delete: only a model directory sanasr wrote (its `sanasr.json`
+  and the entries sanasr puts there, nothing else), never an input nor a folder holding an input.
+- `OutputLedger`: the record of the files `upscale` wrote into an output folder, so a rerun replaces only
+  those (anything else there is the user's and is never replaced without `--overwrite`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from sanasr_cli.errors import UnsafeOutputError
+
+LEDGER_FILE = ".sanasr-outputs.jsonl"
+
+
+# ---------------------------------------------------------------- names and places
+
+
+def check_name_part(value: str, flag: str) -> str:
+    """`value` (e.g. --suffix) as a safe part of a file name: no separator, no `..`, no NUL."""
+    if any(c in value for c in ("/", "\\", "\x00")) or ".." in value:
+        raise UnsafeOutputError(
+            f"{flag} {value!r} may not contain '/', '\\' or '..' (it is part of a file name, not a path)"
+        )
+    return value
+
+
+def check_confined(path: Path, root: Path, what: str = "output") -> Path:
+    """`path` resolved (symlinks followed); UnsafeOutputError unless it lies under `root` (resolved)."""
+    resolved, base = Path(path).resolve(), Path(root).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise UnsafeOutputError(f"{what} {path} resolves to {resolved}, outside the output folder {root}")
+    return resolved
+
+
+def check_output_file(path: str | Path | None, flag: str) -> None:
+    """Fail now (UnsafeOutputError, one line) when a report file cannot be written at `path`: it is a folder,
+    a parent is a file, or the nearest existing folder is not writable. '-' (stdout) and None pass."""
+    if path is None or str(path) == "-":
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise UnsafeOutputError(f"{flag} {p} is a folder, not a file")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise UnsafeOutputError(f"{flag} {p} is not writable")
+    target = p.resolve() if p.is_symlink() else p.absolute()
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UnsafeOutputError(f"{flag} {p}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UnsafeOutputError(f"{flag} {p}: folder {parent} is not writable")
+            return
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes(
+    path: str | Path,
+    data: bytes,
+    temp_mark: str = "",
+    before_replace: Callable[[os.stat_result], None] | None = None,
+) -> None:
+    """Write `data` to `path` without ever turning what is there into something else (see the module doc).
+
+    temp_mark: put in the temp file's name (so a later run can tell its own leftovers). before_replace: called
+    with the finished temp file's stat just before the rename (the rename keeps size, mtime and inode).
+    Raises OSError (callers turn it into their one-line error).
+    """
+    path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()  # write through the link: the user's link stays a link
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise IsADirectoryError(21, "is a folder", str(path))
+    if mode is not None and not stat.S_ISREG(mode):  # a device or FIFO: in place, never replaced
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{temp_mark}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
+        if before_replace is not None:
+            before_replace(os.stat(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str, temp_mark: str = "") -> None:
+    write_bytes(path, text.encode("utf-8"), temp_mark)
+
+
+# ---------------------------------------------------------------- replacing folders (--overwrite)
+
+# What sanasr itself puts in a model directory (see models/description.py): anything else in a folder means
+# it is not (only) ours, and --overwrite must not delete it.
+MODEL_DIR_ENTRIES = {"sanasr.json", "transformer", "adapter", "adapter_ema", "prune_report.json"}
+
+
+def check_replaceable_dir(out: str | Path, inputs: Iterable[str | Path] = ()) -> None:
+    """UnsafeOutputError unless deleting `out` (for --overwrite) can only lose what sanasr wrote there."""
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UnsafeOutputError(f"{out} exists and is not a folder (a file or link): it is never replaced")
+    if not out.exists():
+        return
+    real = out.resolve()
+    for inp in inputs:
+        i = Path(inp).resolve()
+        if i == real or real in i.parents:
+            raise UnsafeOutputError(f"{out} is (or holds) the input {inp}: it is never replaced")
+    if not (out / "sanasr.json").is_file():
+        raise UnsafeOutputError(
+            f"{out} exists and is not a model directory written by sanasr (no sanasr.json): not replaced"
+        )
+    other = sorted(p.name for p in out.iterdir() if p.name not in MODEL_DIR_ENTRIES)
+    if other:
+        shown = ", ".join(other[:5]) + (" ..." if len(other) > 5 else "")
+        raise UnsafeOutputError(f"{out} holds files sanasr did not write there ({shown}): not replaced")
+
+
+# ---------------------------------------------------------------- the record of written outputs
+
+
+class OutputLedger:
+    """OUTDIR/.sanasr-outputs.jsonl: one line per file sanasr wrote there ({"path", "size", "mtime_ns",
+    "ino"}), appended (O_APPEND, one short line: safe across the processes of one run).
+
+    A file is "ours" when its latest record matches its current size, mtime and inode: a file the user put or
+    changed at that path since then is not.
+    """
+
+    def __init__(self, outdir: str | Path):
+        self.outdir = Path(outdir)
+        self.path = self.outdir / LEDGER_FILE
+        self._records: dict[str, tuple[int, int, int]] | None = None
+
+    def _key(self, file: Path) -> str:
+        return Path(os.path.relpath(Path(file).absolute(), self.outdir.absolute())).as_posix()
+
+    def _load(self) -> dict[str, tuple[int, int, int]]:
+        if self._records is None:
+            self._records = {}
+            with contextlib.suppress(OSError):
+                for line in self.path.read_text(encoding="utf-8").splitlines():
+                    try:
+                        r = json.loads(line)
+                        self._records[str(r["path"])] = (int(r["size"]), int(r["mtime_ns"]), int(r["ino"]))
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a torn or foreign line: it vouches for nothing
+        return self._records
+
+    def owns(self, file: str | Path) -> bool:
+        try:
+            st = os.stat(file, follow_symlinks=False)
+        except OSError:
+            return False
+        return self._load().get(self._key(Path(file))) == (st.st_size, st.st_mtime_ns, st.st_ino)
+
+    def recorder(self, file: str | Path) -> Callable[[os.stat_result], None]:
+        """A `before_replace` hook for write_bytes that records `file` as written by sanasr."""
+
+        def record(st: os.stat_result) -> None:
+            key = self._key(Path(file))
+            line = json.dumps({"path": key, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino})
+            self.outdir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            try:
+                os.write(fd, (line + "\n").encode("utf-8"))
+            finally:
+                os.close(fd)
+            self._load()[key] = (st.st_size, st.st_mtime_ns, st.st_ino)
+
+        return record

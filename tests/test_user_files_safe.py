@@ -1,0 +1,247 @@
+"""Issue 15, items 1-6: nothing the user owns is overwritten or deleted, nothing is written outside -o.
+
+Each test builds the hostile layout with real files, runs the real CLI (tiny model), and checks the exit code,
+the one-line message, and that every file that was there before has the same bytes afterwards.
+"""
+
+import json
+import os
+import stat
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from sanasr_cli.cli import app
+from sanasr_cli.models.lora import add_lora, lora_config
+from sanasr_cli.models.sanasr import save_model_dir
+from sanasr_cli.safe_files import LEDGER_FILE, OutputLedger, write_bytes
+from tests.conftest import make_photo_like
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def snapshot(root) -> dict:
+    """{relative path: bytes (or link target)} of everything under root, links not followed."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, root)
+            if os.path.islink(p):
+                out[rel] = ("link", os.readlink(p))
+            elif os.path.isfile(p):
+                out[rel] = open(p, "rb").read()
+    return out
+
+
+def photo(path, h=8, w=8, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(make_photo_like(h, w, seed)).save(path)
+    return path
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    return result
+
+
+def one_error_line(result) -> str:
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+# ---------------------------------------------------------------- 1. suffix and confinement
+
+
+def test_suffix_with_path_parts_is_refused_and_nothing_outside_o_changes(tmp_path):
+    photo(tmp_path / "in" / "cat.png")
+    (tmp_path / "victim.png").write_bytes(b"the user's file")
+    before = snapshot(tmp_path)
+    result = run("upscale", tmp_path / "in", "-o", tmp_path / "out", "--model", "tiny", "--suffix", "/../../victim")
+    assert result.exit_code == 2
+    assert "--suffix" in one_error_line(result)
+    assert snapshot(tmp_path) == before
+
+
+def test_output_through_a_symlinked_subfolder_of_o_is_refused(tmp_path):
+    photo(tmp_path / "in" / "sub" / "cat.png")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "cat.png").write_bytes(b"not sanasr's")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sub").symlink_to(elsewhere)
+    before = snapshot(tmp_path)
+    result = run("upscale", tmp_path / "in", "-o", tmp_path / "out", "-r", "--model", "tiny")
+    assert result.exit_code == 2 and "outside the output folder" in one_error_line(result)
+    assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------- 2. input inside the output
+
+
+def test_input_folder_inside_the_output_folder_never_loses_an_input(tmp_path):
+    nest = tmp_path / "nest"
+    photo(nest / "in" / "cat.png", seed=1)
+    photo(nest / "in" / "in" / "cat.png", seed=2)  # its output would be nest/in/cat.png: an input
+    before = snapshot(tmp_path)
+    result = run("upscale", nest / "in", "-o", nest, "-r", "--model", "tiny")
+    assert result.exit_code == 2
+    assert "would overwrite the input" in one_error_line(result)
+    assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------- 3. --overwrite deletes only sanasr's own model dirs
+
+
+@pytest.fixture
+def training_run(tmp_path, fresh_tiny_model):
+    """runX/ as `train` leaves it: two checkpoints (model directories + train/), a log, tensorboard."""
+    run_dir = tmp_path / "runX"
+    add_lora(fresh_tiny_model.transformer, lora_config(rank=2, alpha=2))
+    for step in (1, 2):
+        ckpt = save_model_dir(fresh_tiny_model, run_dir / f"checkpoint-{step}", save_transformer=False)
+        (ckpt / "train").mkdir()
+        (ckpt / "train" / "state.json").write_text(json.dumps({"step": step}))
+    (run_dir / "log.jsonl").write_text('{"step": 1}\n')
+    (run_dir / "tensorboard").mkdir()
+    (run_dir / "tensorboard" / "events.out").write_bytes(b"\x00events")
+    (run_dir / "sanasr.json").write_text("{}")  # even a stray description does not make a run replaceable
+    return run_dir
+
+
+def test_merge_lora_overwrite_never_deletes_the_training_run(training_run, tmp_path):
+    before = snapshot(tmp_path)
+    result = run("merge-lora", training_run / "checkpoint-2", "-o", training_run, "--overwrite")
+    assert result.exit_code == 2 and "never replaced" in one_error_line(result)
+    assert snapshot(tmp_path) == before
+
+
+def test_prune_overwrite_never_deletes_a_folder_holding_other_things(training_run, tmp_path):
+    other = tmp_path / "runY"
+    other.mkdir()
+    (other / "sanasr.json").write_text("{}")
+    (other / "notes.txt").write_text("my notes")
+    before = snapshot(tmp_path)
+    result = run(
+        "prune", training_run / "checkpoint-2", "-o", other, "--overwrite", "--budget", "1", "--strategy", "tail"
+    )
+    assert result.exit_code == 2 and "notes.txt" in one_error_line(result)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_merge_lora_overwrite_refuses_a_file_or_a_link(training_run, tmp_path, kind):
+    target = tmp_path / "target"
+    if kind == "file":
+        target.write_text("a file")
+    else:
+        (tmp_path / "real").mkdir()
+        (tmp_path / "real" / "sanasr.json").write_text("{}")
+        target.symlink_to(tmp_path / "real")
+    before = snapshot(tmp_path)
+    result = run("merge-lora", training_run / "checkpoint-2", "-o", target, "--overwrite")
+    assert result.exit_code == 2 and "not a folder" in one_error_line(result)
+    assert snapshot(tmp_path) == before
+
+
+def test_merge_lora_overwrite_replaces_its_own_model_dir(training_run, tmp_path):
+    out = tmp_path / "merged"
+    assert run("merge-lora", training_run / "checkpoint-2", "-o", out).exit_code == 0
+    assert run("merge-lora", training_run / "checkpoint-2", "-o", out, "--overwrite").exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["sanasr.json", "transformer"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the old one is gone
+
+
+# ---------------------------------------------------------------- 4. two inputs, one output
+
+
+def test_two_inputs_with_one_output_name_are_refused_before_any_work(tmp_path):
+    photo(tmp_path / "in" / "a.png", seed=1)
+    Image.fromarray(make_photo_like(8, 8, 2)).save(tmp_path / "in" / "a.jpg")
+    result = run("upscale", tmp_path / "in", "-o", tmp_path / "out", "--model", "tiny")
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert "a.png" in line and "a.jpg" in line
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.png"))
+
+
+# ---------------------------------------------------------------- 5. resume replaces only what sanasr wrote
+
+
+def test_resume_never_replaces_a_file_sanasr_did_not_write(tmp_path):
+    t4 = tmp_path / "t4"
+    t4.mkdir()
+    Image.fromarray(make_photo_like(8, 8, 1)).save(t4 / "photo.jpg")
+    photo(t4 / "photo.png", 32, 32, seed=9)  # the user's own photo.png, exactly the output's size
+    out = tmp_path / "out"
+    photo(tmp_path / "in" / "cat.png")
+    photo(out / "cat.png", 5, 7, seed=3)  # unrelated, another size: once redone as a "partial output"
+    before = snapshot(tmp_path)
+    result = run("upscale", t4 / "photo.jpg", "-o", t4, "--model", "tiny")
+    assert result.exit_code == 1 and "photo.png already exists and was not written by sanasr" in result.output
+    result = run("upscale", tmp_path / "in", "-o", out, "--model", "tiny")
+    assert result.exit_code == 1 and "cat.png already exists and was not written by sanasr" in result.output
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if LEDGER_FILE not in k} == before
+
+
+def test_a_rerun_skips_its_own_outputs_and_overwrite_replaces_them(tmp_path):
+    photo(tmp_path / "in" / "cat.png")
+    out = tmp_path / "out"
+    assert run("upscale", tmp_path / "in", "-o", out, "--model", "tiny").exit_code == 0
+    assert OutputLedger(out).owns(out / "cat.png")
+    stamp = (out / "cat.png").stat().st_mtime_ns
+    assert run("upscale", tmp_path / "in", "-o", out, "--model", "tiny").exit_code == 0
+    assert (out / "cat.png").stat().st_mtime_ns == stamp  # skipped (resume)
+    assert run("upscale", tmp_path / "in", "-o", out, "--model", "tiny", "--scale", "2").exit_code == 0
+    assert Image.open(out / "cat.png").size == (16, 16)  # its own output, wrong size: redone
+
+
+# ---------------------------------------------------------------- 6. links and special files are written through
+
+
+def test_report_and_json_write_through_symlinks(tmp_path):
+    photo(tmp_path / "in" / "cat.png")
+    (tmp_path / "real.json").write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "real.json")
+    result = run("upscale", tmp_path / "in", "-o", tmp_path / "out", "--model", "tiny", "--report", link)
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and json.loads((tmp_path / "real.json").read_text())["summary"]["ok"] == 1
+
+    hr = tmp_path / "hr"
+    photo(hr / "cat.png", 32, 32)
+    (tmp_path / "real2.json").write_text("old")
+    link2 = tmp_path / "link2.json"
+    link2.symlink_to(tmp_path / "real2.json")
+    result = run("eval", "--sr", tmp_path / "out", "--hr", hr, "--metrics", "psnr", "--json", link2, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert link2.is_symlink() and "psnr" in json.loads((tmp_path / "real2.json").read_text())["means"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_a_device_node_is_written_in_place_never_replaced(tmp_path):
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a /dev/null of our own, in the test folder
+    write_bytes(null, b"{}")
+    assert stat.S_ISCHR(os.stat(null).st_mode)
+    full = tmp_path / "full"
+    os.mknod(full, stat.S_IFCHR | 0o666, os.makedev(1, 7))  # /dev/full: every write fails with ENOSPC
+    hr = tmp_path / "hr"
+    photo(hr / "cat.png")
+    result = run("eval", "--sr", hr, "--hr", hr, "--metrics", "psnr", "--json", full, "--device", "cpu")
+    assert result.exit_code == 1 and "No space left on device" in one_error_line(result)
+    assert stat.S_ISCHR(os.stat(full).st_mode)
