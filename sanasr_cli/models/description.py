@@ -55,8 +55,11 @@ class ModelDescription:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelDescription:
+        if not isinstance(d, dict):
+            raise ModelDirError(f"not a sanasr model description (a JSON {type(d).__name__}, not an object)")
         if d.get("format") != FORMAT:
             raise ModelDirError(f"not a sanasr model description (format={d.get('format')!r})")
+        _check_types(d)
         if int(d.get("version", 0)) > FORMAT_VERSION:
             raise ModelDirError(
                 f"model description version {d['version']} is newer than this sanasr understands"
@@ -90,8 +93,10 @@ class ModelDescription:
             raise ModelDirError(f"{folder} is not a model directory: {DESCRIPTION_FILE} not found")
         try:
             desc = cls.from_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ModelDirError(f"{path} is not valid JSON: {e}") from None
+        except ModelDirError as e:
+            raise ModelDirError(f"{folder}: {e}") from None
         if desc.legacy_timestep:
             log.warning(
                 "warning: %s was written before sanasr recorded its timestep convention: it runs as it was "
@@ -100,6 +105,63 @@ class ModelDescription:
                 folder,
             )
         return desc
+
+
+# A description comes from a file anyone may have written: every field is checked before use, so a wrong one
+# is one line naming it (not a TypeError deep in a loader). None is allowed where the dataclass allows it.
+_NUMBER = (int, float)
+_FIELD_TYPES = {
+    "version": (int,),
+    "base_preset": (str,),
+    "base_source": (str, type(None)),
+    "random_seed": (int, type(None)),
+    "tau_g": _NUMBER,
+    "flow_shift": _NUMBER,
+    "prompt": (dict, type(None)),
+    "transformer": (str,),
+    "adapter": (str, type(None)),
+    "lora": (dict, type(None)),
+    "pruning": (dict, type(None)),
+    "history": (list,),
+    "timestep_convention": (str,),
+}
+_PROMPT_TYPES = {
+    "tagger": (str,),
+    "template": (str,),
+    "mask_degradation_words": (bool,),
+    "tag_limit": (int,),
+    "tagger_options": (dict, type(None)),
+    "complex_human_instruction": (bool,),
+}
+
+
+def _check_types(d: dict) -> None:
+    from sanasr_cli.prompts.taggers import TAGGERS
+
+    def check(where: dict, types: dict, prefix: str) -> None:
+        for key, allowed in types.items():
+            if key in where and (
+                not isinstance(where[key], allowed) or (isinstance(where[key], bool) and bool not in allowed)
+            ):
+                names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+                raise ModelDirError(f"{DESCRIPTION_FILE}: '{prefix}{key}' must be {names}, not {where[key]!r}")
+
+    check(d, _FIELD_TYPES, "")
+    check(d.get("prompt") or {}, _PROMPT_TYPES, "prompt.")
+    tagger = (d.get("prompt") or {}).get("tagger", "none")
+    if tagger not in TAGGERS:
+        raise ModelDirError(
+            f"{DESCRIPTION_FILE}: unknown tagger {tagger!r} in 'prompt.tagger' (known: {', '.join(sorted(TAGGERS))})"
+        )
+    for key in ("transformer", "adapter"):
+        value = d.get(key)
+        if value is None or (key == "transformer" and value == "base"):
+            continue
+        parts = Path(value).parts
+        if not value or Path(value).is_absolute() or ".." in parts or "\\" in value:
+            raise ModelDirError(
+                f"{DESCRIPTION_FILE}: '{key}' must name a sub-folder of the model directory, not {value!r}"
+            )
 
 
 def is_model_dir(path: str | Path) -> bool:

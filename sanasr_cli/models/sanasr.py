@@ -221,6 +221,16 @@ def model_dir_problem(folder: str | Path) -> str | None:
     """
     folder = Path(folder)
     desc = ModelDescription.load(folder)  # raises ModelDirError when sanasr.json is missing or unreadable
+    for sub in (desc.transformer if desc.transformer != "base" else None, desc.adapter):
+        if sub and folder.resolve() not in (folder / sub).resolve().parents:  # e.g. a link out of the folder
+            return f"{folder}: '{sub}/' leads outside the model directory (to {(folder / sub).resolve()})"
+    if desc.adapter and not (folder / desc.adapter / "adapter_model.safetensors").is_file():
+        pickles = sorted(p.name for p in (folder / desc.adapter).glob("*.bin"))
+        if pickles:  # a pickle can run code when loaded: never loaded, whatever it is
+            return (
+                f"{folder}: adapter folder '{desc.adapter}/' has only {', '.join(pickles)} (a pickle file, which "
+                "sanasr never loads); convert it to adapter_model.safetensors"
+            )
     if desc.transformer != "base":
         tdir = folder / desc.transformer
         if not (tdir / "config.json").is_file():
@@ -246,6 +256,9 @@ def load_model(
     from diffusers import SanaTransformer2DModel
 
     description, folder = resolve_model(spec, base=base, random_weights=random_weights, seed=seed)
+    problem = model_dir_problem(folder) if folder is not None else None
+    if problem:
+        raise ModelDirError(problem)
     if base and folder is not None and not description.random_weights:
         description.base_source = base  # a model dir made elsewhere: point it at this machine's base copy
     preset = PRESETS.get(description.base_preset)
@@ -258,7 +271,12 @@ def load_model(
             raise ModelDirError(
                 f"{folder}: transformer folder '{description.transformer}' has no config.json"
             )
-        transformer = SanaTransformer2DModel.from_pretrained(str(tdir), torch_dtype=dtype)
+        try:
+            transformer = SanaTransformer2DModel.from_pretrained(str(tdir), torch_dtype=dtype)
+        except Exception as e:  # noqa: BLE001 - a corrupt/truncated safetensors or a bad config: one line
+            raise ModelDirError(
+                f"{folder}: transformer folder '{description.transformer}/' cannot be loaded ({_first_line(e)})"
+            ) from None
     if description.random_weights:
         seed_ = int(description.random_seed or 0)
         if not own_transformer:
@@ -280,10 +298,20 @@ def load_model(
             raise ModelDirError(
                 f"{folder}: adapter folder '{description.adapter}' has no adapter_config.json"
             )
-        load_adapter(transformer, adapter_dir)
+        try:
+            load_adapter(transformer, adapter_dir)
+        except Exception as e:  # noqa: BLE001 - bad target_modules, a corrupt header, keys that do not fit
+            raise ModelDirError(
+                f"{folder}: adapter folder '{description.adapter}/' cannot be loaded ({_first_line(e)})"
+            ) from None
     transformer.eval().requires_grad_(False)
     model = assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder)
     return model.to(device=device, dtype=dtype)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def assemble_model(

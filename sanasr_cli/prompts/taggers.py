@@ -56,7 +56,8 @@ class FileTagger:
     """Reads `<image>.txt` beside the image, e.g. `cat.png` -> `cat.txt` (comma- or newline-separated
     tags).
 
-    A missing tag file gives no tags (template only), as the `none` tagger would. Not cached: the text
+    A missing tag file (or one that is a symbolic link, never followed) gives no tags (template only), as the
+    `none` tagger would. Not cached: the text
     file is cheap to read and may be edited.
     """
 
@@ -67,7 +68,7 @@ class FileTagger:
         if path is None:
             return []
         txt = Path(path).with_suffix(".txt")
-        if not txt.is_file():
+        if txt.is_symlink() or not txt.is_file():  # a link could lead anywhere: not followed, as image links
             return []
         text = txt.read_text(encoding="utf-8", errors="replace")
         return [t for t in text.replace("\n", ",").split(",") if t.strip()]
