@@ -11,6 +11,7 @@ from rich.table import Table
 
 from sanasr_cli.cli.common import (
     EXIT_USAGE,
+    check_report_paths,
     console,
     fail,
     quiet_libraries,
@@ -158,6 +159,7 @@ def bench(
     bad = [s for s in sizes if s < 32]
     if bad:
         raise fail(f"--size must be at least 32 (got {', '.join(map(str, bad))})", EXIT_USAGE)
+    check_report_paths(("--json", json_out), ("--plot", plot))  # before the (long) measurement, not after
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     quiet_libraries()

@@ -113,3 +113,15 @@ def one_line_errors(command):
             ) from None
 
     return guarded
+
+
+def check_report_paths(*flags: tuple[str, str | Path | None]) -> None:
+    """Exit 2 now when a report file (--json, --csv, --report, --plot) could not be written at the end."""
+    from sanasr_cli.errors import SanaSRError
+    from sanasr_cli.safe_files import check_output_file
+
+    try:
+        for flag, path in flags:
+            check_output_file(path, flag)
+    except SanaSRError as e:
+        raise fail(str(e), EXIT_USAGE) from None

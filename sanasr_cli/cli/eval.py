@@ -3,6 +3,7 @@ end to end and score it, or rank the checkpoints of a training run."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ from sanasr_cli.cli import prompt_options as po
 from sanasr_cli.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
+    check_report_paths,
     console,
     fail,
     quiet_libraries,
@@ -179,6 +181,9 @@ def eval_command(
         )
     if (model or rank_checkpoints) and lq is None:
         raise fail(f"{modes[0]} needs --lq (the low-quality inputs)", EXIT_USAGE)
+    check_report_paths(("--json", json_out), ("--csv", csv_out))  # before any scoring, not after it
+    if not math.isfinite(scale):
+        raise fail(f"--scale must be a finite number, not {scale}", EXIT_USAGE)
     dev = resolve_device(device)
     quiet_libraries()
 

@@ -13,6 +13,7 @@ from sanasr_cli.cli import prompt_options as po
 from sanasr_cli.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
+    check_report_paths,
     console,
     fail,
     quiet_libraries,
@@ -131,7 +132,7 @@ def upscale(
     from sanasr_cli.pipeline.tiling import parse_tile
     from sanasr_cli.pipeline.upscale import EXTENSIONS, parse_shard
     from sanasr_cli.prompts.taggers import TAGGERS
-    from sanasr_cli.safe_files import check_name_part, check_output_file
+    from sanasr_cli.safe_files import check_name_part
 
     # 1. check the arguments before anything slow
     if not input.exists():
@@ -141,9 +142,9 @@ def upscale(
             raise fail(f"{flag} must be a finite number, not {value}", EXIT_USAGE)
     try:
         check_name_part(suffix, "--suffix")
-        check_output_file(report, "--report")
     except SanaSRError as e:
         raise fail(str(e), EXIT_USAGE) from None
+    check_report_paths(("--report", report))
     if tagger is not None and tagger not in TAGGERS:
         raise fail(f"unknown tagger '{tagger}'; known: {', '.join(sorted(TAGGERS))}", EXIT_USAGE)
     if color_fix not in COLOR_FIXES:

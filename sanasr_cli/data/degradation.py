@@ -130,11 +130,24 @@ class DegradationConfig:
                 raise ValueError(f"{name}={sizes}: kernel sizes must be odd and >= 1")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name.endswith(("_prob", "_prob2")) and isinstance(v, float) and not 0.0 <= v <= 1.0:
-                raise ValueError(f"{f.name}={v}: a probability must lie in [0, 1]")
+            if f.name.endswith(("_prob", "_prob2")) and not isinstance(v, tuple):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                    raise ValueError(f"{f.name}={v!r}: a probability must be a number in [0, 1]")
             if f.name.endswith(("range", "range2", "sigma", "sigma2", "cutoff", "_small", "_large")):
-                if len(v) != 2 or v[0] > v[1]:
-                    raise ValueError(f"{f.name}={v}: expected (low, high) with low <= high")
+                if (
+                    not isinstance(v, tuple)
+                    or len(v) != 2
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+                    or not all(math.isfinite(x) for x in v)
+                    or v[0] > v[1]
+                ):
+                    raise ValueError(f"{f.name}={v!r}: expected (low, high), finite numbers with low <= high")
+                if f.name.startswith("jpeg_range") and not (1 <= v[0] and v[1] <= 100):
+                    raise ValueError(f"{f.name}={v!r}: JPEG qualities lie in [1, 100]")
+                if f.name.startswith(("noise_range", "poisson_scale_range")) and v[0] < 0:
+                    raise ValueError(f"{f.name}={v!r}: must not be negative")
+                if f.name.startswith(("blur_sigma", "betag_range", "betap_range", "resize_range")) and v[0] <= 0:
+                    raise ValueError(f"{f.name}={v!r}: must be positive")
         if (
             self.resize_range[0] > 1
             or self.resize_range[1] < 1

@@ -1,0 +1,111 @@
+"""Issue 15: every command, walked with a table of bad inputs.
+
+For each row: the documented exit code (2 bad input / refused write, 1 failed), exactly one `error:` line, no
+traceback, and every file that was there before keeps its bytes (nothing is written, replaced or deleted).
+"""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import make_photo_like
+from tests.test_user_files_safe import one_error_line, run, snapshot
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tree(tmp):
+    """in/ (two photos and a corrupt one), a description-only model directory (tiny preset, no weights to
+    load), a training run, a plain file and a link to it, a folder of corrupt images."""
+    (tmp / "in").mkdir()
+    for i, name in enumerate(("a.png", "b.png")):
+        Image.fromarray(make_photo_like(8, 8, i)).save(tmp / "in" / name)
+    (tmp / "model").mkdir()
+    (tmp / "model" / "sanasr.json").write_text(json.dumps({"format": "sanasr-model", "version": 1}))
+    (tmp / "run" / "checkpoint-1").mkdir(parents=True)
+    (tmp / "run" / "checkpoint-1" / "sanasr.json").write_text(json.dumps({"format": "sanasr-model", "version": 1}))
+    (tmp / "run" / "log.jsonl").write_text('{"step": 1}\n')
+    (tmp / "file.txt").write_text("a file")
+    (tmp / "link").symlink_to(tmp / "file.txt")
+    (tmp / "corrupt" / "hq").mkdir(parents=True)
+    (tmp / "corrupt" / "lq").mkdir()
+    (tmp / "corrupt" / "hq" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (tmp / "corrupt" / "lq" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (tmp / "array.json").write_text("[1, 2]")
+    for name, value in {
+        "jpeg.json": {"jpeg_range": [500, 1000]},
+        "prob_neg.json": {"gaussian_noise_prob": -3},
+        "prob_big.json": {"sinc_prob": 5},
+        "poisson.json": {"poisson_scale_range": [-1, 2]},
+    }.items():
+        (tmp / name).write_text(json.dumps(value))
+    (tmp / "badmodel").mkdir()
+    (tmp / "badmodel" / "sanasr.json").write_text("[]")
+    (tmp / "escape").mkdir()
+    (tmp / "escape" / "sanasr.json").write_text(
+        json.dumps({"format": "sanasr-model", "version": 1, "transformer": "../../x"})
+    )
+
+
+UP = ["upscale", "{t}/in", "-o", "{t}/out", "--model", "tiny"]
+ROWS = [
+    # (command line, exit code, words in the error line)
+    (["upscale", "{t}/missing", "-o", "{t}/out", "--model", "tiny"], 2, "does not exist"),
+    ([*UP, "--scale", "inf"], 2, "--scale"),
+    ([*UP, "--max-pixels", "inf"], 2, "--max-pixels"),
+    ([*UP, "--suffix", "/../../x"], 2, "--suffix"),
+    ([*UP, "--report", "{t}/in"], 2, "is a folder"),
+    ([*UP, "--report", "{t}/file.txt/r.json"], 2, "is a file, not a folder"),
+    (["upscale", "{t}/in", "-o", "{t}/in/out", "--model", "tiny"], 2, "inside the input folder"),
+    (["upscale", "{t}/in", "-o", "{t}/out", "--model", "{t}/badmodel"], 2, "not an object"),
+    (["upscale", "{t}/in", "-o", "{t}/out", "--model", "{t}/escape"], 2, "'transformer'"),
+    (["degrade", "{t}/in", "-o", "{t}/d", "--config", "{t}/jpeg.json"], 2, "jpeg_range"),
+    (["degrade", "{t}/in", "-o", "{t}/d", "--config", "{t}/prob_neg.json"], 2, "gaussian_noise_prob"),
+    (["degrade", "{t}/in", "-o", "{t}/d", "--config", "{t}/prob_big.json"], 2, "sinc_prob"),
+    (["degrade", "{t}/in", "-o", "{t}/d", "--config", "{t}/poisson.json"], 2, "poisson_scale_range"),
+    (["degrade", "{t}/in", "-o", "{t}/d", "--config", "{t}/array.json"], 2, "JSON object"),
+    (["merge-lora", "{t}/in", "-o", "{t}/m"], 2, "sanasr.json"),
+    (["merge-lora", "{t}/model", "-o", "{t}/file.txt", "--overwrite"], 2, "not a folder"),
+    (["merge-lora", "{t}/model", "-o", "{t}/link", "--overwrite"], 2, "not a folder"),
+    (["merge-lora", "{t}/run/checkpoint-1", "-o", "{t}/run", "--overwrite"], 2, "never replaced"),
+    (["merge-lora", "{t}/badmodel", "-o", "{t}/m"], 2, "not an object"),
+    (["prune", "{t}/model", "-o", "{t}/p", "--budget", "lots"], 2, "budget"),
+    (
+        ["prune", "{t}/run/checkpoint-1", "-o", "{t}/run", "--overwrite", "--budget", "1", "--strategy", "tail"],
+        2,
+        "never replaced",
+    ),
+    (
+        ["prune", "tiny", "-o", "{t}/p", "--budget", "60K", "--calib", "{t}/corrupt/hq", "--steps", "1"],
+        2,
+        "1 unreadable",
+    ),
+    (["prune", "tiny", "-o", "{t}/p", "--budget", "60K", "--calib", "{t}/corrupt", "--steps", "1"], 2, "2 unreadable"),
+    (["train", "--hq", "{t}/missing", "-o", "{t}/r", "--model", "tiny"], 2, "--hq"),
+    (["train", "--hq", "{t}/in", "-o", "{t}/r", "--model", "{t}/badmodel"], 2, "not an object"),
+    (["eval", "--sr", "{t}/in", "--hr", "{t}/in", "--metrics", "psnr", "--json", "{t}/in"], 2, "is a folder"),
+    (["eval", "--sr", "{t}/in", "--hr", "{t}/in", "--metrics", "psnr", "--csv", "{t}/file.txt/x.csv"], 2, "is a file"),
+    (["eval", "--model", "{t}/badmodel", "--lq", "{t}/in"], 2, "not an object"),
+    (["eval", "--hr", "{t}/in"], 2, "exactly one of"),
+    (["bench", "--model", "tiny", "--size", "8"], 2, "--size"),
+    (["bench", "--model", "tiny", "--plot", "{t}/in", "--latency", "off"], 2, "is a folder"),
+    (["bench", "--model", "{t}/escape", "--latency", "off"], 2, "'transformer'"),
+]
+
+
+@pytest.mark.parametrize("args, code, words", ROWS, ids=[" ".join(r[0][:1] + r[0][-2:]) for r in ROWS])
+def test_bad_input_is_one_line_with_the_documented_exit_code(tmp_path, args, code, words):
+    _tree(tmp_path)
+    before = snapshot(tmp_path)
+    result = run(*[a.format(t=tmp_path) for a in args])
+    assert result.exit_code == code, result.output
+    assert words in one_error_line(result), result.output
+    assert snapshot(tmp_path) == before  # nothing written, replaced or deleted
