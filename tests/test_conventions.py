@@ -45,6 +45,10 @@ class _RecordingTransformer(torch.nn.Module):
     def dtype(self):
         return self.inner.dtype
 
+    @property
+    def config(self):
+        return self.inner.config
+
     def forward(self, **kwargs):
         self.seen.append(kwargs["timestep"].clone())
         return self.inner(**kwargs)

@@ -45,6 +45,12 @@ class OneStepRestorer(torch.nn.Module):
         tau = torch.as_tensor(tau, device=latents.device, dtype=torch.float32).reshape(-1).expand(b)
         # float32 up to the model's own sinusoidal embedding (cast to bf16, 999 would become 1000)
         t = tau if self.timestep_convention == LEGACY_TIMESTEP_CONVENTION else model_timestep(tau, self.flow_shift)
+        # a transformer with patch size p > 1 (nano) needs latent sides that are multiples of p: pad, then crop
+        h, w = latents.shape[-2:]
+        p = int(getattr(self.transformer.config, "patch_size", 1) or 1)
+        ph, pw = (-h) % p, (-w) % p
+        if ph or pw:
+            latents = torch.nn.functional.pad(latents, (0, pw, 0, ph), mode="replicate")
         out = self.transformer(
             hidden_states=latents.to(dtype),
             encoder_hidden_states=embeds.to(dtype),
@@ -52,7 +58,7 @@ class OneStepRestorer(torch.nn.Module):
             timestep=t,
             return_dict=False,
         )[0]
-        return out
+        return out[..., :h, :w]
 
     def forward(self, z_lq: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Eq. 4: one latent update from z_L at tau_g; returns z_hat in float32."""
