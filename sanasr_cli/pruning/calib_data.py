@@ -2,7 +2,8 @@
 
 The datasets, the Real-ESRGAN degradation and the batch glue are the training ones (sanasr_cli.data,
 sanasr_cli.training.data); this module only turns their batches into CalibrationBatch tuples with prompts
-made by the model's prompt rule (App. A.1: the same rule for training, calibration and inference).
+made by the model's prompt rule from the image its training protocol tagged (App. A.1: the same rule and
+prompt source for training and calibration; inference tags the LQ input).
 """
 
 from __future__ import annotations
@@ -20,19 +21,28 @@ def is_paired_folder(folder: Path) -> bool:
 
 
 def calibration_batches(
-    folders: list[Path], rule, crop: int, scale: int = 4, seed: int = 0, batch_size: int = 1, tagger=None
+    folders: list[Path],
+    rule,
+    crop: int,
+    scale: int = 4,
+    seed: int = 0,
+    batch_size: int = 1,
+    tagger=None,
+    source: str = "hq",
 ) -> tuple[Iterator[CalibrationBatch], int]:
     """An endless iterator of calibration batches and the number of distinct images behind it.
 
     folders: [one folder with lq/ and hq/] for pairs, or any number of HQ folders (LQ synthesised online from
     a generator seeded with `seed`). Each epoch draws new crops (the dataset's epoch advances when it wraps).
     tagger: the rule's tagger, already built (default: `tagger_from_rule(rule)`).
+    source: the image the prompts are made from, as in the model's training protocol (App. A.1): "hq" the HQ
+    crop, "lq" the LQ crop (`training.data.batch_prompts`).
     Raises sanasr_cli.data.datasets' DatasetError for folders without usable images.
     """
     from sanasr_cli.data.datasets import HQImageDataset, PairedImageDataset, build_dataloader
     from sanasr_cli.data.degradation import RealESRGANDegrader
-    from sanasr_cli.prompts.rule import prompt_for_image, tagger_from_rule
-    from sanasr_cli.training.data import TrainingData, _paths_by_key, to_model_inputs
+    from sanasr_cli.prompts.rule import tagger_from_rule
+    from sanasr_cli.training.data import TrainingData, _paths_by_key, batch_prompts, to_model_inputs
 
     folders = [Path(f) for f in folders]
     paired = len(folders) == 1 and is_paired_folder(folders[0])
@@ -53,13 +63,8 @@ def calibration_batches(
             dataset.set_epoch(epoch)
             loader = build_dataloader(dataset, batch_size=batch_size, shuffle=True, seed=seed + epoch)
             for batch in loader:
-                lq, lq_up, hq, paths = to_model_inputs(data, batch, generator, "cpu")
-                # the tagger sees x_L at its own size (the LQ crop or the synthesised one), never HQ; only the
-                # `file` tagger gets the path: a model tagger's crop tags must not enter the per-file tag
-                # cache (as in training.loop.encode_prompts)
-                paths = paths if rule.tagger == "file" else [None] * len(paths)
-                prompts = [prompt_for_image(rule, lq[i], paths[i], tagger) for i in range(lq.shape[0])]
-                yield CalibrationBatch(lq_up, hq, prompts)
+                lq, lq_up, hq, files = to_model_inputs(data, batch, generator, "cpu")
+                yield CalibrationBatch(lq_up, hq, batch_prompts(rule, tagger, source, lq, hq, files))
             epoch += 1
 
     return endless(), len(dataset)

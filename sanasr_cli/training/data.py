@@ -164,16 +164,29 @@ def build_training_data(config: TrainConfig, accelerator) -> TrainingData:
     )
 
 
-def _paths_by_key(dataset) -> dict[str, Path]:
-    """key -> the file a `file` tagger reads tags beside: the LQ image of a pair, else the HQ image."""
+PROMPT_SOURCES = ("hq", "lq")
+
+
+@dataclass(frozen=True)
+class ItemFiles:
+    """The files behind one training item: `lq` only for a pair (a synthesised LQ has no file)."""
+
+    lq: Path | None
+    hq: Path | None
+
+
+def _paths_by_key(dataset) -> dict[str, ItemFiles]:
+    """key -> the item's files (a pair: lq/ and hq/ images; an HQ folder: the HQ image only)."""
     items = getattr(dataset, "items", [])
-    return {str(it[-1]): Path(it[0]) for it in items}
+    return {
+        str(it[-1]): ItemFiles(Path(it[0]), Path(it[1])) if len(it) == 3 else ItemFiles(None, Path(it[0]))
+        for it in items
+    }
 
 
 def to_model_inputs(data: TrainingData, batch: dict, generator: torch.Generator, device):
-    """A collated batch -> (lq, lq_upsampled, hq, paths): lq (B, 3, H/4, W/4) (what the tagger sees),
-    lq_upsampled and hq (B, 3, H, W), float in [0, 1] on `device`; paths: the file per item for the `file`
-    tagger (or None)."""
+    """A collated batch -> (lq, lq_upsampled, hq, files): lq (B, 3, H/4, W/4), lq_upsampled and hq
+    (B, 3, H, W), float in [0, 1] on `device`; files: one ItemFiles per item (None when unknown)."""
     from sanasr_cli.data.datasets import make_training_batch
 
     hq = batch["hq"].to(device, non_blocking=True).float()
@@ -183,8 +196,34 @@ def to_model_inputs(data: TrainingData, batch: dict, generator: torch.Generator,
         lq = data.degrader(hq, generator)
     lq_up, hq = make_training_batch({"hq": hq, "lq": lq}, scale=data.scale)
     keys = batch.get("key") or [None] * hq.shape[0]
-    paths = [data.paths.get(str(k)) for k in keys]
-    return lq, lq_up, hq, paths
+    files = [data.paths.get(str(k)) for k in keys]
+    return lq, lq_up, hq, files
+
+
+def batch_prompts(
+    rule, tagger, source: str, lq: torch.Tensor, hq: torch.Tensor, files: list[ItemFiles | None]
+) -> list[str]:
+    """Eq. 12 for a training or calibration batch, tagging the image the prompt protocol names.
+
+    source "hq" (the paper's default, App. A.1 / Sec. 4.3): the HQ crop and, for the `file` tagger, the
+    sidecar of the HQ file; "lq": the LQ crop and the LQ file's sidecar (for a synthesised LQ, which has no
+    file, the HQ file's sidecar: it describes the same content). Inference always tags the LQ input.
+    lq: (B, 3, h, w), hq: (B, 3, H, W) in [0, 1].
+    """
+    from sanasr_cli.prompts.rule import prompt_for_image
+
+    if source not in PROMPT_SOURCES:
+        raise ValueError(f"unknown prompt source '{source}' (use hq or lq)")
+    images = hq if source == "hq" else lq
+    # Only the `file` tagger gets a path (it reads <image>.txt). Model taggers see a crop, which is not the
+    # file's content: with a path, the tag cache (keyed by file hash) would store crop tags under the whole
+    # file's key and hand them to upscale / eval of that file.
+    paths: list[Path | None] = [None] * images.shape[0]
+    if rule.tagger == "file":
+        paths = [
+            None if f is None else (f.hq if source == "hq" or f.lq is None else f.lq) for f in files
+        ]
+    return [prompt_for_image(rule, images[i].detach().cpu(), paths[i], tagger) for i in range(images.shape[0])]
 
 
 def next_training_batch(data: TrainingData, generator: torch.Generator, device):
@@ -202,5 +241,5 @@ def make_validation_batch(data: TrainingData, config: TrainConfig, device) -> di
     }
     batch["key"] = [it.get("key") for it in items]
     g = torch.Generator().manual_seed(config.seed + 424242)  # CPU draws, as in training
-    lq, lq_up, hq, paths = to_model_inputs(data, batch, g, device)
-    return {"lq": lq, "lq_up": lq_up, "hq": hq, "paths": paths}
+    lq, lq_up, hq, files = to_model_inputs(data, batch, g, device)
+    return {"lq": lq, "lq_up": lq_up, "hq": hq, "files": files}

@@ -232,19 +232,12 @@ def restore_training_state(ckpt: Path, model, ema, optimizer, scheduler, acceler
     return state
 
 
-def encode_prompts(model, rule, tagger, lq: torch.Tensor, paths: list, device) -> tuple:
-    """Prompts by the run's rule (Eq. 12: the tagger on each LQ input, then the template), as inference builds
-    them; the PromptEncoder encodes each distinct prompt once. lq: (B, 3, h, w) in [0, 1]."""
-    from sanasr_cli.prompts.rule import prompt_for_image
+def encode_prompts(model, rule, tagger, source: str, lq, hq, files: list, device) -> tuple:
+    """Prompts by the run's rule (Eq. 12) from the image the protocol tags (`source`: "hq" the HQ crop, "lq"
+    the LQ crop; see `training.data.batch_prompts`); the PromptEncoder encodes each distinct prompt once."""
+    from sanasr_cli.training.data import batch_prompts
 
-    # Only the `file` tagger gets the path (it reads <image>.txt). Model taggers see the LQ crop itself, which
-    # is not the file's content: with a path, the tag cache (keyed by file hash) would store crop tags under
-    # the whole file's key and hand them to upscale / eval of that file.
-    use_paths = rule.tagger == "file"
-    prompts = [
-        prompt_for_image(rule, lq[i].detach().cpu(), paths[i] if use_paths else None, tagger)
-        for i in range(lq.shape[0])
-    ]
+    prompts = batch_prompts(rule, tagger, source, lq, hq, files)
     embeds, mask = model.prompts.encode(prompts)
     return embeds.to(device), mask.to(device)
 
@@ -423,8 +416,10 @@ def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
         window: list[dict] = []
         t0 = time.perf_counter()
         while step < config.max_steps:
-            lq, lq_up, hq, paths = next_training_batch(data, generators["degrade"], accelerator.device)
-            embeds, mask = encode_prompts(model, rule, tagger, lq, paths, accelerator.device)
+            lq, lq_up, hq, files = next_training_batch(data, generators["degrade"], accelerator.device)
+            embeds, mask = encode_prompts(
+                model, rule, tagger, config.protocol, lq, hq, files, accelerator.device
+            )
             metrics, stepped = run_training_step(
                 objective,
                 (lq_up, hq),
@@ -466,7 +461,9 @@ def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
                     hooks.on_step(step, record)
             if validation is not None and step % config.validate_every == 0:
                 with accelerator.autocast():
-                    grid = save_validation_grid(model, rule, tagger, validation, run_dir, step)
+                    grid = save_validation_grid(
+                        model, rule, tagger, validation, run_dir, step, source=config.protocol
+                    )
                 logger.image("validation", grid, step)
             if step % config.save_every == 0 or step == config.max_steps:
                 path = save_training_checkpoint(
