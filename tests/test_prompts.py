@@ -99,3 +99,17 @@ def test_local_tokenizer_has_offsets_and_right_padding():
     enc = tok(["tree sky"], padding="max_length", max_length=6, return_offsets_mapping=True)
     assert enc["attention_mask"][0] == [1, 1, 1, 0, 0, 0]
     assert enc["offset_mapping"][0][1] == (0, 4)
+
+
+def test_default_template_is_app_b_and_the_local_tokenizer_knows_both():
+    """App. B's suffix is the default (the experiments used it); Sec. 3.2's stays available by name. The tiny
+    preset's word-level tokenizer must know every word of both, or their tokens would all be <unk>."""
+    from sanasr_cli.prompts.template import APP_B_TEMPLATE, SEC_3_2_TEMPLATE
+
+    assert DEFAULT_TEMPLATE == APP_B_TEMPLATE == "clean, extremely detailed, best quality, sharp, high-resolution"
+    assert SEC_3_2_TEMPLATE == "clean, sharp, best quality, detailed, 8K, high-resolution"
+    assert PromptRule().template == APP_B_TEMPLATE  # what a new model records
+    tok = build_local_tokenizer()
+    for template in (APP_B_TEMPLATE, SEC_3_2_TEMPLATE):
+        ids = tok(template)["input_ids"]
+        assert tok.unk_token_id not in ids and len(ids) > len(template.split(",")), template

@@ -53,7 +53,9 @@ TAG_VOCAB = typer.Option(
 TEMPLATE = typer.Option(
     None,
     "--template",
-    help="Quality template appended to the tags (default: the model's prompt rule).",
+    help="Quality template appended to the tags (default: the model's prompt rule; new models get App. B's "
+    "'clean, extremely detailed, best quality, sharp, high-resolution'; Sec. 3.2's wording is "
+    "'clean, sharp, best quality, detailed, 8K, high-resolution').",
     rich_help_panel="Prompt",
 )
 TAG_CACHE = typer.Option(

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sanasr_cli.prompts.template import DEFAULT_TEMPLATE, DEGRADATION_WORDS
+from sanasr_cli.prompts.template import APP_B_TEMPLATE, DEGRADATION_WORDS, SEC_3_2_TEMPLATE
 
 SANA_600M_512_HUB_ID = "Efficient-Large-Model/Sana_600M_512px_diffusers"
 BASE_ENV_VAR = "SANASR_BASE"
@@ -289,7 +289,11 @@ def build_local_tokenizer(extra_words: tuple[str, ...] = ()):
     specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
     words: list[str] = []
     for phrase in (
-        list(_LOCAL_VOCAB_WORDS) + list(DEGRADATION_WORDS) + DEFAULT_TEMPLATE.split(",") + list(extra_words)
+        list(_LOCAL_VOCAB_WORDS)
+        + list(DEGRADATION_WORDS)
+        + APP_B_TEMPLATE.split(",")
+        + SEC_3_2_TEMPLATE.split(",")
+        + list(extra_words)
     ):
         for w in phrase.replace("-", " - ").lower().split():
             if w not in words and w not in specials:

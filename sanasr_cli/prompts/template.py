@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-# Sec. 3.2 of the paper (Eq. 2). App. B quotes a variant ("clean, extremely detailed, best quality, sharp,
-# high-resolution"); pass it with --template to reproduce that protocol.
-DEFAULT_TEMPLATE = "clean, sharp, best quality, detailed, 8K, high-resolution"
+# App. B: the suffix the paper's experiments appended to every prompt (its Sec. 4.3 "quality suffix" ablation).
+APP_B_TEMPLATE = "clean, extremely detailed, best quality, sharp, high-resolution"
+# Sec. 3.2 (Eq. 2) quotes another wording; kept for models trained with it (--template "...").
+SEC_3_2_TEMPLATE = "clean, sharp, best quality, detailed, 8K, high-resolution"
+DEFAULT_TEMPLATE = APP_B_TEMPLATE
 
 # Words and phrases that describe degradation rather than content. Matched case-insensitively on word boundaries;
 # longer phrases are listed so that their every token is masked ("jpeg artifacts" masks both words).
