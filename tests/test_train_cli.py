@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -123,7 +125,8 @@ def test_short_run_writes_the_expected_files(short_run):
         assert 70 <= r["t"] <= 650  # HQ-prompt protocol
     assert list((short_run / "tensorboard").glob("events.out.tfevents.*"))
     grid = Image.open(short_run / "validation" / "step-0000002.png")
-    assert grid.size == (3 * 16 + 2 * 2, 2 * 16 + 2)  # 2 rows of LQ | SR | HQ at 16 px, 2 px gaps
+    # 2 rows of LQ | SR | HQ at 16 px, 2 px gaps, under a 4 px bar marking the tagged (HQ) column
+    assert grid.size == (3 * 16 + 2 * 2, 4 + 2 * 16 + 2)
     desc = json.loads((ckpt / "sanasr.json").read_text())
     assert desc["adapter"] == "adapter" and desc["lora"]["rank"] == 4 and desc["history"][-1]["step"] == 2
     state = json.loads((ckpt / "train" / "state.json").read_text())
@@ -330,10 +333,51 @@ def test_gradient_accumulation_ffn_targets_and_file_tagger(tmp_path):
     keys = load_file(str(run / "checkpoint-2" / "adapter" / "adapter_model.safetensors"))
     assert any("conv_inverted.lora_A" in k for k in keys) and any("to_q.lora_A" in k for k in keys)
     prompts = json.loads((run / "validation" / "prompts.json").read_text())
-    assert prompts[0].startswith("tree, red flower, clean, sharp")  # tags from img0.txt, then the template
+    assert prompts["tagged"] == "hq"  # the default protocol tags the HQ image
+    # tags from img0.txt, then App. B's template
+    assert prompts["prompts"][0] == "tree, red flower, clean, extremely detailed, best quality, sharp, high-resolution"
     desc = json.loads((run / "checkpoint-2" / "sanasr.json").read_text())
     assert desc["prompt"]["tagger"] == "file"  # the run's prompt rule travels with the model
     assert desc["prompt"]["complex_human_instruction"] is False  # --no-chi is recorded ...
     from sanasr_cli.models.sanasr import load_model
 
     assert not load_model(run / "checkpoint-2").prompts.complex_human_instruction  # ... and followed
+
+
+@pytest.mark.parametrize("protocol", ["hq", "lq"])
+def test_protocol_tags_the_hq_or_the_lq_crop(tmp_path, monkeypatch, protocol):
+    """App. A.1 / Sec. 4.3: under --protocol hq a training step's prompt comes from the HQ image (its sidecar),
+    under lq from the LQ image; the validation grid and prompts.json say which one was tagged."""
+    from sanasr_cli.models.text_encoder import PromptEncoder
+
+    hq = _write_images(tmp_path / "hq", 1, size=(32, 32))
+    lq = tmp_path / "lq"
+    lq.mkdir()
+    Image.open(hq / "img0.png").resize((8, 8), Image.BICUBIC).save(lq / "img0.png")
+    (hq / "img0.txt").write_text("red flower, tree")
+    (lq / "img0.txt").write_text("blue car")
+    expected = {"hq": "red flower, tree", "lq": "blue car"}[protocol] + ", clean, extremely detailed"
+    seen = []
+    real_encode = PromptEncoder.encode
+
+    def spy(self, prompts, *args, **kwargs):
+        seen.append(list(prompts))
+        return real_encode(self, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(PromptEncoder, "encode", spy)
+    run = tmp_path / "run"
+    args = ["train", "--pairs", str(lq), str(hq), "-o", str(run), "--max-steps", "1", "--tagger", "file"]
+    args += ["--protocol", protocol, "--validate-every", "1", "--validation-images", "1", *TINY]
+    result = runner.invoke(app, [*args, "--batch-size", "1"])
+    assert result.exit_code == 0, result.output
+    assert len(seen) == 2  # the training step, then the validation grid
+    assert seen[0][0].startswith(expected), seen  # the prompt the step trained with
+    record = json.loads((run / "validation" / "prompts.json").read_text())
+    assert record["tagged"] == protocol and record["prompts"] == seen[1] and seen[1][0].startswith(expected)
+    # the orange bar sits over the tagged column: LQ (left) or HQ (right)
+    grid = torch.from_numpy(np.array(Image.open(run / "validation" / "step-0000001.png").convert("RGB")))
+    bar = grid[:4].float() / 255  # 4 px bar over columns of 16 px with 2 px gaps
+    orange = torch.tensor([1.0, 0.55, 0.0])
+    left, right = bar[:, 0:16].reshape(-1, 3), bar[:, 36:52].reshape(-1, 3)
+    marked, plain = (right, left) if protocol == "hq" else (left, right)
+    assert torch.allclose(marked, orange.expand_as(marked), atol=0.01) and (plain == 1).all()

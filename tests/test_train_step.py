@@ -341,6 +341,35 @@ def test_validation_grid_layout():
     )
 
 
+def test_validation_grid_marks_the_tagged_column():
+    from sanasr_cli.training.validation import TAGGED_MARK, make_grid
+
+    lq, sr, hq = torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.5), torch.ones(1, 3, 4, 4)
+    mark = torch.tensor(TAGGED_MARK).view(3, 1, 1)
+    for tagged, col in (("lq", 0), ("hq", 2)):
+        grid = make_grid(lq, sr, hq, gap=2, tagged=tagged)
+        assert grid.shape == (3, 4 + 4, 3 * 4 + 4)  # a 2*gap bar on top, the rows below it
+        for j in range(3):
+            bar = grid[:, :4, j * 6 : j * 6 + 4]
+            assert (bar == mark).all() if j == col else (bar == 1).all(), (tagged, j)
+        assert grid[:, 4:8, 0:4].max() == 0 and (grid[:, 4:8, 6:10] == 0.5).all()
+
+
+def test_auto_precision_is_fp16_with_loss_scaling_on_cuda():
+    """App. B trains in FP16: auto -> accelerate's fp16 (GradScaler) on CUDA; fp32 on the CPU; bf16 on request."""
+    from sanasr_cli.training.loop import create_accelerator, training_mixed_precision
+
+    assert training_mixed_precision("auto", cuda=True) == "fp16"
+    assert training_mixed_precision("auto", cuda=False) == "no"
+    assert training_mixed_precision("bf16", cuda=True) == "bf16"
+    assert training_mixed_precision("fp32", cuda=True) == "no"
+    with pytest.raises(ConfigError, match="--precision"):
+        training_mixed_precision("fp16", cuda=False)
+    if not torch.cuda.is_available():  # (the process-wide accelerate state is this module's: fp32)
+        accelerator = create_accelerator(TrainConfig(hq=[], precision="auto"))
+        assert accelerator.mixed_precision == "no" and accelerator.scaler is None
+
+
 def test_sharded_sampler_partitions_each_epoch_and_seeks():
     from sanasr_cli.training.data import ShardedBatchSampler
 

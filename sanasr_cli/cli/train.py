@@ -110,7 +110,8 @@ def train(
         "auto",
         "--precision",
         rich_help_panel=_OPT,
-        help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16 (loss scaling, CUDA).",
+        help="auto (fp16 with loss scaling on CUDA, as App. B trains; fp32 on CPU), fp32, bf16, fp16 "
+        "(loss scaling, CUDA only).",
     ),
     gradient_checkpointing: bool = typer.Option(
         False,
@@ -132,7 +133,9 @@ def train(
         "hq",
         "--protocol",
         rich_help_panel=_LOSS,
-        help="hq: tau_g 900, alignment t in [70, 650]; lq: 999, [20, 980].",
+        help="hq (the paper's default): prompts tagged from the HQ crop, tau_g 900, alignment t in "
+        "[70, 650]; lq: prompts from the LQ crop, 999, [20, 980]. Validation grids tag as training does; "
+        "upscale and eval always tag the LQ input.",
     ),
     lambda_pixel: float = typer.Option(1.0, "--lambda-pixel", rich_help_panel=_LOSS, help="lambda_2 (MSE)."),
     lambda_perceptual: float = typer.Option(

@@ -2,7 +2,8 @@
 
 Defaults are the paper's (App. B): LoRA rank/alpha 64 on the attention projections, AdamW lr 5e-5, weight
 decay 1e-2, betas (0.9, 0.999), eps 1e-8, gradient clipping 1.0, EMA 0.999, batch 4, 512 crops, 100K steps,
-loss weights 1 / 2 / 1 / 1, HQ-prompt protocol (tau_g 900, t in [70, 650]). Validation errors name the CLI
+loss weights 1 / 2 / 1 / 1, HQ-prompt protocol (prompts tagged from the HQ crop, tau_g 900, t in [70, 650]),
+precision auto = fp16 with loss scaling on CUDA. Validation errors name the CLI
 flag to fix.
 """
 
@@ -146,7 +147,8 @@ class TrainConfig:
         if self.protocol not in ("hq", "lq"):
             raise ConfigError(
                 "--protocol",
-                f"use hq (tau_g 900, t in [70, 650]) or lq (999, [20, 980]), got '{self.protocol}'",
+                f"use hq (HQ-crop prompts, tau_g 900, t in [70, 650]) or lq (LQ-crop prompts, 999, "
+                f"[20, 980]), got '{self.protocol}'",
             )
         for flag, value in (
             ("--lambda-pixel", self.lambda_pixel),

@@ -46,17 +46,22 @@ class TrainResult:
 # ================================================================ stages
 
 
+def training_mixed_precision(precision: str, cuda: bool) -> str:
+    """--precision -> accelerate's mixed_precision. auto: fp16 with loss scaling on CUDA (App. B: "training is
+    performed in FP16"), no mixed precision on the CPU; bf16 only when asked."""
+    if precision == "auto":
+        precision = "fp16" if cuda else "fp32"
+    if precision == "fp16" and not cuda:
+        raise ConfigError("--precision", "fp16 (with loss scaling) needs a CUDA GPU; use bf16 or fp32 on CPU")
+    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+
+
 def create_accelerator(config: TrainConfig):
     """Stage 1: the Accelerator (devices, DDP, mixed precision, gradient accumulation)."""
     from accelerate import Accelerator
     from accelerate.utils import GradientAccumulationPlugin
 
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("--precision", "fp16 (with loss scaling) needs a CUDA GPU; use bf16 or fp32 on CPU")
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    mixed = training_mixed_precision(config.precision, torch.cuda.is_available())
     return Accelerator(
         mixed_precision=mixed,
         # The epoch end must not force a sync: optimizer steps stay at fixed micro-step multiples (exact
