@@ -256,15 +256,17 @@ def test_end_to_end_model_eval_reuses_upscale(tmp_path):
         doc["model"]["prompt_rule"]["template"] == "sharp, detailed"
         and doc["model"]["user_prompt"] == "a face"
     )
-    # The saved outputs are exactly what `sanasr upscale` writes for the same inputs, and `eval --sr` on them
-    # gives the same scores.
-    up = runner.invoke(
-        app,
-        ["upscale", str(lq), "-o", str(tmp_path / "up"), "--model", "tiny", "--device", "cpu", *PROMPT_FLAGS],
-    )
-    assert up.exit_code == 0, up.output
+    # The saved outputs are exactly what `sanasr upscale --color-fix none` writes for the same inputs (eval runs
+    # the paper's pipeline: no colour fix by default; upscale's default wavelet fix gives other pixels), and
+    # `eval --sr` on them gives the same scores.
+    assert doc["model"]["color_fix"] == "none"
+    for fix in ("none", "wavelet"):
+        args = ["upscale", str(lq), "-o", str(tmp_path / fix), "--model", "tiny", "--device", "cpu"]
+        up = runner.invoke(app, [*args, *PROMPT_FLAGS] + (["--color-fix", "none"] if fix == "none" else []))
+        assert up.exit_code == 0, up.output
     for f in save.glob("*.png"):
-        assert f.read_bytes() == (tmp_path / "up" / f.name).read_bytes()
+        assert f.read_bytes() == (tmp_path / "none" / f.name).read_bytes()
+        assert f.read_bytes() != (tmp_path / "wavelet" / f.name).read_bytes()
     again = runner.invoke(
         app,
         [
@@ -331,6 +333,7 @@ def test_rank_checkpoints_scores_every_checkpoint_best_first(fresh_tiny_model, t
     scores = [r["score"] for r in ranking]
     assert scores == sorted(scores, reverse=True) and len(set(scores)) == 3  # PSNR: higher is better
     assert doc["variant"]["variant"] == "pyiqa.create_metric('psnry', color_space='ycbcr')"
+    assert doc["color_fix"] == "none"  # checkpoints are ranked under the reporting pipeline (App. B)
     # The best score is the plain eval of that checkpoint's saved outputs.
     for r in ranking[:1]:
         again = runner.invoke(

@@ -117,6 +117,12 @@ def eval_command(
     ),
     csv_out: Path = typer.Option(None, "--csv", help="Write one row per image to this CSV file."),
     scale: float = typer.Option(4.0, "--scale", "-s", min=1.0, help="Upscale factor when a model runs."),
+    color_fix: str = typer.Option(
+        "none",
+        "--color-fix",
+        help="Colour fix when a model runs (--model, --rank-checkpoints): none (default: the paper's "
+        "pipeline, as reported), wavelet (`sanasr upscale`'s default), adain.",
+    ),
     base: str = typer.Option(None, "--base", help="Hub id or local folder of the pretrained SANA base."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (model and metrics)."),
     precision: str = typer.Option("auto", "--precision", help="Model precision: auto, fp32, fp16, bf16."),
@@ -148,6 +154,9 @@ def eval_command(
     channel of YCbCr; every metric's pyiqa variant is printed and stored. Exit code: 0 when everything was
     computed, 1 when a metric could not run (e.g. its weights are missing offline; the others still run) or
     an image failed, 2 for usage errors.
+
+    A model (--model, --rank-checkpoints) runs the paper's pipeline: the tagger reads the LQ input and no
+    colour fix is applied (add one with --color-fix; `sanasr upscale` defaults to wavelet).
     """
     if list_metrics:
         _print_metrics_list()
@@ -184,6 +193,10 @@ def eval_command(
     check_report_paths(("--json", json_out), ("--csv", csv_out))  # before any scoring, not after it
     if not math.isfinite(scale):
         raise fail(f"--scale must be a finite number, not {scale}", EXIT_USAGE)
+    from sanasr_cli.pipeline.color import COLOR_FIXES
+
+    if color_fix not in COLOR_FIXES:
+        raise fail(f"--color-fix takes {', '.join(COLOR_FIXES)}, not '{color_fix}'", EXIT_USAGE)
     dev = resolve_device(device)
     quiet_libraries()
 
@@ -227,7 +240,8 @@ def eval_command(
                 precision,
                 base,
                 json_out,
-                lambda m: _upscale_options(m, scale, prompt, prompt_flags, dev, pretag_images=None),
+                lambda m: _upscale_options(m, scale, prompt, prompt_flags, dev, None, color_fix),
+                color_fix,
             )
             raise typer.Exit(code)
         model_info = None
@@ -248,11 +262,14 @@ def eval_command(
                     f"[yellow]note:[/] '{model}' has random (untrained) weights: scores show the "
                     "pipeline, not SR quality."
                 )
-            options = _upscale_options(sr_model, scale, prompt, prompt_flags, dev, [p.sr for p in pairs])
+            options = _upscale_options(
+                sr_model, scale, prompt, prompt_flags, dev, [p.sr for p in pairs], color_fix
+            )
             model_info = {
                 "spec": model,
                 "description": sr_model.description.to_dict(),
                 "scale": scale,
+                "color_fix": color_fix,
                 "device": str(dev),
                 "precision": str(dtype).replace("torch.", ""),
                 "outputs": str(out_dir),
@@ -301,8 +318,9 @@ def eval_command(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _upscale_options(sr_model, scale, prompt, prompt_flags, dev, pretag_images):
-    """The same prompt rule and tagger `sanasr upscale` would use with these flags (shared prompt options)."""
+def _upscale_options(sr_model, scale, prompt, prompt_flags, dev, pretag_images, color_fix="none"):
+    """The same prompt rule and tagger `sanasr upscale` would use with these flags (shared prompt options);
+    the colour fix is eval's own default (none: the paper's pipeline), not upscale's."""
     from sanasr_cli.pipeline.upscale import UpscaleOptions
 
     tagger, tagger_weights, tagger_model, tag_vocab, template, tag_cache = prompt_flags
@@ -316,7 +334,11 @@ def _upscale_options(sr_model, scale, prompt, prompt_flags, dev, pretag_images):
         warn=sr_model.source_dir is not None,
     )  # presets have no trained rule
     options = UpscaleOptions(
-        scale=scale, prompt_rule=rule, user_prompt=prompt, tagger=po.build_tagger(rule, dev, tag_cache)
+        scale=scale,
+        prompt_rule=rule,
+        user_prompt=prompt,
+        tagger=po.build_tagger(rule, dev, tag_cache),
+        color_fix=color_fix,
     )
     if pretag_images is not None:
         po.pretag(options.tagger, pretag_images)
@@ -374,7 +396,9 @@ def _write_outputs(result, model_info, json_out, csv_out, extra) -> None:
         console.print(f"CSV written to {csv_out}")
 
 
-def _rank(run_dir, lq_pairs, lq, spec, out_dir, protocol, dev, precision, base, json_out, options_for) -> int:
+def _rank(
+    run_dir, lq_pairs, lq, spec, out_dir, protocol, dev, precision, base, json_out, options_for, color_fix
+) -> int:
     from sanasr_cli.errors import ModelDirError
     from sanasr_cli.evaluation.model_eval import find_checkpoints, rank_checkpoints
     from sanasr_cli.evaluation.report import protocol_text, versions
@@ -433,6 +457,7 @@ def _rank(run_dir, lq_pairs, lq, spec, out_dir, protocol, dev, precision, base, 
                 "variant": spec.to_dict(),
                 "protocol": protocol,
                 "protocol_description": protocol_text(protocol),
+                "color_fix": color_fix,
                 "num_images": len(lq_pairs),
                 "ranking": [
                     {

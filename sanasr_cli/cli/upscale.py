@@ -56,7 +56,8 @@ def upscale(
         "wavelet",
         "--color-fix",
         help="wavelet (default: low frequencies from the bicubic input, detail from the model), adain "
-        "(global per-channel mean/std), none.",
+        "(global per-channel mean/std), none (the paper's pipeline, the default of `sanasr eval --model` "
+        "and of prune's --validate gate).",
     ),
     ext: str = typer.Option(
         "png",

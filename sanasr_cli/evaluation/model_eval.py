@@ -109,7 +109,8 @@ def rank_checkpoints(
 
     Each checkpoint is a model directory; its outputs go to `save_root/checkpoint-<step>/`.
     `options_for(model)`
-    gives the UpscaleOptions for a loaded model (default: the model's own prompt rule, x4).
+    gives the UpscaleOptions for a loaded model (default: the model's own prompt rule, x4, no colour fix: the
+    paper's pipeline, as `sanasr eval`).
     """
     from sanasr_cli.evaluation.metrics import build_metric
     from sanasr_cli.models.sanasr import load_model
@@ -122,7 +123,9 @@ def rank_checkpoints(
         try:
             model = load_model(folder, device=device, dtype=dtype, base=base)
             options = (
-                options_for(model) if options_for else UpscaleOptions(prompt_rule=model.description.prompt)
+                options_for(model)
+                if options_for
+                else UpscaleOptions(prompt_rule=model.description.prompt, color_fix="none")
             )
             sr_pairs, failed = upscale_pairs(
                 model, lq_pairs, lq_dir, Path(save_root) / folder.name, options, on_done=on_image
