@@ -147,6 +147,10 @@ def test_validation_gate(tmp_path, fresh_tiny_model):
     assert relative_drop(0.5, 0.6, lower_better=True) == pytest.approx(0.2)
     same = validate_pruning(fresh_tiny_model, fresh_tiny_model.transformer, pairs, max_drop=0.0)
     assert same.passed and same.pairs == 1 and all(d == 0 for d in same.drop.values())
+    # the gate runs `sanasr eval`'s pipeline: no colour fix unless asked (upscale's wavelet gives other scores)
+    plain = validate_pruning(fresh_tiny_model, fresh_tiny_model.transformer, pairs, color_fix="none")
+    fixed = validate_pruning(fresh_tiny_model, fresh_tiny_model.transformer, pairs, color_fix="wavelet")
+    assert same.color_fix == "none" and same.before == plain.before != fixed.before
     broken = build_broken(fresh_tiny_model.transformer)
     bad = validate_pruning(fresh_tiny_model, broken, pairs, max_drop=0.03)
     assert not bad.passed and "psnr" in bad.failed
@@ -219,6 +223,12 @@ def test_cli_fisher_with_paired_and_online_calibration(tmp_path):
         rep = reports[name] = _report(out)
         assert rep["strategy"] == "fisher" and rep["steps"] == 2 and rep["calibration"]["steps"] == 2
         assert rep["calibration"]["source"] == str(calib) and len(rep["kept"]) == 3
+        assert rep["calibration"]["prompt_source"] == "hq"  # tiny: HQ-prompt protocol (tau_g 900)
+        f = rep["fisher"]  # share of F_i below eps_p, over the weights that enter S_l
+        assert rep["eps_p"] == f["eps_p"] == 1e-8
+        assert f["count"] == sum(b["params"] for b in rep["blocks"]) == sum(f["decades"].values()) + f["zero"]
+        assert 0 <= f["below_eps_p"] <= f["count"] and f["fraction_below_eps_p"] == f["below_eps_p"] / f["count"]
+        assert f["min"] <= f["max"] and "F_i below eps_p" in r.output
         assert all(b["saliency"] > 0 for b in rep["blocks"])
         assert "calibrate" in r.output
     assert reports["paired"]["blocks"] != reports["online"]["blocks"]  # the data reaches the saliency
@@ -347,3 +357,67 @@ def test_prune_ema_merges_the_ema_adapter(fresh_tiny_model, tmp_path):
     for (name, a), (_, b) in zip(pruned.transformer.named_parameters(), expected.named_parameters(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
     assert any(h.get("ema") is True for h in pruned.description.history)
+
+
+def _sidecar_pairs(folder):
+    _pairs(folder, n=1)
+    (folder / "hq" / "0.txt").write_text("red flower, tree")
+    (folder / "lq" / "0.txt").write_text("blue car")
+    return folder
+
+
+def test_calibration_prompts_come_from_the_protocols_image(tmp_path):
+    """App. A.1: calibration tags the image the model's training tagged; HQ-prompt models the HQ crop."""
+    from sanasr_cli.prompts.rule import PromptRule
+    from sanasr_cli.pruning.calib_data import calibration_batches
+
+    pairs = _sidecar_pairs(tmp_path / "pairs")
+    rule = PromptRule(tagger="file")
+    for source, words in (("hq", "red flower, tree, "), ("lq", "blue car, ")):
+        batches, n = calibration_batches([pairs], rule, crop=16, source=source)
+        assert n == 1 and next(batches).prompts == [words + rule.template]
+    # HQ folders degraded online: the synthesised LQ has no file, its content is the HQ file's (its sidecar)
+    hq_only = _hq_folder(tmp_path / "hq_only", n=1)
+    (hq_only / "h0.txt").write_text("sky")
+    batches, _ = calibration_batches([hq_only], rule, crop=16, source="lq")
+    assert next(batches).prompts == ["sky, " + rule.template]
+
+
+def test_protocol_name_follows_the_training_record():
+    from sanasr_cli.models.description import ModelDescription
+    from sanasr_cli.pruning.prune import protocol_for, protocol_name
+
+    assert protocol_name(ModelDescription()) == "hq"
+    assert protocol_name(ModelDescription(tau_g=999.0)) == "lq"  # no record: read from tau_g (App. B)
+    trained = ModelDescription(history=[{"command": "train", "protocol": "lq"}, {"command": "merge-lora"}])
+    assert protocol_name(trained) == "lq"
+    proto = protocol_for(trained)
+    assert (proto.t_min, proto.t_max, proto.tau_g) == (20, 980, 900.0)  # the model's own tau_g is kept
+
+
+def test_cli_calibration_tags_the_image_the_model_was_trained_with(tmp_path, fresh_tiny_model, monkeypatch):
+    """An LQ-prompt model (its train record) is calibrated on prompts from the LQ crop's sidecar."""
+    from sanasr_cli.models.sanasr import save_model_dir
+    from sanasr_cli.models.text_encoder import PromptEncoder
+
+    model_dir = tmp_path / "lq_model"
+    fresh_tiny_model.description.history.append({"command": "train", "protocol": "lq"})
+    save_model_dir(fresh_tiny_model, model_dir)
+    pairs = _sidecar_pairs(tmp_path / "pairs")
+    seen, real_encode = [], PromptEncoder.encode
+
+    def spy(self, prompts, *args, **kwargs):
+        seen.extend(prompts)
+        return real_encode(self, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(PromptEncoder, "encode", spy)
+    out = tmp_path / "out"
+    r = _cli(
+        "prune", model_dir, "-o", out, "--budget", THREE_BLOCKS, "--calib", pairs, "--steps", 1, "--crop", 16,
+        "--lambda-p", 0, "--tagger", "file",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "prompts from the LQ crop" in r.output
+    assert seen and all(p.startswith("blue car, clean") for p in seen), seen
+    cal = _report(out)["calibration"]
+    assert cal["prompt_source"] == "lq" and cal["protocol"]["t_min"] == 20

@@ -10,7 +10,12 @@ import torch
 from sanasr_cli.models.schedule import timestep_weight
 from sanasr_cli.pruning.blocks import BlockSizes, block_sizes, count_parameters, remove_blocks
 from sanasr_cli.pruning.budget import parse_budget
-from sanasr_cli.pruning.saliency import FisherAccumulator, fisher_block_saliency, magnitude_block_saliency
+from sanasr_cli.pruning.saliency import (
+    FisherAccumulator,
+    fisher_block_saliency,
+    fisher_statistics,
+    magnitude_block_saliency,
+)
 from sanasr_cli.pruning.select import BudgetError, greedy_select, random_scores, tail_scores
 
 
@@ -97,6 +102,11 @@ def test_block_saliency_matches_hand_computation():
     assert s[0] == pytest.approx(1 / 1.5 + 4 / 3.5)
     assert s[1] == pytest.approx(1 / 0.5 + 0.25 / 1.0)
     assert magnitude_block_saliency(toy) == pytest.approx([5.0, 1.25])
+    # the F_i that enter S_l (blocks only, proj_in is not counted): one of 4 below eps_p (and exactly 0)
+    stats = fisher_statistics(toy, fisher, eps_p=eps)
+    assert (stats["count"], stats["below_eps_p"], stats["zero"]) == (4, 1, 1)
+    assert stats["fraction_below_eps_p"] == 0.25 and (stats["min"], stats["max"]) == (0.0, 3.0)
+    assert stats["decades"] == {"1e-1": 1, "1e0": 2}  # 0.5 | 1 and 3
 
 
 def _brute_force(scores, sizes: BlockSizes, budget):
@@ -212,3 +222,59 @@ def test_alignment_timestep_with_a_cuda_generator():
 
     g = torch.Generator(device="cuda").manual_seed(0)
     assert 70 <= sample_alignment_timestep(PromptProtocol(), g) <= 650
+
+
+def test_calibrated_fisher_weights_by_omega_in_the_loss_and_in_the_sum(fresh_tiny_model):
+    """Eq. 21 + 23 read literally (the code's reading): L_cal = omega (L_rec + lambda_a L_align) and F adds
+    omega * (dL_cal/dw)^2, so F = mean_k omega_k^3 g_k^2 with g the gradient of the unweighted loss. Dropping
+    omega from the loss gives omega g^2, dropping it from the sum omega^2 g^2: both fail here."""
+    from sanasr_cli.pruning.calibrate import CalibrationBatch, calibrate_fisher
+    from sanasr_cli.training.losses import LossWeights, PromptProtocol, compute_task_losses
+
+    model, transformer = fresh_tiny_model, fresh_tiny_model.transformer
+    weights, protocol = LossWeights(perceptual=0.0), PromptProtocol.named("hq")
+    g = torch.Generator().manual_seed(3)
+    batches = []
+    for prompt in ("tree, clean", "sky, sharp"):
+        hq = torch.rand(1, 3, 16, 16, generator=g)
+        up = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(hq, 4), scale_factor=4).clamp(0, 1)
+        batches.append(CalibrationBatch(up, hq, [prompt]))
+    fisher, steps = calibrate_fisher(
+        model, iter(batches), 2, weights, protocol, None, torch.Generator().manual_seed(7)
+    )
+
+    # by hand: the same draws (t_k, eps) from the same seed, the gradient g of the unweighted loss
+    names = [n for n, _ in transformer.named_parameters()]
+    readings = {p: {n: 0.0 for n in names} for p in (3, 2, 1)}  # power of omega -> F
+    draws = torch.Generator().manual_seed(7)
+    hand_steps = []
+    transformer.requires_grad_(True)
+    try:
+        for b in batches:
+            with torch.no_grad():
+                embeds, mask = model.prompts.encode(b.prompts)
+            terms = compute_task_losses(
+                model.restorer, model.codec, b.lq_upsampled, b.hq, embeds, mask, weights, protocol, None,
+                generator=draws, with_consistency=False, calibration_weight=False,
+            )  # fmt: skip
+            grads = torch.autograd.grad(terms.total, list(transformer.parameters()), allow_unused=True)
+            t = terms.timestep
+            omega = (math.log(1001) - math.log(t + 1)) / math.log(1001)  # Eq. 22, T = 1000
+            hand_steps.append((t, omega, omega * float(terms.total.detach())))
+            for power, f in readings.items():
+                for n, gr in zip(names, grads, strict=True):
+                    f[n] = f[n] + (omega**power) * (0 if gr is None else gr.detach().square()) / 2
+    finally:
+        transformer.requires_grad_(False)
+    blocks = [n for n in names if n.startswith("transformer_blocks.")]
+    assert any(float(fisher[n].abs().max()) > 0 for n in blocks)
+    for n in names:
+        expected = torch.as_tensor(readings[3][n], dtype=torch.float32).expand_as(fisher[n])
+        torch.testing.assert_close(fisher[n], expected, rtol=1e-3, atol=1e-12)
+    for (t, omega, loss), rec in zip(hand_steps, steps, strict=True):  # L_cal itself carries omega (Eq. 21)
+        assert rec.timestep == t and rec.omega == pytest.approx(omega) and rec.loss == pytest.approx(loss, rel=1e-5)
+    # the other readings are far from what the code computes (omega <= 0.38 for t >= 70)
+    for power in (1, 2):
+        other = sum(float(torch.as_tensor(readings[power][n]).sum()) for n in blocks)
+        ours = sum(float(fisher[n].sum()) for n in blocks)
+        assert other > 2 * ours

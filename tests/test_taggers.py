@@ -454,3 +454,20 @@ def test_upscale_prompts_come_from_the_same_rule_and_cache(tiny_model, tiny_clip
     assert [prompt_for_image(rule, _read(p), p, tagger=again) for p in paths] == [r.prompt for r in records]
     assert again.runs == 0 and again.tagger.model is None
     assert all(r.prompt.endswith(", clean") and r.prompt.count(",") == 3 for r in records)
+
+
+def test_training_prompts_tag_the_protocols_crop_with_an_image_tagger(tiny_clip):
+    """batch_prompts hands an image tagger the HQ crop under hq and the LQ crop under lq (never a path: crop
+    tags must not enter the per-file cache)."""
+    from sanasr_cli.training.data import ItemFiles, batch_prompts
+
+    options = {"model": str(tiny_clip), "top_k": 8, "threshold": 0.0}
+    rule = PromptRule(tagger="clip", template="clean", tagger_options=options)
+    tagger = make_tagger("clip", **rule.normalized().tagger_options)
+    hq = torch.from_numpy(make_photo_like(32, 32, 1)).permute(2, 0, 1)[None].float() / 255
+    lq = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))  # other content, other tags
+    by_image = {name: prompt_for_image(rule, img[0], None, tagger) for name, img in (("hq", hq), ("lq", lq))}
+    assert by_image["hq"] != by_image["lq"]
+    files = [ItemFiles(None, None)]
+    for source in ("hq", "lq"):
+        assert batch_prompts(rule, tagger, source, lq, hq, files) == [by_image[source]]

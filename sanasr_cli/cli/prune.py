@@ -53,6 +53,12 @@ def prune(
     protocol: str = typer.Option(
         "full", "--protocol", help="Validation protocol: full (whole images) or patch."
     ),
+    color_fix: str = typer.Option(
+        "none",
+        "--color-fix",
+        help="Colour fix in the validation gate: none (default: the paper's pipeline, as `sanasr eval "
+        "--model`), wavelet (`sanasr upscale`'s default), adain.",
+    ),
     max_drop: float = typer.Option(
         0.03,
         "--max-drop",
@@ -91,8 +97,11 @@ def prune(
     Algorithm 2 of the paper: merge the LoRA adapter, run K calibration steps with
     L_cal = omega(t)(L_rec + lambda_a L_align) to accumulate F_i (Eq. 23) over every transformer weight, score
     each block with S_l = sum w^2 / (F + eps) (Eq. 24), keep blocks by descending S_l within the budget (first
-    and last always kept). OUT/transformer/ is a diffusers folder with fewer blocks; OUT/prune_report.json
-    lists every block's saliency and size, the kept blocks, parameters and MACs before/after. Nothing is
+    and last always kept). Calibration prompts are made from the image the model's training protocol tagged
+    (HQ crop for --protocol hq, the paper's default; LQ crop for lq); the --validate gate runs `sanasr eval`'s
+    pipeline (LQ input tagged, no colour fix unless --color-fix). OUT/transformer/ is a diffusers folder with
+    fewer blocks; OUT/prune_report.json lists every block's saliency and size, the kept blocks, parameters and
+    MACs before/after, eps_p and the share of F_i below it. Nothing is
     written until the end, so an interrupted run leaves no OUT.
     Exit 0 ok, 1 validation failed (OUT still written) or run failed, 2 bad input.
     """
@@ -122,6 +131,10 @@ def prune(
         check_model_dir(Path(model_dir))
         inputs.append(Path(model_dir))
     check_model_output(output, overwrite, inputs)
+    from sanasr_cli.pipeline.color import COLOR_FIXES
+
+    if color_fix not in COLOR_FIXES:
+        raise fail(f"--color-fix takes {', '.join(COLOR_FIXES)}, not '{color_fix}'", EXIT_USAGE)
     if validate is not None:
         from sanasr_cli.evaluation.metrics import PROTOCOLS, UnknownMetricError, parse_metrics
         from sanasr_cli.pruning.validate import PairsError, list_pairs
@@ -169,7 +182,7 @@ def prune(
             overwrite,
             rule,
             tagger_obj,
-            (validate_metrics, protocol),
+            (validate_metrics, protocol, color_fix),
             ema=ema,
         )
     except KeyboardInterrupt:
@@ -209,7 +222,7 @@ def _run(
     from sanasr_cli.errors import ModelDirError
     from sanasr_cli.pruning.blocks import block_sizes
     from sanasr_cli.pruning.budget import format_params
-    from sanasr_cli.pruning.prune import PruneOptions, merge_if_needed, prune_model, save_pruned
+    from sanasr_cli.pruning.prune import PruneOptions, merge_if_needed, protocol_name, prune_model, save_pruned
     from sanasr_cli.pruning.report import render_table
     from sanasr_cli.pruning.select import BudgetError, check_budget
     from sanasr_cli.training.losses import LossWeights, PerceptualLoss
@@ -235,6 +248,7 @@ def _run(
         seed=seed,
         weights=LossWeights(perceptual=lambda_p),
         calib_source=", ".join(map(str, calib)) if calib else None,
+        prompt_source=protocol_name(model.description),  # tag what the model's training tagged (App. A.1)
     )
     batches, perceptual = None, None
     if strategy != "fisher" and calib:
@@ -246,10 +260,15 @@ def _run(
         from sanasr_cli.pruning.calib_data import calibration_batches
 
         try:
-            batches, n_images = calibration_batches(calib, rule, crop=crop, seed=seed, tagger=tagger)
+            batches, n_images = calibration_batches(
+                calib, rule, crop=crop, seed=seed, tagger=tagger, source=options.prompt_source
+            )
         except Exception as e:  # noqa: BLE001 - the datasets raise one clear DatasetError line per problem
             raise fail(f"calibration data: {e}", EXIT_USAGE) from None
-        console.print(f"calibration: {n_images} images, K = {steps} steps, crop {crop}, on {model.device}")
+        console.print(
+            f"calibration: {n_images} images, K = {steps} steps, crop {crop}, on {model.device}, "
+            f"prompts from the {options.prompt_source.upper()} crop"
+        )
         if lambda_p:
             random_backbone = model.description.random_weights
             if random_backbone:
@@ -284,6 +303,12 @@ def _run(
     if report.calibration is not None:
         report.calibration["prompt_rule"] = rule.to_dict()
     console.print(render_table(report))
+    if report.fisher is not None:
+        f = report.fisher
+        console.print(
+            f"F_i below eps_p = {f['eps_p']:g}: {f['fraction_below_eps_p']:.2%} of {f['count']} block weights "
+            f"(F from {f['min']:.3g} to {f['max']:.3g})"
+        )
 
     # ---- 4. validation gate (App. B), then write everything at once
     code = 0
@@ -291,7 +316,7 @@ def _run(
         from sanasr_cli.errors import SanaSRError
         from sanasr_cli.pruning.validate import validate_pruning
 
-        metrics, protocol = gate
+        metrics, protocol, color_fix = gate
         try:
             with console.status(f"validating on {validate} (unpruned vs pruned, {protocol} protocol) ..."):
                 result = validate_pruning(
@@ -303,6 +328,7 @@ def _run(
                     tagger=tagger,
                     metrics=metrics.split(","),
                     protocol=protocol,
+                    color_fix=color_fix,
                 )
         except SanaSRError as e:  # the gate cannot decide: say why, still write OUT, exit 1
             report.validation = {"error": str(e), "passed": False}

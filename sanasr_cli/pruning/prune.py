@@ -22,7 +22,12 @@ from sanasr_cli.pruning.blocks import block_sizes, count_parameters, remove_bloc
 from sanasr_cli.pruning.calibrate import CalibrationBatch, StepRecord, calibrate_fisher
 from sanasr_cli.pruning.macs import transformer_macs
 from sanasr_cli.pruning.report import REPORT_FILE, BlockRecord, PruneReport
-from sanasr_cli.pruning.saliency import DEFAULT_EPS_P, fisher_block_saliency, magnitude_block_saliency
+from sanasr_cli.pruning.saliency import (
+    DEFAULT_EPS_P,
+    fisher_block_saliency,
+    fisher_statistics,
+    magnitude_block_saliency,
+)
 from sanasr_cli.pruning.select import STRATEGIES, check_budget, greedy_select, random_scores, tail_scores
 from sanasr_cli.training.losses import LossWeights, PerceptualLoss, PromptProtocol
 
@@ -40,6 +45,8 @@ class PruneOptions:
     )  # lambda_2, lambda_p, lambda_a (consistency unused)
     mac_image_size: int = 512  # MACs are reported for one forward at this square image size
     calib_source: str | None = None  # recorded in the report
+    # the image calibration prompts were made from ("hq" / "lq"); None: the model's protocol (protocol_name)
+    prompt_source: str | None = None
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -48,9 +55,18 @@ class PruneOptions:
             raise ValueError(f"--steps must be at least 1, got {self.steps}")
 
 
+def protocol_name(description) -> str:
+    """The prompt protocol the model was trained with: the newest `train` record of its history, else read
+    from tau_g (999: LQ-prompt, otherwise HQ-prompt, App. B)."""
+    for record in reversed(description.history):
+        if record.get("command") == "train" and record.get("protocol") in ("hq", "lq"):
+            return record["protocol"]
+    return "lq" if description.tau_g >= 999 else "hq"
+
+
 def protocol_for(description) -> PromptProtocol:
-    """The alignment range of the model's prompt protocol: LQ-prompt if tau_g = 999, else HQ (App. B)."""
-    proto = PromptProtocol.named("lq" if description.tau_g >= 999 else "hq")
+    """The alignment range of the model's prompt protocol (`protocol_name`), at the model's own tau_g."""
+    proto = PromptProtocol.named(protocol_name(description))
     proto.tau_g = description.tau_g
     return proto
 
@@ -94,6 +110,7 @@ def score_blocks(
         "steps": len(steps),
         "batch_size": max(s.batch for s in steps),
         "protocol": asdict(protocol),
+        "prompt_source": options.prompt_source or protocol_name(model.description),
         "loss_weights": {
             "pixel": options.weights.pixel,
             "perceptual": options.weights.perceptual,
@@ -104,6 +121,7 @@ def score_blocks(
         "timesteps": [s.timestep for s in steps],
         "omegas": [s.omega for s in steps],
         "losses": losses,
+        "fisher": fisher_statistics(transformer, fisher, options.eps_p),
     }
     return scores, record
 
@@ -163,6 +181,7 @@ def prune_model(
             "transformer forward only",
         },
         eps_p=options.eps_p if options.strategy == "fisher" else None,
+        fisher=calibration.pop("fisher") if calibration else None,
         calibration=calibration,
         source_model=source_model,
     )

@@ -40,6 +40,7 @@ class PruneReport:
     macs_input: dict  # image size, latent size, text tokens, how counted
     parameter_scope: str = PARAMETER_SCOPE
     eps_p: float | None = None
+    fisher: dict | None = None  # fisher_statistics: share of F_i below eps_p, range, decades
     calibration: dict | None = None  # source, protocol, loss weights, per-step loss/t/omega summary
     validation: dict | None = None
     source_model: str | None = None

@@ -3,12 +3,22 @@
     F_i = 1/K sum_k omega(t_k) (dL_cal^(k) / dw_i)^2                 (Eq. 23)
     S_l = sum_{w_i in block l} w_i^2 / (F_i + eps_p)                  (Eq. 24)
 
-L_cal^(k) = omega(t_k)(L_rec + lambda_a L_align) (Eq. 21) already carries one omega(t_k); Eq. 23 weights the
-squared gradient by omega(t_k) again. We follow the paper literally (both weights), so F_i scales as omega^3.
+L_cal^(k) = omega(t_k)(L_rec + lambda_a L_align) (Eq. 21) already carries one omega(t_k); Eq. 23 and
+Algorithm 2 (line 7) weight the squared gradient by omega(t_k) again. We follow the paper literally (both
+weights): with g the gradient of the unweighted loss, each step adds omega(t_k) (omega(t_k) g)^2 =
+omega(t_k)^3 g^2 to F_i (tests/test_pruning.py checks exactly this, so dropping either omega fails).
+Since omega(t) is one scalar per step, the readings differ only in how steps are weighted against each other
+and in F's overall scale relative to eps_p.
+
+eps_p (Eq. 24, "a stabilizer", value not given in the paper) is DEFAULT_EPS_P = 1e-8. `fisher_statistics`
+reports which share of the F_i entering S_l fall below it (prune_report.json: `fisher`), i.e. where eps_p,
+not the curvature, sets the score.
 F is kept in float32 whatever the model's dtype (bf16 gradients squared underflow quickly).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -55,6 +65,39 @@ def fisher_block_saliency(
         w2 = p.detach().double().square()
         scores[idx] += float((w2 / (fisher[name].double() + eps_p)).sum())
     return scores
+
+
+def fisher_statistics(
+    transformer: torch.nn.Module, fisher: dict[str, torch.Tensor], eps_p: float = DEFAULT_EPS_P
+) -> dict:
+    """Summary of F over the block parameters (those in S_l): how many F_i are below eps_p (there the score
+    is ~ w^2 / eps_p, the stabilizer decides) or exactly 0, min / max, and a count per decade of F."""
+    count = below = zero = 0
+    low, high = math.inf, -math.inf
+    decades: dict[int, int] = {}
+    for name, _ in transformer.named_parameters():
+        if block_index(name) is None:
+            continue
+        f = fisher[name].detach().float().flatten()
+        count += f.numel()
+        below += int((f < eps_p).sum())
+        zero += int((f == 0).sum())
+        low, high = min(low, float(f.min())), max(high, float(f.max()))
+        exps = torch.floor(torch.log10(f[f > 0])).to(torch.int64)
+        values, counts = torch.unique(exps, return_counts=True)
+        for v, c in zip(values.tolist(), counts.tolist(), strict=True):
+            decades[v] = decades.get(v, 0) + c
+    return {
+        "eps_p": eps_p,
+        "counted_over": "F_i of the transformer blocks' parameters (those in S_l, Eq. 24)",
+        "count": count,
+        "below_eps_p": below,
+        "fraction_below_eps_p": below / count if count else 0.0,
+        "zero": zero,
+        "min": low if count else None,
+        "max": high if count else None,
+        "decades": {f"1e{k}": decades[k] for k in sorted(decades)},  # F in [10^k, 10^(k+1)): count
+    }
 
 
 def magnitude_block_saliency(transformer: torch.nn.Module) -> list[float]:

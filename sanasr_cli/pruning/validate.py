@@ -2,7 +2,8 @@
 
 Both models go through `sanasr eval`'s end-to-end path (`evaluation.model_eval.upscale_pairs`: the upscale
 pipeline writes PNGs, then `evaluation.metrics.evaluate_pairs` scores them under the full-image or 256x256
-patch protocol), so the gate measures what `sanasr eval` would report. Each metric's relative drop,
+patch protocol), so the gate measures what `sanasr eval` would report: the paper's pipeline, LQ input tagged, no
+colour fix unless asked. Each metric's relative drop,
 (before - after) / |before| (sign flipped for lower-is-better metrics), must stay within `max_drop` (0.03 in
 the paper). Default metrics: PSNR and SSIM on the Y channel (pyiqa, no downloads).
 """
@@ -28,6 +29,7 @@ class ValidationResult:
     pairs: int
     max_drop: float
     protocol: str
+    color_fix: str
     before: dict[str, float]  # metric -> mean over pairs, unpruned model
     after: dict[str, float]  # metric -> mean over pairs, pruned model
     drop: dict[str, float]  # metric -> relative drop (positive = worse)
@@ -74,10 +76,12 @@ def validate_pruning(
     protocol: str = "full",
     scale: float = 4.0,
     on_image: Callable | None = None,
+    color_fix: str = "none",
 ) -> ValidationResult:
     """Score `model` as it is, then with `pruned_transformer` in place of its transformer, on the same pairs.
 
-    rule / tagger: the prompt rule and its built tagger (default: the model's rule). The model's own
+    rule / tagger: the prompt rule and its built tagger (default: the model's rule); the LQ input is tagged, as
+    at inference. color_fix: "none" by default, the paper's pipeline (as `sanasr eval --model`). The model's own
     transformer is put back afterwards. Raises PairsError for a folder without pairs, and SanaSRError when an
     image fails or a metric cannot be built (the gate cannot decide without every score).
     """
@@ -90,7 +94,9 @@ def validate_pruning(
     specs = parse_metrics(list(metrics))
     built = {s.name: build_metric(s, "cpu") for s in specs}  # MetricUnavailable now, before any restoring
     rule = rule or model.description.prompt
-    options = UpscaleOptions(scale=scale, prompt_rule=rule, tagger=tagger or tagger_from_rule(rule))
+    options = UpscaleOptions(
+        scale=scale, prompt_rule=rule, tagger=tagger or tagger_from_rule(rule), color_fix=color_fix
+    )
     original = model.restorer.transformer
     means = {}
     with tempfile.TemporaryDirectory(prefix="sanasr-validate-") as tmp:
@@ -115,6 +121,7 @@ def validate_pruning(
         len(pairs),
         max_drop,
         protocol,
+        color_fix,
         before,
         after,
         drop,
