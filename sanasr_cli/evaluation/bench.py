@@ -108,7 +108,8 @@ def sana_pipeline(model) -> Pipeline:
     def make_inputs(batch, size, device, dtype):
         from sanasr_cli.prompts.template import DEFAULT_TEMPLATE
 
-        tok = prompts.tokenize([DEFAULT_TEMPLATE] * batch)  # padded to max_length as SANA does: cost is fixed
+        # padded as SANA does (instruction prefix + max_length - 2 tokens through the encoder): the cost is fixed
+        tok = prompts.tokenize([DEFAULT_TEMPLATE] * batch)
         caption = prompts.text_encoder.config.hidden_size
         latent = -(-size // f)
         return {
@@ -117,7 +118,7 @@ def sana_pipeline(model) -> Pipeline:
             else torch.empty(batch, 3, size, size, device=device),
             "input_ids": tok["input_ids"].to(device),
             "attention_mask": tok["attention_mask"].to(device),
-            "mask": tok["mask"].to(device),
+            "mask": tok["mask"][:, prompts.select_index].to(device),  # laid out as the embeddings are
             "embeds": torch.zeros(batch, prompts.max_length, caption, device=device, dtype=dtype),
             "latents": torch.zeros(batch, c, latent, latent, device=device, dtype=dtype),
         }
