@@ -150,8 +150,9 @@ def random_crops(images: list[torch.Tensor], crop: int, n: int, g: torch.Generat
 # ---------------------------------------------------------------- training helper (resumable loop)
 
 
-def train_loop(name, work, module, steps, lr, step_fn, seed, save_every=100, warmup=50):
-    """AdamW with warmup + cosine decay; a checkpoint (weights, optimizer, step, RNG) every save_every steps."""
+def train_loop(name, work, module, steps, lr, step_fn, seed, save_every=100, warmup=50, clip=1.0):
+    """AdamW with warmup + cosine decay (to lr / 10); gradient clipping at `clip` (0: none); a checkpoint (weights,
+    optimizer, step, RNG) every save_every steps."""
     ckpt = work / "ckpt" / f"{name}.pt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
@@ -178,11 +179,12 @@ def train_loop(name, work, module, steps, lr, step_fn, seed, save_every=100, war
         loss = step_fn(g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
         opt.step()
         history.append(float(loss.detach()))
-        if (step + 1) % 25 == 0:
-            recent = sum(history[-25:]) / 25
+        if (step + 1) % 100 == 0:
+            recent = sum(history[-100:]) / 100
             log(f"{name}: step {step + 1}/{steps} loss {recent:.5f} ({(time.time() - t0) / (step + 1 - start):.2f} s/step)")
         if (step + 1) % save_every == 0 or step + 1 == steps:
             state = dict(
@@ -202,7 +204,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 # ---------------------------------------------------------------- 2. autoencoder
 
 
-def stage_autoencoder(work: Path, seed: int, steps: int, batch: int = 8, crop: int = 64) -> dict:
+def stage_autoencoder(work: Path, seed: int, steps: int, batch: int = 8, crop: int = 32, lr: float = 2e-3) -> dict:
     from diffusers import AutoencoderDC
 
     from sanasr_cli.models.vae import LatentCodec
@@ -217,7 +219,8 @@ def stage_autoencoder(work: Path, seed: int, steps: int, batch: int = 8, crop: i
         return F.mse_loss(y, x) + 0.5 * F.l1_loss(y, x)
 
     start = time.time()
-    history = train_loop("autoencoder", work, vae, steps, 1e-3, step_fn, seed)
+    # small crops, many steps, a high rate without clipping: measured fastest to a good reconstruction on 1 core
+    history = train_loop("autoencoder", work, vae, steps, lr, step_fn, seed, save_every=500, clip=0)
     with torch.no_grad():  # scaling factor: 1 / std of the latents of train crops
         g = torch.Generator().manual_seed(seed + 1)
         z = torch.cat([vae.encode(random_crops(train, 128, 8, g) * 2 - 1).latent for _ in range(8)])
@@ -225,7 +228,7 @@ def stage_autoencoder(work: Path, seed: int, steps: int, batch: int = 8, crop: i
     vae.register_to_config(scaling_factor=round(scaling, 5))
     vae.save_pretrained(str(work / "base" / "vae"), safe_serialization=True)
     report = dict(
-        steps=steps, batch=batch, crop=crop, loss="mse + 0.5 l1 on [-1, 1] pixels", lr=1e-3,
+        steps=steps, batch=batch, crop=crop, loss="mse + 0.5 l1 on [-1, 1] pixels", lr=lr,
         seconds=round(time.time() - start, 1), final_loss=sum(history[-50:]) / 50,
         scaling_factor=round(scaling, 5), latent_mean=float(z.mean()), latent_std=float(z.std()),
     )
@@ -489,7 +492,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--stage", default="all", choices=["all", "data", "autoencoder", "text", "prior", "sr", "ship"])
-    ap.add_argument("--ae-steps", type=int, default=600)
+    ap.add_argument("--ae-steps", type=int, default=3000)
     ap.add_argument("--prior-steps", type=int, default=600)
     ap.add_argument("--sr-steps", type=int, default=600)
     args = ap.parse_args()
