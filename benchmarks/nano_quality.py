@@ -84,6 +84,42 @@ def score_pairs(model, pairs, color_fixes=("none", "wavelet")) -> list[dict]:
     return rows
 
 
+def side_by_side(model, pair: tuple[str, Path, Path], out: Path, box: int = 160) -> None:
+    """A PNG of one held-out photo's centre: bicubic | nano (upscale's defaults) | HQ, each `box` px square."""
+    from PIL import Image
+
+    from sanasr_cli.data.io import read_image
+    from sanasr_cli.data.resample import upsample_bicubic
+    from sanasr_cli.pipeline.upscale import upscale_tensor
+    from sanasr_cli.prompts.template import build_prompt
+
+    _, lq_path, hq_path = pair
+    lq, hq = read_image(lq_path)[0], read_image(hq_path)[0]
+    with torch.no_grad():
+        sr = upscale_tensor(model, lq, build_prompt([], model.description.prompt.template))
+    h, w = hq.shape[-2:]
+    y, x = (h - box) // 2, (w - box) // 2
+    panels = [upsample_bicubic(lq[None], 4)[0], sr, hq]
+    row = torch.cat([p.clamp(0, 1)[:, y : y + box, x : x + box] for p in panels], dim=-1)
+    img = (row.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST).save(out)
+
+
+def write_ci_pairs(pairs, dest: Path, count: int = 3, box: int = 128) -> list[tuple[str, Path, Path]]:
+    """Centre crops (HQ box x box, LQ box/4) of the first `count` degraded held-out pairs: the CI test's data."""
+    from sanasr_cli.data.io import read_image, write_image
+
+    out = []
+    for key, lq_path, hq_path in pairs[:count]:
+        lq, hq = read_image(lq_path)[0], read_image(hq_path)[0]
+        y, x = (hq.shape[-2] - box) // 8 * 4, (hq.shape[-1] - box) // 8 * 4  # multiples of 4: aligned with the LQ
+        paths = (dest / "lq" / f"{key}.png", dest / "hq" / f"{key}.png")
+        write_image(paths[0], lq[:, y // 4 : (y + box) // 4, x // 4 : (x + box) // 4])
+        write_image(paths[1], hq[:, y : y + box, x : x + box])
+        out.append((key, *paths))
+    return out
+
+
 def summarise(rows: list[dict]) -> dict:
     keys = [k for k in rows[0] if k.endswith(("_psnr_y", "_ssim"))]
     median = {k: round(statistics.median(r[k] for r in rows), 4) for k in keys}
@@ -99,7 +135,9 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def markdown(rows: list[dict], median: dict) -> str:
-    head = "| image | bicubic Y-PSNR / SSIM | nano Y-PSNR / SSIM | nano + wavelet fix Y-PSNR / SSIM |\n|---|---|---|---|\n"
+    head = (
+        "| image | bicubic Y-PSNR / SSIM | nano Y-PSNR / SSIM | nano + wavelet fix Y-PSNR / SSIM |\n|---|---|---|---|\n"
+    )
     lines = [
         f"| {r['image']} | {r['bicubic_psnr_y']:.2f} / {r['bicubic_ssim']:.4f} | "
         f"{r['nano_none_psnr_y']:.2f} / {r['nano_none_ssim']:.4f} | "
@@ -126,6 +164,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "nano_quality.json")
+    ap.add_argument("--figure", type=Path, default=None, help="also write bicubic | nano | HQ of the first photo")
+    ap.add_argument("--ci-pairs", type=Path, default=None, help="also write (and score) the CI test's 3 crops here")
+    ap.add_argument("--progress", type=Path, default=None, help="also score every checkpoint of this train run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -139,11 +180,35 @@ def main() -> None:
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = dict(
-        model=str(args.model), seed=args.seed, degradation="Real-ESRGAN default (sanasr degrade), seed per file",
+        model=str(args.model),
+        seed=args.seed,
+        degradation="Real-ESRGAN default (sanasr degrade), seed per file",
         metrics="pyiqa psnr (Y of YCbCr) and ssim (Y), 8-bit outputs, no border crop",
-        machine="2-core x86-64 CPU, fp32", images=rows, median=median, markdown=table,
+        machine="2-core x86-64 CPU, fp32",
+        images=rows,
+        median=median,
+        markdown=table,
     )
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.ci_pairs:
+        ci_rows = score_pairs(model, write_ci_pairs(pairs, args.ci_pairs))
+        ci = summarise(ci_rows)
+        result["ci_pairs"] = dict(images=ci_rows, median=ci, median_gain_none_psnr_y=ci["gain_none_psnr_y"])
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(markdown(ci_rows, ci))
+    if args.progress:  # SR gain of each checkpoint of the training run on the way (its live adapter, no colour fix)
+        from sanasr_cli.evaluation.model_eval import find_checkpoints
+
+        result["progress"] = []
+        for step, folder in find_checkpoints(args.progress):
+            med = summarise(score_pairs(load_model(folder), pairs, color_fixes=("none",)))
+            result["progress"].append(
+                dict(step=step, gain_psnr_y=med["gain_none_psnr_y"], gain_ssim=med["gain_none_ssim"])
+            )
+            print(result["progress"][-1], flush=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.figure:
+        side_by_side(model, pairs[0], args.figure)
 
 
 if __name__ == "__main__":

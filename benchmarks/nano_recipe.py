@@ -117,8 +117,10 @@ def stage_data(work: Path) -> list[dict]:
             dict(package=package, path=rel, sha256=sha256(src), split=split, file=f"{split}/{dst.name}", size=[w, h])
         )
     write_json(work / "manifest.json", manifest)
-    log(f"data: {sum(m['split'] == 'train' for m in manifest)} train, "
-        f"{sum(m['split'] == 'heldout' for m in manifest)} held-out photos")
+    log(
+        f"data: {sum(m['split'] == 'train' for m in manifest)} train, "
+        f"{sum(m['split'] == 'heldout' for m in manifest)} held-out photos"
+    )
     return manifest
 
 
@@ -185,10 +187,15 @@ def train_loop(name, work, module, steps, lr, step_fn, seed, save_every=100, war
         history.append(float(loss.detach()))
         if (step + 1) % 100 == 0:
             recent = sum(history[-100:]) / 100
-            log(f"{name}: step {step + 1}/{steps} loss {recent:.5f} ({(time.time() - t0) / (step + 1 - start):.2f} s/step)")
+            log(
+                f"{name}: step {step + 1}/{steps} loss {recent:.5f} ({(time.time() - t0) / (step + 1 - start):.2f} s/step)"
+            )
         if (step + 1) % save_every == 0 or step + 1 == steps:
             state = dict(
-                model=module.state_dict(), optimizer=opt.state_dict(), rng=g.get_state(), step=torch.tensor(step + 1),
+                model=module.state_dict(),
+                optimizer=opt.state_dict(),
+                rng=g.get_state(),
+                step=torch.tensor(step + 1),
                 history=json.dumps(history),
             )
             torch.save(state, str(ckpt) + ".tmp")
@@ -228,9 +235,16 @@ def stage_autoencoder(work: Path, seed: int, steps: int, batch: int = 8, crop: i
     vae.register_to_config(scaling_factor=round(scaling, 5))
     vae.save_pretrained(str(work / "base" / "vae"), safe_serialization=True)
     report = dict(
-        steps=steps, batch=batch, crop=crop, loss="mse + 0.5 l1 on [-1, 1] pixels", lr=lr,
-        seconds=round(time.time() - start, 1), final_loss=sum(history[-50:]) / 50,
-        scaling_factor=round(scaling, 5), latent_mean=float(z.mean()), latent_std=float(z.std()),
+        steps=steps,
+        batch=batch,
+        crop=crop,
+        loss="mse + 0.5 l1 on [-1, 1] pixels",
+        lr=lr,
+        seconds=round(time.time() - start, 1),
+        final_loss=sum(history[-50:]) / 50,
+        scaling_factor=round(scaling, 5),
+        latent_mean=float(z.mean()),
+        latent_std=float(z.std()),
     )
     # reconstruction PSNR on the held-out photos (measured only; never trained on)
     codec = LatentCodec(vae)
@@ -259,8 +273,9 @@ def stage_text(work: Path, seed: int) -> dict:
 
     tokenizer = build_local_tokenizer()
     cfg = dict(PRESET.text_encoder, vocab_size=len(tokenizer))
-    cfg.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-               eos_token_id=tokenizer.eos_token_id)
+    cfg.update(
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+    )
     torch.manual_seed(seed + 2)
     model = Gemma2Model(Gemma2Config(**cfg))
     base = work / "base"
@@ -321,8 +336,11 @@ def stage_prior(work: Path, seed: int, steps: int, batch: int = 32, crop: int = 
         eps = torch.randn(z0.shape, generator=g)
         zt = (1 - sigma.view(-1, 1, 1, 1)) * z0 + sigma.view(-1, 1, 1, 1) * eps
         v = transformer(
-            hidden_states=zt, encoder_hidden_states=embeds.expand(batch, -1, -1),
-            encoder_attention_mask=mask.expand(batch, -1), timestep=1000 * sigma, return_dict=False,
+            hidden_states=zt,
+            encoder_hidden_states=embeds.expand(batch, -1, -1),
+            encoder_attention_mask=mask.expand(batch, -1),
+            timestep=1000 * sigma,
+            return_dict=False,
         )[0]
         return F.mse_loss(v, eps - z0)
 
@@ -335,8 +353,13 @@ def stage_prior(work: Path, seed: int, steps: int, batch: int = 32, crop: int = 
     z = torch.randn(4, *latents.shape[1:], generator=g)
     with torch.no_grad():
         for t in sched.timesteps:
-            v = transformer(hidden_states=z, encoder_hidden_states=embeds.expand(4, -1, -1),
-                            encoder_attention_mask=mask.expand(4, -1), timestep=t.expand(4), return_dict=False)[0]
+            v = transformer(
+                hidden_states=z,
+                encoder_hidden_states=embeds.expand(4, -1, -1),
+                encoder_attention_mask=mask.expand(4, -1),
+                timestep=t.expand(4),
+                return_dict=False,
+            )[0]
             z = sched.step(v, t, z).prev_sample
         sample = codec.decode(z)
     from PIL import Image
@@ -344,8 +367,15 @@ def stage_prior(work: Path, seed: int, steps: int, batch: int = 32, crop: int = 
     grid = (sample.permute(0, 2, 3, 1).reshape(-1, sample.shape[-1], 3).numpy() * 255).round().astype(np.uint8)
     Image.fromarray(grid).save(work / "prior_samples.png")
     report = dict(
-        steps=steps, batch=batch, crop=crop, latent_pool=len(latents), lr=3e-4, t_sampling="logit-normal(0, 1)",
-        shift=shift, seconds=round(time.time() - start, 1), final_loss=sum(history[-50:]) / 50,
+        steps=steps,
+        batch=batch,
+        crop=crop,
+        latent_pool=len(latents),
+        lr=3e-4,
+        t_sampling="logit-normal(0, 1)",
+        shift=shift,
+        seconds=round(time.time() - start, 1),
+        final_loss=sum(history[-50:]) / 50,
         first_loss=sum(history[:50]) / 50,
         data_latents=dict(mean=float(latents.mean()), std=float(latents.std())),
         sampled_latents=dict(mean=float(z.mean()), std=float(z.std())),
@@ -374,14 +404,54 @@ def stage_sr(work: Path, seed: int, steps: int, threads: int) -> dict:
     run = work / "sr_run"
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     cmd = [
-        sys.executable, "-m", "sanasr_cli", "train", "--model", str(prior_dir), "--hq", str(work / "photos" / "train"),
-        "-o", str(run), "--crop", str(SR_ARGS["crop"]), "--batch-size", str(SR_ARGS["batch"]),
-        "--max-steps", str(steps), "--save-every", "100", "--checkpoints-total-limit", "2",
-        "--validate-every", str(steps), "--validation-images", "2", "--log-every", "25",
-        "--lora-rank", str(SR_ARGS["lora_rank"]), "--lora-alpha", str(SR_ARGS["lora_rank"]),
-        "--lora-targets", "attn+ffn", "--lr", str(SR_ARGS["lr"]), "--lr-warmup-steps", "50",
-        "--ema-decay", str(SR_ARGS["ema"]), "--lambda-perceptual", "0", "--precision", "fp32",
-        "--num-workers", "1", "--seed", str(seed), "--protocol", "hq", "--tag-cache", "off",
+        sys.executable,
+        "-m",
+        "sanasr_cli",
+        "train",
+        "--model",
+        str(prior_dir),
+        "--hq",
+        str(work / "photos" / "train"),
+        "-o",
+        str(run),
+        "--crop",
+        str(SR_ARGS["crop"]),
+        "--batch-size",
+        str(SR_ARGS["batch"]),
+        "--max-steps",
+        str(steps),
+        "--save-every",
+        "250",
+        "--validate-every",
+        str(steps),
+        "--validation-images",
+        "2",
+        "--log-every",
+        "25",
+        "--lora-rank",
+        str(SR_ARGS["lora_rank"]),
+        "--lora-alpha",
+        str(SR_ARGS["lora_rank"]),
+        "--lora-targets",
+        "attn+ffn",
+        "--lr",
+        str(SR_ARGS["lr"]),
+        "--lr-warmup-steps",
+        "50",
+        "--ema-decay",
+        str(SR_ARGS["ema"]),
+        "--lambda-perceptual",
+        "0",
+        "--precision",
+        "fp32",
+        "--num-workers",
+        "1",
+        "--seed",
+        str(seed),
+        "--protocol",
+        "hq",
+        "--tag-cache",
+        "off",
     ]
     last = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if run.exists() else []
     if last:
@@ -392,12 +462,22 @@ def stage_sr(work: Path, seed: int, steps: int, threads: int) -> dict:
     merged = work / "sr"
     if merged.exists():
         shutil.rmtree(merged)
-    subprocess.run([sys.executable, "-m", "sanasr_cli", "merge-lora", str(final), "-o", str(merged), "--ema"],
-                   check=True, env=env, cwd=REPO)
+    subprocess.run(
+        [sys.executable, "-m", "sanasr_cli", "merge-lora", str(final), "-o", str(merged), "--ema"],
+        check=True,
+        env=env,
+        cwd=REPO,
+    )
     log_lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     return dict(
-        steps=steps, **SR_ARGS, lora_targets="attn+ffn", lambda_perceptual=0, protocol="hq",
-        seconds=round(time.time() - start, 1), first_loss=log_lines[0]["loss"], final_loss=log_lines[-1]["loss"],
+        steps=steps,
+        **SR_ARGS,
+        lora_targets="attn+ffn",
+        lambda_perceptual=0,
+        protocol="hq",
+        seconds=round(time.time() - start, 1),
+        first_loss=log_lines[0]["loss"],
+        final_loss=log_lines[-1]["loss"],
         command=" ".join(cmd[2:]),
     )
 
@@ -421,7 +501,12 @@ def stage_ship(work: Path, reports: dict) -> None:
         record.pop("source", None)  # absolute paths of this machine
     (dest / "sr" / "sanasr.json").write_text(json.dumps(desc, indent=2) + "\n")
     shutil.copy(work / "manifest.json", dest / "manifest.json")
+    quality_file = REPO / "benchmarks" / "results" / "nano_quality.json"
+    quality = json.loads(quality_file.read_text()) if quality_file.exists() else None
+    if quality:  # the held-out measurement and the CI pairs' gain travel with the model
+        reports = dict(reports, heldout=quality["median"], ci_pairs=quality.get("ci_pairs"))
     write_json(dest / "recipe_report.json", reports)
+    (dest / "README.md").write_text(model_card(reports, quality))
     log(f"ship: {dest}")
 
 
@@ -436,6 +521,11 @@ def model_card(reports: dict, quality: dict | None) -> str:
     total = sum(float(r.get("seconds", 0)) for r in (ae, prior, sr))
     recon = ", ".join(f"{k} {v:.2f}" for k, v in ae.get("heldout_reconstruction_psnr", {}).items())
     quality_table = quality["markdown"] if quality else "(not measured yet)"
+    progress = "".join(
+        f"  - step {p['step']}: median gain over bicubic on the held-out photos {p['gain_psnr_y']:+.2f} dB Y-PSNR, "
+        f"{p['gain_ssim']:+.4f} SSIM (the checkpoint's live adapter, no colour fix)\n"
+        for p in (quality or {}).get("progress", [])
+    )
     return f"""# nano: a small SANA-SR trained here on real photos
 
 `--model nano` loads `sr/` (a SANA-SR model directory whose base is `base/`, a diffusers-layout folder like a
@@ -454,22 +544,22 @@ One command, one seed (0), on a 2-core x86-64 CPU, fp32, one intra-op thread per
 | stage | what | settings | seconds |
 | --- | --- | --- | --- |
 | 1 data | {len(manifest)} photos from scikit-image, scikit-learn, matplotlib; split by file before training | table below | - |
-| 2 autoencoder | nano DC-AE f4c16 (32/64/128 channels), pixel loss only: no pretrained perceptual network offline | {ae.get('steps')} steps, batch {ae.get('batch')}, {ae.get('crop')}px crops, AdamW {ae.get('lr')}, {ae.get('loss')} | {ae.get('seconds')} |
+| 2 autoencoder | nano DC-AE f4c16 (32/64/128 channels), pixel loss only: no pretrained perceptual network offline | {ae.get("steps")} steps, batch {ae.get("batch")}, {ae.get("crop")}px crops, AdamW {ae.get("lr")}, {ae.get("loss")} | {ae.get("seconds")} |
 | 3 text | 2-layer Gemma-2 (width 64, random, frozen, seed 0) + local word-level tokenizer; scheduler (shift 3) | - | - |
-| 4 prior | LinearDiT (6 blocks, width 128, patch 2) by flow matching on nano latents; {prior.get('t_sampling')} then shift 3; fed 1000 sigma; prompt: the quality template through the real prompt path | {prior.get('steps')} steps, batch {prior.get('batch')}, {prior.get('crop')}px crops ({prior.get('latent_pool')} encoded), AdamW {prior.get('lr')} | {prior.get('seconds')} |
-| 5 SR | `sanasr train` (paper objective, lambda_p = 0 offline, HQ-prompt protocol tau_g 900) on Real-ESRGAN-degraded crops, LoRA rank {sr.get('lora_rank')} on attention + FFN; `sanasr merge-lora --ema` | {sr.get('steps')} steps, batch {sr.get('batch')}, {sr.get('crop')}px HQ crops, lr {sr.get('lr')}, EMA {sr.get('ema')} | {sr.get('seconds')} |
+| 4 prior | LinearDiT (6 blocks, width 128, patch 2) by flow matching on nano latents; {prior.get("t_sampling")} then shift 3; fed 1000 sigma; prompt: the quality template through the real prompt path | {prior.get("steps")} steps, batch {prior.get("batch")}, {prior.get("crop")}px crops ({prior.get("latent_pool")} encoded), AdamW {prior.get("lr")} | {prior.get("seconds")} |
+| 5 SR | `sanasr train` (paper objective, lambda_p = 0 offline, HQ-prompt protocol tau_g 900) on Real-ESRGAN-degraded crops, LoRA rank {sr.get("lora_rank")} on attention + FFN; `sanasr merge-lora --ema` | {sr.get("steps")} steps, batch {sr.get("batch")}, {sr.get("crop")}px HQ crops, lr {sr.get("lr")}, EMA {sr.get("ema")} | {sr.get("seconds")} |
 
-Total training time: {total / 60:.1f} minutes. The SR command was `sanasr {sr.get('command', '')}`.
+Total training time: {total / 60:.1f} minutes. The SR command was `sanasr {sr.get("command", "")}`.
 
 ## Each stage on the way
 
-- Autoencoder: final training loss {ae.get('final_loss', float('nan')):.4f}; reconstruction PSNR (RGB, dB) of the
-  held-out photos (measured only): {recon}. Latent scaling factor {ae.get('scaling_factor')} (1 / std).
-- Prior: flow-matching loss {prior.get('first_loss', float('nan')):.4f} (first 50 steps) -> {prior.get('final_loss', float('nan')):.4f} (last 50). Latents sampled from noise
-  with diffusers' FlowMatchEulerDiscreteScheduler (20 steps): mean {prior.get('sampled_latents', {}).get('mean', float('nan')):.3f}, std {prior.get('sampled_latents', {}).get('std', float('nan')):.3f};
-  data latents: mean {prior.get('data_latents', {}).get('mean', float('nan')):.3f}, std {prior.get('data_latents', {}).get('std', float('nan')):.3f}.
-- SR: training loss {sr.get('first_loss', float('nan')):.4f} (step 1) -> {sr.get('final_loss', float('nan')):.4f} (last logged step).
-{reports.get('sr_progress_md', '')}
+- Autoencoder: final training loss {ae.get("final_loss", float("nan")):.4f}; reconstruction PSNR (RGB, dB) of the
+  held-out photos (measured only): {recon}. Latent scaling factor {ae.get("scaling_factor")} (1 / std).
+- Prior: flow-matching loss {prior.get("first_loss", float("nan")):.4f} (first 50 steps) -> {prior.get("final_loss", float("nan")):.4f} (last 50). Latents sampled from noise
+  with diffusers' FlowMatchEulerDiscreteScheduler (20 steps): mean {prior.get("sampled_latents", {}).get("mean", float("nan")):.3f}, std {prior.get("sampled_latents", {}).get("std", float("nan")):.3f};
+  data latents: mean {prior.get("data_latents", {}).get("mean", float("nan")):.3f}, std {prior.get("data_latents", {}).get("std", float("nan")):.3f}.
+- SR: training loss {sr.get("first_loss", float("nan")):.4f} (step 1) -> {sr.get("final_loss", float("nan")):.4f} (last logged step).
+{progress}
 ## Held-out photos (never seen by any stage)
 
 Degraded with the Real-ESRGAN pipeline (default settings, fixed seed per file), upscaled x4, 8-bit outputs,
@@ -493,7 +583,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--stage", default="all", choices=["all", "data", "autoencoder", "text", "prior", "sr", "ship"])
     ap.add_argument("--ae-steps", type=int, default=3000)
-    ap.add_argument("--prior-steps", type=int, default=600)
+    ap.add_argument("--prior-steps", type=int, default=400)
     ap.add_argument("--sr-steps", type=int, default=600)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
