@@ -30,12 +30,30 @@ PART_KEYS = {"params", "macs", "latency_ms", "peak_memory_mb"}
 
 
 def test_real_size_macs_match_the_design_table():
-    """SANA-600M / DC-AE / SD-2.1 shapes at 512x512, random weights on the meta device (DESIGN.md's table)."""
+    """SANA-600M / DC-AE / SD-2.1 shapes at 512x512, random weights on the meta device (DESIGN.md's table: the
+    full-length prompt); the prefix reuse and the trimmed cross-attention against it."""
+    from sanasr_cli.evaluation.bench import BENCH_PROMPT, build_sanasr
+
     (r,) = run_bench(
-        "sana-600m-512", BenchOptions(sizes=(512,), latency="off", compare=("osediff",), random_weights=True)
+        "sana-600m-512",
+        BenchOptions(sizes=(512,), latency="off", compare=("osediff", "full-prompt"), random_weights=True),
     )
-    parts = r["parts"]
-    assert parts["transformer"]["macs"] / G == pytest.approx(157.8, rel=0.01)
+    parts, full = r["parts"], r["compare"]["full-prompt"]
+    assert full["parts"]["transformer"]["macs"] / G == pytest.approx(157.8, rel=0.01)
+    assert full["end_to_end"]["macs"] / G == pytest.approx(1851.3, rel=0.01)
+    # text encoder per distinct 30-word prompt: >= 10x fewer MACs than the full-length (instruction + 298) encode
+    assert full["ratios"]["text_encoder"]["macs"] >= 10
+    assert full["parts"]["text_encoder"]["macs"] / G == pytest.approx(1028.1, rel=0.01)  # 495 tokens
+    assert 0 < r["once"]["text_encoder_prefix"]["macs"] < full["parts"]["text_encoder"]["macs"]
+    # the transformer is cheaper by exactly what the removed text positions cost: per position the caption
+    # projection (2304 -> 1152 -> 1152) and, in each of 28 blocks, to_k, to_v and QK^T, AV over 16x16 latents
+    model = build_sanasr("sana-600m-512", "meta", random_weights=True)
+    tok = model.prompts.tokenize([BENCH_PROMPT])
+    kept = int(tok["attention_mask"].sum()) - (model.prompts.token_budget - 299) + 1  # first + the real tail
+    per_position = 2304 * 1152 + 1152 * 1152 + 28 * (2 * 1152 * 1152 + 2 * 256 * 1152)
+    saved = full["parts"]["transformer"]["macs"] - parts["transformer"]["macs"]
+    assert saved == (300 - kept) * per_position
+    assert parts["transformer"]["macs"] / G == pytest.approx(133.9, rel=0.01)
     assert parts["vae_encode"]["macs"] / G == pytest.approx(647.4, rel=0.01)
     assert parts["vae_decode"]["macs"] / G == pytest.approx(1046.1, rel=0.01)
     assert parts["transformer"]["params"] / M == pytest.approx(591.7, rel=0.001)
@@ -48,12 +66,12 @@ def test_real_size_macs_match_the_design_table():
     assert e2e["macs"] == pytest.approx(
         sum(parts[p]["macs"] for p in ("vae_encode", "transformer", "vae_decode")), rel=1e-6
     )
-    assert e2e["macs"] / G == pytest.approx(1851.3, rel=0.01)
+    assert e2e["macs"] / G == pytest.approx(1827.4, rel=0.01)
     ose = r["compare"]["osediff"]
     assert ose["end_to_end"]["macs"] / G == pytest.approx(2217.7, rel=0.01)
     assert ose["parts"]["transformer"]["params"] / M == pytest.approx(865.9, rel=0.001)  # the SD-2.1 UNet
     assert ose["parts"]["transformer"]["macs"] / G == pytest.approx(402.1, rel=0.01)
-    assert ose["ratios"]["end_to_end"]["macs"] == pytest.approx(2217.7 / 1851.3, rel=0.01)
+    assert ose["ratios"]["end_to_end"]["macs"] == pytest.approx(2217.7 / 1827.4, rel=0.01)
     for entry in [*parts.values(), e2e, *ose["parts"].values()]:
         assert entry["latency_ms"] is None and entry["peak_memory_mb"] is None  # --latency off: not measured
     assert "not measured" in r["notes"]["latency"]
@@ -162,7 +180,7 @@ def test_batch_size_scales_every_part():
 def test_bad_input_is_one_line_exit_2():
     for args, expected in (
         (["--size", "100"], "not a multiple of 8"),
-        (["--compare", "stablesr"], "unknown --compare stablesr; known: osediff"),
+        (["--compare", "stablesr"], "unknown --compare stablesr; known: osediff, full-prompt"),
         (["--latency", "sometimes"], "--latency must be auto, on or off"),
         (["--model", "no/such/dir"], "neither a preset"),
     ):
@@ -191,3 +209,43 @@ def test_tagger_cost_is_its_own_line(tmp_path):
     assert "tagger" not in json.loads((tmp_path / "p.json").read_text())[0]
     bad = runner.invoke(app, [*args, "--tagger", "dape"])
     assert bad.exit_code == 2 and "clip tagger only" in bad.output
+
+
+def test_paired_latency_full_prompt_on_tiny(tmp_path):
+    """--compare full-prompt on the tiny model: both timed in the same interleaved rounds, ratios per round."""
+    from sanasr_cli.evaluation.bench import paired_ratio
+
+    js = tmp_path / "p.json"
+    args = ["bench", "--model", "tiny", "--size", "64", "--compare", "full-prompt", "--latency", "on"]
+    result = runner.invoke(app, [*args, "--warmup", "1", "--repeats", "3", "--device", "cpu", "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    r = json.loads(js.read_text())
+    full = r["compare"]["full-prompt"]
+    assert full["parts"]["text_encoder"]["macs"] > r["parts"]["text_encoder"]["macs"]
+    assert full["parts"]["transformer"]["macs"] > r["parts"]["transformer"]["macs"]
+    assert full["parts"]["vae_decode"] == r["parts"]["vae_decode"] | {
+        "latency_ms": full["parts"]["vae_decode"]["latency_ms"]
+    }  # same modules, same cost
+    for part in ("text_encoder", "transformer", "end_to_end"):
+        assert full["ratios"][part]["latency_ms"] > 0
+    assert r["once"]["text_encoder_prefix"]["latency_ms"] > 0 and isinstance(r["warnings"], list)
+    assert "round 3/3, sanasr / full-prompt interleaved" in result.output  # progress (stderr)
+    assert "full-prompt/ours" in result.output
+    assert paired_ratio([1.0, 2.0, 4.0], [2.0, 2.0, 2.0]) == 1.0  # median of 2, 1, 0.5; ratio of medians: 1
+    assert paired_ratio([1.0, 10.0, 1.0], [3.0, 10.0, 3.0]) == 3.0  # one slow round shared by both drops out
+
+
+def test_end_to_end_against_sum_of_parts_warning():
+    from sanasr_cli.evaluation.bench import END_TO_END_PARTS as END
+    from sanasr_cli.evaluation.bench import PipelineCost, sum_of_parts_warning
+
+    def cost(e2e, parts):
+        c = PipelineCost(end_to_end={"latency_ms": e2e})
+        c.parts = {p: {"latency_ms": v} for p, v in zip(END, parts, strict=True)}
+        c.parts["text_encoder"] = {"latency_ms": 1000.0}  # not part of end_to_end
+        return c
+
+    assert sum_of_parts_warning("x", cost(2260.0, (380.0, 970.0, 910.0))) is None
+    w = sum_of_parts_warning("osediff", cost(4640.0, (380.0, 970.0, 910.0)))
+    assert "osediff" in w and "4640.0" in w and "2260.0" in w
+    assert sum_of_parts_warning("x", cost(None, (1.0, 1.0, 1.0))) is None

@@ -19,7 +19,7 @@ from sanasr_cli.cli.common import (
     resolve_precision,
 )
 
-COMPARABLE = ("osediff",)
+COMPARABLE = ("osediff", "full-prompt")  # as sanasr_cli.evaluation.bench.COMPARABLE (kept light: --help)
 
 
 def _fmt(x, scale=1.0) -> str:
@@ -37,7 +37,8 @@ def _print_report(report: dict) -> None:
         title_justify="left",
     )
     for col in ("pipeline", "part", "params (M)", "GMACs", "latency (ms)", "peak (MiB)"):
-        table.add_column(col, justify="left" if col in ("pipeline", "part") else "right")
+        label = col in ("pipeline", "part")
+        table.add_column(col, justify="left" if label else "right", no_wrap=label)
 
     def rows(name, r):
         for part, e in [*r["parts"].items(), ("end_to_end", r["end_to_end"])]:
@@ -54,16 +55,22 @@ def _print_report(report: dict) -> None:
     rows("sanasr", report)
     for name, sub in report["compare"].items():
         rows(name, sub)
-        ratio = sub["ratios"]["end_to_end"]
-        table.add_row(
-            f"{name}/ours",
-            "end_to_end",
-            _fmt(ratio["params"]),
-            _fmt(ratio["macs"]),
-            _fmt(ratio["latency_ms"]),
-            _fmt(ratio["peak_memory_mb"]),
-        )
+        for part, ratio in sub["ratios"].items():
+            table.add_row(
+                f"{name}/ours",
+                part,
+                _fmt(ratio["params"]),
+                _fmt(ratio["macs"]),
+                _fmt(ratio["latency_ms"]),
+                _fmt(ratio["peak_memory_mb"]),
+                end_section=part == "end_to_end",
+            )
     out.print(table)
+    for name, e in report.get("once", {}).items():
+        out.print(
+            f"once per process: {name} {_fmt(e['macs'], 1e9)} GMACs, latency {_fmt(e['latency_ms'])} ms "
+            "(not in the per-prompt text_encoder line)."
+        )
     if "tagger" in report:
         t = report["tagger"]
         out.print(
@@ -77,6 +84,10 @@ def _print_report(report: dict) -> None:
     out.print(f"latency (sanasr): {notes['latency']}; peak memory: {notes['peak_memory_mb']}.")
     for name, sub in report["compare"].items():
         out.print(f"latency ({name}): {sub['notes']['latency']}.")
+    if report["compare"]:
+        out.print(f"ratios: {notes['ratios']}.")
+    for w in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {w}")
 
 
 def bench(
@@ -102,8 +113,9 @@ def bench(
     compare: list[str] = typer.Option(
         [],
         "--compare",
-        help="Also measure an OSEDiff-shaped pipeline (SD-2.1 UNet + "
-        "SD VAE, random weights) and report the ratios: --compare osediff.",
+        help="Also measure another pipeline in the same run and report ratios (latency: median of per-round "
+        "ratios, timed interleaved): osediff (SD-2.1 UNet + SD VAE, random weights), full-prompt (the full-length "
+        "padded prompt encode and all text positions, i.e. before the prefix reuse). Repeatable.",
     ),
     latency: str = typer.Option(
         "auto", "--latency", help="auto (on CUDA, or on CPU for pipelines under 5 GMACs per image), on, off."
@@ -178,15 +190,17 @@ def bench(
         tagger=tagger,
         tagger_model=tagger_model,
     )
-    with console.status("bench ...") as status:
-        try:
-            reports = run_bench(model, options, on_step=lambda msg: status.update(f"bench: {msg} ..."))
-        except ModelDirError as e:
-            raise fail(str(e), EXIT_USAGE) from None
-        except ValueError as e:
-            raise fail(str(e), EXIT_USAGE) from None
-        except MissingWeightsError as e:
-            raise fail(f"{e} (or pass --random-weights: the cost does not depend on the weights)") from None
+    def progress(msg: str) -> None:  # plain lines on stderr: visible in logs and pipes, not only on a TTY
+        console.print(f"bench: {msg} ...", highlight=False)
+
+    try:
+        reports = run_bench(model, options, on_step=progress)
+    except ModelDirError as e:
+        raise fail(str(e), EXIT_USAGE) from None
+    except ValueError as e:
+        raise fail(str(e), EXIT_USAGE) from None
+    except MissingWeightsError as e:
+        raise fail(f"{e} (or pass --random-weights: the cost does not depend on the weights)") from None
     if json_out != "-":
         for r in reports:
             _print_report(r)

@@ -8,11 +8,20 @@ How each number is obtained (and stated in every report):
 - **latency_ms**: median of `repeats` timed runs after `warmup` runs, on real tensors with random (or loaded)
   weights, `torch.cuda.synchronize()` around each run on CUDA. Optional: on CPU a real-size model is too slow,
   so by default latency is measured only on CUDA or for small models; `null` means not measured.
-- **peak_memory_mb**: `torch.cuda.max_memory_allocated` during the part (all weights of that pipeline
-  resident, one pipeline on the device at a time), in MiB; `null` on CPU (not measured).
+  Paired: every pipeline measured is resident at once and each round times every part of every pipeline
+  once, interleaved (A B A B ...), so slow phases of a shared machine hit all of them alike; a latency ratio
+  is the median of the per-round ratios, not a ratio of medians. `end_to_end` is timed as one call and
+  checked against the sum of its parts' medians: more than 25% apart is reported as a warning.
+- **peak_memory_mb**: on CUDA, the weights of that pipeline's modules plus `torch.cuda.max_memory_allocated`
+  above what was allocated before the call, in MiB; `null` on CPU (not measured).
 - **end_to_end** = VAE encode -> denoiser -> VAE decode on one image batch. The text encoder is excluded from
   end_to_end for both pipelines and reported as its own part (its output is cached per prompt; the tagger
   is not counted either).
+- **SANA-SR's text encoder** is measured as inference runs it (`PromptEncoder.run_encoder(reuse_prefix=True)`):
+  per distinct prompt (`BENCH_PROMPT`, 30 words), its real tokens only after the instruction prefix, whose
+  one-off cost per process is its own line (`text_encoder_prefix`); its transformer attends over the text
+  positions that prompt needs (`trim_text_positions`). `--compare full-prompt` is the full-length encode
+  (`SanaPipeline.encode_prompt`'s padded sequence) with all max_length text positions, on the same modules.
 
 OSEDiff-shaped pipeline: diffusers `AutoencoderKL` (SD VAE) + `UNet2DConditionModel` with the SD-2.1 configs
 below, the SD-2.1 text encoder (OpenCLIP ViT-H text tower as `CLIPTextModel`, 77 tokens), one UNet step at
@@ -30,6 +39,13 @@ from pathlib import Path
 import torch
 
 PARTS = ("vae_encode", "text_encoder", "transformer", "vae_decode")
+# 30 words: 22 of content tags, 8 of App. B's quality template (the prompt rule's default), like a tagged image
+BENCH_PROMPT = (
+    "red flower, green leaf, wooden table, white cup, old book, glass window, blue sky, "
+    "stone wall, small dog, yellow lamp, tall tree, clean, extremely detailed, best quality, sharp, "
+    "high-resolution"
+)
+SUM_OF_PARTS_TOLERANCE = 0.25  # end_to_end vs the sum of its parts' latencies: warn beyond this
 END_TO_END_PARTS = ("vae_encode", "transformer", "vae_decode")
 AUTO_LATENCY_CPU_MAX_GMACS = 5.0  # `--latency auto` on CPU: measure only pipelines this cheap per image
 MIB = 2**20
@@ -94,32 +110,44 @@ class Pipeline:
     run: dict[str, Callable[[dict], object]]  # part -> fn(inputs); plus "end_to_end"
     size_multiple: int
     description: str
+    once: dict[str, Callable[[], object]] = field(default_factory=dict)  # once-per-process costs, counted apart
+
+    def modules_all(self) -> list[torch.nn.Module]:
+        return [m for ms in self.modules.values() for m in ms]
 
     def params(self, part: str) -> int:
         parts = END_TO_END_PARTS if part == "end_to_end" else (part,)
         return sum(p.numel() for q in parts for m in self.modules[q] for p in m.parameters())
 
 
-def sana_pipeline(model) -> Pipeline:
-    """Parts of a SanaSR (see sanasr_cli.models.sanasr.SanaSR.restore, which end_to_end follows)."""
+def sana_pipeline(model, full_prompt: bool = False) -> Pipeline:
+    """Parts of a SanaSR (see sanasr_cli.models.sanasr.SanaSR.restore, which end_to_end follows).
+
+    As inference runs it: the instruction prefix's KV cache reused, the prompt's own tokens through the text
+    encoder, the transformer given the text positions the prompt needs. full_prompt: the padded full-length
+    encode (`SanaPipeline.encode_prompt`) and all max_length text positions (`--compare full-prompt`).
+    """
+    from sanasr_cli.models.text_encoder import trim_text_positions
+
     codec, prompts, restorer = model.codec, model.prompts, model.restorer
     f, c = codec.factor, codec.latent_channels
+    reuse = not full_prompt
 
     def make_inputs(batch, size, device, dtype):
-        from sanasr_cli.prompts.template import DEFAULT_TEMPLATE
-
-        # padded as SANA does (instruction prefix + max_length - 2 tokens through the encoder): the cost is fixed
-        tok = prompts.tokenize([DEFAULT_TEMPLATE] * batch)
+        tok = prompts.tokenize([BENCH_PROMPT] * batch)
+        mask = tok["mask"][:, prompts.select_index]  # laid out as the embeddings are
+        if reuse:
+            prompts.prefix_state()  # once per process: not part of the per-prompt cost (see `once`)
+            _, mask = trim_text_positions(mask, mask)  # on the CPU: meta tensors have no values to trim by
         caption = prompts.text_encoder.config.hidden_size
         latent = -(-size // f)
         return {
             "image": torch.rand(batch, 3, size, size, device=device)
             if device.type != "meta"
             else torch.empty(batch, 3, size, size, device=device),
-            "input_ids": tok["input_ids"].to(device),
-            "attention_mask": tok["attention_mask"].to(device),
-            "mask": tok["mask"][:, prompts.select_index].to(device),  # laid out as the embeddings are
-            "embeds": torch.zeros(batch, prompts.max_length, caption, device=device, dtype=dtype),
+            "prompts": [BENCH_PROMPT] * batch,
+            "mask": mask.to(device),
+            "embeds": torch.zeros(batch, mask.shape[1], caption, device=device, dtype=dtype),
             "latents": torch.zeros(batch, c, latent, latent, device=device, dtype=dtype),
         }
 
@@ -129,8 +157,11 @@ def sana_pipeline(model) -> Pipeline:
             codec.decode(restorer(codec.encode_padded(i["image"]), i["embeds"], i["mask"])), h, w
         )
 
+    prefix = f"instruction prefix reused, {len(prompts.prefix_ids)} tokens once per process" if (
+        reuse and prompts.complex_human_instruction
+    ) else "full-length padded encode"
     return Pipeline(
-        name="sanasr",
+        name="full-prompt" if full_prompt else "sanasr",
         modules={
             "vae_encode": [codec.vae.encoder],
             "text_encoder": [prompts.text_encoder],
@@ -140,16 +171,16 @@ def sana_pipeline(model) -> Pipeline:
         make_inputs=make_inputs,
         run={
             "vae_encode": lambda i: codec.encode_padded(i["image"]),
-            "text_encoder": lambda i: prompts.text_encoder(
-                input_ids=i["input_ids"], attention_mask=i["attention_mask"]
-            ),
+            "text_encoder": lambda i: prompts.run_encoder(i["prompts"], reuse_prefix=reuse),
             "transformer": lambda i: restorer(i["latents"], i["embeds"], i["mask"]),
             "vae_decode": lambda i: codec.decode(i["latents"]),
             "end_to_end": end_to_end,
         },
         size_multiple=f,
         description=f"SANA-SR ({model.description.base_preset}): DC-AE encode, LinearDiT one step (Eq. 4), "
-        f"DC-AE decode; text encoder separate ({prompts.max_length} tokens)",
+        f"DC-AE decode; text encoder separate, per distinct prompt of 30 words ({prefix}; the transformer "
+        f"attends over {'the text positions the prompt needs' if reuse else f'all {prompts.max_length}'})",
+        once={"text_encoder_prefix": lambda: prompts.prefix_state(refresh=True)} if reuse else {},
     )
 
 
@@ -284,31 +315,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
-def time_part(
-    fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5
-) -> tuple[float, float | None]:
-    """(median latency in ms, peak CUDA memory in MiB or None) of `fn` on real tensors."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1000)
-    peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
-    return statistics.median(times), peak
-
-
 @dataclass
 class PipelineCost:
     parts: dict[str, dict] = field(default_factory=dict)  # part -> {params, macs, latency_ms, peak_memory_mb}
     end_to_end: dict = field(default_factory=dict)
+    once: dict[str, dict] = field(default_factory=dict)  # once-per-process costs (the instruction prefix)
+    rounds_ms: dict[str, list[float]] = field(default_factory=dict)  # part -> latency of each paired round
+
+    def entry(self, part: str) -> dict:
+        return self.end_to_end if part == "end_to_end" else self.parts[part]
 
 
 def measure_macs(pipeline: Pipeline, size: int, batch: int) -> PipelineCost:
@@ -327,26 +342,95 @@ def measure_macs(pipeline: Pipeline, size: int, batch: int) -> PipelineCost:
             cost.end_to_end = entry
         else:
             cost.parts[part] = entry
+    for name, fn in pipeline.once.items():
+        cost.once[name] = {"macs": count_macs(fn), "latency_ms": None}
     return cost
 
 
-def measure_latency(
-    pipeline: Pipeline,
-    cost: PipelineCost,
+def _weight_bytes(modules: list[torch.nn.Module]) -> int:
+    seen: dict[int, torch.Tensor] = {}
+    for m in modules:
+        for t in (*m.parameters(), *m.buffers()):
+            seen[id(t)] = t
+    return sum(t.numel() * t.element_size() for t in seen.values())
+
+
+@torch.no_grad()
+def measure_latency_paired(
+    pipelines: dict[str, Pipeline],
+    costs: dict[str, PipelineCost],
     size: int,
     batch: int,
     device: torch.device,
     dtype: torch.dtype,
     warmup: int = 2,
     repeats: int = 5,
+    on_step: Callable[[str], None] | None = None,
 ) -> None:
-    """Fill latency_ms / peak_memory_mb of `cost` with runs of `pipeline` (built on `device`)."""
-    inputs = pipeline.make_inputs(batch, size, device, dtype)
-    for part in (*PARTS, "end_to_end"):
-        entry = cost.end_to_end if part == "end_to_end" else cost.parts[part]
-        entry["latency_ms"], entry["peak_memory_mb"] = time_part(
-            lambda p=part: pipeline.run[p](inputs), device, warmup, repeats
-        )
+    """Fill latency_ms / peak_memory_mb / rounds_ms of each cost with `pipelines` (all built on `device`) timed
+    interleaved: each round runs every part of every pipeline once, in turn (A B A B ...)."""
+    step = on_step or (lambda _msg: None)
+    cuda = device.type == "cuda"
+    inputs = {n: p.make_inputs(batch, size, device, dtype) for n, p in pipelines.items()}
+    keys = (*PARTS, "end_to_end")
+    for w in range(warmup):
+        step(f"warm-up {w + 1}/{warmup} at {size}x{size} ({', '.join(pipelines)})")
+        for part in keys:
+            for n, p in pipelines.items():
+                p.run[part](inputs[n])
+    _sync(device)
+    extra = {n: dict.fromkeys(keys, 0) for n in pipelines}
+    for n in pipelines:
+        costs[n].rounds_ms = {k: [] for k in keys}
+    for r in range(repeats):
+        step(f"timing {size}x{size}: round {r + 1}/{repeats}, {' / '.join(pipelines)} interleaved")
+        for part in keys:
+            for n, p in pipelines.items():
+                _sync(device)
+                if cuda:
+                    before = torch.cuda.memory_allocated(device)
+                    torch.cuda.reset_peak_memory_stats(device)
+                start = time.perf_counter()
+                p.run[part](inputs[n])
+                _sync(device)
+                costs[n].rounds_ms[part].append((time.perf_counter() - start) * 1000)
+                if cuda:
+                    extra[n][part] = max(extra[n][part], torch.cuda.max_memory_allocated(device) - before)
+    for n, p in pipelines.items():
+        weights = _weight_bytes(p.modules_all()) if cuda else None
+        for part in keys:
+            entry = costs[n].entry(part)
+            entry["latency_ms"] = statistics.median(costs[n].rounds_ms[part])
+            entry["peak_memory_mb"] = (weights + extra[n][part]) / MIB if cuda else None
+        for name, fn in p.once.items():  # one run: it happens once per process
+            step(f"timing {n}'s {name} (once)")
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            costs[n].once[name]["latency_ms"] = (time.perf_counter() - start) * 1000
+
+
+def paired_ratio(ours_ms: list[float], other_ms: list[float]) -> float | None:
+    """Median of the per-round ratios other / ours (rounds timed interleaved)."""
+    pairs = [o / s for s, o in zip(ours_ms, other_ms, strict=True) if s > 0]
+    return statistics.median(pairs) if pairs else None
+
+
+def sum_of_parts_warning(name: str, cost: PipelineCost) -> str | None:
+    """A warning when end_to_end's latency (one call) and the sum of its parts' medians are > 25% apart."""
+    e2e = cost.end_to_end.get("latency_ms")
+    parts = [cost.parts[p].get("latency_ms") for p in END_TO_END_PARTS]
+    if e2e is None or None in parts:
+        return None
+    total = sum(parts)
+    if abs(e2e - total) <= SUM_OF_PARTS_TOLERANCE * max(e2e, total):
+        return None
+    return (
+        f"{name}: end_to_end timed {e2e:.1f} ms as one call but its parts sum to {total:.1f} ms "
+        f"({' + '.join(f'{x:.1f}' for x in parts)}), more than {SUM_OF_PARTS_TOLERANCE:.0%} apart: the latency "
+        "numbers of this run are not consistent (a busy machine?)"
+    )
 
 
 def device_name(device: torch.device) -> str:
@@ -359,15 +443,18 @@ def device_name(device: torch.device) -> str:
 
 
 def ratios(ours: PipelineCost, other: PipelineCost) -> dict:
-    """other / ours of end_to_end (and per part), for each quantity measured on both."""
+    """other / ours of end_to_end (and per part), for each quantity measured on both; latency as the median of
+    the per-round ratios when both were timed in the same interleaved rounds."""
 
     def div(a, b):
         return None if a is None or b in (None, 0) else a / b
 
     keys = ("params", "macs", "latency_ms", "peak_memory_mb")
-    out = {"end_to_end": {k: div(other.end_to_end[k], ours.end_to_end[k]) for k in keys}}
-    for part in PARTS:
-        out[part] = {k: div(other.parts[part][k], ours.parts[part][k]) for k in keys}
+    out = {}
+    for part in (*PARTS, "end_to_end"):
+        out[part] = {k: div(other.entry(part)[k], ours.entry(part)[k]) for k in keys}
+        if ours.rounds_ms.get(part) and other.rounds_ms.get(part):  # timed in the same rounds
+            out[part]["latency_ms"] = paired_ratio(ours.rounds_ms[part], other.rounds_ms[part])
     return out
 
 
@@ -457,14 +544,26 @@ def _latency_decision(mode: str, device: torch.device, gmacs_per_image: float) -
     )
 
 
+COMPARABLE = ("osediff", "full-prompt")
+
+
 def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] | None = None) -> list[dict]:
     """Measure `spec` (and each pipeline in options.compare) at every size; one JSON-ready dict per size."""
     step = on_step or (lambda _msg: None)
     device = torch.device(options.device)
-    meta_ours = sana_pipeline(
-        build_sanasr(spec, "meta", random_weights=True, base=options.base, seed=options.seed)
-    )
-    meta_other = {name: osediff_pipeline("meta") for name in options.compare}
+    unknown = [c for c in options.compare if c not in COMPARABLE]
+    if unknown:
+        raise ValueError(f"unknown --compare {', '.join(unknown)}; known: {', '.join(COMPARABLE)}")
+    step("building the pipelines on the meta device")
+    meta_model = build_sanasr(spec, "meta", random_weights=True, base=options.base, seed=options.seed)
+
+    def build(name: str, device, model=None) -> Pipeline:
+        if name == "osediff":
+            return osediff_pipeline(device, options.dtype, options.seed)
+        return sana_pipeline(model, full_prompt=name == "full-prompt")
+
+    meta_ours = sana_pipeline(meta_model)
+    meta_other = {name: build(name, "meta", meta_model) for name in options.compare}
     for size in options.sizes:
         for p in (meta_ours, *meta_other.values()):
             if size % p.size_multiple:
@@ -475,40 +574,40 @@ def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] |
         step(f"counting MACs at {size}x{size}")
         costs[size] = {"sanasr": measure_macs(meta_ours, size, options.batch_size)}
         costs[size].update({n: measure_macs(p, size, options.batch_size) for n, p in meta_other.items()})
-    # Latency: one pipeline on the device at a time, so peak memory holds only that pipeline's weights.
+    # Latency: every pipeline measured at a size is resident and timed in the same interleaved rounds.
+    names = ("sanasr", *meta_other)
     notes: dict[int, dict[str, str]] = {size: {} for size in options.sizes}
-    for name in ("sanasr", *meta_other):
-        real = None
-        for size in options.sizes:
-            cost = costs[size][name]
-            do, why = _latency_decision(
-                options.latency, device, cost.end_to_end["macs"] / options.batch_size / 1e9
-            )
+    real: dict[str, Pipeline] = {}
+    real_model = None
+    for size in options.sizes:
+        timed = []
+        for name in names:
+            gmacs = costs[size][name].end_to_end["macs"] / options.batch_size / 1e9
+            do, why = _latency_decision(options.latency, device, gmacs)
             notes[size][name] = why
-            if not do:
-                continue
-            if real is None:
+            if do:
+                timed.append(name)
+        for name in timed:
+            if name not in real:
                 step(f"building {name} on {device} for latency")
-                real = (
-                    sana_pipeline(
-                        build_sanasr(
-                            spec, device, options.dtype, options.random_weights, options.base, options.seed
-                        )
+                if name != "osediff" and real_model is None:
+                    real_model = build_sanasr(
+                        spec, device, options.dtype, options.random_weights, options.base, options.seed
                     )
-                    if name == "sanasr"
-                    else osediff_pipeline(device, options.dtype, options.seed)
-                )
-            step(f"timing {name} at {size}x{size}")
-            measure_latency(
-                real, cost, size, options.batch_size, device, options.dtype, options.warmup, options.repeats
-            )
-        del real
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+                real[name] = build(name, device, real_model)
+        if timed:
+            measure_latency_paired(
+                {n: real[n] for n in timed}, costs[size], size, options.batch_size, device, options.dtype,
+                options.warmup, options.repeats, step,
+            )  # fmt: skip
+    del real, real_model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     reports = []
     for size in options.sizes:
         ours = costs[size]["sanasr"]
         report = _report(size, options, device, ours, notes[size]["sanasr"], meta_ours.description)
+        warnings = [w for w in [sum_of_parts_warning("sanasr", ours)] if w]
         for name in meta_other:
             sub = _report(
                 size, options, device, costs[size][name], notes[size][name], meta_other[name].description
@@ -516,6 +615,8 @@ def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] |
             sub.pop("compare")
             sub["ratios"] = ratios(ours, costs[size][name])
             report["compare"][name] = sub
+            warnings += [w for w in [sum_of_parts_warning(name, costs[size][name])] if w]
+        report["warnings"] = warnings
         if tagger is not None:
             report["tagger"] = tagger
         reports.append(report)
@@ -529,6 +630,7 @@ def _report(size, options, device, cost: PipelineCost, latency_note: str, descri
         "device": device_name(device),
         "parts": cost.parts,
         "end_to_end": cost.end_to_end,
+        "once": cost.once,
         "compare": {},
         "precision": str(options.dtype).replace("torch.", ""),
         "pipeline": description,
@@ -540,9 +642,13 @@ def _report(size, options, device, cost: PipelineCost, latency_note: str, descri
                 if latency_note.startswith("measured")
                 else ""
             ),
-            "peak_memory_mb": "torch.cuda.max_memory_allocated during the part, MiB"
+            "peak_memory_mb": "the pipeline's weights + torch.cuda.max_memory_allocated above the allocation "
+            "before the part, MiB"
             if device.type == "cuda"
             else "not measured on CPU",
+            "ratios": "other / ours; latency: median of per-round ratios, rounds timed interleaved in one process",
+            "once": "once-per-process costs (SANA-SR: the instruction prefix through the text encoder; "
+            "latency: one run)",
             "end_to_end": "vae_encode + transformer + vae_decode; text encoder reported separately, "
             "tagger not counted",
         },

@@ -71,7 +71,7 @@ class SanaSR:
         h, w = lq_upsampled.shape[-2:]
         x = lq_upsampled.to(self.device)
         z_lq = self.codec.encode_padded(x)
-        embeds, mask = self.prompts.encode(prompts)
+        embeds, mask = self.prompts.encode_for_transformer(prompts)  # prefix reused, text positions trimmed
         z_hat = self.restorer(z_lq, embeds, mask)
         return self.codec.crop(self.codec.decode(z_hat), h, w)
 

@@ -10,10 +10,24 @@ rule's `--no-chi`) keeps the plain encoding for models trained without it.
 The mask m is that attention mask with, in addition, every token overlapping a degradation word of the *prompt*
 set to 0 (found through the fast tokenizer's offset mapping, so it works for Gemma's tokenizer and the local one
 alike). The encoder itself still sees the full text; m applies where the transformer cross-attends to c.
+
+Two ways to run the encoder, same layout:
+- `reuse_prefix=False` (the default of `encode`, what training and `tests/test_conventions.py` use): the whole
+  padded sequence through Gemma, bit for bit `SanaPipeline.encode_prompt`.
+- `reuse_prefix=True` (inference: `encode_for_transformer`): the CHI prefix, identical for every prompt, runs
+  through Gemma once per encoder (device, dtype) and its key/value cache (transformers' `DynamicCache`, which
+  keeps Gemma-2's sliding-window layers right) is deep-copied for each prompt; each prompt then runs over its
+  own real tokens only. Gemma is causal, so the real positions are the reference's up to float rounding. The
+  padding positions are left at zero instead of Gemma's hidden states of `<pad>`: their mask is 0, and the
+  transformer gives a masked text position a -10000 attention bias (exp underflows to exactly 0) after purely
+  per-token caption layers, so they cannot reach its output (tested: transformer outputs agree).
+`trim_text_positions` then drops the trailing masked positions: the transformer attends over as many text
+positions as the longest real prompt of the batch needs, not max_length.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from collections import OrderedDict
@@ -55,8 +69,9 @@ class PromptEncoder:
         self.max_length = max_length
         self.mask_degradation_words = mask_degradation_words
         self.complex_human_instruction = complex_human_instruction
-        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._cache: OrderedDict[tuple[bool, str], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._cache_size = cache_size
+        self._prefix: dict | None = None  # the CHI prefix run once: ids, hidden states, KV cache (per device/dtype)
 
     @property
     def hidden_size(self) -> int:
@@ -103,29 +118,104 @@ class PromptEncoder:
                     mask[b, overlap] = 0
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "mask": mask}
 
+    @property
+    def prefix_ids(self) -> list[int]:
+        """Token ids run once and reused: the CHI's tokens without its last one ([] without CHI). The last is
+        left to each prompt because a subword tokenizer may merge it with the prompt's first characters; each
+        prompt's ids are checked to start with these (else that prompt runs whole, still without padding)."""
+        if not self.complex_human_instruction:
+            return []
+        return self.tokenizer.encode(self.chi_text)[:-1]
+
+    def _encoder_device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        p = next(self.text_encoder.parameters())
+        return p.device, p.dtype
+
     @torch.no_grad()
-    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(c, m): embeddings (B, max_length, D) in the encoder's dtype on its device, and mask (B, max_length)
-        int64 on that device, laid out as `SanaPipeline.encode_prompt` returns them."""
-        device = next(self.text_encoder.parameters()).device
-        found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for p in dict.fromkeys(prompts):
-            if p in self._cache:
-                self._cache.move_to_end(p)
-                found[p] = self._cache[p]
-        missing = [p for p in dict.fromkeys(prompts) if p not in found]
-        if missing:
-            tok = self.tokenize(missing)
+    def prefix_state(self, refresh: bool = False) -> dict | None:
+        """The prefix's last hidden states (1, P, D) and KV cache, computed once per encoder device and dtype
+        (refresh: run it again, e.g. to measure its cost)."""
+        ids = self.prefix_ids
+        if not ids:
+            return None
+        device, dtype = self._encoder_device_dtype()
+        key = (tuple(ids), device, dtype)
+        if refresh or self._prefix is None or self._prefix["key"] != key:
+            # use_cache: the model builds its own cache (a DynamicCache with Gemma-2's sliding-window layers)
+            out = self.text_encoder(input_ids=torch.tensor([ids], device=device), use_cache=True)
+            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+            self._prefix = {"key": key, "hidden": out[0], "cache": cache}
+        return self._prefix
+
+    @torch.no_grad()
+    def run_encoder(self, prompts: list[str], reuse_prefix: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c, m) of `prompts` without the prompt cache, on the encoder's device (meta too: bench counts this).
+
+        reuse_prefix=False: the padded sequence through the encoder, as `SanaPipeline.encode_prompt`.
+        reuse_prefix=True: the prefix's cached keys/values + each prompt's real tokens; padding positions zero.
+        """
+        device, dtype = self._encoder_device_dtype()
+        tok = self.tokenize(prompts)
+        keep = self.select_index
+        if not reuse_prefix:
             out = self.text_encoder(
                 input_ids=tok["input_ids"].to(device), attention_mask=tok["attention_mask"].to(device)
             )
-            keep = self.select_index
-            embeds, mask = out[0][:, keep], tok["mask"][:, keep]
+            return out[0][:, keep], tok["mask"][:, keep].to(device)
+        state = self.prefix_state()
+        n_prefix = len(state["hidden"][0]) if state else 0
+        hidden = torch.zeros(
+            len(prompts), tok["input_ids"].shape[1], self.hidden_size, device=device, dtype=dtype
+        )
+        for b in range(len(prompts)):
+            n = int(tok["attention_mask"][b].sum())  # right padding: the real tokens are the first n
+            ids = tok["input_ids"][b, :n]
+            if state is not None and n > n_prefix and ids[:n_prefix].tolist() == list(state["key"][0]):
+                # deepcopy: the forward appends this prompt's keys/values to the cache it is given
+                past = {_cache_kwarg(self.text_encoder): copy.deepcopy(state["cache"])}
+                out = self.text_encoder(input_ids=ids[None, n_prefix:].to(device), use_cache=True, **past)
+                hidden[b, :n_prefix] = state["hidden"][0]
+                hidden[b, n_prefix:n] = out[0][0]
+            else:
+                hidden[b, :n] = self.text_encoder(input_ids=ids[None].to(device))[0][0]
+        return hidden[:, keep], tok["mask"][:, keep].to(device)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str], reuse_prefix: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c, m): embeddings (B, max_length, D) in the encoder's dtype on its device, and mask (B, max_length)
+        int64 on that device, laid out as `SanaPipeline.encode_prompt` returns them (see `run_encoder`)."""
+        device, _ = self._encoder_device_dtype()
+        found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for p in dict.fromkeys(prompts):
+            if (reuse_prefix, p) in self._cache:
+                self._cache.move_to_end((reuse_prefix, p))
+                found[p] = self._cache[(reuse_prefix, p)]
+        missing = [p for p in dict.fromkeys(prompts) if p not in found]
+        if missing:
+            embeds, mask = self.run_encoder(missing, reuse_prefix)
             for i, p in enumerate(missing):
-                found[p] = (embeds[i].detach().cpu(), mask[i])
-                self._cache[p] = found[p]
+                found[p] = (embeds[i].detach().cpu(), mask[i].cpu())
+                self._cache[(reuse_prefix, p)] = found[p]
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         embeds = torch.stack([found[p][0] for p in prompts]).to(device)
         mask = torch.stack([found[p][1] for p in prompts]).to(device)
         return embeds, mask
+
+    def encode_for_transformer(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inference path: `encode(reuse_prefix=True)` cut to the text positions the batch needs."""
+        return trim_text_positions(*self.encode(prompts, reuse_prefix=True))
+
+
+def _cache_kwarg(module: torch.nn.Module) -> str:
+    """transformers 5 names the KV-cache argument `cache` (`past_key_values` is deprecated there), 4.x the latter."""
+    return "cache" if "cache" in inspect.signature(type(module).forward).parameters else "past_key_values"
+
+
+def trim_text_positions(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c, m) without the trailing positions that are masked in every row: a masked text position gets a -10000
+    cross-attention bias (weight exactly 0), so dropping it leaves the transformer's output unchanged while its
+    cross-attention runs over fewer keys. At least one position is kept."""
+    used = mask.bool().any(dim=0).nonzero()
+    n = int(used.max()) + 1 if len(used) else 1
+    return embeds[:, :n], mask[:, :n]

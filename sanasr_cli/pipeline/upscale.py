@@ -128,7 +128,7 @@ def restore_x4(
     x = upsample_bicubic(lq.to(model.device), MODEL_SCALE)
     h, w = x.shape[-2:]
     z_lq = tiled_encode(codec, codec.pad(x), plan.vae_tile, batch_size)
-    embeds, mask = model.prompts.encode(prompts)
+    embeds, mask = model.prompts.encode_for_transformer(prompts)  # prefix reused, text positions trimmed
 
     def step(z: torch.Tensor) -> torch.Tensor:
         n = z.shape[0] // embeds.shape[0]  # tiles of all images stacked: repeat the conditions to match
