@@ -24,6 +24,7 @@ import random
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,10 @@ STATE_FILE = "state.json"
 
 class CheckpointError(SanaSRError):
     """A checkpoint could not be written, found or read."""
+
+
+class CheckpointReadError(CheckpointError):
+    """A checkpoint's files are damaged, truncated, altered or of the wrong shape (bad input: exit 2)."""
 
 
 # ---------------------------------------------------------------- small atomic writes
@@ -245,14 +250,108 @@ def read_checkpoint_config(ckpt: Path) -> dict:
     path = Path(ckpt) / "train" / "train_config.json"
     if not path.is_file():
         raise CheckpointError(f"{ckpt} has no train/train_config.json")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointReadError(f"cannot resume from {ckpt}: train/train_config.json: {first_line(e)}") from None
+    if not isinstance(config, dict):
+        raise CheckpointReadError(
+            f"cannot resume from {ckpt}: train/train_config.json is not a JSON object of training options"
+        )
+    return config
+
+
+def first_line(e: BaseException) -> str:
+    text = f"missing {e}" if isinstance(e, KeyError) else str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+# (field, kind, minimum) of state.json; kind "int" excludes booleans
+_STATE_FIELDS = (
+    ("step", "int", 0),
+    ("epoch", "int", 0),
+    ("batch_in_epoch", "int", 0),
+    ("num_processes", "int", 1),
+    ("scheduler", "object", None),
+    ("scaler", "object or null", None),
+    ("rng", "object", None),
+)
+
+
+def check_state(state, where: str) -> dict:
+    """state.json as save_checkpoint writes it, field by field; CheckpointReadError naming the field."""
+    if not isinstance(state, dict):
+        raise CheckpointReadError(f"{where} is not a JSON object")
+    for name, kind, minimum in _STATE_FIELDS:
+        if name not in state:
+            raise CheckpointReadError(f"{where} has no '{name}'")
+        value = state[name]
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+            kind = f"a whole number >= {minimum}"
+        else:
+            ok = isinstance(value, dict) or (value is None and "null" in kind)
+            kind = f"an {kind}"
+        if not ok:
+            raise CheckpointReadError(f"{where}: '{name}' must be {kind}, not {json.dumps(value)[:60]}")
+    return state
+
+
+def _check_rng_meta(meta, where: str) -> None:
+    """One rank's numpy / python RNG states as capture_rng records them."""
+    def number(v, kinds=(int,)) -> bool:
+        return isinstance(v, kinds) and not isinstance(v, bool)
+
+    np_state, py_state = (meta.get("numpy"), meta.get("python")) if isinstance(meta, dict) else (None, None)
+    ok_np = (
+        isinstance(np_state, list)
+        and len(np_state) == 4
+        and isinstance(np_state[0], str)
+        and number(np_state[1])
+        and number(np_state[2])
+        and number(np_state[3], (int, float))
+    )
+    ok_py = (
+        isinstance(py_state, list)
+        and len(py_state) == 3
+        and number(py_state[0])
+        and isinstance(py_state[1], list)
+        and all(number(v) and 0 <= v < 2**32 for v in py_state[1])
+        and (py_state[2] is None or number(py_state[2], (int, float)))
+    )
+    if not (ok_np and ok_py):
+        raise CheckpointReadError(f"{where}: the numpy / python random states are not the ones sanasr writes")
+
+
+def _read_part(ckpt: Path, rel: str, read: Callable):
+    """`read()` of one checkpoint file; any failure of a damaged, truncated or altered file is one line naming
+    it. A pickle that is not weights-only is refused by torch before anything in it runs; the message says so
+    and nothing else (torch's own text suggests weights_only=False, which would run the file's code)."""
+    import pickle
+
+    try:
+        return read()
+    except CheckpointReadError:
+        raise
+    except pickle.UnpicklingError:
+        raise CheckpointReadError(
+            f"cannot resume from {ckpt}: {rel} holds Python objects that are not tensors or numbers; it was not "
+            "written by sanasr or was altered, and is refused unread (nothing in it ran)"
+        ) from None
+    except FileNotFoundError:
+        raise CheckpointReadError(f"cannot resume from {ckpt}: {rel} is missing") from None
+    except Exception as e:  # noqa: BLE001 - SafetensorError, torch's zip reader, shapes that do not fit
+        raise CheckpointReadError(
+            f"cannot resume from {ckpt}: {rel} is damaged, truncated or not of this run ({first_line(e)})"
+        ) from None
 
 
 def load_checkpoint(ckpt: Path, transformer, ema, optimizer: torch.optim.Optimizer, rank: int) -> dict:
     """Load a checkpoint into live objects (every process). Returns the state dict (with 'rng' for this rank).
 
     Order matters: the EMA adapter is loaded into the live LoRA weights and copied into the EMA shadow, then
-    the trained adapter overwrites the live weights.
+    the trained adapter overwrites the live weights. Every file is checked as it is read: a damaged one is a
+    CheckpointReadError naming it.
     """
     from safetensors.torch import load_file
 
@@ -260,16 +359,27 @@ def load_checkpoint(ckpt: Path, transformer, ema, optimizer: torch.optim.Optimiz
 
     ckpt = Path(ckpt)
     train = ckpt / "train"
+    state_rel = f"train/{STATE_FILE}"
+    state = _read_part(ckpt, state_rel, lambda: json.loads((train / STATE_FILE).read_text(encoding="utf-8")))
+    check_state(state, f"cannot resume from {ckpt}: {state_rel}")
+    if ema is not None:
+        _read_part(
+            ckpt,
+            f"{EMA_ADAPTER_DIR}/adapter_model.safetensors",
+            lambda: load_adapter_weights(transformer, ckpt / EMA_ADAPTER_DIR),
+        )
+        ema.shadow = [p.detach().float().clone() for p in ema.params]
+    _read_part(
+        ckpt, f"{ADAPTER_DIR}/adapter_model.safetensors", lambda: load_adapter_weights(transformer, ckpt / ADAPTER_DIR)
+    )
+    opt_state = _read_part(
+        ckpt, "train/optimizer.pt", lambda: torch.load(train / "optimizer.pt", map_location="cpu", weights_only=True)
+    )
+    _read_part(ckpt, "train/optimizer.pt", lambda: optimizer.load_state_dict(opt_state))
+    tensors = _read_part(ckpt, "train/rng.safetensors", lambda: load_file(str(train / "rng.safetensors")))
     try:
-        state = json.loads((train / STATE_FILE).read_text())
-        if ema is not None:
-            load_adapter_weights(transformer, ckpt / EMA_ADAPTER_DIR)
-            ema.shadow = [p.detach().float().clone() for p in ema.params]
-        load_adapter_weights(transformer, ckpt / ADAPTER_DIR)
-        opt_state = torch.load(train / "optimizer.pt", map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(opt_state)
-        tensors = load_file(str(train / "rng.safetensors"))
         state["rng"] = _rng_for_rank(tensors, state["rng"], rank)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot resume from {ckpt}: {e}") from None
+    except CheckpointError as e:
+        raise CheckpointReadError(f"cannot resume from {ckpt}: {e}") from None
+    _check_rng_meta(state["rng"]["meta"], f"cannot resume from {ckpt}: {state_rel}")
     return state
