@@ -18,12 +18,12 @@ written last and marks a checkpoint as complete.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import random
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from sanasr_cli.errors import SanaSRError
+from sanasr_cli.safe_files import make_temp_dir, write_bytes, write_text
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "state.json"
@@ -48,25 +49,8 @@ class CheckpointReadError(CheckpointError):
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with_suppressed_unlink(tmp)
-        raise
-
-
-def with_suppressed_unlink(path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    """Run files (train_config.json, log.jsonl, validation/prompts.json): safe_files.write_text, flushed to disk."""
+    write_text(path, text, fsync=True)
 
 
 # ---------------------------------------------------------------- RNG states
@@ -195,14 +179,14 @@ def save_checkpoint(
     model: the SanaSR whose transformer carries the training adapter; ema: a LoraEMA or None; state: JSON-able
     training state (step, data position, scheduler, scaler, ...); description: the ModelDescription to record.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     from sanasr_cli.models.lora import EMA_ADAPTER_DIR, save_adapter
     from sanasr_cli.models.sanasr import save_model_dir
 
     run_dir = Path(run_dir)
     final = run_dir / f"checkpoint-{step}"
-    staging = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.", dir=run_dir))
+    staging = make_temp_dir(run_dir, f".checkpoint-{step}.")
     shutil.rmtree(staging)  # save_model_dir creates it (itself atomically)
     try:
         save_model_dir(model, staging, description=copy.deepcopy(description), save_transformer=False)
@@ -211,12 +195,17 @@ def save_checkpoint(
                 save_adapter(model.transformer, staging / EMA_ADAPTER_DIR)
         train = staging / "train"
         train.mkdir()
-        torch.save(_to_cpu(optimizer.state_dict()), train / "optimizer.pt")
+        # serialised in memory, written by safe_files: a full disk is an OSError here (torch.save and
+        # safetensors.save_file would raise their own errors), and the files get the usual permissions
+        buffer = io.BytesIO()
+        torch.save(_to_cpu(optimizer.state_dict()), buffer)
+        write_bytes(train / "optimizer.pt", buffer.getvalue(), fsync=True)
+        del buffer
         tensors, rng_meta = _rng_files(rng_per_rank)
-        save_file(tensors, str(train / "rng.safetensors"))
-        (train / "train_config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+        write_bytes(train / "rng.safetensors", safetensors_bytes(tensors), fsync=True)
+        write_text(train / "train_config.json", json.dumps(config_dict, indent=2) + "\n", fsync=True)
         full_state = {**state, "rng": rng_meta, "ema": ema is not None}
-        (train / STATE_FILE).write_text(json.dumps(full_state, indent=2) + "\n")  # last: marks completeness
+        write_text(train / STATE_FILE, json.dumps(full_state, indent=2) + "\n", fsync=True)  # last: complete
         if final.exists():  # re-reaching a step after resuming from an earlier checkpoint
             old = final.with_name(f".checkpoint-{step}.old")
             os.replace(final, old)
@@ -226,8 +215,9 @@ def save_checkpoint(
             os.replace(staging, final)
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)
+        where = f"{Path(e.filename).name}: " if e.filename else ""
         raise CheckpointError(
-            f"could not write checkpoint-{step} in {run_dir} ({e.strerror or e}); "
+            f"could not write checkpoint-{step} in {run_dir} ({where}{e.strerror or e}); "
             f"earlier checkpoints are untouched"
         ) from None
     except BaseException:
