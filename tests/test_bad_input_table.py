@@ -40,6 +40,8 @@ def _tree(tmp):
     (tmp / "corrupt" / "hq" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (tmp / "corrupt" / "lq" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (tmp / "array.json").write_text("[1, 2]")
+    (tmp / "notes").mkdir()
+    (tmp / "notes" / "degradation.json").write_text("the user's notes")
     for name, value in {
         "jpeg.json": {"jpeg_range": [500, 1000]},
         "prob_neg.json": {"gaussian_noise_prob": -3},
@@ -72,6 +74,7 @@ ROWS = [
     (["degrade", "{t}/in", "-o", "{t}/d", "--config", "{t}/prob_big.json"], 2, "sinc_prob"),
     (["degrade", "{t}/in", "-o", "{t}/d", "--config", "{t}/poisson.json"], 2, "poisson_scale_range"),
     (["degrade", "{t}/in", "-o", "{t}/d", "--config", "{t}/array.json"], 2, "JSON object"),
+    (["degrade", "{t}/in", "-o", "{t}/notes"], 2, "degradation.json already exists and was not written by sanasr"),
     (["merge-lora", "{t}/in", "-o", "{t}/m"], 2, "sanasr.json"),
     (["merge-lora", "{t}/model", "-o", "{t}/file.txt", "--overwrite"], 2, "not a folder"),
     (["merge-lora", "{t}/model", "-o", "{t}/link", "--overwrite"], 2, "not a folder"),
