@@ -6,7 +6,11 @@
   any work starts, not after it.
 - `write_bytes` / `write_text`: a regular file (or a new one) is replaced atomically (temp file + rename); a
   symlink is written through (its target is replaced, the link stays); a special file (`/dev/stdout`, a FIFO,
-  `/dev/full`) is written in place, never replaced by a regular file; a folder is refused.
+  `/dev/full`) is written in place, never replaced by a regular file; a folder is refused. New files get the
+  usual permissions (0666 less the umask, e.g. 0644), not the 0600 of a temp file. Every file sanasr writes goes
+  through these two (images, reports, model directories, checkpoints, logs, caches, indexes).
+- `make_temp_dir`: a staging folder that is renamed into place when complete, with the usual permissions (0777
+  less the umask), not the 0700 of `tempfile.mkdtemp`; `usual_file_modes` for what a library wrote into one.
 - `check_replaceable_dir`: what `--overwrite` may delete: only a model directory sanasr wrote (its `sanasr.json`
   and the entries sanasr puts there, nothing else), never an input nor a folder holding an input.
 - `OutputLedger`: the record of the files `upscale` wrote into an output folder, so a rerun replaces only
@@ -82,11 +86,13 @@ def write_bytes(
     data: bytes,
     temp_mark: str = "",
     before_replace: Callable[[os.stat_result], None] | None = None,
+    fsync: bool = False,
 ) -> None:
     """Write `data` to `path` without ever turning what is there into something else (see the module doc).
 
     temp_mark: put in the temp file's name (so a later run can tell its own leftovers). before_replace: called
     with the finished temp file's stat just before the rename (the rename keeps size, mtime and inode).
+    fsync: flush the bytes to the disk before the rename (files whose presence marks something complete).
     Raises OSError (callers turn it into their one-line error).
     """
     path = Path(path)
@@ -107,17 +113,43 @@ def write_bytes(
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
         if before_replace is not None:
             before_replace(os.stat(tmp))
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename is None:  # a failed write() names no file: name the one being written
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_text(path: str | Path, text: str, temp_mark: str = "") -> None:
-    write_bytes(path, text.encode("utf-8"), temp_mark)
+def write_text(path: str | Path, text: str, temp_mark: str = "", fsync: bool = False) -> None:
+    write_bytes(path, text.encode("utf-8"), temp_mark, fsync=fsync)
+
+
+def make_temp_dir(parent: str | Path, prefix: str) -> Path:
+    """A new hidden staging folder in `parent` with the permissions `mkdir` would give it (0777 less the umask;
+    `tempfile.mkdtemp` makes 0700 folders, which would stay so once renamed into place)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(folder, 0o777 & ~_umask())
+    return folder
+
+
+def usual_file_modes(folder: str | Path) -> None:
+    """Give the files a library just wrote into a new staging `folder` the usual permissions (0666 less the
+    umask): for writers that cannot go through write_bytes (e.g. diffusers' save_pretrained, whose
+    safetensors files are 0600). Links are not followed."""
+    mode = 0o666 & ~_umask()
+    for p in Path(folder).rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, mode)
 
 
 # ---------------------------------------------------------------- replacing folders (--overwrite)

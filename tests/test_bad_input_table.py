@@ -40,6 +40,8 @@ def _tree(tmp):
     (tmp / "corrupt" / "hq" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (tmp / "corrupt" / "lq" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (tmp / "array.json").write_text("[1, 2]")
+    (tmp / "notes").mkdir()
+    (tmp / "notes" / "degradation.json").write_text("the user's notes")
     for name, value in {
         "jpeg.json": {"jpeg_range": [500, 1000]},
         "prob_neg.json": {"gaussian_noise_prob": -3},
@@ -72,6 +74,7 @@ ROWS = [
     (["degrade", "{t}/in", "-o", "{t}/d", "--config", "{t}/prob_big.json"], 2, "sinc_prob"),
     (["degrade", "{t}/in", "-o", "{t}/d", "--config", "{t}/poisson.json"], 2, "poisson_scale_range"),
     (["degrade", "{t}/in", "-o", "{t}/d", "--config", "{t}/array.json"], 2, "JSON object"),
+    (["degrade", "{t}/in", "-o", "{t}/notes"], 2, "degradation.json already exists and was not written by sanasr"),
     (["merge-lora", "{t}/in", "-o", "{t}/m"], 2, "sanasr.json"),
     (["merge-lora", "{t}/model", "-o", "{t}/file.txt", "--overwrite"], 2, "not a folder"),
     (["merge-lora", "{t}/model", "-o", "{t}/link", "--overwrite"], 2, "not a folder"),
@@ -109,3 +112,117 @@ def test_bad_input_is_one_line_with_the_documented_exit_code(tmp_path, args, cod
     assert result.exit_code == code, result.output
     assert words in one_error_line(result), result.output
     assert snapshot(tmp_path) == before  # nothing written, replaced or deleted
+
+
+# ---------------------------------------------------------------- train --resume from a damaged checkpoint
+
+TRAIN = [
+    "--model", "tiny", "--crop", "16", "--batch-size", "2", "--lora-rank", "4", "--lora-alpha", "4",
+    "--perceptual-backbone", "random", "--num-workers", "0", "--precision", "fp32", "--validation-images", "0",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A real one-step run (checkpoint-1 with adapter/, adapter_ema/, train/) and its HQ folder."""
+    from sanasr_cli.cli import app
+    from tests.test_user_files_safe import runner
+
+    root = tmp_path_factory.mktemp("trained")
+    for i in range(4):
+        Image.fromarray(make_photo_like(40, 48, i)).save(_mkdir(root / "hq") / f"img{i}.png")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    result = runner.invoke(app, ["train", "--hq", str(root / "hq"), "-o", str(root / "run"), "--max-steps", "1",
+                                 "--save-every", "1", *TRAIN])  # fmt: skip
+    torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def _mkdir(p):
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+class _RunsCode:
+    """Pickles as a call of os.system: loading it without weights_only would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _edit_json(rel, **fields):
+    def edit(ckpt, marker):
+        path = ckpt / rel
+        data = json.loads(path.read_text())
+        data.update(fields)
+        path.write_text(json.dumps(data))
+
+    return edit
+
+
+def _truncate(rel, keep):
+    def cut(ckpt, marker):
+        path = ckpt / rel
+        path.write_bytes(path.read_bytes()[:keep])
+
+    return cut
+
+
+def _rng_numpy(ckpt, marker):
+    path = ckpt / "train/state.json"
+    state = json.loads(path.read_text())
+    state["rng"]["0"]["numpy"] = "MT19937"
+    path.write_text(json.dumps(state))
+
+
+def _pickle_with_code(ckpt, marker):
+    torch.save({"state": {}, "param_groups": [], "x": _RunsCode(marker)}, ckpt / "train/optimizer.pt")
+
+
+RESUME_ROWS = [
+    # (what is done to checkpoint-1, words in the error line)
+    (_pickle_with_code, "train/optimizer.pt holds Python objects that are not tensors"),
+    (_truncate("train/optimizer.pt", 5000), "train/optimizer.pt is damaged, truncated"),
+    (_truncate("train/rng.safetensors", 3000), "train/rng.safetensors is damaged, truncated"),
+    (lambda c, m: (c / "train/rng.safetensors").write_bytes(b"\x10" + b"\x00" * 7 + b"{not json"), "rng.safetensors"),
+    (lambda c, m: (c / "adapter/adapter_model.safetensors").write_bytes(b"\xff" * 8 + b"{}"), "adapter/adapter_model"),
+    (_truncate("adapter_ema/adapter_model.safetensors", 100), "adapter_ema/adapter_model.safetensors is damaged"),
+    (_edit_json("train/state.json", step="two"), "'step' must be a whole number >= 0, not \"two\""),
+    (_edit_json("train/state.json", epoch=-1), "'epoch' must be a whole number >= 0"),
+    (_edit_json("train/state.json", scheduler=[1]), "'scheduler' must be an object"),
+    (_edit_json("train/state.json", scheduler={"last_epoch": 1}), "train/state.json is damaged"),
+    (_rng_numpy, "random states are not the ones sanasr writes"),
+    (lambda c, m: (c / "train/state.json").write_text("[1]"), "train/state.json is not a JSON object"),
+    (lambda c, m: (c / "train/train_config.json").write_text("{oops"), "train/train_config.json"),
+    (_edit_json("train/train_config.json", hq=5), "train/train_config.json"),
+]
+
+
+@pytest.mark.parametrize("tamper, words", RESUME_ROWS, ids=[w[:40] for _, w in RESUME_ROWS])
+def test_resume_from_a_damaged_checkpoint_is_one_line_exit_2(trained_run, tmp_path, tamper, words):
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(trained_run / "run", folder)
+    marker = tmp_path / "code-ran"
+    tamper(folder / "checkpoint-1", marker)
+    before = snapshot(folder)
+    result = run(*["train", "--hq", str(trained_run / "hq"), "-o", str(folder), "--max-steps", "2",
+                      "--save-every", "1", "--resume", "latest", *TRAIN])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result)
+    assert words in line and str(folder / "checkpoint-1") in line, line
+    assert "weights_only" not in result.output and "bug in sanasr" not in line
+    assert not marker.exists()  # the tampered pickle was refused unread
+    after = snapshot(folder)
+    # the run's own train_config.json (the resolved options) is rewritten on every start; nothing else changes
+    assert {k: v for k, v in after.items() if k != "train_config.json"} == {
+        k: v for k, v in before.items() if k != "train_config.json"
+    }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -419,3 +420,76 @@ def test_rank_checkpoints_of_a_real_training_run(tmp_path):
     ranking = json.loads(js.read_text())["ranking"]
     assert sorted(r["step"] for r in ranking) == [1, 2] and all(r["error"] is None for r in ranking)
     assert ranking[0]["score"] >= ranking[1]["score"]
+
+
+@pytest.fixture(scope="module")
+def three_checkpoints(tmp_path_factory):
+    """A real 3-step training run with checkpoint-1, -2 and -3, and a one-image validation set."""
+    from tests.conftest import make_photo_like
+
+    root = tmp_path_factory.mktemp("ranked")
+    (root / "hq").mkdir()
+    for i in range(2):
+        Image.fromarray(make_photo_like(32, 32, i)).save(root / "hq" / f"t{i}.png")
+    tiny = ["--model", "tiny", "--crop", "16", "--batch-size", "2", "--lora-rank", "4", "--lora-alpha", "4",
+            "--perceptual-backbone", "random", "--num-workers", "0", "--precision", "fp32", "--tag-cache", "off",
+            "--validation-images", "0", "--ema-decay", "0"]  # fmt: skip
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    trained = runner.invoke(
+        app, ["train", "--hq", str(root / "hq"), "-o", str(root / "run"), "--max-steps", "3", "--save-every", "1",
+              *tiny]  # fmt: skip
+    )
+    torch.set_num_threads(n)
+    assert trained.exit_code == 0, trained.output
+    (root / "lq").mkdir(), (root / "hr").mkdir()
+    Image.open(HQ[1]).save(root / "hr" / HQ[1].name)
+    Image.open(REPO_ROOT / "examples" / "lq" / HQ[1].name).save(root / "lq" / HQ[1].name)
+    return root
+
+
+def _break_adapter(ckpt):
+    weights = ckpt / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:300])
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (_break_adapter, "adapter"),
+        (lambda c: (c / "adapter" / "adapter_model.safetensors").write_bytes(b"\xff" * 64), "adapter"),
+        (lambda c: (c / "adapter" / "adapter_config.json").write_text('{"r": "wide"}'), "adapter"),
+        (lambda c: (c / "adapter" / "adapter_config.json").write_text(
+            (c / "adapter" / "adapter_config.json").read_text().replace('"r": 4', '"r": 8')), "adapter"),
+        (lambda c: (c / "sanasr.json").write_text("[]"), "not a sanasr model description"),
+        (lambda c: (c / "sanasr.json").write_text("{"), "sanasr.json"),
+        (lambda c: (c / "sanasr.json").unlink(), "has no sanasr.json"),
+        (lambda c: shutil.rmtree(c / "adapter"), "adapter"),
+    ],
+    ids=["truncated_adapter", "corrupt_adapter", "bad_adapter_config", "other_rank", "array_description",
+         "torn_description", "no_description", "no_adapter"],  # fmt: skip
+)
+def test_rank_checkpoints_with_one_broken_checkpoint_ranks_the_others(three_checkpoints, tmp_path, damage, words):
+    """That checkpoint's row fails with its reason (JSON and the console), the other two are ranked; exit 1
+    (a failure during the work), one line per failure, no traceback."""
+    run = tmp_path / "run"
+    shutil.copytree(three_checkpoints / "run", run)
+    damage(run / "checkpoint-2")
+    js = tmp_path / "rank.json"
+    result = runner.invoke(
+        app,
+        ["eval", "--rank-checkpoints", str(run), "--lq", str(three_checkpoints / "lq"), "--hr",
+         str(three_checkpoints / "hr"), "--metric", "psnr", "--json", str(js), "--device", "cpu", "--tag-cache",
+         "off"],  # fmt: skip
+    )
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "bug in sanasr" not in result.output, result.output
+    ranking = json.loads(js.read_text())["ranking"]
+    by_step = {r["step"]: r for r in ranking}
+    assert sorted(by_step) == [1, 2, 3], ranking
+    assert [r["step"] for r in ranking if r["rank"]] in ([1, 3], [3, 1]) and [r["rank"] for r in ranking[:2]] == [1, 2]
+    assert all(by_step[s]["score"] is not None and by_step[s]["error"] is None for s in (1, 3))
+    broken = by_step[2]
+    assert broken["rank"] is None and broken["score"] is None and words in broken["error"], broken
+    failed_lines = [ln for ln in result.output.splitlines() if ln.startswith("failed: checkpoint-2")]
+    assert len(failed_lines) == 1, result.output

@@ -304,6 +304,40 @@ def test_two_processes_with_accelerate_launch_on_paired_data(tmp_path):
     assert "resumed from" in proc.stderr
     assert _losses(run) == first
 
+def test_a_full_disk_while_saving_is_one_line_exit_1_and_keeps_the_last_checkpoint(short_run, hq_dir, tmp_path):
+    """README: a full disk while saving a checkpoint is exit 1 and one line. The disk is made to refuse writes
+    for real, without root: the run's process may not grow a file past 32 KiB (RLIMIT_FSIZE, write() fails with
+    EFBIG as it fails with ENOSPC on a full disk), so checkpoint-3's adapter (40 KB) cannot be written."""
+    import resource
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    kept = {p.relative_to(run): p.read_bytes() for p in (run / "checkpoint-2").rglob("*") if p.is_file()}
+    assert max(len(b) for b in kept.values()) > 32 * 1024  # the limit does bite a checkpoint
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "400"}  # fmt: skip
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    cmd = [sys.executable, "-m", "sanasr_cli", "train", "--hq", str(hq_dir), "-o", str(run), "--max-steps", "3",
+           "--save-every", "1", "--validation-images", "0", "--resume", "latest", *TINY]  # fmt: skip
+    proc = subprocess.run(
+        cmd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, hard)),
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "Traceback" not in out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out[-3000:]
+    assert "could not write checkpoint-3" in errors[0] and "File too large" in errors[0], errors
+    assert sorted(p.name for p in run.glob("*checkpoint-*")) == ["checkpoint-2"]  # no partial one, no staging
+    assert {p.relative_to(run): p.read_bytes() for p in (run / "checkpoint-2").rglob("*") if p.is_file()} == kept
+
+
 def test_checkpointing_and_workers_do_not_change_the_losses(short_run, tmp_path):
     """Gradient checkpointing (the frozen-prior pass runs uncheckpointed) and 2 loader workers reproduce
     the short run's losses exactly."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import errno
 import math
+import resource
+import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -296,25 +299,41 @@ def _fresh_setup(config):
     )
 
 
-def test_full_disk_leaves_no_partial_checkpoint(step_setup, tmp_path, monkeypatch):
-    import safetensors.torch
+@contextlib.contextmanager
+def _file_size_limit(limit: int):
+    """A real write failure without root: the kernel refuses to grow any file of this process past `limit`
+    bytes (RLIMIT_FSIZE; write() fails with EFBIG, SIGXFSZ ignored), as it refuses any write on a full disk."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
 
+
+@pytest.mark.parametrize("fails_at", ["adapter/adapter_model.safetensors", "train/optimizer.pt"])
+def test_a_failing_disk_leaves_no_partial_checkpoint(step_setup, tmp_path, fails_at):
+    """The write of checkpoint-2 fails for real at `fails_at` (the first file larger than the limit): one
+    CheckpointError naming the file, no staging leftovers, checkpoint-1 byte for byte as it was."""
     from sanasr_cli.training.checkpoint import CheckpointError, list_checkpoints
 
     run = tmp_path / "run"
     run.mkdir()
     _save(step_setup, run, 1)
-    good = sorted(p.name for p in (run / "checkpoint-1").rglob("*"))
-
-    def full_disk(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
-    with pytest.raises(CheckpointError, match="No space left"):
+    sizes = {p.relative_to(run / "checkpoint-1").as_posix(): p.stat().st_size for p in run.rglob("*") if p.is_file()}
+    earlier = ["adapter/adapter_model.safetensors", "adapter_ema/adapter_model.safetensors", "train/optimizer.pt"]
+    limit = sizes[fails_at] - 1
+    assert all(sizes[f] <= limit for f in earlier[: earlier.index(fails_at)])  # written before it
+    good = {p.relative_to(run).as_posix(): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with _file_size_limit(limit), pytest.raises(CheckpointError) as err:
         _save(step_setup, run, 2)
+    assert f"({Path(fails_at).name}: File too large)" in str(err.value)
+    assert "earlier checkpoints are untouched" in str(err.value)
     assert [s for s, _ in list_checkpoints(run)] == [1]
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint-1"]  # no staging leftovers
-    assert sorted(p.name for p in (run / "checkpoint-1").rglob("*")) == good
+    assert {p.relative_to(run).as_posix(): p.read_bytes() for p in run.rglob("*") if p.is_file()} == good
 
 
 def test_checkpoints_total_limit_keeps_the_newest(tmp_path):

@@ -210,6 +210,62 @@ def test_a_rerun_skips_its_own_outputs_and_overwrite_replaces_them(tmp_path):
     assert Image.open(out / "cat.png").size == (16, 16)  # its own output, wrong size: redone
 
 
+def _degrade_inputs(folder):
+    for i, name in enumerate(("a", "b", "c")):
+        photo(folder / f"{name}.png", 16, 16, seed=i)
+    return folder
+
+
+def test_degrade_never_replaces_a_file_sanasr_did_not_write(tmp_path):
+    """The same rule as upscale: OUT/hq/a.png and OUT/lq/b.png are the user's; those inputs fail naming the file,
+    c is written, and every file that was there keeps its bytes. A rerun replaces degrade's own outputs (and
+    only while they are as it wrote them); --overwrite replaces the user's too."""
+    src, out = _degrade_inputs(tmp_path / "in"), tmp_path / "out"
+    photo(out / "hq" / "a.png", 16, 16, seed=7)
+    photo(out / "lq" / "b.png", 4, 4, seed=8)
+    before = snapshot(tmp_path)
+    args = ["degrade", src, "-o", out, "--crop", "16"]
+    result = run(*args)
+    assert result.exit_code == 1, result.output
+    failed = {r["input"].split("/")[-1]: r["error"] for r in json.loads((out / "degradation.json").read_text())["files"]
+              if r["status"] == "failed"}  # fmt: skip
+    assert set(failed) == {"a.png", "b.png"}, failed
+    assert str(out / "hq" / "a.png") + " already exists and was not written by sanasr" in failed["a.png"]
+    assert str(out / "lq" / "b.png") + " already exists and was not written by sanasr" in failed["b.png"]
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert (out / "hq" / "c.png").is_file() and (out / "lq" / "c.png").is_file()
+    assert not (out / "lq" / "a.png").exists()  # a failed before any of its outputs was written
+
+    inode, data = (out / "hq" / "c.png").stat().st_ino, (out / "hq" / "c.png").read_bytes()
+    assert run(*args).exit_code == 1  # a rerun replaces degrade's own outputs (same bytes: same seed)
+    assert (out / "hq" / "c.png").stat().st_ino != inode and (out / "hq" / "c.png").read_bytes() == data
+    assert {k: v for k, v in snapshot(tmp_path).items() if k in before} == before
+
+    assert run(*args, "--overwrite").exit_code == 0
+    assert Image.open(out / "lq" / "b.png").size == (4, 4) and (out / "lq" / "b.png").read_bytes() != before[
+        "out/lq/b.png"
+    ]  # fmt: skip
+
+
+def test_degrade_refuses_links_out_of_its_folder_and_a_foreign_manifest(tmp_path):
+    src, out = _degrade_inputs(tmp_path / "in"), tmp_path / "out"
+    (tmp_path / "victim.png").write_bytes(b"the user's file")
+    (out / "hq").mkdir(parents=True)
+    (out / "hq" / "a.png").symlink_to(tmp_path / "victim.png")
+    for extra in ([], ["--overwrite"]):  # a link is not degrade's own file; even --overwrite never leaves OUT
+        result = run("degrade", src, "-o", out, "--crop", "16", *extra)
+        assert result.exit_code == 1 and "a.png" in result.output
+        assert (tmp_path / "victim.png").read_bytes() == b"the user's file"
+    (out / "hq" / "a.png").unlink()
+    (out / "degradation.json").write_text("my notes")  # refused before any work: exit 2, nothing written
+    (out / "hq" / "c.png").unlink()
+    before = snapshot(tmp_path)
+    result = run("degrade", src, "-o", out, "--crop", "16")
+    assert result.exit_code == 2 and "degradation.json already exists" in one_error_line(result)
+    assert snapshot(tmp_path) == before
+
+
 # ---------------------------------------------------------------- 6. links and special files are written through
 
 

@@ -41,19 +41,28 @@ def degrade(
         help="Include sub-folders. Outputs stay flat (OUT/hq/<stem>.png), so stems must be unique: a repeated "
         "stem fails that file.",
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Also replace files in OUT that sanasr did not write (default: such a file fails that input and is "
+        "left as it is; files degrade wrote before are always replaced).",
+    ),
 ):
     """Degrade every image of HQ_DIR into an LQ/HQ benchmark pair (e.g. a DIV2K-Val-style set).
 
     The pipeline is the one training uses: Real-ESRGAN x4plus second-order degradation (blur, resize, noise,
     JPEG, twice, then sinc + resize + JPEG). The same seed gives the same bytes. OUT/degradation.json records
-    the configuration and the parameters drawn for every file. Exit code: 0 when every image succeeded, 1 when
-    any failed (the others still run), 2 for usage errors.
+    the configuration and the parameters drawn for every file. A file already in OUT is replaced only when
+    sanasr wrote it (recorded in OUT/.sanasr-outputs.jsonl) or with --overwrite. Exit code: 0 when every image
+    succeeded, 1 when any failed (the others still run), 2 for usage errors.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from sanasr_cli.data.degradation import DegradationConfig, RealESRGANDegrader
     from sanasr_cli.data.io import list_images
-    from sanasr_cli.pipeline.degrade import degrade_files, write_manifest
+    from sanasr_cli.errors import SanaSRError
+    from sanasr_cli.pipeline.degrade import check_not_foreign, degrade_files, write_manifest
+    from sanasr_cli.safe_files import OutputLedger
 
     if not hq_dir.exists():
         raise fail(f"input {hq_dir} does not exist", EXIT_USAGE)
@@ -71,6 +80,10 @@ def degrade(
             raise fail(
                 f"output folder {output / sub} would overwrite the inputs; choose another -o", EXIT_USAGE
             )
+    try:  # the manifest is written at the end: a file of the user's there is refused now, not after the work
+        check_not_foreign(output / "degradation.json", OutputLedger(output), overwrite)
+    except SanaSRError as e:
+        raise fail(str(e), EXIT_USAGE) from None
     overrides = {}
     if config is not None:
         try:
@@ -103,7 +116,7 @@ def degrade(
             progress.update(task, advance=1, description=Path(rec.input).name)
 
         records = degrade_files(
-            images, output, degrader, seed=seed, crop=crop_size, device=dev, on_done=on_done
+            images, output, degrader, seed=seed, crop=crop_size, device=dev, on_done=on_done, overwrite=overwrite
         )
     write_manifest(output / "degradation.json", degrader, seed, crop_size, records)
     failed = [r for r in records if r.status != "ok"]

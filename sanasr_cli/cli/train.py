@@ -182,12 +182,13 @@ def train(
     Every --save-every steps RUN/checkpoint-<step>/ is written: a model directory (sanasr.json + adapter/)
     that `sanasr upscale --model` loads directly, plus train/ with what --resume needs to continue exactly.
     For several GPUs: `accelerate launch --multi_gpu --num_processes N -m sanasr_cli train ...` (same flags).
-    Exit code: 0 done, 1 training failed (NaN loss, disk full, missing weights), 2 bad options.
+    Exit code: 0 done, 1 training failed (NaN loss, disk full, missing weights), 2 bad options or a --resume
+    checkpoint whose files are damaged, truncated or altered (the message names the file).
     """
     from sanasr_cli.cli.prompt_options import asked_prompt_rule
     from sanasr_cli.errors import MissingWeightsError, ModelDirError, SanaSRError
     from sanasr_cli.models.sanasr import resolve_model
-    from sanasr_cli.training.checkpoint import CheckpointError
+    from sanasr_cli.training.checkpoint import CheckpointError, CheckpointReadError
     from sanasr_cli.training.config import ConfigError, TrainConfig
     from sanasr_cli.training.loop import TrainingDiverged
     from sanasr_cli.training.loop import train as run_training
@@ -250,7 +251,7 @@ def train(
     try:
         with progress:
             result = run_training(config, progress.hooks())
-    except (ConfigError, ModelDirError) as e:
+    except (ConfigError, ModelDirError, CheckpointReadError) as e:
         raise fail(str(e), EXIT_USAGE) from None
     except (TrainingDiverged, CheckpointError, MissingWeightsError, SanaSRError) as e:
         raise fail(str(e), EXIT_FAILED) from None

@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import random
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -128,16 +126,9 @@ def _load_index(path: Path | None) -> dict:
 
 
 def _save_index(path: Path, files: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"format": INDEX_FORMAT, "files": files}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from sanasr_cli.safe_files import write_text
+
+    write_text(path, json.dumps({"format": INDEX_FORMAT, "files": files}))
 
 
 def _crop_flip(array: np.ndarray, top: int, left: int, size_h: int, size_w: int, flip: bool) -> torch.Tensor:

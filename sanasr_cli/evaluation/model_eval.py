@@ -73,7 +73,9 @@ class CheckpointScore:
 
 
 def find_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every RUN_DIR/checkpoint-<step>/ holding a model description, by step."""
+    """(step, folder) of every RUN_DIR/checkpoint-<step>/ folder, by step; ModelDirError when none of them
+    holds a model description. A checkpoint folder without one is listed too: ranking reports it as failed
+    rather than leaving it out unsaid."""
     from sanasr_cli.models.description import is_model_dir
 
     run_dir = Path(run_dir)
@@ -82,9 +84,9 @@ def find_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for d in run_dir.iterdir():
         m = _CHECKPOINT_RE.match(d.name)
-        if m and d.is_dir() and not d.is_symlink() and is_model_dir(d):
+        if m and d.is_dir() and not d.is_symlink():
             found.append((int(m.group(1)), d))
-    if not found:
+    if not any(is_model_dir(d) for _, d in found):
         raise ModelDirError(
             f"{run_dir} holds no checkpoint-<step>/ folders with sanasr.json (as written by `sanasr train`)"
         )
@@ -113,6 +115,7 @@ def rank_checkpoints(
     paper's pipeline, as `sanasr eval`).
     """
     from sanasr_cli.evaluation.metrics import build_metric
+    from sanasr_cli.models.description import is_model_dir
     from sanasr_cli.models.sanasr import load_model
     from sanasr_cli.pipeline.upscale import UpscaleOptions
 
@@ -121,6 +124,11 @@ def rank_checkpoints(
     for step, folder in find_checkpoints(run_dir):
         cs = CheckpointScore(checkpoint=str(folder), step=step)
         try:
+            if not is_model_dir(folder):
+                raise ModelDirError(
+                    f"{folder} has no sanasr.json: not a model directory (a save that did not finish, or a "
+                    "folder `sanasr train` did not write)"
+                )
             model = load_model(folder, device=device, dtype=dtype, base=base)
             options = (
                 options_for(model)
@@ -141,6 +149,9 @@ def rank_checkpoints(
             cs.score = cs.means.get(metric.name)
         except SanaSRError as e:
             cs.error = str(e)
+        except (RuntimeError, ValueError, OSError) as e:  # e.g. out of memory: this row fails, the others run
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            cs.error = f"{type(e).__name__}{': ' + first if first else ''}"
         scores.append(cs)
         if on_checkpoint:
             on_checkpoint(cs)

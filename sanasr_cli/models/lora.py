@@ -11,7 +11,10 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from sanasr_cli.safe_files import write_bytes
 
 # Paper App. B: attention projections of self- and cross-attention.
 DEFAULT_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
@@ -53,7 +56,9 @@ def save_adapter(transformer: torch.nn.Module, folder: str | Path) -> None:
     config.save_pretrained(str(folder))
     state = get_peft_model_state_dict(transformer, adapter_name=ADAPTER_NAME)
     state = {_PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()}
-    save_file(state, str(folder / "adapter_model.safetensors"))
+    # serialised in memory and written by safe_files: a full disk is an OSError (safetensors' save_file raises
+    # its own error type) and the file gets the usual permissions (save_file makes it 0600)
+    write_bytes(folder / "adapter_model.safetensors", safetensors_bytes(state), fsync=True)
 
 
 def load_adapter(transformer: torch.nn.Module, folder: str | Path) -> LoraConfig:

@@ -352,7 +352,7 @@ def save_model_dir(
     the directory refers to the base transformer. A LoRA adapter on the transformer is saved as `adapter/`.
     extra_files: {relative name: text} written into the directory before it is renamed into place (reports).
     """
-    from sanasr_cli.safe_files import check_replaceable_dir
+    from sanasr_cli.safe_files import check_replaceable_dir, make_temp_dir, usual_file_modes
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -363,7 +363,7 @@ def save_model_dir(
     desc.tau_g, desc.flow_shift = model.restorer.tau_g, model.restorer.flow_shift
     desc.timestep_convention = model.restorer.timestep_convention
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = make_temp_dir(out.parent, f".{out.name}.")
     try:
         transformer = model.transformer
         has_adapter = getattr(transformer, "_hf_peft_config_loaded", False)
@@ -372,6 +372,7 @@ def save_model_dir(
             desc.adapter = "adapter"
         if save_transformer:
             _save_base_transformer(transformer, tmp / "transformer")
+            usual_file_modes(tmp / "transformer")  # save_pretrained's safetensors files are 0600
             desc.transformer = "transformer"
         desc.save(tmp)
         for name, text in (extra_files or {}).items():

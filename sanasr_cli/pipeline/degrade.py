@@ -4,6 +4,10 @@ Per image: read -> crop (centre crop of `crop` px, or the largest multiple of th
 corner) -> RealESRGANDegrader with a generator seeded from (seed, file stem) -> write OUT/hq/<stem>.png and
 OUT/lq/<stem>.png. The seed of a file does not depend on the other files, so one file re-run alone gives the
 same bytes. A file that fails is recorded with a one-line error and the run goes on.
+
+Files already at an output path are replaced only when sanasr wrote them (OUT/.sanasr-outputs.jsonl records
+each file it writes: safe_files.OutputLedger, as `upscale` does) or with `overwrite`; any other file fails that
+input with its name and stays as it is.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from sanasr_cli.data.degradation import RealESRGANDegrader
 from sanasr_cli.data.io import read_image, write_image
 from sanasr_cli.errors import SanaSRError
-from sanasr_cli.safe_files import write_text
+from sanasr_cli.safe_files import OutputLedger, check_confined, write_bytes
 
 
 @dataclass
@@ -73,8 +77,11 @@ def degrade_files(
     crop: int | None = None,
     device: torch.device | str = "cpu",
     on_done: Callable[[DegradeRecord], None] | None = None,
+    overwrite: bool = False,
 ) -> list[DegradeRecord]:
+    """overwrite: also replace files at the output paths that sanasr did not write (default: that input fails)."""
     records, stems = [], {}
+    ledger = OutputLedger(outdir)
     for path in images:
         rec = DegradeRecord(input=str(path))
         start = time.perf_counter()
@@ -82,6 +89,10 @@ def degrade_files(
             if path.stem in stems:
                 raise SanaSRError(f"{path}: stem '{path.stem}' already used by {stems[path.stem].name}")
             stems[path.stem] = path
+            hq_out, lq_out = outdir / "hq" / f"{path.stem}.png", outdir / "lq" / f"{path.stem}.png"
+            for out in (hq_out, lq_out):
+                check_confined(out, outdir)  # a link at an output path may not lead out of OUT
+                check_not_foreign(out, ledger, overwrite, path)
             image, _ = read_image(path)
             try:
                 hq = crop_for_scale(image, degrader.scale, crop)
@@ -89,9 +100,8 @@ def degrade_files(
                 raise SanaSRError(f"{path}: {e}") from None
             g = torch.Generator(device=device).manual_seed(file_seed(seed, path.stem))
             lq, plans = degrader.degrade(hq[None].to(device), g)
-            hq_out, lq_out = outdir / "hq" / f"{path.stem}.png", outdir / "lq" / f"{path.stem}.png"
-            write_image(hq_out, hq)
-            write_image(lq_out, lq[0].cpu())
+            write_image(hq_out, hq, before_replace=ledger.recorder(hq_out))
+            write_image(lq_out, lq[0].cpu(), before_replace=ledger.recorder(lq_out))
             rec.hq, rec.lq, rec.hq_size = str(hq_out), str(lq_out), (hq.shape[-1], hq.shape[-2])
             rec.plan, rec.status = plan_summary(plans[0]), "ok"
         except SanaSRError as e:
@@ -106,10 +116,20 @@ def degrade_files(
     return records
 
 
+def check_not_foreign(out: Path, ledger: OutputLedger, overwrite: bool, source: Path | None = None) -> None:
+    """SanaSRError unless `out` is absent, was written by sanasr (the ledger says so), or overwrite is on."""
+    if (out.exists() or out.is_symlink()) and not overwrite and not ledger.owns(out):
+        raise SanaSRError(
+            f"{str(source) + ': ' if source else ''}{out} already exists and was not written by sanasr: it is left "
+            "as it is (move it, or pass --overwrite to replace it)"
+        )
+
+
 def write_manifest(
     path: Path, degrader: RealESRGANDegrader, seed: int, crop: int | None, records: list[DegradeRecord]
 ) -> None:
-    """OUT/degradation.json: the configuration, seed and per-file plans. Written atomically."""
+    """OUT/degradation.json: the configuration, seed and per-file plans. Written atomically, recorded in the
+    folder's ledger (the caller checks beforehand that a file already there is sanasr's)."""
     body = {
         "scale": degrader.scale,
         "seed": seed,
@@ -117,7 +137,8 @@ def write_manifest(
         "config": degrader.config.to_dict(),
         "files": [_manifest_row(r, path.parent) for r in records],
     }
-    write_text(path, json.dumps(body, indent=1, default=_jsonable))
+    data = json.dumps(body, indent=1, default=_jsonable).encode("utf-8")
+    write_bytes(path, data, before_replace=OutputLedger(path.parent).recorder(path))
 
 
 def _manifest_row(rec: DegradeRecord, outdir: Path) -> dict:

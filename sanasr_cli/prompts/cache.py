@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from sanasr_cli.safe_files import write_text
 
 CACHE_ENV_VAR = "SANASR_TAG_CACHE"
 _OFF = {"off", "none", "0", "false", "no"}
@@ -111,11 +112,7 @@ class CachedTagger:
             return
         entry = self._entry(key)
         try:
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-", suffix=".json")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"tagger": self.identity, "file": Path(path).name, "tags": list(tags)}, f)
-            os.replace(tmp, entry)
+            write_text(entry, json.dumps({"tagger": self.identity, "file": Path(path).name, "tags": list(tags)}))
         except OSError:  # a read-only or full cache folder must not fail the command: tags are still returned
             pass
 

@@ -18,18 +18,20 @@ written last and marks a checkpoint as complete.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import random
 import re
 import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sanasr_cli.errors import SanaSRError
+from sanasr_cli.safe_files import make_temp_dir, write_bytes, write_text
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "state.json"
@@ -39,29 +41,16 @@ class CheckpointError(SanaSRError):
     """A checkpoint could not be written, found or read."""
 
 
+class CheckpointReadError(CheckpointError):
+    """A checkpoint's files are damaged, truncated, altered or of the wrong shape (bad input: exit 2)."""
+
+
 # ---------------------------------------------------------------- small atomic writes
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with_suppressed_unlink(tmp)
-        raise
-
-
-def with_suppressed_unlink(path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    """Run files (train_config.json, log.jsonl, validation/prompts.json): safe_files.write_text, flushed to disk."""
+    write_text(path, text, fsync=True)
 
 
 # ---------------------------------------------------------------- RNG states
@@ -190,14 +179,14 @@ def save_checkpoint(
     model: the SanaSR whose transformer carries the training adapter; ema: a LoraEMA or None; state: JSON-able
     training state (step, data position, scheduler, scaler, ...); description: the ModelDescription to record.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     from sanasr_cli.models.lora import EMA_ADAPTER_DIR, save_adapter
     from sanasr_cli.models.sanasr import save_model_dir
 
     run_dir = Path(run_dir)
     final = run_dir / f"checkpoint-{step}"
-    staging = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.", dir=run_dir))
+    staging = make_temp_dir(run_dir, f".checkpoint-{step}.")
     shutil.rmtree(staging)  # save_model_dir creates it (itself atomically)
     try:
         save_model_dir(model, staging, description=copy.deepcopy(description), save_transformer=False)
@@ -206,12 +195,17 @@ def save_checkpoint(
                 save_adapter(model.transformer, staging / EMA_ADAPTER_DIR)
         train = staging / "train"
         train.mkdir()
-        torch.save(_to_cpu(optimizer.state_dict()), train / "optimizer.pt")
+        # serialised in memory, written by safe_files: a full disk is an OSError here (torch.save and
+        # safetensors.save_file would raise their own errors), and the files get the usual permissions
+        buffer = io.BytesIO()
+        torch.save(_to_cpu(optimizer.state_dict()), buffer)
+        write_bytes(train / "optimizer.pt", buffer.getvalue(), fsync=True)
+        del buffer
         tensors, rng_meta = _rng_files(rng_per_rank)
-        save_file(tensors, str(train / "rng.safetensors"))
-        (train / "train_config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+        write_bytes(train / "rng.safetensors", safetensors_bytes(tensors), fsync=True)
+        write_text(train / "train_config.json", json.dumps(config_dict, indent=2) + "\n", fsync=True)
         full_state = {**state, "rng": rng_meta, "ema": ema is not None}
-        (train / STATE_FILE).write_text(json.dumps(full_state, indent=2) + "\n")  # last: marks completeness
+        write_text(train / STATE_FILE, json.dumps(full_state, indent=2) + "\n", fsync=True)  # last: complete
         if final.exists():  # re-reaching a step after resuming from an earlier checkpoint
             old = final.with_name(f".checkpoint-{step}.old")
             os.replace(final, old)
@@ -221,8 +215,9 @@ def save_checkpoint(
             os.replace(staging, final)
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)
+        where = f"{Path(e.filename).name}: " if e.filename else ""
         raise CheckpointError(
-            f"could not write checkpoint-{step} in {run_dir} ({e.strerror or e}); "
+            f"could not write checkpoint-{step} in {run_dir} ({where}{e.strerror or e}); "
             f"earlier checkpoints are untouched"
         ) from None
     except BaseException:
@@ -245,14 +240,108 @@ def read_checkpoint_config(ckpt: Path) -> dict:
     path = Path(ckpt) / "train" / "train_config.json"
     if not path.is_file():
         raise CheckpointError(f"{ckpt} has no train/train_config.json")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointReadError(f"cannot resume from {ckpt}: train/train_config.json: {first_line(e)}") from None
+    if not isinstance(config, dict):
+        raise CheckpointReadError(
+            f"cannot resume from {ckpt}: train/train_config.json is not a JSON object of training options"
+        )
+    return config
+
+
+def first_line(e: BaseException) -> str:
+    text = f"missing {e}" if isinstance(e, KeyError) else str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+# (field, kind, minimum) of state.json; kind "int" excludes booleans
+_STATE_FIELDS = (
+    ("step", "int", 0),
+    ("epoch", "int", 0),
+    ("batch_in_epoch", "int", 0),
+    ("num_processes", "int", 1),
+    ("scheduler", "object", None),
+    ("scaler", "object or null", None),
+    ("rng", "object", None),
+)
+
+
+def check_state(state, where: str) -> dict:
+    """state.json as save_checkpoint writes it, field by field; CheckpointReadError naming the field."""
+    if not isinstance(state, dict):
+        raise CheckpointReadError(f"{where} is not a JSON object")
+    for name, kind, minimum in _STATE_FIELDS:
+        if name not in state:
+            raise CheckpointReadError(f"{where} has no '{name}'")
+        value = state[name]
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+            kind = f"a whole number >= {minimum}"
+        else:
+            ok = isinstance(value, dict) or (value is None and "null" in kind)
+            kind = f"an {kind}"
+        if not ok:
+            raise CheckpointReadError(f"{where}: '{name}' must be {kind}, not {json.dumps(value)[:60]}")
+    return state
+
+
+def _check_rng_meta(meta, where: str) -> None:
+    """One rank's numpy / python RNG states as capture_rng records them."""
+    def number(v, kinds=(int,)) -> bool:
+        return isinstance(v, kinds) and not isinstance(v, bool)
+
+    np_state, py_state = (meta.get("numpy"), meta.get("python")) if isinstance(meta, dict) else (None, None)
+    ok_np = (
+        isinstance(np_state, list)
+        and len(np_state) == 4
+        and isinstance(np_state[0], str)
+        and number(np_state[1])
+        and number(np_state[2])
+        and number(np_state[3], (int, float))
+    )
+    ok_py = (
+        isinstance(py_state, list)
+        and len(py_state) == 3
+        and number(py_state[0])
+        and isinstance(py_state[1], list)
+        and all(number(v) and 0 <= v < 2**32 for v in py_state[1])
+        and (py_state[2] is None or number(py_state[2], (int, float)))
+    )
+    if not (ok_np and ok_py):
+        raise CheckpointReadError(f"{where}: the numpy / python random states are not the ones sanasr writes")
+
+
+def _read_part(ckpt: Path, rel: str, read: Callable):
+    """`read()` of one checkpoint file; any failure of a damaged, truncated or altered file is one line naming
+    it. A pickle that is not weights-only is refused by torch before anything in it runs; the message says so
+    and nothing else (torch's own text suggests weights_only=False, which would run the file's code)."""
+    import pickle
+
+    try:
+        return read()
+    except CheckpointReadError:
+        raise
+    except pickle.UnpicklingError:
+        raise CheckpointReadError(
+            f"cannot resume from {ckpt}: {rel} holds Python objects that are not tensors or numbers; it was not "
+            "written by sanasr or was altered, and is refused unread (nothing in it ran)"
+        ) from None
+    except FileNotFoundError:
+        raise CheckpointReadError(f"cannot resume from {ckpt}: {rel} is missing") from None
+    except Exception as e:  # noqa: BLE001 - SafetensorError, torch's zip reader, shapes that do not fit
+        raise CheckpointReadError(
+            f"cannot resume from {ckpt}: {rel} is damaged, truncated or not of this run ({first_line(e)})"
+        ) from None
 
 
 def load_checkpoint(ckpt: Path, transformer, ema, optimizer: torch.optim.Optimizer, rank: int) -> dict:
     """Load a checkpoint into live objects (every process). Returns the state dict (with 'rng' for this rank).
 
     Order matters: the EMA adapter is loaded into the live LoRA weights and copied into the EMA shadow, then
-    the trained adapter overwrites the live weights.
+    the trained adapter overwrites the live weights. Every file is checked as it is read: a damaged one is a
+    CheckpointReadError naming it.
     """
     from safetensors.torch import load_file
 
@@ -260,16 +349,27 @@ def load_checkpoint(ckpt: Path, transformer, ema, optimizer: torch.optim.Optimiz
 
     ckpt = Path(ckpt)
     train = ckpt / "train"
+    state_rel = f"train/{STATE_FILE}"
+    state = _read_part(ckpt, state_rel, lambda: json.loads((train / STATE_FILE).read_text(encoding="utf-8")))
+    check_state(state, f"cannot resume from {ckpt}: {state_rel}")
+    if ema is not None:
+        _read_part(
+            ckpt,
+            f"{EMA_ADAPTER_DIR}/adapter_model.safetensors",
+            lambda: load_adapter_weights(transformer, ckpt / EMA_ADAPTER_DIR),
+        )
+        ema.shadow = [p.detach().float().clone() for p in ema.params]
+    _read_part(
+        ckpt, f"{ADAPTER_DIR}/adapter_model.safetensors", lambda: load_adapter_weights(transformer, ckpt / ADAPTER_DIR)
+    )
+    opt_state = _read_part(
+        ckpt, "train/optimizer.pt", lambda: torch.load(train / "optimizer.pt", map_location="cpu", weights_only=True)
+    )
+    _read_part(ckpt, "train/optimizer.pt", lambda: optimizer.load_state_dict(opt_state))
+    tensors = _read_part(ckpt, "train/rng.safetensors", lambda: load_file(str(train / "rng.safetensors")))
     try:
-        state = json.loads((train / STATE_FILE).read_text())
-        if ema is not None:
-            load_adapter_weights(transformer, ckpt / EMA_ADAPTER_DIR)
-            ema.shadow = [p.detach().float().clone() for p in ema.params]
-        load_adapter_weights(transformer, ckpt / ADAPTER_DIR)
-        opt_state = torch.load(train / "optimizer.pt", map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(opt_state)
-        tensors = load_file(str(train / "rng.safetensors"))
         state["rng"] = _rng_for_rank(tensors, state["rng"], rank)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot resume from {ckpt}: {e}") from None
+    except CheckpointError as e:
+        raise CheckpointReadError(f"cannot resume from {ckpt}: {e}") from None
+    _check_rng_meta(state["rng"]["meta"], f"cannot resume from {ckpt}: {state_rel}")
     return state

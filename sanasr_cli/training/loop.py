@@ -94,7 +94,14 @@ def prepare_run_dir(config: TrainConfig, accelerator) -> Path | None:
             f"{run} already holds a run; continue it with --resume latest or choose another folder",
         )
     if resume_from is not None:
-        saved = TrainConfig.from_dict(read_checkpoint_config(resume_from))
+        try:
+            saved = TrainConfig.from_dict(read_checkpoint_config(resume_from))
+        except (TypeError, ValueError) as e:
+            from sanasr_cli.training.checkpoint import CheckpointReadError
+
+            raise CheckpointReadError(
+                f"cannot resume from {resume_from}: train/train_config.json: {e}"
+            ) from None
         diffs = config.differences(saved)
         if diffs:
             raise ConfigError(
@@ -220,13 +227,21 @@ def make_generators(config: TrainConfig, accelerator) -> dict[str, torch.Generat
 
 def restore_training_state(ckpt: Path, model, ema, optimizer, scheduler, accelerator, generators) -> dict:
     """Stage 7 (resume): weights, optimizer, scheduler, scaler, RNG states, step and data position."""
-    from sanasr_cli.training.checkpoint import load_checkpoint, restore_rng
+    from sanasr_cli.training.checkpoint import CheckpointReadError, first_line, load_checkpoint, restore_rng
 
     state = load_checkpoint(ckpt, model.transformer, ema, optimizer, accelerator.process_index)
-    scheduler.load_state_dict(state["scheduler"])
-    if accelerator.scaler is not None and state.get("scaler"):
-        accelerator.scaler.load_state_dict(state["scaler"])
-    restore_rng(state["rng"], generators)
+    part = "train/state.json"
+    try:
+        scheduler.load_state_dict(state["scheduler"])
+        if accelerator.scaler is not None and state.get("scaler"):
+            accelerator.scaler.load_state_dict(state["scaler"])
+        part = "train/rng.safetensors"
+        restore_rng(state["rng"], generators)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as e:
+        # a field of the right type with contents these objects cannot take (wrong sizes, missing keys)
+        raise CheckpointReadError(
+            f"cannot resume from {ckpt}: {part} is damaged or not of this run ({first_line(e)})"
+        ) from None
     if state.get("num_processes") != accelerator.num_processes:
         _message(
             accelerator,

@@ -1,0 +1,99 @@
+"""Issue 15 (and the issue 14 review): files sanasr writes get the usual permissions, 0666 less the umask, and
+folders 0777 less the umask, whatever writes them (safe_files' write, a staging folder renamed into place, a
+library's save_pretrained). Temp files (mkstemp) and staging folders (mkdtemp) are 0600 / 0700: before this,
+`--report`, `--save-prompts` texts, `train_config.json`, the safetensors files of checkpoints and the checkpoint
+folders themselves kept those modes.
+
+The runs use umask 027, so a file that ignored the umask (0644) fails the test as well as a 0600 one.
+"""
+
+import os
+import stat
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import make_photo_like
+from tests.test_taggers import tiny_clip  # noqa: F401 - the fixture
+from tests.test_user_files_safe import run
+
+UMASK = 0o027
+
+
+@pytest.fixture(autouse=True)
+def _umask_and_one_thread():
+    old_mask = os.umask(UMASK)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    os.umask(old_mask)
+
+
+def wrong_modes(*roots) -> list[str]:
+    """Every file under roots that is not 0666 & ~UMASK, every folder not 0777 & ~UMASK (links are not
+    followed)."""
+    bad = []
+    for root in roots:
+        assert root.is_dir(), root
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name, want in [(d, 0o777) for d in dirnames] + [(f, 0o666) for f in filenames]:
+                path = os.path.join(dirpath, name)
+                mode = stat.S_IMODE(os.lstat(path).st_mode)
+                if not os.path.islink(path) and mode != want & ~UMASK:
+                    bad.append(f"{os.path.relpath(path, root.parent)} {oct(mode)}")
+        mode = stat.S_IMODE(root.stat().st_mode)
+        if mode != 0o777 & ~UMASK:
+            bad.append(f"{root.name} {oct(mode)}")
+    return bad
+
+
+def _photos(folder, n, h=40, w=48):
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(make_photo_like(h, w, i)).save(folder / f"img{i}.png")
+    return folder
+
+
+def test_upscale_files_have_the_usual_modes(tmp_path, tiny_clip):  # noqa: F811
+    inputs = _photos(tmp_path / "in", 2, 8, 8)
+    result = run(
+        "upscale", inputs, "-o", tmp_path / "out", "--model", "tiny", "--report", tmp_path / "out" / "report.json",
+        "--save-prompts", "--tagger", "clip", "--tagger-model", tiny_clip, "--tag-cache", tmp_path / "tags",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "report.json").is_file() and (tmp_path / "out" / "img0.txt").is_file()
+    assert list((tmp_path / "tags").rglob("*.json"))  # the tag cache was written
+    assert wrong_modes(tmp_path / "out", tmp_path / "tags") == []
+
+
+def test_train_and_merge_files_have_the_usual_modes(tmp_path, tiny_clip):  # noqa: F811
+    hq = _photos(tmp_path / "hq", 2)
+    result = run(
+        "train", "--hq", hq, "-o", tmp_path / "run", "--model", "tiny", "--crop", "16", "--batch-size", "2",
+        "--lora-rank", "4", "--lora-alpha", "4", "--perceptual-backbone", "random", "--num-workers", "0",
+        "--precision", "fp32", "--max-steps", "1", "--save-every", "1", "--validate-every", "1",
+        "--validation-images", "1", "--log-every", "1", "--tagger", "clip", "--tagger-model", tiny_clip,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "run"
+    for name in ("train_config.json", "log.jsonl", "checkpoint-1/train/optimizer.pt",
+                 "checkpoint-1/train/rng.safetensors", "checkpoint-1/adapter/adapter_model.safetensors"):  # fmt: skip
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "validation").iterdir()) and list((run_dir / "tensorboard").iterdir())
+    # merge-lora writes a full transformer with diffusers' save_pretrained into its staging folder
+    result = run("merge-lora", run_dir / "checkpoint-1", "-o", tmp_path / "merged")
+    assert result.exit_code == 0, result.output
+    assert list((tmp_path / "merged" / "transformer").glob("*.safetensors"))
+    assert wrong_modes(run_dir, tmp_path / "merged") == []
+
+
+def test_the_dataset_index_has_the_usual_modes(tmp_path):
+    from sanasr_cli.data.datasets import _scan_all
+
+    hq = _photos(tmp_path / "hq", 1)
+    (tmp_path / "index").mkdir()
+    _scan_all(sorted(hq.iterdir()), 10**8, tmp_path / "index" / "files.json")
+    assert (tmp_path / "index" / "files.json").is_file()
+    assert wrong_modes(tmp_path / "index") == []
