@@ -390,7 +390,7 @@ def stage_prior(work: Path, seed: int, steps: int, batch: int = 32, crop: int = 
 SR_ARGS = dict(crop=64, batch=4, lora_rank=32, lr=5e-4, ema=0.99)
 
 
-def stage_sr(work: Path, seed: int, steps: int, threads: int) -> dict:
+def stage_sr(work: Path, seed: int, steps: int, threads: int, lr: float = SR_ARGS["lr"]) -> dict:
     from sanasr_cli.models.description import ModelDescription
     from sanasr_cli.models.sanasr import describe_preset
 
@@ -435,7 +435,7 @@ def stage_sr(work: Path, seed: int, steps: int, threads: int) -> dict:
         "--lora-targets",
         "attn+ffn",
         "--lr",
-        str(SR_ARGS["lr"]),
+        str(lr),
         "--lr-warmup-steps",
         "50",
         "--ema-decay",
@@ -471,7 +471,7 @@ def stage_sr(work: Path, seed: int, steps: int, threads: int) -> dict:
     log_lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     return dict(
         steps=steps,
-        **SR_ARGS,
+        **dict(SR_ARGS, lr=lr),
         lora_targets="attn+ffn",
         lambda_perceptual=0,
         protocol="hq",
@@ -585,6 +585,7 @@ def main() -> None:
     ap.add_argument("--ae-steps", type=int, default=3000)
     ap.add_argument("--prior-steps", type=int, default=400)
     ap.add_argument("--sr-steps", type=int, default=600)
+    ap.add_argument("--sr-lr", type=float, default=SR_ARGS["lr"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work
@@ -605,7 +606,7 @@ def main() -> None:
     run("autoencoder", lambda: stage_autoencoder(work, args.seed, args.ae_steps), work / "base" / "vae")
     run("text", lambda: stage_text(work, args.seed), work / "base" / "text_encoder")
     run("prior", lambda: stage_prior(work, args.seed, args.prior_steps), work / "base" / "transformer")
-    run("sr", lambda: stage_sr(work, args.seed, args.sr_steps, args.threads), work / "sr")
+    run("sr", lambda: stage_sr(work, args.seed, args.sr_steps, args.threads, args.sr_lr), work / "sr")
     if args.stage in ("all", "ship"):
         stage_ship(work, reports)
 
