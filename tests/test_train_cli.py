@@ -43,16 +43,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits when the 2 cores are shared (measured ~10x
-    faster per tiny step on the loaded dev machine)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
 
 
 def _write_images(folder: Path, n: int, size=(40, 48), seed=0) -> Path:
@@ -243,6 +234,7 @@ def test_bad_input_is_one_line_and_exit_2(hq_dir, short_run, tmp_path):
         (["--hq", str(small)], "no usable HQ images"),
         (["--hq", str(hq_dir), "--crop", "12"], "multiple of the VAE factor 8"),
         (["--hq", str(hq_dir), "--lr", "-1"], "--lr"),
+        (["--hq", str(hq_dir), "--tau-g", "0"], "--tau-g"),
         (["--pairs", str(hq_dir), str(empty)], "--pairs"),
     ]
     for extra, expected in cases:
@@ -359,6 +351,7 @@ def test_gradient_accumulation_ffn_targets_and_file_tagger(tmp_path):
     args = ["train", "--hq", str(data), "-o", str(run), "--max-steps", "2", "--save-every", "2"]
     args += ["--gradient-accumulation-steps", "2", "--lora-targets", "attn+ffn", "--tagger", "file"]
     args += ["--validate-every", "2", "--validation-images", "1", *TINY, "--batch-size", "1", "--no-chi"]
+    args += ["--tau-g", "700"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     state = json.loads((run / "checkpoint-2" / "train" / "state.json").read_text())
@@ -372,6 +365,7 @@ def test_gradient_accumulation_ffn_targets_and_file_tagger(tmp_path):
     assert prompts["prompts"][0] == "tree, red flower, clean, extremely detailed, best quality, sharp, high-resolution"
     desc = json.loads((run / "checkpoint-2" / "sanasr.json").read_text())
     assert desc["prompt"]["tagger"] == "file"  # the run's prompt rule travels with the model
+    assert desc["tau_g"] == 700  # --tau-g: trained and saved at that generation timestep
     assert desc["prompt"]["complex_human_instruction"] is False  # --no-chi is recorded ...
     from sanasr_cli.models.sanasr import load_model
 

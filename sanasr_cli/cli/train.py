@@ -137,6 +137,13 @@ def train(
         "[70, 650]; lq: prompts from the LQ crop, 999, [20, 980]. Validation grids tag as training does; "
         "upscale and eval always tag the LQ input.",
     ),
+    tau_g: float = typer.Option(
+        None,
+        "--tau-g",
+        rich_help_panel=_LOSS,
+        help="Generation timestep tau_g of Eq. 4, for training and the saved model's inference (default: the "
+        "protocol's, 900 for hq, 999 for lq; Fig. 4c ablates it).",
+    ),
     lambda_pixel: float = typer.Option(1.0, "--lambda-pixel", rich_help_panel=_LOSS, help="lambda_2 (MSE)."),
     lambda_perceptual: float = typer.Option(
         2.0, "--lambda-perceptual", rich_help_panel=_LOSS, help="lambda_p (LPIPS VGG)."
@@ -231,6 +238,7 @@ def train(
         lora_dropout=lora_dropout,
         lora_targets=lora_targets,
         protocol=protocol,
+        tau_g=tau_g,
         lambda_pixel=lambda_pixel,
         lambda_perceptual=lambda_perceptual,
         lambda_align=lambda_align,

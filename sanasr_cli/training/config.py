@@ -83,6 +83,7 @@ class TrainConfig:
     lora_targets: str = "attn"
     # objective (Eq. 7-8, 16-17)
     protocol: str = "hq"
+    tau_g: float | None = None  # None: the protocol's (900 hq, 999 lq); the generation timestep of Eq. 4
     lambda_pixel: float = 1.0
     lambda_perceptual: float = 2.0
     lambda_align: float = 1.0
@@ -150,6 +151,8 @@ class TrainConfig:
                 f"use hq (HQ-crop prompts, tau_g 900, t in [70, 650]) or lq (LQ-crop prompts, 999, "
                 f"[20, 980]), got '{self.protocol}'",
             )
+        if self.tau_g is not None and not 0 < self.tau_g <= 1000:
+            raise ConfigError("--tau-g", f"must be in (0, 1000], got {self.tau_g}")
         for flag, value in (
             ("--lambda-pixel", self.lambda_pixel),
             ("--lambda-perceptual", self.lambda_perceptual),

@@ -163,6 +163,8 @@ def build_objective(config: TrainConfig, model, device):
     from sanasr_cli.training.objective import TrainingObjective
 
     protocol = PromptProtocol.named(config.protocol)
+    if config.tau_g is not None:  # an explicit generation timestep (Fig. 4c's ablation) overrides the protocol's
+        protocol.tau_g = float(config.tau_g)
     model.restorer.tau_g = protocol.tau_g  # the model being trained restores at the protocol's tau_g
     weights = LossWeights(
         config.lambda_pixel, config.lambda_perceptual, config.lambda_align, config.lambda_consistency
