@@ -13,13 +13,7 @@ from PIL import Image
 from tests.conftest import make_photo_like
 from tests.test_user_files_safe import one_error_line, run, snapshot
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
 
 
 def _tree(tmp):

@@ -16,13 +16,7 @@ from sanasr_cli.evaluation.bench import BenchOptions, run_bench
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP spin-waits when the 2 cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
 
 
 G, M = 1e9, 1e6

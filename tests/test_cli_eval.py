@@ -21,13 +21,7 @@ from tests.conftest import REPO_ROOT
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP spin-waits when the 2 cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
 
 
 HQ = sorted((REPO_ROOT / "examples" / "hq").glob("*.png"))

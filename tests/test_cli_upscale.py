@@ -4,8 +4,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -15,13 +13,7 @@ from tests.conftest import REPO_ROOT
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: on a shared 2-core machine two intra-op threads mostly wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
 
 
 def test_upscale_folder_sizes_and_exit_code(image_folder, tmp_path):

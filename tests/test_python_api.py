@@ -22,13 +22,7 @@ from tests.conftest import REPO_ROOT, make_photo_like
 NANO_DESCRIPTION = REPO_ROOT / "sanasr_cli" / "models" / "nano" / "sr" / "sanasr.json"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread (see tests/test_upscale_files.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
 
 
 @pytest.fixture

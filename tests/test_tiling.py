@@ -16,15 +16,7 @@ from sanasr_cli.pipeline.tiling import (
 from sanasr_cli.pipeline.upscale import upscale_tensor
 from tests.conftest import make_photo_like
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: on a shared 2-core machine two intra-op threads mostly wait on each other (measured:
-    F.pad on a 64x64 image 200x slower with 2 threads under load), so these tests run on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
 
 
 def _lq(h, w, seed=7):

@@ -14,17 +14,7 @@ import torch
 
 from sanasr_cli.training.config import ConfigError, TrainConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits when the 2 cores are shared (measured ~10x
-    faster per tiny step on the loaded dev machine)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
 
 
 def _config(tmp_path, **kw):

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from sanasr_cli.data.io import probe_image, read_image
@@ -22,12 +21,7 @@ from tests.test_user_files_safe import one_error_line, photo, run, snapshot
 EPS = "%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
 
 
 # ---------------------------------------------------------------- 7. an allow-list of formats

@@ -9,7 +9,6 @@ import os
 import stat
 
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -22,12 +21,7 @@ from tests.conftest import make_photo_like
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
 
 
 def snapshot(root) -> dict:
