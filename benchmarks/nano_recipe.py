@@ -390,7 +390,9 @@ def stage_prior(work: Path, seed: int, steps: int, batch: int = 32, crop: int = 
 SR_ARGS = dict(crop=64, batch=4, lora_rank=32, lr=5e-4, ema=0.99)
 
 
-def stage_sr(work: Path, seed: int, steps: int, threads: int, lr: float = SR_ARGS["lr"]) -> dict:
+def stage_sr(
+    work: Path, seed: int, steps: int, threads: int, lr: float = SR_ARGS["lr"], tau_g: float | None = None
+) -> dict:
     from sanasr_cli.models.description import ModelDescription
     from sanasr_cli.models.sanasr import describe_preset
 
@@ -453,6 +455,8 @@ def stage_sr(work: Path, seed: int, steps: int, threads: int, lr: float = SR_ARG
         "--tag-cache",
         "off",
     ]
+    if tau_g is not None:
+        cmd += ["--tau-g", str(tau_g)]
     last = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if run.exists() else []
     if last:
         cmd += ["--resume", "latest"]
@@ -472,13 +476,14 @@ def stage_sr(work: Path, seed: int, steps: int, threads: int, lr: float = SR_ARG
     return dict(
         steps=steps,
         **dict(SR_ARGS, lr=lr),
+        tau_g=tau_g or 900,
         lora_targets="attn+ffn",
         lambda_perceptual=0,
         protocol="hq",
         seconds=round(time.time() - start, 1),
         first_loss=log_lines[0]["loss"],
         final_loss=log_lines[-1]["loss"],
-        command=" ".join(cmd[2:]),
+        command=" ".join(c for c in cmd[3:] if c not in ("--resume", "latest")),
     )
 
 
@@ -521,6 +526,8 @@ def model_card(reports: dict, quality: dict | None) -> str:
     total = sum(float(r.get("seconds", 0)) for r in (ae, prior, sr))
     recon = ", ".join(f"{k} {v:.2f}" for k, v in ae.get("heldout_reconstruction_psnr", {}).items())
     quality_table = quality["markdown"] if quality else "(not measured yet)"
+    findings_file = NANO_DIR / "findings.md"  # measured observations written by hand, kept with the card
+    findings = findings_file.read_text() + "\n" if findings_file.exists() else ""
     progress = "".join(
         f"  - step {p['step']}: median gain over bicubic on the held-out photos {p['gain_psnr_y']:+.2f} dB Y-PSNR, "
         f"{p['gain_ssim']:+.4f} SSIM (the checkpoint's live adapter, no colour fix)\n"
@@ -536,15 +543,16 @@ model and a regression check of the whole method (`tests/test_nano.py`), not a c
 
 ## Recipe
 
-One command, one seed (0), on a 2-core x86-64 CPU, fp32, one intra-op thread per process:
+One command, one seed (0), on a 2-core x86-64 CPU, fp32, one intra-op thread per process (`--threads 1`; the
+shipped SR run was resumed once, from its step-750 checkpoint, with 2 threads):
 
     python benchmarks/nano_recipe.py --work runs/nano --threads 1
     python benchmarks/nano_quality.py
 
 | stage | what | settings | seconds |
 | --- | --- | --- | --- |
-| 1 data | {len(manifest)} photos from scikit-image, scikit-learn, matplotlib; split by file before training | table below | - |
-| 2 autoencoder | nano DC-AE f4c16 (32/64/128 channels), pixel loss only: no pretrained perceptual network offline | {ae.get("steps")} steps, batch {ae.get("batch")}, {ae.get("crop")}px crops, AdamW {ae.get("lr")}, {ae.get("loss")} | {ae.get("seconds")} |
+| 1 data | {len(manifest)} photos from scikit-image, scikit-learn, matplotlib ({sum(m['split'] == 'train' for m in manifest)} train, {sum(m['split'] == 'heldout' for m in manifest)} held-out), split by file before training | table below | - |
+| 2 autoencoder | nano DC-AE f4c32 (16/32/64 channels), pixel loss only: no pretrained perceptual network offline | {ae.get("steps")} steps, batch {ae.get("batch")}, {ae.get("crop")}px crops, AdamW {ae.get("lr")}, {ae.get("loss")} | {ae.get("seconds")} |
 | 3 text | 2-layer Gemma-2 (width 64, random, frozen, seed 0) + local word-level tokenizer; scheduler (shift 3) | - | - |
 | 4 prior | LinearDiT (6 blocks, width 128, patch 2) by flow matching on nano latents; {prior.get("t_sampling")} then shift 3; fed 1000 sigma; prompt: the quality template through the real prompt path | {prior.get("steps")} steps, batch {prior.get("batch")}, {prior.get("crop")}px crops ({prior.get("latent_pool")} encoded), AdamW {prior.get("lr")} | {prior.get("seconds")} |
 | 5 SR | `sanasr train` (paper objective, lambda_p = 0 offline, HQ-prompt protocol tau_g 900) on Real-ESRGAN-degraded crops, LoRA rank {sr.get("lora_rank")} on attention + FFN; `sanasr merge-lora --ema` | {sr.get("steps")} steps, batch {sr.get("batch")}, {sr.get("crop")}px HQ crops, lr {sr.get("lr")}, EMA {sr.get("ema")} | {sr.get("seconds")} |
@@ -560,7 +568,7 @@ Total training time: {total / 60:.1f} minutes. The SR command was `sanasr {sr.ge
   data latents: mean {prior.get("data_latents", {}).get("mean", float("nan")):.3f}, std {prior.get("data_latents", {}).get("std", float("nan")):.3f}.
 - SR: training loss {sr.get("first_loss", float("nan")):.4f} (step 1) -> {sr.get("final_loss", float("nan")):.4f} (last logged step).
 {progress}
-## Held-out photos (never seen by any stage)
+{findings}## Held-out photos (never seen by any stage)
 
 Degraded with the Real-ESRGAN pipeline (default settings, fixed seed per file), upscaled x4, 8-bit outputs,
 Y-PSNR (dB) and SSIM by pyiqa as `sanasr eval` computes them (`benchmarks/nano_quality.py`):
@@ -584,8 +592,9 @@ def main() -> None:
     ap.add_argument("--stage", default="all", choices=["all", "data", "autoencoder", "text", "prior", "sr", "ship"])
     ap.add_argument("--ae-steps", type=int, default=3000)
     ap.add_argument("--prior-steps", type=int, default=400)
-    ap.add_argument("--sr-steps", type=int, default=600)
+    ap.add_argument("--sr-steps", type=int, default=1000)
     ap.add_argument("--sr-lr", type=float, default=SR_ARGS["lr"])
+    ap.add_argument("--sr-tau-g", type=float, default=None, help="generation timestep (default: the protocol's 900)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work
@@ -606,7 +615,7 @@ def main() -> None:
     run("autoencoder", lambda: stage_autoencoder(work, args.seed, args.ae_steps), work / "base" / "vae")
     run("text", lambda: stage_text(work, args.seed), work / "base" / "text_encoder")
     run("prior", lambda: stage_prior(work, args.seed, args.prior_steps), work / "base" / "transformer")
-    run("sr", lambda: stage_sr(work, args.seed, args.sr_steps, args.threads, args.sr_lr), work / "sr")
+    run("sr", lambda: stage_sr(work, args.seed, args.sr_steps, args.threads, args.sr_lr, args.sr_tau_g), work / "sr")
     if args.stage in ("all", "ship"):
         stage_ship(work, reports)
 
