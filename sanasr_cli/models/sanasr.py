@@ -23,6 +23,7 @@ from sanasr_cli.models.lora import load_adapter, save_adapter
 from sanasr_cli.models.presets import (
     BASE_ENV_VAR,
     PRESETS,
+    SHIPPED_BASE_PREFIX,
     SHIPPED_MODELS,
     Preset,
     build_local_tokenizer,
@@ -119,6 +120,11 @@ def build_random_text(preset: Preset, seed: int):
 
 
 def _how_to_fix(preset: Preset) -> str:
+    if (preset.hub_id or "").startswith(SHIPPED_BASE_PREFIX):  # nano's base ships inside the package
+        return (
+            f"the files of '{preset.name}' ship with sanasr: reinstall it (pip install --force-reinstall sanasr), "
+            "or pass --base /path/to/a/copy of its base folder"
+        )
     hub = preset.hub_id or "<hub id>"
     return (
         f"Download it once where there is network (`hf download {hub}`), then run with network access or "
