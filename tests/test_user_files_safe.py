@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from sanasr_cli.cli import app
 from sanasr_cli.models.lora import add_lora, lora_config
 from sanasr_cli.models.sanasr import save_model_dir
-from sanasr_cli.safe_files import LEDGER_FILE, OutputLedger, write_bytes
+from sanasr_cli.safe_files import LEDGER_FILE, OutputLedger, atomic_write
 from tests.conftest import make_photo_like
 
 runner = CliRunner()
@@ -286,7 +286,7 @@ def test_report_and_json_write_through_symlinks(tmp_path):
 def test_a_device_node_is_written_in_place_never_replaced(tmp_path):
     null = tmp_path / "null"
     os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a /dev/null of our own, in the test folder
-    write_bytes(null, b"{}")
+    atomic_write(null, b"{}")
     assert stat.S_ISCHR(os.stat(null).st_mode)
     full = tmp_path / "full"
     os.mknod(full, stat.S_IFCHR | 0o666, os.makedev(1, 7))  # /dev/full: every write fails with ENOSPC

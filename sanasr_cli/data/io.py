@@ -382,7 +382,7 @@ def write_image(
     can (PNG, WebP, TIFF; an error otherwise). bit_depth 16 is honoured for PNG and TIFF, else 8 bits are
     written.
     icc_profile: embedded as it is (PNG, JPEG, WebP, TIFF; 16-bit PNG through an iCCP chunk).
-    before_replace: see safe_files.write_bytes (upscale records its outputs with it).
+    before_replace: see safe_files.atomic_write (upscale records its outputs with it).
     """
     path = Path(path)
     fmt = format_for(path)
@@ -450,10 +450,10 @@ def _png_with_iccp(png: bytes, icc: bytes) -> bytes:
 
 
 def _atomic_write_bytes(path: Path, data: bytes, before_replace=None) -> None:
-    from sanasr_cli.safe_files import write_bytes
+    from sanasr_cli.safe_files import atomic_write
 
     try:
-        write_bytes(path, data, temp_mark=TEMP_MARK, before_replace=before_replace)
+        atomic_write(path, data, temp_mark=TEMP_MARK, before_replace=before_replace)
     except OSError as e:
         raise ImageWriteError(f"{path}: cannot write ({e.strerror or e})") from None
 

@@ -699,11 +699,11 @@ def plot_reports(reports: list[dict], path: str | Path) -> None:
             ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    from sanasr_cli.safe_files import write_bytes
+    from sanasr_cli.safe_files import atomic_write
 
     buf = io.BytesIO()
     try:
         fig.savefig(buf, dpi=120, format="png")
     finally:
         plt.close(fig)
-    write_bytes(path, buf.getvalue())  # atomic, through links, never replacing a special file
+    atomic_write(path, buf.getvalue())  # atomic, through links, never replacing a special file
