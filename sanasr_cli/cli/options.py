@@ -28,20 +28,20 @@ SEED_HELP = "Seed of random-weight presets (tiny)."
 PROMPT_HELP = "Extra words put before the tags and the quality template."
 
 
-def device(help: str = DEVICE_HELP, default: str = "auto"):
-    return typer.Option(default, "--device", help=help)
+def device(help: str = DEVICE_HELP, default: str = "auto", **kwargs):
+    return typer.Option(default, "--device", help=help, **kwargs)
 
 
-def precision(help: str = PRECISION_HELP, default: str = "auto"):
-    return typer.Option(default, "--precision", help=help)
+def precision(help: str = PRECISION_HELP, default: str = "auto", **kwargs):
+    return typer.Option(default, "--precision", help=help, **kwargs)
 
 
-def base(help: str = BASE_HELP):
-    return typer.Option(None, "--base", help=help)
+def base(help: str = BASE_HELP, **kwargs):
+    return typer.Option(None, "--base", help=help, **kwargs)
 
 
-def seed(help: str = SEED_HELP, default: int = 0):
-    return typer.Option(default, "--seed", help=help)
+def seed(help: str = SEED_HELP, default: int = 0, **kwargs):
+    return typer.Option(default, "--seed", help=help, **kwargs)
 
 
 def prompt(help: str = PROMPT_HELP):
