@@ -30,10 +30,9 @@ MODEL = _flag(
     help="Base to adapt: a preset (sana-600m-512, tiny) or a model directory without an adapter (e.g. a pruned "
     "model).",
 )  # fmt: skip
-BASE = typer.Option(
-    None, "--base", rich_help_panel=_DATA,
-    help="Hub id or local folder of the pretrained SANA base (default: $SANASR_BASE or the hub).",
-)  # fmt: skip
+BASE = opt.base(
+    "Hub id or local folder of the pretrained SANA base (default: $SANASR_BASE or the hub).", rich_help_panel=_DATA
+)
 HQ = typer.Option(
     None, "--hq", rich_help_panel=_DATA,
     help="Folder of HQ images; LQ inputs are synthesised on the fly with the Real-ESRGAN degradation. Repeatable.",
