@@ -35,7 +35,7 @@ from sanasr_cli.data.io import (
     remove_stale_temps,
     write_image,
 )
-from sanasr_cli.data.resample import upsample_bicubic  # noqa: F401  (re-exported: its old home)
+from sanasr_cli.data.resample import upsample_bicubic
 from sanasr_cli.errors import ImageReadError, SanaSRError, UnsafeOutputError
 from sanasr_cli.models.sanasr import SanaSR
 from sanasr_cli.pipeline.color import color_fix as apply_color_fix
