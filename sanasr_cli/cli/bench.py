@@ -223,7 +223,7 @@ def _write(reports: list[dict], json_out, plot) -> None:
         write_json(json_out, data)
         console.print(f"JSON written to {json_out}")
     if plot is not None:
-        from sanasr_cli.evaluation.bench import plot_reports
+        from sanasr_cli.evaluation.bench_plot import plot_reports
 
         plot_reports(reports, plot)
         console.print(f"plot written to {plot}")
