@@ -6,7 +6,7 @@ import ast
 import re
 from pathlib import Path
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 CLI = REPO_ROOT / "sanasr_cli" / "cli"
 MAX_LINES = 60

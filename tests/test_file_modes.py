@@ -12,11 +12,8 @@ import stat
 
 import pytest
 import torch
-from PIL import Image
 
-from tests.conftest import make_photo_like
-from tests.test_taggers import tiny_clip  # noqa: F401 - the fixture
-from tests.test_user_files_safe import run
+from tests.helpers import TINY_TRAIN, photo_folder, run
 
 UMASK = 0o027
 
@@ -49,15 +46,8 @@ def wrong_modes(*roots) -> list[str]:
     return bad
 
 
-def _photos(folder, n, h=40, w=48):
-    folder.mkdir(parents=True)
-    for i in range(n):
-        Image.fromarray(make_photo_like(h, w, i)).save(folder / f"img{i}.png")
-    return folder
-
-
-def test_upscale_files_have_the_usual_modes(tmp_path, tiny_clip):  # noqa: F811
-    inputs = _photos(tmp_path / "in", 2, 8, 8)
+def test_upscale_files_have_the_usual_modes(tmp_path, tiny_clip):
+    inputs = photo_folder(tmp_path / "in", 2, (8, 8))
     result = run(
         "upscale", inputs, "-o", tmp_path / "out", "--model", "tiny", "--report", tmp_path / "out" / "report.json",
         "--save-prompts", "--tagger", "clip", "--tagger-model", tiny_clip, "--tag-cache", tmp_path / "tags",
@@ -68,13 +58,12 @@ def test_upscale_files_have_the_usual_modes(tmp_path, tiny_clip):  # noqa: F811
     assert wrong_modes(tmp_path / "out", tmp_path / "tags") == []
 
 
-def test_train_and_merge_files_have_the_usual_modes(tmp_path, tiny_clip):  # noqa: F811
-    hq = _photos(tmp_path / "hq", 2)
+def test_train_and_merge_files_have_the_usual_modes(tmp_path, tiny_clip):
+    hq = photo_folder(tmp_path / "hq", 2)
     result = run(
-        "train", "--hq", hq, "-o", tmp_path / "run", "--model", "tiny", "--crop", "16", "--batch-size", "2",
-        "--lora-rank", "4", "--lora-alpha", "4", "--perceptual-backbone", "random", "--num-workers", "0",
-        "--precision", "fp32", "--max-steps", "1", "--save-every", "1", "--validate-every", "1",
-        "--validation-images", "1", "--log-every", "1", "--tagger", "clip", "--tagger-model", tiny_clip,
+        "train", "--hq", hq, "-o", tmp_path / "run", *TINY_TRAIN, "--max-steps", "1", "--save-every", "1",
+        "--validate-every", "1", "--validation-images", "1", "--log-every", "1", "--tagger", "clip",
+        "--tagger-model", tiny_clip,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "run"
@@ -92,7 +81,7 @@ def test_train_and_merge_files_have_the_usual_modes(tmp_path, tiny_clip):  # noq
 def test_the_dataset_index_has_the_usual_modes(tmp_path):
     from sanasr_cli.data.datasets import _scan_all
 
-    hq = _photos(tmp_path / "hq", 1)
+    hq = photo_folder(tmp_path / "hq", 1)
     (tmp_path / "index").mkdir()
     _scan_all(sorted(hq.iterdir()), 10**8, tmp_path / "index" / "files.json")
     assert (tmp_path / "index" / "files.json").is_file()

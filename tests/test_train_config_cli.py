@@ -12,7 +12,7 @@ import typer.main
 from sanasr_cli.cli import app
 from sanasr_cli.cli import train as train_cli
 from sanasr_cli.training.config import TrainConfig
-from tests.test_train_cli import TINY, _write_images, runner
+from tests.helpers import TINY_TRAIN, photo_folder, runner
 
 TORCH_THREADS = 1
 
@@ -40,7 +40,7 @@ def captured(monkeypatch):
 
 
 def test_flags_without_config_give_train_configs_defaults(tmp_path, captured):
-    hq = _write_images(tmp_path / "hq", 2)
+    hq = photo_folder(tmp_path / "hq", 2)
     result = runner.invoke(app, ["train", "--hq", str(hq), "-o", str(tmp_path / "run"), "--model", "tiny"])
     assert result.exit_code == 0, result.output
     (config,) = captured
@@ -52,8 +52,8 @@ def test_flags_without_config_give_train_configs_defaults(tmp_path, captured):
 
 def test_config_file_of_a_run_with_flags_overriding_it(tmp_path, monkeypatch):
     """A real run's train_config.json, read back: the same config; a flag given changes only its field."""
-    hq = _write_images(tmp_path / "hq", 2)
-    first = [*TINY, "--hq", str(hq), "-o", str(tmp_path / "run"), "--max-steps", "1", "--save-every", "1",
+    hq = photo_folder(tmp_path / "hq", 2)
+    first = [*TINY_TRAIN, "--hq", str(hq), "-o", str(tmp_path / "run"), "--max-steps", "1", "--save-every", "1",
              "--validation-images", "0", "--lr", "1e-4", "--tagger", "file", "--template", "sharp"]  # fmt: skip
     result = runner.invoke(app, ["train", *first])
     assert result.exit_code == 0, result.output
@@ -79,7 +79,7 @@ def test_config_file_of_a_run_with_flags_overriding_it(tmp_path, monkeypatch):
 
 
 def test_a_bad_config_or_no_output_is_one_line_exit_2(tmp_path, captured):
-    hq = _write_images(tmp_path / "hq", 2)
+    hq = photo_folder(tmp_path / "hq", 2)
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     for args, expected in (

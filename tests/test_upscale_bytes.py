@@ -6,8 +6,7 @@ import hashlib
 
 import pytest
 
-from tests.conftest import REPO_ROOT
-from tests.test_user_files_safe import run
+from tests.helpers import REPO_ROOT, run
 
 TORCH_THREADS = 1
 
