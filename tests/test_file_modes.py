@@ -86,3 +86,31 @@ def test_the_dataset_index_has_the_usual_modes(tmp_path):
     _scan_all(sorted(hq.iterdir()), 10**8, tmp_path / "index" / "files.json")
     assert (tmp_path / "index" / "files.json").is_file()
     assert wrong_modes(tmp_path / "index") == []
+
+
+def test_prune_eval_degrade_and_bench_files_have_the_usual_modes(tmp_path):
+    """The other commands' files: prune's model directory, eval's --json / --csv and --save-dir images, degrade's
+    pairs and manifest, bench's --json and --plot."""
+    hq = photo_folder(tmp_path / "hq", 2, (32, 32))
+    result = run("prune", "tiny", "-o", tmp_path / "pruned", "--budget", "75K", "--strategy", "tail")
+    assert result.exit_code == 0, result.output
+    result = run("degrade", hq, "-o", tmp_path / "pairs", "--crop", "16")
+    assert result.exit_code == 0, result.output
+    reports = tmp_path / "reports"
+    result = run(
+        "eval", "--model", "tiny", "--lq", tmp_path / "pairs" / "lq", "--hr", tmp_path / "pairs" / "hq",
+        "--metrics", "psnr", "--save-dir", tmp_path / "restored", "--json", reports / "eval.json",
+        "--csv", reports / "eval.csv", "--tag-cache", "off",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = run(
+        "bench", "--model", "tiny", "--size", "64", "--latency", "off", "--json", reports / "bench.json",
+        "--plot", reports / "bench.png",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for name in ("eval.json", "eval.csv", "bench.json", "bench.png"):
+        assert (reports / name).is_file(), name
+    assert (tmp_path / "pruned" / "prune_report.json").is_file() and list((tmp_path / "restored").glob("*.png"))
+    assert (tmp_path / "pairs" / "degradation.json").is_file()
+    folders = [tmp_path / d for d in ("pruned", "pairs", "restored", "reports")]
+    assert wrong_modes(*folders) == []
