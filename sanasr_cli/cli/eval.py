@@ -19,6 +19,7 @@ from sanasr_cli.cli.common import (
     check_report_paths,
     console,
     fail,
+    load_model_or_fail,
     quiet_libraries,
     resolve_device,
     resolve_precision,
@@ -238,18 +239,11 @@ def _eval(f, pairs, specs) -> int:
 
 def _model_run(f, pairs):
     """--model: load it, pretag the LQ inputs; the ModelRun holds the only reference to the model."""
-    from sanasr_cli.errors import MissingWeightsError, ModelDirError
     from sanasr_cli.evaluation.run import ModelRun
-    from sanasr_cli.models.sanasr import load_model
 
     dtype = resolve_precision(f.precision, f.dev)
-    with console.status(f"loading model {f.model} on {f.dev} ..."):
-        try:
-            sr_model = load_model(f.model, device=f.dev, dtype=dtype, base=f.base, seed=f.seed)
-        except ModelDirError as e:
-            raise fail(str(e), EXIT_USAGE) from None
-        except MissingWeightsError as e:
-            raise fail(str(e), EXIT_FAILED) from None
+    status = f"loading model {f.model} on {f.dev} ..."
+    sr_model = load_model_or_fail(f.model, f.dev, dtype, f.base, f.seed, status)
     if sr_model.description.random_weights:
         console.print(
             f"[yellow]note:[/] '{f.model}' has random (untrained) weights: scores show the pipeline, not SR quality."

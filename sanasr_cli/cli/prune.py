@@ -17,6 +17,7 @@ from sanasr_cli.cli.common import (
     check_model_output,
     console,
     fail,
+    load_model_or_fail,
     quiet_libraries,
     resolve_device,
     resolve_precision,
@@ -179,19 +180,10 @@ def _check_gate(color_fix, validate, protocol, validate_metrics) -> None:
 
 
 def _load(model_dir, device, precision, base, seed):
-    from sanasr_cli.errors import MissingWeightsError, ModelDirError
-    from sanasr_cli.models.sanasr import load_model
-
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     quiet_libraries()
-    with console.status(f"loading {model_dir} on {dev} ..."):
-        try:
-            return load_model(model_dir, device=dev, dtype=dtype, base=base, seed=seed), dev
-        except ModelDirError as e:
-            raise fail(str(e), EXIT_USAGE) from None
-        except MissingWeightsError as e:
-            raise fail(str(e), EXIT_FAILED) from None
+    return load_model_or_fail(model_dir, dev, dtype, base, seed, f"loading {model_dir} on {dev} ..."), dev
 
 
 def _run(model, options, job) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -19,6 +18,7 @@ from sanasr_cli.cli.common import (
     check_report_paths,
     console,
     fail,
+    load_model_or_fail,
     quiet_libraries,
     resolve_device,
     resolve_precision,
@@ -196,18 +196,10 @@ def _list_images(f):
 
 
 def _load_model(f):
-    from sanasr_cli.errors import MissingWeightsError, ModelDirError
-    from sanasr_cli.models.sanasr import load_model
-
     quiet_libraries()
     is_main = f.rank == 0
-    with console.status(f"loading model {f.model} on {f.dev} ...") if is_main else contextlib.nullcontext():
-        try:
-            sr_model = load_model(f.model, device=f.dev, dtype=f.dtype, base=f.base, seed=f.seed)
-        except ModelDirError as e:
-            raise fail(str(e), EXIT_USAGE) from None
-        except MissingWeightsError as e:
-            raise fail(str(e), EXIT_FAILED) from None
+    status = f"loading model {f.model} on {f.dev} ..." if is_main else None
+    sr_model = load_model_or_fail(f.model, f.dev, f.dtype, f.base, f.seed, status)
     if sr_model.description.random_weights and is_main:
         console.print(
             f"[yellow]note:[/] '{f.model}' has random (untrained) weights: outputs show the pipeline, "

@@ -396,7 +396,7 @@ def write_image(
     data = (
         _encode_16bit(image, fmt, icc_profile) if sixteen else _encode_8bit(image, fmt, icc_profile, quality)
     )
-    _atomic_write_bytes(path, data, before_replace)
+    _write_image_bytes(path, data, before_replace)
 
 
 def _encode_8bit(image: torch.Tensor, fmt: str, icc: bytes | None, quality: int) -> bytes:
@@ -449,7 +449,8 @@ def _png_with_iccp(png: bytes, icc: bytes) -> bytes:
     return png[:ihdr_end] + chunk + png[ihdr_end:]
 
 
-def _atomic_write_bytes(path: Path, data: bytes, before_replace=None) -> None:
+def _write_image_bytes(path: Path, data: bytes, before_replace=None) -> None:
+    """safe_files.atomic_write; a failure is an ImageWriteError naming the file."""
     from sanasr_cli.safe_files import atomic_write
 
     try:
