@@ -4,11 +4,11 @@
 - `check_confined`: an output path, once resolved (links included), lies under its output folder.
 - `check_output_file`: a report path (`--json`, `--csv`, `--report`, `--plot`) can be written: checked before
   any work starts, not after it.
-- `write_bytes` / `write_text`: a regular file (or a new one) is replaced atomically (temp file + rename); a
+- `atomic_write`: a regular file (or a new one) is replaced atomically (temp file + fsync + rename); a
   symlink is written through (its target is replaced, the link stays); a special file (`/dev/stdout`, a FIFO,
   `/dev/full`) is written in place, never replaced by a regular file; a folder is refused. New files get the
   usual permissions (0666 less the umask, e.g. 0644), not the 0600 of a temp file. Every file sanasr writes goes
-  through these two (images, reports, model directories, checkpoints, logs, caches, indexes).
+  through it (images, reports, model directories, checkpoints, logs, caches, indexes).
 - `make_temp_dir`: a staging folder that is renamed into place when complete, with the usual permissions (0777
   less the umask), not the 0700 of `tempfile.mkdtemp`; `usual_file_modes` for what a library wrote into one.
 - `check_replaceable_dir`: what `--overwrite` may delete: only a model directory sanasr wrote (its `sanasr.json`
@@ -81,20 +81,24 @@ def _umask() -> int:
     return mask
 
 
-def write_bytes(
+def atomic_write(
     path: str | Path,
-    data: bytes,
+    data: bytes | str,
     temp_mark: str = "",
     before_replace: Callable[[os.stat_result], None] | None = None,
-    fsync: bool = False,
+    fsync: bool = True,
 ) -> None:
-    """Write `data` to `path` without ever turning what is there into something else (see the module doc).
+    """Write `data` (bytes, or text as UTF-8) to `path` without ever turning what is there into something else
+    (see the module doc): a temp file in the target's folder, flushed to the disk, given the usual mode (0666
+    less the umask), renamed over the target.
 
     temp_mark: put in the temp file's name (so a later run can tell its own leftovers). before_replace: called
     with the finished temp file's stat just before the rename (the rename keeps size, mtime and inode).
-    fsync: flush the bytes to the disk before the rename (files whose presence marks something complete).
+    fsync: False skips the flush to the disk (never needed for correctness of the rename, only durability).
     Raises OSError (callers turn it into their one-line error).
     """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
     path = Path(path)
     if path.is_symlink():
         path = path.resolve()  # write through the link: the user's link stays a link
@@ -130,10 +134,6 @@ def write_bytes(
         raise
 
 
-def write_text(path: str | Path, text: str, temp_mark: str = "", fsync: bool = False) -> None:
-    write_bytes(path, text.encode("utf-8"), temp_mark, fsync=fsync)
-
-
 def make_temp_dir(parent: str | Path, prefix: str) -> Path:
     """A new hidden staging folder in `parent` with the permissions `mkdir` would give it (0777 less the umask;
     `tempfile.mkdtemp` makes 0700 folders, which would stay so once renamed into place)."""
@@ -144,7 +144,7 @@ def make_temp_dir(parent: str | Path, prefix: str) -> Path:
 
 def usual_file_modes(folder: str | Path) -> None:
     """Give the files a library just wrote into a new staging `folder` the usual permissions (0666 less the
-    umask): for writers that cannot go through write_bytes (e.g. diffusers' save_pretrained, whose
+    umask): for writers that cannot go through atomic_write (e.g. diffusers' save_pretrained, whose
     safetensors files are 0600). Links are not followed."""
     mode = 0o666 & ~_umask()
     for p in Path(folder).rglob("*"):
@@ -220,7 +220,7 @@ class OutputLedger:
         return self._load().get(self._key(Path(file))) == (st.st_size, st.st_mtime_ns, st.st_ino)
 
     def recorder(self, file: str | Path) -> Callable[[os.stat_result], None]:
-        """A `before_replace` hook for write_bytes that records `file` as written by sanasr."""
+        """A `before_replace` hook for atomic_write that records `file` as written by sanasr."""
 
         def record(st: os.stat_result) -> None:
             key = self._key(Path(file))

@@ -5,17 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from tests.helpers import REPO_ROOT, make_photo_like  # noqa: F401 - re-exported: many tests import them here
 
 # Tests run offline: any accidental hub access fails fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -48,20 +48,6 @@ def fresh_tiny_model():
     return load_model("tiny", device="cpu", dtype=torch.float32, seed=0)
 
 
-def make_photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A smooth, textured uint8 RGB image (gradients + sinusoids + mild noise), closer to a photo than noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    channels = []
-    for _ in range(3):
-        f1, f2 = rng.uniform(0.02, 0.2, size=2)
-        ph = rng.uniform(0, 6.28)
-        ch = 0.5 + 0.25 * np.sin(xx * f1 + ph) * np.cos(yy * f2) + 0.2 * (xx / max(width, 1) - 0.5)
-        channels.append(ch)
-    img = np.stack(channels, -1) + rng.normal(0, 0.02, (height, width, 3))
-    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
-
-
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     """A folder with three small RGB PNG/JPEG images of different (odd) sizes."""
@@ -70,4 +56,45 @@ def image_folder(tmp_path) -> Path:
     Image.fromarray(make_photo_like(16, 16, 1)).save(folder / "a.png")
     Image.fromarray(make_photo_like(13, 21, 2)).save(folder / "b.png")
     Image.fromarray(make_photo_like(20, 12, 3)).save(folder / "c.jpg", quality=90)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A folder with a tiny random CLIP: config.json, model.safetensors, tokenizer, preprocessor_config (built
+    in code, no download)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from sanasr_cli.models.presets import build_local_tokenizer
+
+    tok = build_local_tokenizer()
+    cfg = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=8,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    CLIPModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        folder
+    )
     return folder

@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import make_photo_like
-from tests.test_user_files_safe import one_error_line, run, snapshot
+from tests.helpers import TINY_TRAIN, make_photo_like, one_error_line, run, snapshot
 
 TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
 
@@ -110,17 +109,14 @@ def test_bad_input_is_one_line_with_the_documented_exit_code(tmp_path, args, cod
 
 # ---------------------------------------------------------------- train --resume from a damaged checkpoint
 
-TRAIN = [
-    "--model", "tiny", "--crop", "16", "--batch-size", "2", "--lora-rank", "4", "--lora-alpha", "4",
-    "--perceptual-backbone", "random", "--num-workers", "0", "--precision", "fp32", "--validation-images", "0",
-]  # fmt: skip
+TRAIN = [*TINY_TRAIN, "--validation-images", "0"]
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A real one-step run (checkpoint-1 with adapter/, adapter_ema/, train/) and its HQ folder."""
     from sanasr_cli.cli import app
-    from tests.test_user_files_safe import runner
+    from tests.helpers import runner
 
     root = tmp_path_factory.mktemp("trained")
     for i in range(4):

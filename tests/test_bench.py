@@ -26,7 +26,7 @@ PART_KEYS = {"params", "macs", "latency_ms", "peak_memory_mb"}
 def test_real_size_macs_match_the_design_table():
     """SANA-600M / DC-AE / SD-2.1 shapes at 512x512, random weights on the meta device (DESIGN.md's table: the
     full-length prompt); the prefix reuse and the trimmed cross-attention against it."""
-    from sanasr_cli.evaluation.bench import BENCH_PROMPT, build_sanasr
+    from sanasr_cli.evaluation.peers import BENCH_PROMPT, build_sanasr
 
     (r,) = run_bench(
         "sana-600m-512",
@@ -75,7 +75,7 @@ def test_fused_attention_is_counted_on_meta_but_missed_on_cpu():
     """Why bench counts on the meta device: the SD UNet's self-attention runs through fused SDPA kernels."""
     from diffusers.models.attention_processor import Attention
 
-    from sanasr_cli.evaluation.bench import count_macs
+    from sanasr_cli.evaluation.measure import count_macs
 
     attn = Attention(query_dim=64, heads=4, dim_head=16)
     x = torch.zeros(1, 256, 64)
@@ -230,8 +230,8 @@ def test_paired_latency_full_prompt_on_tiny(tmp_path):
 
 
 def test_end_to_end_against_sum_of_parts_warning():
-    from sanasr_cli.evaluation.bench import END_TO_END_PARTS as END
     from sanasr_cli.evaluation.bench import PipelineCost, sum_of_parts_warning
+    from sanasr_cli.evaluation.peers import END_TO_END_PARTS as END
 
     def cost(e2e, parts):
         c = PipelineCost(end_to_end={"latency_ms": e2e})

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sanasr_cli.cli import app
-from tests.conftest import REPO_ROOT, make_photo_like
+from tests.helpers import REPO_ROOT, make_photo_like
 
 runner = CliRunner()
 

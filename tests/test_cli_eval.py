@@ -13,13 +13,9 @@ import sys
 import pytest
 import torch
 from PIL import Image, ImageFilter
-from typer.testing import CliRunner
 
 from sanasr_cli.cli import app
-from tests.conftest import REPO_ROOT
-
-runner = CliRunner()
-
+from tests.helpers import REPO_ROOT, TINY_TRAIN, photo_folder, runner
 
 TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
 
@@ -354,33 +350,9 @@ def test_rank_checkpoints_scores_every_checkpoint_best_first(fresh_tiny_model, t
 
 def test_rank_checkpoints_of_a_real_training_run(tmp_path):
     """The checkpoints `sanasr train` writes (adapter/, adapter_ema/, train/ state) rank as they are."""
-    from tests.conftest import make_photo_like
-
-    hq = tmp_path / "hq"
-    hq.mkdir()
-    for i in range(2):
-        Image.fromarray(make_photo_like(32, 32, i)).save(hq / f"t{i}.png")
+    hq = photo_folder(tmp_path / "hq", 2, (32, 32), prefix="t")
     run = tmp_path / "run"
-    tiny = [
-        "--model",
-        "tiny",
-        "--crop",
-        "16",
-        "--batch-size",
-        "2",
-        "--lora-rank",
-        "4",
-        "--lora-alpha",
-        "4",
-        "--perceptual-backbone",
-        "random",
-        "--num-workers",
-        "0",
-        "--precision",
-        "fp32",
-        "--tag-cache",
-        "off",
-    ]
+    tiny = [*TINY_TRAIN, "--tag-cache", "off"]
     trained = runner.invoke(
         app, ["train", "--hq", str(hq), "-o", str(run), "--max-steps", "2", "--save-every", "1", *tiny]
     )
@@ -419,15 +391,9 @@ def test_rank_checkpoints_of_a_real_training_run(tmp_path):
 @pytest.fixture(scope="module")
 def three_checkpoints(tmp_path_factory):
     """A real 3-step training run with checkpoint-1, -2 and -3, and a one-image validation set."""
-    from tests.conftest import make_photo_like
-
     root = tmp_path_factory.mktemp("ranked")
-    (root / "hq").mkdir()
-    for i in range(2):
-        Image.fromarray(make_photo_like(32, 32, i)).save(root / "hq" / f"t{i}.png")
-    tiny = ["--model", "tiny", "--crop", "16", "--batch-size", "2", "--lora-rank", "4", "--lora-alpha", "4",
-            "--perceptual-backbone", "random", "--num-workers", "0", "--precision", "fp32", "--tag-cache", "off",
-            "--validation-images", "0", "--ema-decay", "0"]  # fmt: skip
+    photo_folder(root / "hq", 2, (32, 32), prefix="t")
+    tiny = [*TINY_TRAIN, "--tag-cache", "off", "--validation-images", "0", "--ema-decay", "0"]
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     trained = runner.invoke(

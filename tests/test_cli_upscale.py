@@ -8,7 +8,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sanasr_cli.cli import app
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 runner = CliRunner()
 

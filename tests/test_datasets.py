@@ -19,23 +19,17 @@ from sanasr_cli.data.datasets import (
 )
 from sanasr_cli.data.degradation import RealESRGANDegrader
 from sanasr_cli.errors import DatasetError, PairedDataError, SanaSRError
-from tests.conftest import make_photo_like
-
-
-def _save(path, h, w, seed, fmt=None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(make_photo_like(h, w, seed)).save(path, format=fmt)
-    return path
+from tests.helpers import make_photo_like, save_photo
 
 
 @pytest.fixture
 def hq_pool(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    _save(a / "one.png", 80, 96, 1)
-    _save(a / "sub" / "two.png", 70, 70, 2)
-    _save(b / "three.jpg", 64, 100, 3, "JPEG")
+    save_photo(a / "one.png", 80, 96, 1)
+    save_photo(a / "sub" / "two.png", 70, 70, 2)
+    save_photo(b / "three.jpg", 64, 100, 3, "JPEG")
     shutil.copy(a / "one.png", b / "one_copy.png")  # same bytes under another name: a duplicate
-    _save(b / "tiny.png", 40, 200, 4)  # too small for a 64 crop
+    save_photo(b / "tiny.png", 40, 200, 4)  # too small for a 64 crop
     (b / "broken.png").write_text("not an image")
     return [a, b]
 
@@ -99,8 +93,8 @@ def paired(tmp_path):
     lq, hq = tmp_path / "lq", tmp_path / "hq"
     for i, (h, w) in enumerate([(20, 24), (16, 16), (30, 18)]):
         big = make_photo_like(h * 4, w * 4, i)
-        Image.fromarray(big).save(_save(hq / f"p{i}.png", 1, 1, 0))
-        Image.fromarray(big).resize((w, h), Image.BICUBIC).save(_save(lq / f"p{i}.png", 1, 1, 0))
+        Image.fromarray(big).save(save_photo(hq / f"p{i}.png", 1, 1, 0))
+        Image.fromarray(big).resize((w, h), Image.BICUBIC).save(save_photo(lq / f"p{i}.png", 1, 1, 0))
     return lq, hq
 
 
@@ -121,9 +115,9 @@ def test_paired_aligned_crops(paired):
 
 def test_paired_mismatches_in_one_error(paired):
     lq_dir, hq_dir = paired
-    _save(lq_dir / "orphan_lq.png", 16, 16, 9)
-    _save(hq_dir / "orphan_hq.png", 64, 64, 9)
-    _save(hq_dir / "p1.jpg", 64, 64, 9, "JPEG")  # second HQ file with stem p1
+    save_photo(lq_dir / "orphan_lq.png", 16, 16, 9)
+    save_photo(hq_dir / "orphan_hq.png", 64, 64, 9)
+    save_photo(hq_dir / "p1.jpg", 64, 64, 9, "JPEG")  # second HQ file with stem p1
     Image.open(hq_dir / "p0.png").resize((90, 80)).save(hq_dir / "p0.png")  # HQ no longer 4x LQ
     with pytest.raises(PairedDataError) as err:
         PairedImageDataset(lq_dir, hq_dir, crop=64, scale=4)
@@ -182,7 +176,7 @@ def test_make_training_batch_paths(paired):
 
 def test_index_cache_is_used_and_invalidated(tmp_path):
     root = tmp_path / "pool"
-    a, b = _save(root / "a.png", 64, 64, 1), _save(root / "b.png", 64, 64, 2)
+    a, b = save_photo(root / "a.png", 64, 64, 1), save_photo(root / "b.png", 64, 64, 2)
     cache = tmp_path / "index.json"
     assert len(HQImageDataset([root], crop=32, index_cache=cache)) == 2
     index = json.loads(cache.read_text())
@@ -194,7 +188,7 @@ def test_index_cache_is_used_and_invalidated(tmp_path):
     ds = HQImageDataset([root], crop=32, index_cache=cache)
     assert len(ds) == 1 and len(ds.summary.duplicates) == 1
     # a changed file is hashed again
-    _save(b, 64, 72, 3)
+    save_photo(b, 64, 72, 3)
     os.utime(b, ns=(b.stat().st_atime_ns, b.stat().st_mtime_ns + 10**9))
     assert len(HQImageDataset([root], crop=32, index_cache=cache)) == 2
     cache.write_text("{not json")  # a damaged cache is rebuilt, not fatal
@@ -203,8 +197,8 @@ def test_index_cache_is_used_and_invalidated(tmp_path):
 
 def test_a_file_that_fails_to_decode_at_load_time_is_named_and_replaced(tmp_path):
     root = tmp_path / "pool"
-    good = _save(root / "good.png", 64, 64, 1)
-    bad = _save(root / "bad.png", 64, 64, 2)
+    good = save_photo(root / "good.png", 64, 64, 1)
+    bad = save_photo(root / "bad.png", 64, 64, 2)
     data = bytearray(bad.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64  # the header parses, the pixel data does not
     bad.write_bytes(bytes(data))

@@ -19,7 +19,7 @@ from sanasr_cli.data.degradation import (
     resize,
     sinc_kernel,
 )
-from tests.conftest import make_photo_like
+from tests.helpers import make_photo_like
 
 
 def photo_batch(n=2, size=64, seed=0):
@@ -324,7 +324,7 @@ def _blockiness(y):
 
 def _photo(name):
     from sanasr_cli.data.io import read_image
-    from tests.conftest import REPO_ROOT
+    from tests.helpers import REPO_ROOT
 
     return read_image(REPO_ROOT / "examples" / "hq" / f"{name}.png")[0][None]
 

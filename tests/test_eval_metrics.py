@@ -20,7 +20,7 @@ from sanasr_cli.evaluation.metrics import (
     parse_metrics,
 )
 from sanasr_cli.evaluation.pairing import PairingError, pair_folders, pairing_key
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 HQ = sorted((REPO_ROOT / "examples" / "hq").glob("*.png"))
 

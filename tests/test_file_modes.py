@@ -12,11 +12,8 @@ import stat
 
 import pytest
 import torch
-from PIL import Image
 
-from tests.conftest import make_photo_like
-from tests.test_taggers import tiny_clip  # noqa: F401 - the fixture
-from tests.test_user_files_safe import run
+from tests.helpers import TINY_TRAIN, photo_folder, run
 
 UMASK = 0o027
 
@@ -49,15 +46,8 @@ def wrong_modes(*roots) -> list[str]:
     return bad
 
 
-def _photos(folder, n, h=40, w=48):
-    folder.mkdir(parents=True)
-    for i in range(n):
-        Image.fromarray(make_photo_like(h, w, i)).save(folder / f"img{i}.png")
-    return folder
-
-
-def test_upscale_files_have_the_usual_modes(tmp_path, tiny_clip):  # noqa: F811
-    inputs = _photos(tmp_path / "in", 2, 8, 8)
+def test_upscale_files_have_the_usual_modes(tmp_path, tiny_clip):
+    inputs = photo_folder(tmp_path / "in", 2, (8, 8))
     result = run(
         "upscale", inputs, "-o", tmp_path / "out", "--model", "tiny", "--report", tmp_path / "out" / "report.json",
         "--save-prompts", "--tagger", "clip", "--tagger-model", tiny_clip, "--tag-cache", tmp_path / "tags",
@@ -68,13 +58,12 @@ def test_upscale_files_have_the_usual_modes(tmp_path, tiny_clip):  # noqa: F811
     assert wrong_modes(tmp_path / "out", tmp_path / "tags") == []
 
 
-def test_train_and_merge_files_have_the_usual_modes(tmp_path, tiny_clip):  # noqa: F811
-    hq = _photos(tmp_path / "hq", 2)
+def test_train_and_merge_files_have_the_usual_modes(tmp_path, tiny_clip):
+    hq = photo_folder(tmp_path / "hq", 2)
     result = run(
-        "train", "--hq", hq, "-o", tmp_path / "run", "--model", "tiny", "--crop", "16", "--batch-size", "2",
-        "--lora-rank", "4", "--lora-alpha", "4", "--perceptual-backbone", "random", "--num-workers", "0",
-        "--precision", "fp32", "--max-steps", "1", "--save-every", "1", "--validate-every", "1",
-        "--validation-images", "1", "--log-every", "1", "--tagger", "clip", "--tagger-model", tiny_clip,
+        "train", "--hq", hq, "-o", tmp_path / "run", *TINY_TRAIN, "--max-steps", "1", "--save-every", "1",
+        "--validate-every", "1", "--validation-images", "1", "--log-every", "1", "--tagger", "clip",
+        "--tagger-model", tiny_clip,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "run"
@@ -92,8 +81,36 @@ def test_train_and_merge_files_have_the_usual_modes(tmp_path, tiny_clip):  # noq
 def test_the_dataset_index_has_the_usual_modes(tmp_path):
     from sanasr_cli.data.datasets import _scan_all
 
-    hq = _photos(tmp_path / "hq", 1)
+    hq = photo_folder(tmp_path / "hq", 1)
     (tmp_path / "index").mkdir()
     _scan_all(sorted(hq.iterdir()), 10**8, tmp_path / "index" / "files.json")
     assert (tmp_path / "index" / "files.json").is_file()
     assert wrong_modes(tmp_path / "index") == []
+
+
+def test_prune_eval_degrade_and_bench_files_have_the_usual_modes(tmp_path):
+    """The other commands' files: prune's model directory, eval's --json / --csv and --save-dir images, degrade's
+    pairs and manifest, bench's --json and --plot."""
+    hq = photo_folder(tmp_path / "hq", 2, (32, 32))
+    result = run("prune", "tiny", "-o", tmp_path / "pruned", "--budget", "75K", "--strategy", "tail")
+    assert result.exit_code == 0, result.output
+    result = run("degrade", hq, "-o", tmp_path / "pairs", "--crop", "16")
+    assert result.exit_code == 0, result.output
+    reports = tmp_path / "reports"
+    result = run(
+        "eval", "--model", "tiny", "--lq", tmp_path / "pairs" / "lq", "--hr", tmp_path / "pairs" / "hq",
+        "--metrics", "psnr", "--save-dir", tmp_path / "restored", "--json", reports / "eval.json",
+        "--csv", reports / "eval.csv", "--tag-cache", "off",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = run(
+        "bench", "--model", "tiny", "--size", "64", "--latency", "off", "--json", reports / "bench.json",
+        "--plot", reports / "bench.png",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for name in ("eval.json", "eval.csv", "bench.json", "bench.png"):
+        assert (reports / name).is_file(), name
+    assert (tmp_path / "pruned" / "prune_report.json").is_file() and list((tmp_path / "restored").glob("*.png"))
+    assert (tmp_path / "pairs" / "degradation.json").is_file()
+    folders = [tmp_path / d for d in ("pruned", "pairs", "restored", "reports")]
+    assert wrong_modes(*folders) == []

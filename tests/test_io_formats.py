@@ -19,7 +19,7 @@ from sanasr_cli.data.io import (
     write_image,
 )
 from sanasr_cli.errors import ImageReadError, ImageWriteError
-from tests.conftest import make_photo_like
+from tests.helpers import make_photo_like
 
 
 def _srgb_icc() -> bytes:

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from sanasr_cli.models.lora import EMA_ADAPTER_DIR, add_lora, lora_config, save_adapter
 from sanasr_cli.models.merge import merge_model
 from sanasr_cli.models.sanasr import load_model, save_model_dir
+from tests.helpers import invoke
 
 
 def _randomize_lora(transformer, seed):
@@ -75,28 +75,22 @@ def test_merge_scale_and_ema(adapted_dir):
     assert not torch.allclose(weights["ema"][key], weights["one"][key])
 
 
-def _cli(*args):
-    from sanasr_cli.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def test_cli_merge_lora_and_bad_inputs(adapted_dir, tmp_path):
     out = tmp_path / "merged"
-    r = _cli("merge-lora", adapted_dir, "-o", out, "--ema", "--scale", "0.8")
+    r = invoke("merge-lora", adapted_dir, "-o", out, "--ema", "--scale", "0.8")
     assert r.exit_code == 0, r.output
     assert (out / "transformer" / "config.json").is_file() and not (out / "adapter").exists()
     assert any((out / "transformer").glob("*.safetensors"))
-    r = _cli("merge-lora", adapted_dir, "-o", out)
+    r = invoke("merge-lora", adapted_dir, "-o", out)
     assert r.exit_code == 2 and "already exists" in r.output
-    r = _cli("merge-lora", out, "-o", tmp_path / "again")  # already merged: nothing to merge
+    r = invoke("merge-lora", out, "-o", tmp_path / "again")  # already merged: nothing to merge
     assert r.exit_code == 2 and "no LoRA adapter" in r.output and "Traceback" not in r.output
-    r = _cli("merge-lora", tmp_path / "nowhere", "-o", tmp_path / "x")
+    r = invoke("merge-lora", tmp_path / "nowhere", "-o", tmp_path / "x")
     assert r.exit_code == 2 and "does not exist" in r.output
     (tmp_path / "empty").mkdir()
-    r = _cli("merge-lora", tmp_path / "empty", "-o", tmp_path / "x")
+    r = invoke("merge-lora", tmp_path / "empty", "-o", tmp_path / "x")
     assert r.exit_code == 2 and "sanasr.json" in r.output
     for f in (out / "transformer").glob("*.safetensors"):
         f.unlink()
-    r = _cli("merge-lora", out, "-o", tmp_path / "x")
+    r = invoke("merge-lora", out, "-o", tmp_path / "x")
     assert r.exit_code == 2 and "no weights" in r.output and "Traceback" not in r.output

@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from sanasr_cli.pruning.blocks import block_sizes, count_parameters
 from sanasr_cli.pruning.calibrate import CalibrationBatch
@@ -14,7 +13,7 @@ from sanasr_cli.pruning.prune import PruneOptions, prune_model, save_pruned
 from sanasr_cli.pruning.report import REPORT_FILE
 from sanasr_cli.pruning.saliency import magnitude_block_saliency
 from sanasr_cli.training.losses import PerceptualLoss
-from tests.conftest import make_photo_like
+from tests.helpers import invoke, make_photo_like, photo_folder
 
 # tiny: P_fix 18376, P_l 17984 x 4 blocks -> 3 blocks need 72328, the minimum (blocks 0 and 3) is 54344
 THREE_BLOCKS = 75_000
@@ -66,12 +65,6 @@ def test_fisher_prune_end_to_end(fresh_tiny_model, tmp_path):
     torch.testing.assert_close(reloaded.restore(x, ["tree"]), model.restore(x, ["tree"]))
 
 
-def _cli(*args):
-    from sanasr_cli.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def _report(folder):
     return json.loads((folder / REPORT_FILE).read_text())
 
@@ -83,7 +76,7 @@ def test_cli_baseline_strategies(tmp_path):
     kept = {}
     for i, (strategy, seed) in enumerate([("tail", 0), ("magnitude", 0), ("random", 3), ("random", 3)]):
         out = tmp_path / f"{i}-{strategy}"
-        r = _cli("prune", "tiny", "-o", out, "--budget", THREE_BLOCKS, "--strategy", strategy, "--seed", seed)
+        r = invoke("prune", "tiny", "-o", out, "--budget", THREE_BLOCKS, "--strategy", strategy, "--seed", seed)
         assert r.exit_code == 0, r.output
         rep = _report(out)
         assert rep["strategy"] == strategy and rep["steps"] == 0 and rep["params_after"] <= THREE_BLOCKS
@@ -105,17 +98,17 @@ def test_cli_bad_inputs(tmp_path, tiny_model):
         (["--budget", "75K", "--strategy", "best"], "unknown strategy"),
         (["--budget", "75K", "--strategy", "tail", "--validate", tmp_path], "lq/ and hq/"),
     ]:
-        r = _cli("prune", "tiny", "-o", out, *args)
+        r = invoke("prune", "tiny", "-o", out, *args)
         assert r.exit_code == 2, (args, r.output)
         assert message in r.output and "Traceback" not in r.output
         assert not out.exists()
     pairs = _pairs(tmp_path / "pairs", n=1)
     for bad in (["--protocol", "crop"], ["--validate-metrics", "psnr,sharpness"]):
-        r = _cli(
+        r = invoke(
             "prune", "tiny", "-o", out, "--budget", "75K", "--strategy", "tail", "--validate", pairs, *bad
         )
         assert r.exit_code == 2 and "unknown" in r.output and not out.exists(), r.output
-    r = _cli("prune", tmp_path / "missing", "-o", out, "--budget", "75K", "--strategy", "tail")
+    r = invoke("prune", tmp_path / "missing", "-o", out, "--budget", "75K", "--strategy", "tail")
     assert r.exit_code == 2 and "does not exist" in r.output
     from sanasr_cli.models.sanasr import save_model_dir
 
@@ -125,7 +118,7 @@ def test_cli_bad_inputs(tmp_path, tiny_model):
     no_weights = save_model_dir(tiny_model, tmp_path / "no_weights", description=desc)
     for f in (no_weights / "transformer").glob("*.safetensors"):
         f.unlink()
-    r = _cli("prune", no_weights, "-o", out, "--budget", "75K", "--strategy", "tail")
+    r = invoke("prune", no_weights, "-o", out, "--budget", "75K", "--strategy", "tail")
     assert r.exit_code == 2 and "no weights" in r.output and not out.exists()
 
 
@@ -156,7 +149,7 @@ def test_validation_gate(tmp_path, fresh_tiny_model):
     assert not bad.passed and "psnr" in bad.failed
 
     out = tmp_path / "out"
-    r = _cli(
+    r = invoke(
         "prune",
         "tiny",
         "-o",
@@ -188,20 +181,13 @@ def build_broken(transformer):
     return broken
 
 
-def _hq_folder(folder, n=2, size=40):
-    folder.mkdir(parents=True)
-    for i in range(n):
-        Image.fromarray(make_photo_like(size, size, seed=10 + i)).save(folder / f"h{i}.png")
-    return folder
-
-
 def test_cli_fisher_with_paired_and_online_calibration(tmp_path):
     pairs = _pairs(tmp_path / "pairs")
-    hq = _hq_folder(tmp_path / "hq_only")
+    hq = photo_folder(tmp_path / "hq_only", 2, (40, 40), seed=10, prefix="h")
     reports = {}
     for name, calib, lambda_p in (("paired", pairs, 2.0), ("online", hq, 0.0)):  # LPIPS on once
         out = tmp_path / name
-        r = _cli(
+        r = invoke(
             "prune",
             "tiny",
             "-o",
@@ -248,7 +234,7 @@ def test_cli_interrupted_calibration_writes_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(calibrate, "compute_task_losses", interrupt_on_second_step)
     out = tmp_path / "models" / "pruned"
-    r = _cli(
+    r = invoke(
         "prune",
         "tiny",
         "-o",
@@ -316,7 +302,7 @@ def test_prune_merges_an_adapter_first(fresh_tiny_model, tmp_path):
             if "lora_B" in name:
                 p.normal_(0, 0.3)
     adapted = save_model_dir(fresh_tiny_model, tmp_path / "adapted", save_transformer=False)
-    r = _cli("prune", adapted, "-o", tmp_path / "pruned", "--budget", THREE_BLOCKS, "--strategy", "tail")
+    r = invoke("prune", adapted, "-o", tmp_path / "pruned", "--budget", THREE_BLOCKS, "--strategy", "tail")
     assert r.exit_code == 0 and "merged the LoRA adapter" in r.output, r.output
     pruned = load_model(tmp_path / "pruned")
     assert pruned.description.adapter is None and pruned.description.lora["merged"] is True
@@ -342,13 +328,13 @@ def test_prune_ema_merges_the_ema_adapter(fresh_tiny_model, tmp_path):
         for p in lora_b:
             p.normal_(0, 0.3)
     adapted = save_model_dir(fresh_tiny_model, tmp_path / "adapted", save_transformer=False)
-    no_ema = _cli("prune", adapted, "-o", tmp_path / "x", "--budget", THREE_BLOCKS, "--strategy", "tail", "--ema")
+    no_ema = invoke("prune", adapted, "-o", tmp_path / "x", "--budget", THREE_BLOCKS, "--strategy", "tail", "--ema")
     assert no_ema.exit_code == 2 and not (tmp_path / "x").exists(), no_ema.output
     with torch.no_grad():  # an EMA adapter with other weights, as `train` writes beside adapter/
         for p in lora_b:
             p.mul_(-0.5)
     save_adapter(fresh_tiny_model.transformer, adapted / EMA_ADAPTER_DIR)
-    r = _cli("prune", adapted, "-o", tmp_path / "pruned", "--budget", THREE_BLOCKS, "--strategy", "tail", "--ema")
+    r = invoke("prune", adapted, "-o", tmp_path / "pruned", "--budget", THREE_BLOCKS, "--strategy", "tail", "--ema")
     assert r.exit_code == 0, r.output
     pruned = load_model(tmp_path / "pruned")
     reference = load_model(adapted)
@@ -377,7 +363,7 @@ def test_calibration_prompts_come_from_the_protocols_image(tmp_path):
         batches, n = calibration_batches([pairs], rule, crop=16, source=source)
         assert n == 1 and next(batches).prompts == [words + rule.template]
     # HQ folders degraded online: the synthesised LQ has no file, its content is the HQ file's (its sidecar)
-    hq_only = _hq_folder(tmp_path / "hq_only", n=1)
+    hq_only = photo_folder(tmp_path / "hq_only", 1, (40, 40), seed=10, prefix="h")
     (hq_only / "h0.txt").write_text("sky")
     batches, _ = calibration_batches([hq_only], rule, crop=16, source="lq")
     assert next(batches).prompts == ["sky, " + rule.template]
@@ -412,7 +398,7 @@ def test_cli_calibration_tags_the_image_the_model_was_trained_with(tmp_path, fre
 
     monkeypatch.setattr(PromptEncoder, "encode", spy)
     out = tmp_path / "out"
-    r = _cli(
+    r = invoke(
         "prune", model_dir, "-o", out, "--budget", THREE_BLOCKS, "--calib", pairs, "--steps", 1, "--crop", 16,
         "--lambda-p", 0, "--tagger", "file",
     )  # fmt: skip

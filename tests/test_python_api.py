@@ -17,7 +17,7 @@ from sanasr_cli.pipeline.sana_sr import SanaSRPipeline, SanaSRPipelineOutput
 from sanasr_cli.pipeline.upscale import UpscaleOptions, upscale_files, upscale_tensor
 from sanasr_cli.prompts.taggers import FileTagger
 from sanasr_cli.prompts.template import build_prompt
-from tests.conftest import REPO_ROOT, make_photo_like
+from tests.helpers import REPO_ROOT, make_photo_like
 
 NANO_DESCRIPTION = REPO_ROOT / "sanasr_cli" / "models" / "nano" / "sr" / "sanasr.json"
 

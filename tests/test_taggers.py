@@ -11,7 +11,6 @@ import json
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from sanasr_cli.cli import app
 from sanasr_cli.errors import TaggerUnavailableError
@@ -21,49 +20,7 @@ from sanasr_cli.prompts.clip_tagger import ClipTagger, load_vocabulary, parse_vo
 from sanasr_cli.prompts.rule import PromptRule, measure_tagger, prompt_for_image, rule_mismatch, tag_files
 from sanasr_cli.prompts.taggers import make_tagger, tagger_input
 from sanasr_cli.prompts.template import is_degradation_word
-from tests.conftest import make_photo_like
-
-runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A folder with a tiny random CLIP: config.json, model.safetensors, tokenizer, preprocessor_config."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    from sanasr_cli.models.presets import build_local_tokenizer
-
-    tok = build_local_tokenizer()
-    cfg = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(tok),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        ),
-        vision_config=dict(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        ),
-        projection_dim=8,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    CLIPModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        folder
-    )
-    return folder
+from tests.helpers import make_photo_like, runner
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from sanasr_cli.pipeline.tiling import (
     tiled_apply,
 )
 from sanasr_cli.pipeline.upscale import upscale_tensor
-from tests.conftest import make_photo_like
+from tests.helpers import make_photo_like
 
 TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
 

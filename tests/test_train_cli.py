@@ -13,49 +13,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from sanasr_cli.cli import app
-from tests.conftest import REPO_ROOT, make_photo_like
-
-runner = CliRunner()
+from tests.helpers import REPO_ROOT, TINY_TRAIN, photo_folder, runner
 
 # 5 images, batch 2: two batches per epoch, so step 3 is already in the second epoch.
-TINY = [
-    "--model",
-    "tiny",
-    "--crop",
-    "16",
-    "--batch-size",
-    "2",
-    "--lora-rank",
-    "4",
-    "--lora-alpha",
-    "4",
-    "--perceptual-backbone",
-    "random",
-    "--num-workers",
-    "0",
-    "--log-every",
-    "1",
-    "--precision",
-    "fp32",
-]
+TINY = [*TINY_TRAIN, "--log-every", "1"]
 
 
 TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
 
 
-def _write_images(folder: Path, n: int, size=(40, 48), seed=0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.fromarray(make_photo_like(size[0], size[1], seed + i)).save(folder / f"img{i}.png")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def hq_dir(tmp_path_factory) -> Path:
-    return _write_images(tmp_path_factory.mktemp("data") / "hq", 5)
+    return photo_folder(tmp_path_factory.mktemp("data") / "hq", 5)
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +196,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(hq_dir, tmp_path):
 def test_bad_input_is_one_line_and_exit_2(hq_dir, short_run, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    one = _write_images(tmp_path / "one", 1)
-    small = _write_images(tmp_path / "small", 3, size=(12, 12))
+    one = photo_folder(tmp_path / "one", 1)
+    small = photo_folder(tmp_path / "small", 3, size=(12, 12))
     cases = [
         (["--hq", str(tmp_path / "missing")], "--hq"),
         (["--hq", str(empty)], "no usable HQ images"),
@@ -265,7 +236,7 @@ def _free_port() -> int:
 def test_two_processes_with_accelerate_launch_on_paired_data(tmp_path):
     """A real 2-process DDP run (gloo on CPU) through `accelerate launch`, on LQ/HQ pairs; then a second
     launch resumes from checkpoint-1 and must repeat step 2 exactly (per-process RNG states, data shards)."""
-    hq = _write_images(tmp_path / "pairs_hq", 4, size=(32, 40))
+    hq = photo_folder(tmp_path / "pairs_hq", 4, size=(32, 40))
     lq = tmp_path / "pairs_lq"
     lq.mkdir()
     for p in hq.iterdir():
@@ -345,7 +316,7 @@ def test_checkpointing_and_workers_do_not_change_the_losses(short_run, tmp_path)
 def test_gradient_accumulation_ffn_targets_and_file_tagger(tmp_path):
     from safetensors.torch import load_file
 
-    data = _write_images(tmp_path / "hq", 3)
+    data = photo_folder(tmp_path / "hq", 3)
     (data / "img0.txt").write_text("tree, red flower")
     run = tmp_path / "run"
     args = ["train", "--hq", str(data), "-o", str(run), "--max-steps", "2", "--save-every", "2"]
@@ -378,7 +349,7 @@ def test_protocol_tags_the_hq_or_the_lq_crop(tmp_path, monkeypatch, protocol):
     under lq from the LQ image; the validation grid and prompts.json say which one was tagged."""
     from sanasr_cli.models.text_encoder import PromptEncoder
 
-    hq = _write_images(tmp_path / "hq", 1, size=(32, 32))
+    hq = photo_folder(tmp_path / "hq", 1, size=(32, 32))
     lq = tmp_path / "lq"
     lq.mkdir()
     Image.open(hq / "img0.png").resize((8, 8), Image.BICUBIC).save(lq / "img0.png")

@@ -414,7 +414,7 @@ def test_benchmark_script_measures_the_training_step():
     """benchmarks/train_step.py on the tiny preset (the real-size run needs a GPU)."""
     import importlib.util
 
-    from tests.conftest import REPO_ROOT
+    from tests.helpers import REPO_ROOT
 
     spec = importlib.util.spec_from_file_location(
         "train_step_bench", REPO_ROOT / "benchmarks" / "train_step.py"

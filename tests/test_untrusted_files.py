@@ -15,8 +15,8 @@ from sanasr_cli.errors import ImageReadError
 from sanasr_cli.models.lora import add_lora, lora_config
 from sanasr_cli.models.sanasr import save_model_dir
 from sanasr_cli.prompts.taggers import FileTagger
-from tests.conftest import make_photo_like
-from tests.test_user_files_safe import one_error_line, photo, run, snapshot
+from tests.helpers import make_photo_like, one_error_line, run, snapshot
+from tests.helpers import save_photo as photo
 
 EPS = "%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
 

@@ -7,7 +7,7 @@ import sys
 
 from PIL import Image
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def test_two_processes_split_the_work_and_merge_one_report(image_folder, tmp_path):

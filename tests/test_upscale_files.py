@@ -20,7 +20,7 @@ from sanasr_cli.pipeline.upscale import (
     write_report,
 )
 from sanasr_cli.prompts.rule import PromptRule
-from tests.conftest import make_photo_like
+from tests.helpers import make_photo_like
 
 TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
 

@@ -10,51 +10,14 @@ import stat
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from sanasr_cli.cli import app
 from sanasr_cli.models.lora import add_lora, lora_config
 from sanasr_cli.models.sanasr import save_model_dir
-from sanasr_cli.safe_files import LEDGER_FILE, OutputLedger, write_bytes
-from tests.conftest import make_photo_like
-
-runner = CliRunner()
-
+from sanasr_cli.safe_files import LEDGER_FILE, OutputLedger, atomic_write
+from tests.helpers import make_photo_like, one_error_line, run, snapshot
+from tests.helpers import save_photo as photo
 
 TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
-
-
-def snapshot(root) -> dict:
-    """{relative path: bytes (or link target)} of everything under root, links not followed."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            rel = os.path.relpath(p, root)
-            if os.path.islink(p):
-                out[rel] = ("link", os.readlink(p))
-            elif os.path.isfile(p):
-                out[rel] = open(p, "rb").read()
-    return out
-
-
-def photo(path, h=8, w=8, seed=0):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(make_photo_like(h, w, seed)).save(path)
-    return path
-
-
-def run(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output
-    return result
-
-
-def one_error_line(result) -> str:
-    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 # ---------------------------------------------------------------- 1. suffix and confinement
@@ -286,7 +249,7 @@ def test_report_and_json_write_through_symlinks(tmp_path):
 def test_a_device_node_is_written_in_place_never_replaced(tmp_path):
     null = tmp_path / "null"
     os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a /dev/null of our own, in the test folder
-    write_bytes(null, b"{}")
+    atomic_write(null, b"{}")
     assert stat.S_ISCHR(os.stat(null).st_mode)
     full = tmp_path / "full"
     os.mknod(full, stat.S_IFCHR | 0o666, os.makedev(1, 7))  # /dev/full: every write fails with ENOSPC

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from sanasr_cli.cli import options as opt
 from sanasr_cli.cli.common import (
     EXIT_USAGE,
     check_report_paths,
@@ -90,61 +91,65 @@ def _print_report(report: dict) -> None:
         console.print(f"[yellow]warning:[/yellow] {w}")
 
 
+MODEL = typer.Option(
+    "sana-600m-512",
+    "--model",
+    "-m",
+    help="A preset (sana-600m-512, tiny) or a model "
+    "directory (a pruned transformer is measured as it is; a LoRA adapter unmerged).",
+)
+RANDOM_WEIGHTS = typer.Option(
+    False,
+    "--random-weights",
+    help="Random weights for the latency runs (no "
+    "download; the cost does not depend on the values). MACs never need weights.",
+)
+SIZES = typer.Option(
+    [512], "--size", help="Output size (square, px); repeat for a sweep: --size 512 --size 1024 --size 2048."
+)
+BATCH_SIZE = typer.Option(1, "--batch-size", min=1, help="Images per run.")
+COMPARE = typer.Option(
+    [],
+    "--compare",
+    help="Also measure another pipeline in the same run and report ratios (latency: median of per-round "
+    "ratios, timed interleaved): osediff (SD-2.1 UNet + SD VAE, random weights), full-prompt (the full-length "
+    "padded prompt encode and all text positions, i.e. before the prefix reuse). Repeatable.",
+)
+LATENCY = typer.Option(
+    "auto", "--latency", help="auto (on CUDA, or on CPU for pipelines under 5 GMACs per image), on, off."
+)
+WARMUP = typer.Option(2, "--warmup", min=0, help="Untimed runs before timing.")
+REPEATS = typer.Option(5, "--repeats", min=1, help="Timed runs; the median is reported.")
+JSON_OUT = typer.Option(
+    None,
+    "--json",
+    help="Write the measurements as JSON to this file ('-': stdout); "
+    "one object per size in a list when several sizes are given.",
+)
+PLOT = typer.Option(None, "--plot", help="Write a PNG of end-to-end MACs and latency against size.")
+TAGGER = typer.Option("none", "--tagger", help="Also report the prompt tagger's cost as its own line: none or clip.")
+TAGGER_MODEL = typer.Option(
+    None, "--tagger-model", help="CLIP hub id or local folder for --tagger clip (default: ViT-B/32)."
+)
+
+
 def bench(
-    model: str = typer.Option(
-        "sana-600m-512",
-        "--model",
-        "-m",
-        help="A preset (sana-600m-512, tiny) or a model "
-        "directory (a pruned transformer is measured as it is; a LoRA adapter unmerged).",
-    ),
-    random_weights: bool = typer.Option(
-        False,
-        "--random-weights",
-        help="Random weights for the latency runs (no "
-        "download; the cost does not depend on the values). MACs never need weights.",
-    ),
-    sizes: list[int] = typer.Option(
-        [512],
-        "--size",
-        help="Output size (square, px); repeat for a sweep: --size 512 --size 1024 --size 2048.",
-    ),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Images per run."),
-    compare: list[str] = typer.Option(
-        [],
-        "--compare",
-        help="Also measure another pipeline in the same run and report ratios (latency: median of per-round "
-        "ratios, timed interleaved): osediff (SD-2.1 UNet + SD VAE, random weights), full-prompt (the full-length "
-        "padded prompt encode and all text positions, i.e. before the prefix reuse). Repeatable.",
-    ),
-    latency: str = typer.Option(
-        "auto", "--latency", help="auto (on CUDA, or on CPU for pipelines under 5 GMACs per image), on, off."
-    ),
-    warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed runs before timing."),
-    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed runs; the median is reported."),
-    json_out: str = typer.Option(
-        None,
-        "--json",
-        help="Write the measurements as JSON to this file ('-': stdout); "
-        "one object per size in a list when several sizes are given.",
-    ),
-    plot: Path = typer.Option(
-        None, "--plot", help="Write a PNG of end-to-end MACs and latency against size."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (for latency and memory)."),
-    precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, fp16, bf16."
-    ),
-    base: str = typer.Option(
-        None, "--base", help="Hub id or local folder of the pretrained SANA base (latency with real weights)."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of random weights."),
-    tagger: str = typer.Option(
-        "none", "--tagger", help="Also report the prompt tagger's cost as its own line: none or clip."
-    ),
-    tagger_model: str = typer.Option(
-        None, "--tagger-model", help="CLIP hub id or local folder for --tagger clip (default: ViT-B/32)."
-    ),
+    model: str = MODEL,
+    random_weights: bool = RANDOM_WEIGHTS,
+    sizes: list[int] = SIZES,
+    batch_size: int = BATCH_SIZE,
+    compare: list[str] = COMPARE,
+    latency: str = LATENCY,
+    warmup: int = WARMUP,
+    repeats: int = REPEATS,
+    json_out: str = JSON_OUT,
+    plot: Path = PLOT,
+    device: str = opt.device("auto, cpu, cuda, cuda:N (for latency and memory)."),
+    precision: str = opt.PRECISION,
+    base: str = opt.base("Hub id or local folder of the pretrained SANA base (latency with real weights)."),
+    seed: int = opt.seed("Seed of random weights."),
+    tagger: str = TAGGER,
+    tagger_model: str = TAGGER_MODEL,
 ):
     """Measure parameters, MACs, latency and peak memory of each part (VAE encode, text encoder, transformer,
     VAE decode) and end to end.
@@ -160,9 +165,21 @@ def bench(
     Latency is the median of --repeats runs after --warmup runs (CUDA-synchronised); the output says what
     was not measured.
     """
-    from sanasr_cli.errors import MissingWeightsError, ModelDirError
-    from sanasr_cli.evaluation.bench import BenchOptions, run_bench
+    from sanasr_cli.evaluation.bench import BenchOptions
 
+    _check_flags(compare, latency, sizes, json_out, plot)
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    quiet_libraries()
+    options = BenchOptions(
+        sizes=tuple(sizes), batch_size=batch_size, device=str(dev), dtype=dtype, latency=latency, warmup=warmup,
+        repeats=repeats, compare=tuple(dict.fromkeys(compare)), random_weights=random_weights, base=base, seed=seed,
+        tagger=tagger, tagger_model=tagger_model,
+    )  # fmt: skip
+    _write(_measure(model, options), json_out, plot)
+
+
+def _check_flags(compare, latency, sizes, json_out, plot) -> None:
     unknown = [c for c in compare if c not in COMPARABLE]
     if unknown:
         raise fail(f"unknown --compare {', '.join(unknown)}; known: {', '.join(COMPARABLE)}", EXIT_USAGE)
@@ -172,35 +189,28 @@ def bench(
     if bad:
         raise fail(f"--size must be at least 32 (got {', '.join(map(str, bad))})", EXIT_USAGE)
     check_report_paths(("--json", json_out), ("--plot", plot))  # before the (long) measurement, not after
-    dev = resolve_device(device)
-    dtype = resolve_precision(precision, dev)
-    quiet_libraries()
-    options = BenchOptions(
-        sizes=tuple(sizes),
-        batch_size=batch_size,
-        device=str(dev),
-        dtype=dtype,
-        latency=latency,
-        warmup=warmup,
-        repeats=repeats,
-        compare=tuple(dict.fromkeys(compare)),
-        random_weights=random_weights,
-        base=base,
-        seed=seed,
-        tagger=tagger,
-        tagger_model=tagger_model,
-    )
-    def progress(msg: str) -> None:  # plain lines on stderr: visible in logs and pipes, not only on a TTY
+
+
+def _measure(model, options) -> list[dict]:
+    """run_bench with a plain line per step on stderr (visible in logs and pipes, not only on a TTY)."""
+    from sanasr_cli.errors import MissingWeightsError, ModelDirError
+    from sanasr_cli.evaluation.bench import run_bench
+
+    def progress(msg: str) -> None:
         console.print(f"bench: {msg} ...", highlight=False)
 
     try:
-        reports = run_bench(model, options, on_step=progress)
+        return run_bench(model, options, on_step=progress)
     except ModelDirError as e:
         raise fail(str(e), EXIT_USAGE) from None
     except ValueError as e:
         raise fail(str(e), EXIT_USAGE) from None
     except MissingWeightsError as e:
         raise fail(f"{e} (or pass --random-weights: the cost does not depend on the weights)") from None
+
+
+def _write(reports: list[dict], json_out, plot) -> None:
+    """The tables (unless JSON goes to stdout), the JSON and the plot."""
     if json_out != "-":
         for r in reports:
             _print_report(r)
@@ -213,7 +223,7 @@ def bench(
         write_json(json_out, data)
         console.print(f"JSON written to {json_out}")
     if plot is not None:
-        from sanasr_cli.evaluation.bench import plot_reports
+        from sanasr_cli.evaluation.bench_plot import plot_reports
 
         plot_reports(reports, plot)
         console.print(f"plot written to {plot}")

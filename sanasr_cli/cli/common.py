@@ -59,6 +59,24 @@ def quiet_libraries() -> None:
     tlog.disable_progress_bar()
 
 
+def load_model_or_fail(spec: str, device: torch.device, dtype: torch.dtype, base=None, seed: int = 0,
+                       status: str | None = None):
+    """load_model behind a spinner (`status`, None: no spinner, e.g. on other processes); a bad model directory
+    is one line and exit 2, missing weights one line and exit 1."""
+    import contextlib
+
+    from sanasr_cli.errors import MissingWeightsError, ModelDirError
+    from sanasr_cli.models.sanasr import load_model
+
+    with console.status(status) if status else contextlib.nullcontext():
+        try:
+            return load_model(spec, device=device, dtype=dtype, base=base, seed=seed)
+        except ModelDirError as e:
+            raise fail(str(e), EXIT_USAGE) from None
+        except MissingWeightsError as e:
+            raise fail(str(e), EXIT_FAILED) from None
+
+
 def check_model_output(output: Path, overwrite: bool, inputs: list[Path]) -> None:
     """The OUT of merge-lora / prune: new, or (with --overwrite) a model directory sanasr wrote that holds no
     input; anything else is refused with one line (exit 2) before any work."""

@@ -3,15 +3,15 @@ end to end and score it, or rank the checkpoints of a training run."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-import shutil
-import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sanasr_cli.cli import options as opt
 from sanasr_cli.cli import prompt_options as po
 from sanasr_cli.cli.common import (
     EXIT_FAILED,
@@ -19,21 +19,11 @@ from sanasr_cli.cli.common import (
     check_report_paths,
     console,
     fail,
+    load_model_or_fail,
     quiet_libraries,
     resolve_device,
     resolve_precision,
 )
-
-
-def _progress(label: str) -> Progress:
-    return Progress(
-        TextColumn(f"[bold]{label}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-        console=console,
-    )
 
 
 def _print_metrics_list() -> None:
@@ -68,77 +58,77 @@ def _print_means(result, title: str) -> None:
     type(console)().print(table)
 
 
+SR = typer.Option(None, "--sr", help="Folder of restored images to score (paired with --hr by file stem).")
+HR = typer.Option(None, "--hr", help="Folder of reference (ground-truth) images.")
+MODEL = typer.Option(
+    None,
+    "--model",
+    "-m",
+    help="Run this model end to end on --lq first (a preset or a model directory), then score its outputs.",
+)
+LQ = typer.Option(None, "--lq", help="Folder of low-quality inputs (with --model or --rank-checkpoints).")
+SAVE_DIR = typer.Option(
+    None, "--save-dir", help="Keep the restored images here (default: a temporary folder, removed afterwards)."
+)
+RANK_CHECKPOINTS = typer.Option(
+    None,
+    "--rank-checkpoints",
+    help="Score every RUN_DIR/checkpoint-*/ of a training run on --lq (and --hr) and print them ranked, best "
+    "first.",
+)
+METRIC = typer.Option("musiq", "--metric", help="The one metric that ranks checkpoints.")
+METRICS = typer.Option(
+    None,
+    "--metrics",
+    help="Comma-separated metrics (default: psnr,ssim,lpips,dists,"
+    "niqe,musiq,maniqa,clipiqa; only no-reference ones without --hr). See --list-metrics.",
+)
+LIST_METRICS = typer.Option(False, "--list-metrics", help="List the metrics and their exact pyiqa variants.")
+PROTOCOL = typer.Option(
+    "full", "--protocol", help="full: whole images (sizes must agree); patch: the 256x256 centre crop of both."
+)
+JSON_OUT = typer.Option(
+    None,
+    "--json",
+    help="Write means, per-image values, variants, protocol and versions to this JSON file ('-': stdout, "
+    "instead of the table).",
+)
+CSV_OUT = typer.Option(None, "--csv", help="Write one row per image to this CSV file.")
+SCALE = typer.Option(4.0, "--scale", "-s", min=1.0, help="Upscale factor when a model runs.")
+COLOR_FIX = typer.Option(
+    "none",
+    "--color-fix",
+    help="Colour fix when a model runs (--model, --rank-checkpoints): none (default: the paper's "
+    "pipeline, as reported), wavelet (`sanasr upscale`'s default), adain.",
+)
+
+
 def eval_command(
-    sr: Path = typer.Option(
-        None, "--sr", help="Folder of restored images to score (paired with --hr by file stem)."
-    ),
-    hr: Path = typer.Option(None, "--hr", help="Folder of reference (ground-truth) images."),
-    model: str = typer.Option(
-        None,
-        "--model",
-        "-m",
-        help="Run this model end to end on --lq first (a preset or a "
-        "model directory), then score its outputs.",
-    ),
-    lq: Path = typer.Option(
-        None, "--lq", help="Folder of low-quality inputs (with --model or --rank-checkpoints)."
-    ),
-    save_dir: Path = typer.Option(
-        None,
-        "--save-dir",
-        help="Keep the restored images here (default: a temporary folder, removed afterwards).",
-    ),
-    rank_checkpoints: Path = typer.Option(
-        None,
-        "--rank-checkpoints",
-        help="Score every RUN_DIR/checkpoint-*/ of "
-        "a training run on --lq (and --hr) and print them ranked, best first.",
-    ),
-    metric: str = typer.Option("musiq", "--metric", help="The one metric that ranks checkpoints."),
-    metrics: str = typer.Option(
-        None,
-        "--metrics",
-        help="Comma-separated metrics (default: psnr,ssim,lpips,dists,"
-        "niqe,musiq,maniqa,clipiqa; only no-reference ones without --hr). See --list-metrics.",
-    ),
-    list_metrics: bool = typer.Option(
-        False, "--list-metrics", help="List the metrics and their exact pyiqa variants."
-    ),
-    protocol: str = typer.Option(
-        "full",
-        "--protocol",
-        help="full: whole images (sizes must agree); patch: the 256x256 centre crop of both.",
-    ),
-    json_out: str = typer.Option(
-        None,
-        "--json",
-        help="Write means, per-image values, variants, protocol and versions to this JSON file ('-': stdout, "
-        "instead of the table).",
-    ),
-    csv_out: Path = typer.Option(None, "--csv", help="Write one row per image to this CSV file."),
-    scale: float = typer.Option(4.0, "--scale", "-s", min=1.0, help="Upscale factor when a model runs."),
-    color_fix: str = typer.Option(
-        "none",
-        "--color-fix",
-        help="Colour fix when a model runs (--model, --rank-checkpoints): none (default: the paper's "
-        "pipeline, as reported), wavelet (`sanasr upscale`'s default), adain.",
-    ),
-    base: str = typer.Option(None, "--base", help="Hub id or local folder of the pretrained SANA base."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (model and metrics)."),
-    precision: str = typer.Option("auto", "--precision", help="Model precision: auto, fp32, fp16, bf16."),
-    seed: int = typer.Option(0, "--seed", help="Seed of random-weight presets (tiny)."),
+    sr: Path = SR,
+    hr: Path = HR,
+    model: str = MODEL,
+    lq: Path = LQ,
+    save_dir: Path = SAVE_DIR,
+    rank_checkpoints: Path = RANK_CHECKPOINTS,
+    metric: str = METRIC,
+    metrics: str = METRICS,
+    list_metrics: bool = LIST_METRICS,
+    protocol: str = PROTOCOL,
+    json_out: str = JSON_OUT,
+    csv_out: Path = CSV_OUT,
+    scale: float = SCALE,
+    color_fix: str = COLOR_FIX,
+    base: str = opt.base("Hub id or local folder of the pretrained SANA base."),
+    device: str = opt.device("auto, cpu, cuda, cuda:N (model and metrics)."),
+    precision: str = opt.precision("Model precision: auto, fp32, fp16, bf16."),
+    seed: int = opt.SEED,
     tagger: str = po.TAGGER,
     tagger_weights: Path = po.TAGGER_WEIGHTS,
     tagger_model: str = po.TAGGER_MODEL,
     tag_vocab: Path = po.TAG_VOCAB,
     template: str = po.TEMPLATE,
     tag_cache: str = po.TAG_CACHE,
-    prompt: str = typer.Option(
-        None,
-        "--prompt",
-        help="Extra words put before the tags and the quality template (when a model runs).",
-        rich_help_panel="Prompt",
-    ),
+    prompt: str = opt.prompt("Extra words put before the tags and the quality template (when a model runs)."),
 ):
     """Score super-resolved images with pyiqa metrics, stating exactly what was computed.
 
@@ -159,140 +149,114 @@ def eval_command(
     colour fix is applied (add one with --color-fix; `sanasr upscale` defaults to wavelet).
     """
     if list_metrics:
-        _print_metrics_list()
-        return
-    from sanasr_cli.errors import MissingWeightsError, ModelDirError, SanaSRError
-    from sanasr_cli.evaluation.metrics import (
-        DEFAULT_METRICS,
-        METRICS,
-        PROTOCOLS,
-        MetricUnavailable,
-        parse_metrics,
-    )
-    from sanasr_cli.evaluation.pairing import pair_folders
+        return _print_metrics_list()
+    flags = SimpleNamespace(**locals())
+    flags.prompt_flags = (tagger, tagger_weights, tagger_model, tag_vocab, template, tag_cache)
+    _check_flags(flags)
+    flags.dev = resolve_device(device)
+    quiet_libraries()
+    specs, pairs = _pair_and_parse(flags)
+    raise typer.Exit(_rank(flags, pairs, specs[0]) if rank_checkpoints is not None else _eval(flags, pairs, specs))
 
-    if protocol not in PROTOCOLS:
-        raise fail(f"unknown protocol '{protocol}'; use one of {', '.join(PROTOCOLS)}", EXIT_USAGE)
-    modes = [
-        m
-        for m, on in (
-            ("--sr", sr is not None),
-            ("--model", model is not None),
-            ("--rank-checkpoints", rank_checkpoints is not None),
-        )
-        if on
-    ]
+
+def _check_flags(f) -> None:
+    """Exit 2 on flags that cannot work together, before anything slow."""
+    from sanasr_cli.evaluation.metrics import PROTOCOLS
+    from sanasr_cli.pipeline.color import COLOR_FIXES
+
+    if f.protocol not in PROTOCOLS:
+        raise fail(f"unknown protocol '{f.protocol}'; use one of {', '.join(PROTOCOLS)}", EXIT_USAGE)
+    given = (("--sr", f.sr), ("--model", f.model), ("--rank-checkpoints", f.rank_checkpoints))
+    modes = [m for m, value in given if value is not None]
     if len(modes) != 1:
         raise fail(
             "give exactly one of --sr DIR (score outputs), --model M (run a model on --lq) or "
             "--rank-checkpoints RUN_DIR" + (f"; got {' and '.join(modes)}" if modes else ""),
             EXIT_USAGE,
         )
-    if (model or rank_checkpoints) and lq is None:
+    if (f.model or f.rank_checkpoints) and f.lq is None:
         raise fail(f"{modes[0]} needs --lq (the low-quality inputs)", EXIT_USAGE)
-    check_report_paths(("--json", json_out), ("--csv", csv_out))  # before any scoring, not after it
-    if not math.isfinite(scale):
-        raise fail(f"--scale must be a finite number, not {scale}", EXIT_USAGE)
-    from sanasr_cli.pipeline.color import COLOR_FIXES
+    check_report_paths(("--json", f.json_out), ("--csv", f.csv_out))  # before any scoring, not after it
+    if not math.isfinite(f.scale):
+        raise fail(f"--scale must be a finite number, not {f.scale}", EXIT_USAGE)
+    if f.color_fix not in COLOR_FIXES:
+        raise fail(f"--color-fix takes {', '.join(COLOR_FIXES)}, not '{f.color_fix}'", EXIT_USAGE)
 
-    if color_fix not in COLOR_FIXES:
-        raise fail(f"--color-fix takes {', '.join(COLOR_FIXES)}, not '{color_fix}'", EXIT_USAGE)
-    dev = resolve_device(device)
-    quiet_libraries()
 
-    prompt_flags = (tagger, tagger_weights, tagger_model, tag_vocab, template, tag_cache)
+def _pair_and_parse(f):
+    """(metric specs, pairs) from the flags; a bad metric, folder or --save-dir: exit 2."""
+    from sanasr_cli.errors import SanaSRError
+    from sanasr_cli.evaluation.metrics import DEFAULT_METRICS, METRICS, parse_metrics
+    from sanasr_cli.evaluation.model_eval import check_save_dir
+    from sanasr_cli.evaluation.pairing import pair_folders
+
+    reference = f.hr is not None
     try:
-        if rank_checkpoints is not None:
-            specs = parse_metrics([metric], need_reference=hr is not None)
-            lq_pairs = pair_folders(lq, hr, sr_what="--lq")
+        if f.rank_checkpoints is not None:
+            specs = parse_metrics([f.metric], need_reference=reference)
+            pairs = pair_folders(f.lq, f.hr, sr_what="--lq")
         else:
-            default = (
-                DEFAULT_METRICS if hr is not None else [m for m in DEFAULT_METRICS if METRICS[m].mode == "NR"]
-            )
-            specs = parse_metrics(metrics or list(default), need_reference=hr is not None)
-            pairs = pair_folders(
-                sr if sr is not None else lq, hr, sr_what="--sr" if sr is not None else "--lq"
-            )
+            default = DEFAULT_METRICS if reference else [m for m in DEFAULT_METRICS if METRICS[m].mode == "NR"]
+            specs = parse_metrics(f.metrics or list(default), need_reference=reference)
+            scored = ("--sr", f.sr) if f.sr is not None else ("--lq", f.lq)
+            pairs = pair_folders(scored[1], f.hr, sr_what=scored[0])
+        if f.save_dir is not None:
+            check_save_dir(f.save_dir, f.lq, f.hr, f.sr)
     except SanaSRError as e:
         raise fail(str(e), EXIT_USAGE) from None
+    return specs, pairs
 
-    if save_dir is not None:
-        from sanasr_cli.evaluation.model_eval import check_save_dir
 
-        try:
-            check_save_dir(save_dir, lq, hr, sr)
-        except SanaSRError as e:
-            raise fail(str(e), EXIT_USAGE) from None
-    tmp = None
-    if (model or rank_checkpoints) and save_dir is None:
-        tmp = Path(tempfile.mkdtemp(prefix="sanasr-eval-"))
-    out_dir = save_dir or tmp
+def _eval(f, pairs, specs) -> int:
+    """run_eval (after loading the model, for --model), then the table, notes and report files."""
+    from sanasr_cli.errors import SanaSRError
+    from sanasr_cli.evaluation.metrics import MetricUnavailable
+    from sanasr_cli.evaluation.run import EvalHooks, EvalOptions, run_eval
+
+    options = EvalOptions(specs, f.protocol, f.dev, f.save_dir)
     try:
-        if rank_checkpoints is not None:
-            code = _rank(
-                rank_checkpoints,
-                lq_pairs,
-                lq,
-                specs[0],
-                out_dir,
-                protocol,
-                dev,
-                precision,
-                base,
-                json_out,
-                lambda m: _upscale_options(m, scale, prompt, prompt_flags, dev, None, color_fix),
-                color_fix,
-            )
-            raise typer.Exit(code)
-        model_info = None
-        failed_upscales = []
-        if model is not None:
-            from sanasr_cli.models.sanasr import load_model
-
-            dtype = resolve_precision(precision, dev)
-            with console.status(f"loading model {model} on {dev} ..."):
-                try:
-                    sr_model = load_model(model, device=dev, dtype=dtype, base=base, seed=seed)
-                except ModelDirError as e:
-                    raise fail(str(e), EXIT_USAGE) from None
-                except MissingWeightsError as e:
-                    raise fail(str(e), EXIT_FAILED) from None
-            if sr_model.description.random_weights:
-                console.print(
-                    f"[yellow]note:[/] '{model}' has random (untrained) weights: scores show the "
-                    "pipeline, not SR quality."
-                )
-            options = _upscale_options(
-                sr_model, scale, prompt, prompt_flags, dev, [p.sr for p in pairs], color_fix
-            )
-            model_info = {
-                "spec": model,
-                "description": sr_model.description.to_dict(),
-                "scale": scale,
-                "color_fix": color_fix,
-                "device": str(dev),
-                "precision": str(dtype).replace("torch.", ""),
-                "outputs": str(out_dir),
-                "prompt_rule": options.prompt_rule.to_dict(),
-                "user_prompt": prompt,
-            }
-            pairs, failed_upscales = _run_model(
-                sr_model,
-                pairs,
-                lq,
-                out_dir,
-                options,
-            )
-            del sr_model
-        result = _score(pairs, specs, protocol, dev)
+        if f.model is not None:
+            options.model_run = _model_run(f, pairs)
+        run = run_eval(pairs, options, EvalHooks(progress=_bar))
     except MetricUnavailable as e:
         raise fail(str(e), EXIT_FAILED) from None
     except SanaSRError as e:  # e.g. sizes that do not fit the protocol
         raise fail(str(e), EXIT_USAGE) from None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    _print_notes(run.result)
+    if f.json_out != "-":
+        pairs_done = len(run.result.images) - len(run.result.failed_images)
+        _print_means(run.result, f"{pairs_done} image pairs" + (f" ({f.model})" if f.model else ""))
+    if f.json_out is not None:
+        _emit_json(f.json_out, run.report())
+    if f.csv_out is not None:
+        from sanasr_cli.evaluation.report import eval_csv
+        from sanasr_cli.safe_files import atomic_write
 
+        atomic_write(f.csv_out, eval_csv(run.result))
+        console.print(f"CSV written to {f.csv_out}")
+    return 0 if run.ok else EXIT_FAILED
+
+
+def _model_run(f, pairs):
+    """--model: load it, pretag the LQ inputs; the ModelRun holds the only reference to the model."""
+    from sanasr_cli.evaluation.run import ModelRun
+
+    dtype = resolve_precision(f.precision, f.dev)
+    status = f"loading model {f.model} on {f.dev} ..."
+    sr_model = load_model_or_fail(f.model, f.dev, dtype, f.base, f.seed, status)
+    if sr_model.description.random_weights:
+        console.print(
+            f"[yellow]note:[/] '{f.model}' has random (untrained) weights: scores show the pipeline, not SR quality."
+        )
+    options = _upscale_options(sr_model, f.scale, f.prompt, f.prompt_flags, f.dev, [p.sr for p in pairs], f.color_fix)
+    info = {
+        "spec": f.model, "description": sr_model.description.to_dict(), "scale": f.scale,
+        "color_fix": f.color_fix, "device": str(f.dev), "precision": str(dtype).replace("torch.", ""),
+    }  # fmt: skip
+    return ModelRun(sr_model, options, f.lq, info)
+
+
+def _print_notes(result) -> None:
     for message in result.unavailable.values():
         console.print(f"[bold red]metric unavailable:[/] {message}", highlight=False, soft_wrap=True)
     for s in result.failed_images:
@@ -308,14 +272,6 @@ def eval_command(
             highlight=False,
             soft_wrap=True,
         )
-    if json_out != "-":
-        pairs_done = len(result.images) - len(result.failed_images)
-        _print_means(result, f"{pairs_done} image pairs" + (f" ({model})" if model else ""))
-    _write_outputs(
-        result, model_info, json_out, csv_out, {"failed_upscales": [r.to_dict() for r in failed_upscales]}
-    )
-    if not result.ok or failed_upscales:
-        raise typer.Exit(EXIT_FAILED)
 
 
 def _upscale_options(sr_model, scale, prompt, prompt_flags, dev, pretag_images, color_fix="none"):
@@ -345,32 +301,26 @@ def _upscale_options(sr_model, scale, prompt, prompt_flags, dev, pretag_images, 
     return options
 
 
-def _run_model(sr_model, lq_pairs, lq, out_dir, options):
-    from sanasr_cli.evaluation.model_eval import upscale_pairs
+@contextlib.contextmanager
+def _bar(label: str, total: int):
+    """The eval hooks' progress: a bar per stage; failures printed as they happen."""
+    with opt.progress_bar(label) as progress:
+        task = progress.add_task("", total=total)
 
-    with _progress("upscale") as progress:
-        task = progress.add_task("", total=len(lq_pairs))
+        def on_item(item):
+            if label == "score":
+                name = Path(item.sr).name
+            elif label == "checkpoints":
+                name = Path(item.checkpoint).name
+                if item.error:
+                    progress.console.print(f"[red]failed:[/] {name}: {item.error}", highlight=False, soft_wrap=True)
+            else:
+                name = Path(item.input).name
+                if item.status != "ok":
+                    progress.console.print(f"[red]failed:[/] {item.error}", highlight=False, soft_wrap=True)
+            progress.update(task, advance=1, description=name)
 
-        def on_done(rec):
-            if rec.status != "ok":
-                progress.console.print(f"[red]failed:[/] {rec.error}", highlight=False, soft_wrap=True)
-            progress.update(task, advance=1, description=Path(rec.input).name)
-
-        return upscale_pairs(sr_model, lq_pairs, lq, out_dir, options, on_done=on_done)
-
-
-def _score(pairs, specs, protocol, dev):
-    from sanasr_cli.evaluation.metrics import evaluate_pairs
-
-    with _progress("score") as progress:
-        task = progress.add_task("", total=len(pairs))
-        return evaluate_pairs(
-            pairs,
-            specs,
-            protocol=protocol,
-            device=dev,
-            on_image=lambda s: progress.update(task, advance=1, description=Path(s.sr).name),
-        )
+        yield on_item
 
 
 def _emit_json(json_out: str, data: dict) -> None:
@@ -386,93 +336,48 @@ def _emit_json(json_out: str, data: dict) -> None:
         console.print(f"JSON written to {json_out}")
 
 
-def _write_outputs(result, model_info, json_out, csv_out, extra) -> None:
-    from sanasr_cli.evaluation.report import eval_csv, eval_report, write_text_atomic
+def _rank(f, lq_pairs, spec) -> int:
+    """run_rank with the flags, then the ranking table (and JSON)."""
+    from sanasr_cli.errors import SanaSRError
+    from sanasr_cli.evaluation.metrics import MetricUnavailable
+    from sanasr_cli.evaluation.run import EvalHooks, EvalOptions, run_rank
 
-    if json_out is not None:
-        _emit_json(json_out, eval_report(result, model=model_info, extra=extra))
-    if csv_out is not None:
-        write_text_atomic(csv_out, eval_csv(result))
-        console.print(f"CSV written to {csv_out}")
+    def options_for(m):
+        return _upscale_options(m, f.scale, f.prompt, f.prompt_flags, f.dev, None, f.color_fix)
 
-
-def _rank(
-    run_dir, lq_pairs, lq, spec, out_dir, protocol, dev, precision, base, json_out, options_for, color_fix
-) -> int:
-    from sanasr_cli.errors import ModelDirError
-    from sanasr_cli.evaluation.model_eval import find_checkpoints, rank_checkpoints
-    from sanasr_cli.evaluation.report import protocol_text, versions
-
+    options = EvalOptions([spec], f.protocol, f.dev, f.save_dir)
     try:
-        checkpoints = find_checkpoints(run_dir)
-    except ModelDirError as e:
+        run = run_rank(
+            f.rank_checkpoints, lq_pairs, f.lq, spec, options, EvalHooks(progress=_bar),
+            dtype=resolve_precision(f.precision, f.dev), base=f.base, options_for=options_for, color_fix=f.color_fix,
+        )  # fmt: skip
+    except MetricUnavailable as e:
+        raise fail(str(e), EXIT_FAILED) from None
+    except SanaSRError as e:  # e.g. a run folder without checkpoints
         raise fail(str(e), EXIT_USAGE) from None
-    dtype = resolve_precision(precision, dev)
-    with _progress("checkpoints") as progress:
-        task = progress.add_task("", total=len(checkpoints))
+    if f.json_out != "-":
+        type(console)().print(_ranking_table(run))
+    if f.json_out is not None:
+        _emit_json(f.json_out, run.report())
+    return 0 if run.ok else EXIT_FAILED
 
-        def on_checkpoint(cs):
-            if cs.error:
-                progress.console.print(
-                    f"[red]failed:[/] {Path(cs.checkpoint).name}: {cs.error}", highlight=False, soft_wrap=True
-                )
-            progress.update(task, advance=1, description=Path(cs.checkpoint).name)
 
-        ranked, _ = rank_checkpoints(
-            run_dir,
-            lq_pairs,
-            lq,
-            spec,
-            out_dir,
-            protocol=protocol,
-            device=dev,
-            dtype=dtype,
-            base=base,
-            options_for=options_for,
-            on_checkpoint=on_checkpoint,
-        )
+def _ranking_table(run) -> Table:
+    from sanasr_cli.evaluation.report import protocol_text
+
+    spec = run.metric
     table = Table(
-        title=f"checkpoints of {run_dir} ranked by {spec.name} ({'lower' if spec.lower_better else 'higher'}"
-        f" is better), {len(lq_pairs)} images",
+        title=f"checkpoints of {run.run_dir} ranked by {spec.name} ({'lower' if spec.lower_better else 'higher'}"
+        f" is better), {run.num_images} images",
         title_justify="left",
-        caption=f"{spec.variant}; protocol {protocol_text(protocol)}",
+        caption=f"{spec.variant}; protocol {protocol_text(run.protocol)}",
     )
     for col in ("rank", "checkpoint", "step", spec.name):
         table.add_column(col)
-    for s in ranked:
-        table.add_row(
-            str(s.rank or "-"),
-            Path(s.checkpoint).name,
-            str(s.step),
-            f"{s.score:.4f}" if s.score is not None else f"failed: {s.error}",
-        )
-    if json_out != "-":
-        type(console)().print(table)
-    if json_out is not None:
-        _emit_json(
-            json_out,
-            {
-                "run_dir": str(run_dir),
-                "metric": spec.name,
-                "variant": spec.to_dict(),
-                "protocol": protocol,
-                "protocol_description": protocol_text(protocol),
-                "color_fix": color_fix,
-                "num_images": len(lq_pairs),
-                "ranking": [
-                    {
-                        "rank": s.rank,
-                        "checkpoint": s.checkpoint,
-                        "step": s.step,
-                        "score": s.score,
-                        "error": s.error,
-                    }
-                    for s in ranked
-                ],
-                "versions": versions(),
-            },
-        )
-    return EXIT_FAILED if any(s.error for s in ranked) else 0
+    for s in run.ranked:
+        score = f"{s.score:.4f}" if s.score is not None else f"failed: {s.error}"
+        table.add_row(str(s.rank or "-"), Path(s.checkpoint).name, str(s.step), score)
+    return table
 
 
 def register(app: typer.Typer) -> None:

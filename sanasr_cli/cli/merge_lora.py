@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from sanasr_cli.cli import options as opt
 from sanasr_cli.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -27,9 +28,7 @@ def merge_lora(
     scale: float = typer.Option(
         1.0, "--scale", help="Adapter strength: W + scale * (alpha/r) B A (1 = as trained)."
     ),
-    base: str = typer.Option(
-        None, "--base", help="Hub id or local folder of the SANA base, if not the recorded one."
-    ),
+    base: str = opt.BASE,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ):
     """Merge MODEL_DIR's LoRA adapter into the base transformer and write OUT.

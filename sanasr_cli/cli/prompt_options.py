@@ -125,18 +125,15 @@ def warn_rule_mismatch(model_rule, asked_rule) -> list[str]:
 def pretag(tagger, images) -> None:
     """Tag every image once with a progress bar (filling the tag cache), then release the tagger from the GPU.
     Taggers without a model (none, file) are skipped. Commands call it before their main loop."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from sanasr_cli.cli.options import progress_bar
     from sanasr_cli.errors import TaggerUnavailableError
     from sanasr_cli.prompts.rule import tag_files
 
     if tagger.identity is None:
         return
     images = list(images)
-    columns = (TextColumn(f"[bold]tag ({tagger.name})"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
     try:
-        with Progress(*columns, console=console, transient=True) as progress:
+        with progress_bar(f"tag ({tagger.name})", description=False, transient=True) as progress:
             task = progress.add_task("", total=len(images))
             tag_files(tagger, images, on_done=lambda _: progress.advance(task))
     except TaggerUnavailableError as e:  # e.g. the CLIP model is not found when it is first loaded

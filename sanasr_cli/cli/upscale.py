@@ -6,9 +6,11 @@ import math
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import typer
 
+from sanasr_cli.cli import options as opt
 from sanasr_cli.cli import prompt_options as po
 from sanasr_cli.cli.common import (
     EXIT_FAILED,
@@ -16,6 +18,7 @@ from sanasr_cli.cli.common import (
     check_report_paths,
     console,
     fail,
+    load_model_or_fail,
     quiet_libraries,
     resolve_device,
     resolve_precision,
@@ -24,96 +27,85 @@ from sanasr_cli.cli.common import (
 EXIT_INTERRUPTED = 130
 
 
+INPUT = typer.Argument(
+    ..., help="An image file or a folder of images (png, jpg, webp, tif, bmp, gif: first frame)."
+)
+OUTPUT = typer.Option(..., "-o", "--output", help="Folder for the results (never inside INPUT).")
+MODEL = typer.Option(
+    "sana-600m-512",
+    "--model",
+    "-m",
+    help="A preset (sana-600m-512, tiny) or a model directory written by train / merge-lora / prune.",
+)
+SCALE = typer.Option(
+    4.0,
+    "--scale",
+    "-s",
+    min=1.0,
+    help="Output size = round(scale x input size). The model runs at x4; other scales resize its result.",
+)
+TILE = typer.Option(
+    "auto",
+    "--tile",
+    help="auto (plan from free GPU memory; whole image on CPU unless huge), none, or a tile size in pixels "
+    "of the x4 image (e.g. 512). Out of memory halves the tile and retries.",
+)
+COLOR_FIX = typer.Option(
+    "wavelet",
+    "--color-fix",
+    help="wavelet (default: low frequencies from the bicubic input, detail from the model), adain "
+    "(global per-channel mean/std), none (the paper's pipeline, the default of `sanasr eval --model` "
+    "and of prune's --validate gate).",
+)
+EXT = typer.Option(
+    "png",
+    "--ext",
+    help="png (default: lossless, keeps 16-bit and alpha), auto (the input's format), jpg, webp, tif. "
+    "Images with transparency are written as PNG when the format cannot hold it.",
+)
+SUFFIX = typer.Option("", "--suffix", help="Added to output names: photo.jpg -> photo<suffix>.png.")
+RECURSIVE = typer.Option(False, "--recursive", "-r", help="Include sub-folders (mirrored in OUTDIR).")
+OVERWRITE = typer.Option(False, "--overwrite", help="Redo finished outputs (default: skip them, so a rerun resumes).")
+REPORT = typer.Option(None, "--report", help="Write a JSON report, one record per input (e.g. run.json).")
+BATCH_SIZE = typer.Option(1, "--batch-size", min=1, help="Tiles, or untiled images of one size, per step.")
+SHARD = typer.Option(None, "--shard", help="i/n: do only the i-th of n equal shares (cluster job arrays).")
+MAX_PIXELS = typer.Option(
+    64.0, "--max-pixels", min=0.0, help="Refuse inputs above this many megapixels (decompression-bomb guard)."
+)
+SAVE_PROMPTS = typer.Option(
+    False, "--save-prompts", help="Write each image's tags to <output stem>.txt (readable by --tagger file)."
+)
+QUALITY = typer.Option(95, "--quality", min=1, max=100, help="JPEG / WebP quality.")
+
+
 def upscale(
-    input: Path = typer.Argument(
-        ..., help="An image file or a folder of images (png, jpg, webp, tif, bmp, gif: first frame)."
-    ),
-    output: Path = typer.Option(..., "-o", "--output", help="Folder for the results (never inside INPUT)."),
-    model: str = typer.Option(
-        "sana-600m-512",
-        "--model",
-        "-m",
-        help="A preset (sana-600m-512, tiny) or a model directory written by train / merge-lora / prune.",
-    ),
-    base: str = typer.Option(
-        None, "--base", help="Hub id or local folder of the SANA base (default: $SANASR_BASE or the hub)."
-    ),
-    scale: float = typer.Option(
-        4.0,
-        "--scale",
-        "-s",
-        min=1.0,
-        help="Output size = round(scale x input size). The model runs at x4; other scales resize its result.",
-    ),
-    tile: str = typer.Option(
-        "auto",
-        "--tile",
-        help="auto (plan from free GPU memory; whole image on CPU unless huge), none, or a tile size in "
-        "pixels "
-        "of the x4 image (e.g. 512). Out of memory halves the tile and retries.",
-    ),
-    color_fix: str = typer.Option(
-        "wavelet",
-        "--color-fix",
-        help="wavelet (default: low frequencies from the bicubic input, detail from the model), adain "
-        "(global per-channel mean/std), none (the paper's pipeline, the default of `sanasr eval --model` "
-        "and of prune's --validate gate).",
-    ),
-    ext: str = typer.Option(
-        "png",
-        "--ext",
-        help="png (default: lossless, keeps 16-bit and alpha), auto (the input's format), jpg, webp, tif. "
-        "Images with transparency are written as PNG when the format cannot hold it.",
-    ),
-    suffix: str = typer.Option("", "--suffix", help="Added to output names: photo.jpg -> photo<suffix>.png."),
-    recursive: bool = typer.Option(
-        False, "--recursive", "-r", help="Include sub-folders (mirrored in OUTDIR)."
-    ),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Redo finished outputs (default: skip them, so a rerun resumes)."
-    ),
-    report: Path = typer.Option(
-        None, "--report", help="Write a JSON report, one record per input (e.g. run.json)."
-    ),
-    batch_size: int = typer.Option(
-        1, "--batch-size", min=1, help="Tiles, or untiled images of one size, per step."
-    ),
-    shard: str = typer.Option(
-        None, "--shard", help="i/n: do only the i-th of n equal shares (cluster job arrays)."
-    ),
-    max_pixels: float = typer.Option(
-        64.0,
-        "--max-pixels",
-        min=0.0,
-        help="Refuse inputs above this many megapixels (decompression-bomb guard).",
-    ),
-    save_prompts: bool = typer.Option(
-        False,
-        "--save-prompts",
-        help="Write each image's tags to <output stem>.txt (readable by --tagger file).",
-    ),
-    quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG / WebP quality."),
+    input: Path = INPUT,
+    output: Path = OUTPUT,
+    model: str = MODEL,
+    base: str = opt.base("Hub id or local folder of the SANA base (default: $SANASR_BASE or the hub)."),
+    scale: float = SCALE,
+    tile: str = TILE,
+    color_fix: str = COLOR_FIX,
+    ext: str = EXT,
+    suffix: str = SUFFIX,
+    recursive: bool = RECURSIVE,
+    overwrite: bool = OVERWRITE,
+    report: Path = REPORT,
+    batch_size: int = BATCH_SIZE,
+    shard: str = SHARD,
+    max_pixels: float = MAX_PIXELS,
+    save_prompts: bool = SAVE_PROMPTS,
+    quality: int = QUALITY,
     tagger: str = po.TAGGER,
     tagger_weights: Path = po.TAGGER_WEIGHTS,
     tagger_model: str = po.TAGGER_MODEL,
     tag_vocab: Path = po.TAG_VOCAB,
     template: str = po.TEMPLATE,
     tag_cache: str = po.TAG_CACHE,
-    prompt: str = typer.Option(
-        None,
-        "--prompt",
-        help="Extra words put before the tags and the quality template.",
-        rich_help_panel="Prompt",
-    ),
-    device: str = typer.Option(
-        "auto", "--device", help="auto, cpu, cuda, cuda:N (under accelerate: its device)."
-    ),
-    precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, fp16, bf16."
-    ),
-    seed: int = typer.Option(
-        0, "--seed", help="Seed of random-weight presets (tiny); inference is deterministic."
-    ),
+    prompt: str = opt.PROMPT,
+    device: str = opt.device("auto, cpu, cuda, cuda:N (under accelerate: its device)."),
+    precision: str = opt.PRECISION,
+    seed: int = opt.seed("Seed of random-weight presets (tiny); inference is deterministic."),
 ):
     """Super-resolve INPUT (a file or a folder) into OUTDIR.
 
@@ -127,156 +119,136 @@ def upscale(
     Exit code: 0 when every image succeeded (or was already done), 1 when any
     failed (after all others ran), 2 for usage errors, 130 when interrupted.
     """
-    from sanasr_cli.data.io import list_inputs
-    from sanasr_cli.errors import MissingWeightsError, ModelDirError, SanaSRError
+    f = SimpleNamespace(**locals())
+    f.ext, f.tile_spec, f.shard_ij = _check_args(f)  # 1. the arguments, before anything slow
+    images, not_images = _list_images(f)
+    state = _distributed_state()  # 2. processes and device
+    f.nproc, f.rank = (state.num_processes, state.process_index) if state else (1, 0)
+    f.dev = state.device if state and device == "auto" else resolve_device(device)
+    f.dtype = resolve_precision(precision, f.dev)
+    from sanasr_cli.pipeline.upscale import split_work
+
+    mine = split_work(images, f.shard_ij, (f.rank, f.nproc))
+    sr_model = _load_model(f)  # 3. model and options
+    options = _options(f, sr_model)
+    po.pretag(options.tagger, mine)  # one tagging pass with a bar (cached by file hash), then the GPU is free
+    # 4. run (Ctrl-C: outputs written so far stay, the one in flight leaves no file, the report is written)
+    start = time.perf_counter()
+    records, interrupted = _run(sr_model, mine, input, output, options, f.rank, show=f.rank == 0)
+    _finish(f, state, records, not_images, interrupted, start)
+
+
+def _check_args(f):
+    """(ext, tile spec, shard) from the flags; exit 2 on a bad one."""
+    from sanasr_cli.errors import SanaSRError
     from sanasr_cli.pipeline.color import COLOR_FIXES
     from sanasr_cli.pipeline.tiling import parse_tile
     from sanasr_cli.pipeline.upscale import EXTENSIONS, parse_shard
     from sanasr_cli.prompts.taggers import TAGGERS
     from sanasr_cli.safe_files import check_name_part
 
-    # 1. check the arguments before anything slow
-    if not input.exists():
-        raise fail(f"input {input} does not exist", EXIT_USAGE)
-    for flag, value in (("--scale", scale), ("--max-pixels", max_pixels)):
+    if not f.input.exists():
+        raise fail(f"input {f.input} does not exist", EXIT_USAGE)
+    for flag, value in (("--scale", f.scale), ("--max-pixels", f.max_pixels)):
         if not math.isfinite(value):
             raise fail(f"{flag} must be a finite number, not {value}", EXIT_USAGE)
     try:
-        check_name_part(suffix, "--suffix")
+        check_name_part(f.suffix, "--suffix")
     except SanaSRError as e:
         raise fail(str(e), EXIT_USAGE) from None
-    check_report_paths(("--report", report))
-    if tagger is not None and tagger not in TAGGERS:
-        raise fail(f"unknown tagger '{tagger}'; known: {', '.join(sorted(TAGGERS))}", EXIT_USAGE)
-    if color_fix not in COLOR_FIXES:
-        raise fail(f"--color-fix takes {', '.join(COLOR_FIXES)}, not '{color_fix}'", EXIT_USAGE)
-    ext = ext.lower().lstrip(".")
+    check_report_paths(("--report", f.report))
+    if f.tagger is not None and f.tagger not in TAGGERS:
+        raise fail(f"unknown tagger '{f.tagger}'; known: {', '.join(sorted(TAGGERS))}", EXIT_USAGE)
+    if f.color_fix not in COLOR_FIXES:
+        raise fail(f"--color-fix takes {', '.join(COLOR_FIXES)}, not '{f.color_fix}'", EXIT_USAGE)
+    ext = f.ext.lower().lstrip(".")
     ext = {"jpeg": "jpg", "tiff": "tif"}.get(ext, ext)
     if ext not in EXTENSIONS:
         raise fail(f"--ext takes {', '.join(EXTENSIONS)}, not '{ext}'", EXIT_USAGE)
     try:
-        tile_spec = parse_tile(tile)
-        shard_ij = parse_shard(shard)
+        return ext, parse_tile(f.tile), parse_shard(f.shard)
     except ValueError as e:
         raise fail(str(e), EXIT_USAGE) from None
-    if input.is_dir():
-        inp, out = input.resolve(), output.resolve()
+
+
+def _list_images(f):
+    """(images, not-images with why) of INPUT; exit 2 when OUTDIR is inside INPUT, not writable, or would
+    mix outputs."""
+    from sanasr_cli.data.io import list_inputs
+
+    if f.input.is_dir():
+        inp, out = f.input.resolve(), f.output.resolve()
         if out == inp or inp in out.parents:
             raise fail(
-                f"output folder {output} is inside the input folder {input}: outputs would mix with (or "
+                f"output folder {f.output} is inside the input folder {f.input}: outputs would mix with (or "
                 f"become) inputs; choose a folder outside it",
                 EXIT_USAGE,
             )
-    _check_writable(output)
-    images, not_images = list_inputs(input, recursive=recursive)
+    _check_writable(f.output)
+    images, not_images = list_inputs(f.input, recursive=f.recursive)
     if not images:
         raise fail(
-            f"no images found in {input}" + ("" if recursive else " (sub-folders need --recursive)"),
+            f"no images found in {f.input}" + ("" if f.recursive else " (sub-folders need --recursive)"),
             EXIT_USAGE,
         )
-    _refuse_path_conflicts(images, input, output, ext, suffix, max_pixels)
+    _refuse_path_conflicts(images, f.input, f.output, f.ext, f.suffix, f.max_pixels)
+    return images, not_images
 
-    # 2. processes and device
-    state = _distributed_state()
-    nproc, rank = (state.num_processes, state.process_index) if state else (1, 0)
-    is_main = rank == 0
-    if state and device == "auto":
-        dev = state.device
-    else:
-        dev = resolve_device(device)
-    dtype = resolve_precision(precision, dev)
-    from sanasr_cli.pipeline.upscale import split_work
 
-    mine = split_work(images, shard_ij, (rank, nproc))
-
-    # 3. model
+def _load_model(f):
     quiet_libraries()
-    with console.status(f"loading model {model} on {dev} ...") if is_main else _nullcontext():
-        try:
-            from sanasr_cli.models.sanasr import load_model
-
-            sr_model = load_model(model, device=dev, dtype=dtype, base=base, seed=seed)
-        except ModelDirError as e:
-            raise fail(str(e), EXIT_USAGE) from None
-        except MissingWeightsError as e:
-            raise fail(str(e), EXIT_FAILED) from None
+    is_main = f.rank == 0
+    status = f"loading model {f.model} on {f.dev} ..." if is_main else None
+    sr_model = load_model_or_fail(f.model, f.dev, f.dtype, f.base, f.seed, status)
     if sr_model.description.random_weights and is_main:
         console.print(
-            f"[yellow]note:[/] '{model}' has random (untrained) weights: outputs show the pipeline, "
+            f"[yellow]note:[/] '{f.model}' has random (untrained) weights: outputs show the pipeline, "
             "not SR quality."
         )
-    rule = po.asked_prompt_rule(
-        sr_model.description.prompt,
-        tagger,
-        tagger_weights,
-        tagger_model,
-        tag_vocab,
-        template,
-        warn=sr_model.source_dir is not None and is_main,
-    )  # presets were trained with no rule
-    tagger_obj = po.build_tagger(rule, dev, tag_cache)
+    return sr_model
 
+
+def _options(f, sr_model):
+    """The UpscaleOptions of the flags: the model's prompt rule with the prompt flags applied, its tagger."""
     from sanasr_cli.pipeline.upscale import UpscaleOptions
 
-    options = UpscaleOptions(
-        scale=scale,
-        prompt_rule=rule,
-        user_prompt=prompt,
-        tile=tile_spec,
-        color_fix=color_fix,
-        batch_size=batch_size,
-        ext=ext,
-        suffix=suffix,
-        overwrite=overwrite,
-        max_pixels=int(max_pixels * 1e6),
-        save_prompts=save_prompts,
-        quality=quality,
-        tagger=tagger_obj,
-    )
+    rule = po.asked_prompt_rule(
+        sr_model.description.prompt, f.tagger, f.tagger_weights, f.tagger_model, f.tag_vocab, f.template,
+        warn=sr_model.source_dir is not None and f.rank == 0,
+    )  # presets were trained with no rule  # fmt: skip
+    return UpscaleOptions(
+        scale=f.scale, prompt_rule=rule, user_prompt=f.prompt, tile=f.tile_spec, color_fix=f.color_fix,
+        batch_size=f.batch_size, ext=f.ext, suffix=f.suffix, overwrite=f.overwrite,
+        max_pixels=int(f.max_pixels * 1e6), save_prompts=f.save_prompts, quality=f.quality,
+        tagger=po.build_tagger(rule, f.dev, f.tag_cache),
+    )  # fmt: skip
 
-    po.pretag(tagger_obj, mine)  # one tagging pass with a bar (cached by file hash), then the GPU is free
 
-    # 4. run (Ctrl-C: outputs written so far stay, the one in flight leaves no file, the report is written)
-    start = time.perf_counter()
-    records, interrupted = _run(sr_model, mine, input, output, options, rank, show=is_main)
+def _finish(f, state, records, not_images, interrupted: bool, start: float) -> None:
+    """Gather the records of all processes, write the report and the summary (main process), exit."""
+    from sanasr_cli.pipeline.upscale import UpscaleRecord, write_report
+
     all_records = [r.to_dict() for r in records]
     if state and state.num_processes > 1:
         from accelerate.utils import gather_object
 
         all_records = sorted(gather_object(all_records), key=lambda r: r["input"])
-    if shard_ij == (0, 1):  # every file of the input folder is accounted for: the ones that are not images too
-        from sanasr_cli.pipeline.upscale import UpscaleRecord
-
+    if f.shard_ij == (0, 1):  # every file of the input folder is accounted for: the ones that are not images too
         all_records += [UpscaleRecord(input=str(p), status="ignored", note=why).to_dict() for p, why in not_images]
-
-    # 5. report and summary (main process only)
-    failed = [r for r in all_records if r["status"] == "failed"]
-    if is_main:
-        if report is not None:
-            from sanasr_cli.pipeline.upscale import write_report
-
+    if f.rank == 0:
+        if f.report is not None:
             meta = {
-                "input": str(input),
-                "output": str(output),
-                "model": model,
-                "scale": scale,
-                "tile": tile,
-                "color_fix": color_fix,
-                "precision": str(dtype).replace("torch.", ""),
-                "device": str(dev),
-                "processes": nproc,
-                "shard": shard or "0/1",
-                "seconds": round(time.perf_counter() - start, 3),
+                "input": str(f.input), "output": str(f.output), "model": f.model, "scale": f.scale, "tile": f.tile,
+                "color_fix": f.color_fix, "precision": str(f.dtype).replace("torch.", ""), "device": str(f.dev),
+                "processes": f.nproc, "shard": f.shard or "0/1", "seconds": round(time.perf_counter() - start, 3),
                 "interrupted": interrupted,
-            }
-            write_report(report, all_records, meta)
-        _print_summary(all_records, output, report)
+            }  # fmt: skip
+            write_report(f.report, all_records, meta)
+        _print_summary(all_records, f.output, f.report)
     if interrupted:
-        console.print(
-            "[yellow]interrupted:[/] rerun the same command to resume (finished outputs are skipped)"
-        )
+        console.print("[yellow]interrupted:[/] rerun the same command to resume (finished outputs are skipped)")
         raise typer.Exit(EXIT_INTERRUPTED)
-    if failed:
+    if any(r["status"] == "failed" for r in all_records):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -290,14 +262,6 @@ def _refuse_path_conflicts(images, input, output, ext, suffix, max_pixels) -> No
     if conflicts:
         more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
         raise fail(f"{conflicts[0]}{more}; nothing was written", EXIT_USAGE)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _distributed_state():
@@ -340,27 +304,10 @@ def _check_writable(output: Path) -> None:
 
 
 def _run(sr_model, images, input_root, output, options, rank: int, show: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+    """upscale_files with the bar (main process); (records, interrupted)."""
     from sanasr_cli.pipeline.upscale import UpscaleRecord, upscale_files
 
-    progress = Progress(
-        TextColumn("[bold]upscale"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.description}"),
-        console=console,
-        disable=not show,
-    )
+    progress = opt.progress_bar("upscale", show=show, remaining=True)
     done: list[UpscaleRecord] = []
     with progress:
         task = progress.add_task("", total=len(images))

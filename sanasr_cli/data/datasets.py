@@ -126,9 +126,9 @@ def _load_index(path: Path | None) -> dict:
 
 
 def _save_index(path: Path, files: dict) -> None:
-    from sanasr_cli.safe_files import write_text
+    from sanasr_cli.safe_files import atomic_write
 
-    write_text(path, json.dumps({"format": INDEX_FORMAT, "files": files}))
+    atomic_write(path, json.dumps({"format": INDEX_FORMAT, "files": files}))
 
 
 def _crop_flip(array: np.ndarray, top: int, left: int, size_h: int, size_w: int, flip: bool) -> torch.Tensor:

@@ -382,7 +382,7 @@ def write_image(
     can (PNG, WebP, TIFF; an error otherwise). bit_depth 16 is honoured for PNG and TIFF, else 8 bits are
     written.
     icc_profile: embedded as it is (PNG, JPEG, WebP, TIFF; 16-bit PNG through an iCCP chunk).
-    before_replace: see safe_files.write_bytes (upscale records its outputs with it).
+    before_replace: see safe_files.atomic_write (upscale records its outputs with it).
     """
     path = Path(path)
     fmt = format_for(path)
@@ -396,7 +396,7 @@ def write_image(
     data = (
         _encode_16bit(image, fmt, icc_profile) if sixteen else _encode_8bit(image, fmt, icc_profile, quality)
     )
-    _atomic_write_bytes(path, data, before_replace)
+    _write_image_bytes(path, data, before_replace)
 
 
 def _encode_8bit(image: torch.Tensor, fmt: str, icc: bytes | None, quality: int) -> bytes:
@@ -449,11 +449,12 @@ def _png_with_iccp(png: bytes, icc: bytes) -> bytes:
     return png[:ihdr_end] + chunk + png[ihdr_end:]
 
 
-def _atomic_write_bytes(path: Path, data: bytes, before_replace=None) -> None:
-    from sanasr_cli.safe_files import write_bytes
+def _write_image_bytes(path: Path, data: bytes, before_replace=None) -> None:
+    """safe_files.atomic_write; a failure is an ImageWriteError naming the file."""
+    from sanasr_cli.safe_files import atomic_write
 
     try:
-        write_bytes(path, data, temp_mark=TEMP_MARK, before_replace=before_replace)
+        atomic_write(path, data, temp_mark=TEMP_MARK, before_replace=before_replace)
     except OSError as e:
         raise ImageWriteError(f"{path}: cannot write ({e.strerror or e})") from None
 

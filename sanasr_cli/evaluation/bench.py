@@ -23,9 +23,9 @@ How each number is obtained (and stated in every report):
   positions that prompt needs (`trim_text_positions`). `--compare full-prompt` is the full-length encode
   (`SanaPipeline.encode_prompt`'s padded sequence) with all max_length text positions, on the same modules.
 
-OSEDiff-shaped pipeline: diffusers `AutoencoderKL` (SD VAE) + `UNet2DConditionModel` with the SD-2.1 configs
-below, the SD-2.1 text encoder (OpenCLIP ViT-H text tower as `CLIPTextModel`, 77 tokens), one UNet step at
-t = 999; random weights (the cost does not depend on them).
+The pieces: `measure` (counting and timing, shared with prune and the taggers), `peers` (the pipelines as
+parts: SANA-SR, full-prompt, the OSEDiff-shaped SD-2.1 one), `bench_plot` (the --plot figure). This module
+runs them and writes the report.
 """
 
 from __future__ import annotations
@@ -38,281 +38,21 @@ from pathlib import Path
 
 import torch
 
-PARTS = ("vae_encode", "text_encoder", "transformer", "vae_decode")
-# 30 words: 22 of content tags, 8 of App. B's quality template (the prompt rule's default), like a tagged image
-BENCH_PROMPT = (
-    "red flower, green leaf, wooden table, white cup, old book, glass window, blue sky, "
-    "stone wall, small dog, yellow lamp, tall tree, clean, extremely detailed, best quality, sharp, "
-    "high-resolution"
+from sanasr_cli.evaluation.measure import MIB, count_macs, sync, timed, weight_bytes
+from sanasr_cli.evaluation.peers import (
+    END_TO_END_PARTS,
+    PARTS,
+    Pipeline,
+    build_sanasr,
+    osediff_pipeline,
+    sana_pipeline,
 )
+
 SUM_OF_PARTS_TOLERANCE = 0.25  # end_to_end vs the sum of its parts' latencies: warn beyond this
-END_TO_END_PARTS = ("vae_encode", "transformer", "vae_decode")
 AUTO_LATENCY_CPU_MAX_GMACS = 5.0  # `--latency auto` on CPU: measure only pipelines this cheap per image
-MIB = 2**20
-
-# SD-2.1 (stabilityai/stable-diffusion-2-1-base) configs, as in its unet/ and vae/ config.json.
-SD21_UNET = dict(
-    sample_size=96,
-    in_channels=4,
-    out_channels=4,
-    center_input_sample=False,
-    flip_sin_to_cos=True,
-    freq_shift=0,
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    block_out_channels=(320, 640, 1280, 1280),
-    layers_per_block=2,
-    downsample_padding=1,
-    mid_block_scale_factor=1,
-    act_fn="silu",
-    norm_num_groups=32,
-    norm_eps=1e-5,
-    cross_attention_dim=1024,
-    attention_head_dim=(5, 10, 20, 20),
-    use_linear_projection=True,
-    upcast_attention=True,
-)
-SD_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    act_fn="silu",
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=768,
-    scaling_factor=0.18215,
-)
-SD21_TEXT = dict(
-    vocab_size=49408,
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=23,
-    num_attention_heads=16,
-    max_position_embeddings=77,
-    hidden_act="gelu",
-    projection_dim=512,
-)
-
-
-# ---------------------------------------------------------------- pipelines as parts
-
-
-@dataclass
-class Pipeline:
-    """Built modules of one pipeline, with one callable per part; inputs are made for a (batch, size)."""
-
-    name: str
-    modules: dict[str, list[torch.nn.Module]]  # part -> modules whose parameters the part uses
-    make_inputs: Callable[[int, int, torch.device, torch.dtype], dict]
-    run: dict[str, Callable[[dict], object]]  # part -> fn(inputs); plus "end_to_end"
-    size_multiple: int
-    description: str
-    once: dict[str, Callable[[], object]] = field(default_factory=dict)  # once-per-process costs, counted apart
-
-    def modules_all(self) -> list[torch.nn.Module]:
-        return [m for ms in self.modules.values() for m in ms]
-
-    def params(self, part: str) -> int:
-        parts = END_TO_END_PARTS if part == "end_to_end" else (part,)
-        return sum(p.numel() for q in parts for m in self.modules[q] for p in m.parameters())
-
-
-def sana_pipeline(model, full_prompt: bool = False) -> Pipeline:
-    """Parts of a SanaSR (see sanasr_cli.models.sanasr.SanaSR.restore, which end_to_end follows).
-
-    As inference runs it: the instruction prefix's KV cache reused, the prompt's own tokens through the text
-    encoder, the transformer given the text positions the prompt needs. full_prompt: the padded full-length
-    encode (`SanaPipeline.encode_prompt`) and all max_length text positions (`--compare full-prompt`).
-    """
-    from sanasr_cli.models.text_encoder import trim_text_positions
-
-    codec, prompts, restorer = model.codec, model.prompts, model.restorer
-    f, c = codec.factor, codec.latent_channels
-    reuse = not full_prompt
-
-    def make_inputs(batch, size, device, dtype):
-        tok = prompts.tokenize([BENCH_PROMPT] * batch)
-        mask = tok["mask"][:, prompts.select_index]  # laid out as the embeddings are
-        if reuse:
-            prompts.prefix_state()  # once per process: not part of the per-prompt cost (see `once`)
-            _, mask = trim_text_positions(mask, mask)  # on the CPU: meta tensors have no values to trim by
-        caption = prompts.text_encoder.config.hidden_size
-        latent = -(-size // f)
-        return {
-            "image": torch.rand(batch, 3, size, size, device=device)
-            if device.type != "meta"
-            else torch.empty(batch, 3, size, size, device=device),
-            "prompts": [BENCH_PROMPT] * batch,
-            "mask": mask.to(device),
-            "embeds": torch.zeros(batch, mask.shape[1], caption, device=device, dtype=dtype),
-            "latents": torch.zeros(batch, c, latent, latent, device=device, dtype=dtype),
-        }
-
-    def end_to_end(i):
-        h, w = i["image"].shape[-2:]
-        return codec.crop(
-            codec.decode(restorer(codec.encode_padded(i["image"]), i["embeds"], i["mask"])), h, w
-        )
-
-    prefix = f"instruction prefix reused, {len(prompts.prefix_ids)} tokens once per process" if (
-        reuse and prompts.complex_human_instruction
-    ) else "full-length padded encode"
-    return Pipeline(
-        name="full-prompt" if full_prompt else "sanasr",
-        modules={
-            "vae_encode": [codec.vae.encoder],
-            "text_encoder": [prompts.text_encoder],
-            "transformer": [restorer.transformer],
-            "vae_decode": [codec.vae.decoder],
-        },
-        make_inputs=make_inputs,
-        run={
-            "vae_encode": lambda i: codec.encode_padded(i["image"]),
-            "text_encoder": lambda i: prompts.run_encoder(i["prompts"], reuse_prefix=reuse),
-            "transformer": lambda i: restorer(i["latents"], i["embeds"], i["mask"]),
-            "vae_decode": lambda i: codec.decode(i["latents"]),
-            "end_to_end": end_to_end,
-        },
-        size_multiple=f,
-        description=f"SANA-SR ({model.description.base_preset}): DC-AE encode, LinearDiT one step (Eq. 4), "
-        f"DC-AE decode; text encoder separate, per distinct prompt of 30 words ({prefix}; the transformer "
-        f"attends over {'the text positions the prompt needs' if reuse else f'all {prompts.max_length}'})",
-        once={"text_encoder_prefix": lambda: prompts.prefix_state(refresh=True)} if reuse else {},
-    )
-
-
-def osediff_pipeline(
-    device: torch.device | str = "meta", dtype: torch.dtype = torch.float32, seed: int = 0
-) -> Pipeline:
-    """An SD-2.1-shaped one-step pipeline (OSEDiff's structure), random weights, on `device`."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**SD21_UNET)
-        vae = AutoencoderKL(**SD_VAE)
-        text = CLIPTextModel(CLIPTextConfig(**SD21_TEXT))
-    for m in (unet, vae, text):
-        m.to(dtype=dtype).eval().requires_grad_(False)
-    sf = SD_VAE["scaling_factor"]
-
-    def make_inputs(batch, size, device, dtype):
-        real = device.type != "meta"
-        return {
-            "image": torch.rand(batch, 3, size, size, device=device)
-            if real
-            else torch.empty(batch, 3, size, size, device=device),
-            "input_ids": torch.zeros(batch, 77, dtype=torch.long, device=device),
-            "embeds": torch.zeros(batch, 77, SD21_TEXT["hidden_size"], device=device, dtype=dtype),
-            "latents": torch.zeros(batch, 4, size // 8, size // 8, device=device, dtype=dtype),
-        }
-
-    def encode(x):
-        return vae.encode((x * 2 - 1).to(dtype)).latent_dist.mode() * sf
-
-    def denoise(z, embeds):
-        t = torch.full((z.shape[0],), 999, device=z.device, dtype=torch.long)
-        return (
-            z - unet(z, t, encoder_hidden_states=embeds).sample
-        )  # one step; the update itself is negligible
-
-    def decode(z):
-        return ((vae.decode(z / sf).sample.float() + 1) / 2).clamp(0, 1)
-
-    return Pipeline(
-        name="osediff",
-        modules={
-            "vae_encode": [vae.encoder, vae.quant_conv],
-            "text_encoder": [text],
-            "transformer": [unet],
-            "vae_decode": [vae.post_quant_conv, vae.decoder],
-        },
-        make_inputs=make_inputs,
-        run={
-            "vae_encode": lambda i: encode(i["image"]),
-            "text_encoder": lambda i: text(input_ids=i["input_ids"]),
-            "transformer": lambda i: denoise(i["latents"], i["embeds"]),
-            "vae_decode": lambda i: decode(i["latents"]),
-            "end_to_end": lambda i: decode(denoise(encode(i["image"]), i["embeds"])),
-        },
-        size_multiple=64,
-        description="OSEDiff-shaped: SD VAE encode, SD-2.1 UNet one step (t=999, its 'transformer' part), "
-        "SD VAE decode; SD-2.1 text encoder separate (77 tokens); random weights",
-    )
-
-
-# ---------------------------------------------------------------- building SANA-SR for bench
-
-
-def build_sanasr(
-    spec: str,
-    device: torch.device | str,
-    dtype: torch.dtype = torch.float32,
-    random_weights: bool = False,
-    base: str | None = None,
-    seed: int = 0,
-):
-    """A SanaSR for measuring. On the meta device, or with random weights, the modules are built directly on
-    `device` with the same builders `load_model` uses (no CPU detour for a real-size model, no download); the
-    transformer follows the model directory (its own config when it has one, e.g. pruned; its LoRA adapter
-    unmerged). Otherwise `load_model` loads the real weights.
-    """
-    from sanasr_cli.models.presets import PRESETS
-    from sanasr_cli.models.sanasr import (
-        assemble_model,
-        build_random_text,
-        build_random_transformer,
-        build_random_vae,
-        load_model,
-        resolve_model,
-    )
-
-    device = torch.device(device)
-    description, folder = resolve_model(spec, base=base, random_weights=random_weights, seed=seed)
-    if device.type != "meta" and not (random_weights or description.random_weights):
-        return load_model(spec, device=device, dtype=dtype, base=base, seed=seed)
-
-    from diffusers import SanaTransformer2DModel
-
-    preset = PRESETS[description.base_preset]
-    seed_ = int(description.random_seed or seed)
-    with torch.device(device):
-        if description.transformer != "base":
-            config = SanaTransformer2DModel.load_config(str(folder / description.transformer))
-            transformer = SanaTransformer2DModel.from_config(config)
-        else:
-            transformer = build_random_transformer(preset, seed_)
-        if description.adapter:
-            from peft import LoraConfig
-
-            transformer.add_adapter(LoraConfig.from_pretrained(str(folder / description.adapter)))
-        vae = build_random_vae(preset, seed_)
-        tokenizer, text_encoder = build_random_text(preset, seed_)
-    for m in (transformer, vae, text_encoder):
-        m.to(dtype=dtype).eval().requires_grad_(False)
-    return assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder)
 
 
 # ---------------------------------------------------------------- measuring
-
-
-@torch.no_grad()
-def count_macs(fn: Callable[[], object]) -> int:
-    """MACs (= FLOPs / 2) of one call, counted by FlopCounterMode. Run it on meta tensors (see module doc)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops()) // 2
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass
@@ -346,15 +86,6 @@ def measure_macs(pipeline: Pipeline, size: int, batch: int) -> PipelineCost:
         cost.once[name] = {"macs": count_macs(fn), "latency_ms": None}
     return cost
 
-
-def _weight_bytes(modules: list[torch.nn.Module]) -> int:
-    seen: dict[int, torch.Tensor] = {}
-    for m in modules:
-        for t in (*m.parameters(), *m.buffers()):
-            seen[id(t)] = t
-    return sum(t.numel() * t.element_size() for t in seen.values())
-
-
 @torch.no_grad()
 def measure_latency_paired(
     pipelines: dict[str, Pipeline],
@@ -378,7 +109,7 @@ def measure_latency_paired(
         for part in keys:
             for n, p in pipelines.items():
                 p.run[part](inputs[n])
-    _sync(device)
+    sync(device)
     extra = {n: dict.fromkeys(keys, 0) for n in pipelines}
     for n in pipelines:
         costs[n].rounds_ms = {k: [] for k in keys}
@@ -386,29 +117,25 @@ def measure_latency_paired(
         step(f"timing {size}x{size}: round {r + 1}/{repeats}, {' / '.join(pipelines)} interleaved")
         for part in keys:
             for n, p in pipelines.items():
-                _sync(device)
+                sync(device)
                 if cuda:
                     before = torch.cuda.memory_allocated(device)
                     torch.cuda.reset_peak_memory_stats(device)
                 start = time.perf_counter()
                 p.run[part](inputs[n])
-                _sync(device)
+                sync(device)
                 costs[n].rounds_ms[part].append((time.perf_counter() - start) * 1000)
                 if cuda:
                     extra[n][part] = max(extra[n][part], torch.cuda.max_memory_allocated(device) - before)
     for n, p in pipelines.items():
-        weights = _weight_bytes(p.modules_all()) if cuda else None
+        weights = weight_bytes(p.modules_all()) if cuda else None
         for part in keys:
             entry = costs[n].entry(part)
             entry["latency_ms"] = statistics.median(costs[n].rounds_ms[part])
             entry["peak_memory_mb"] = (weights + extra[n][part]) / MIB if cuda else None
         for name, fn in p.once.items():  # one run: it happens once per process
             step(f"timing {n}'s {name} (once)")
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            costs[n].once[name]["latency_ms"] = (time.perf_counter() - start) * 1000
+            costs[n].once[name]["latency_ms"] = timed(fn, device) * 1000
 
 
 def paired_ratio(ours_ms: list[float], other_ms: list[float]) -> float | None:
@@ -653,57 +380,3 @@ def _report(size, options, device, cost: PipelineCost, latency_note: str, descri
             "tagger not counted",
         },
     }
-
-
-# ---------------------------------------------------------------- plot
-
-
-def plot_reports(reports: list[dict], path: str | Path) -> None:
-    """PNG of MACs and latency against resolution, for SANA-SR and each compared pipeline (atomic write)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sizes = [r["size"] for r in reports]
-    series = {"SANA-SR": [r["end_to_end"] for r in reports]}
-    for name in reports[0]["compare"]:
-        series[f"{name}-shaped"] = [r["compare"][name]["end_to_end"] for r in reports]
-    fig, (ax_m, ax_l) = plt.subplots(1, 2, figsize=(10, 4))
-    for label, points in series.items():
-        ax_m.plot(sizes, [p["macs"] / 1e9 for p in points], marker="o", label=label)
-        lat = [
-            (s, p["latency_ms"]) for s, p in zip(sizes, points, strict=True) if p["latency_ms"] is not None
-        ]
-        if lat:
-            ax_l.plot([s for s, _ in lat], [v for _, v in lat], marker="o", label=label)
-    ax_m.set(
-        title="end-to-end GMACs (FlopCounterMode, meta)",
-        xlabel="output size (px, square)",
-        ylabel="GMACs",
-        yscale="log",
-    )
-    ax_l.set(
-        title=f"end-to-end latency (median)\n{reports[0]['device']}, {reports[0]['precision']}",
-        xlabel="output size (px, square)",
-        ylabel="ms",
-        yscale="log",
-    )
-    if not ax_l.lines:
-        ax_l.text(0.5, 0.5, "latency not measured", ha="center", va="center", transform=ax_l.transAxes)
-    for ax in (ax_m, ax_l):
-        ax.set_xticks(sizes)
-        if ax.lines:
-            ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    from sanasr_cli.safe_files import write_bytes
-
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, dpi=120, format="png")
-    finally:
-        plt.close(fig)
-    write_bytes(path, buf.getvalue())  # atomic, through links, never replacing a special file

@@ -79,12 +79,7 @@ def _fmt(x: float | None) -> str:
     return "" if x is None else repr(float(x))
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write text without a half-written file, through links, never replacing a special file (safe_files)."""
-    from sanasr_cli.safe_files import write_text
-
-    write_text(path, text)
-
-
 def write_json(path: str | Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    from sanasr_cli.safe_files import atomic_write
+
+    atomic_write(path, json.dumps(data, indent=2, allow_nan=False) + "\n")

@@ -84,7 +84,9 @@ class ModelDescription:
         return self.timestep_convention == LEGACY_TIMESTEP_CONVENTION
 
     def save(self, folder: str | Path) -> None:
-        (Path(folder) / DESCRIPTION_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        from sanasr_cli.safe_files import atomic_write
+
+        atomic_write(Path(folder) / DESCRIPTION_FILE, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, folder: str | Path) -> ModelDescription:

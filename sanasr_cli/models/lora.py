@@ -14,7 +14,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from sanasr_cli.safe_files import write_bytes
+from sanasr_cli.safe_files import atomic_write
 
 # Paper App. B: attention projections of self- and cross-attention.
 DEFAULT_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
@@ -58,7 +58,7 @@ def save_adapter(transformer: torch.nn.Module, folder: str | Path) -> None:
     state = {_PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()}
     # serialised in memory and written by safe_files: a full disk is an OSError (safetensors' save_file raises
     # its own error type) and the file gets the usual permissions (save_file makes it 0600)
-    write_bytes(folder / "adapter_model.safetensors", safetensors_bytes(state), fsync=True)
+    atomic_write(folder / "adapter_model.safetensors", safetensors_bytes(state))
 
 
 def load_adapter(transformer: torch.nn.Module, folder: str | Path) -> LoraConfig:

@@ -358,7 +358,7 @@ def save_model_dir(
     the directory refers to the base transformer. A LoRA adapter on the transformer is saved as `adapter/`.
     extra_files: {relative name: text} written into the directory before it is renamed into place (reports).
     """
-    from sanasr_cli.safe_files import check_replaceable_dir, make_temp_dir, usual_file_modes
+    from sanasr_cli.safe_files import atomic_write, check_replaceable_dir, make_temp_dir, usual_file_modes
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -382,7 +382,7 @@ def save_model_dir(
             desc.transformer = "transformer"
         desc.save(tmp)
         for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
+            atomic_write(tmp / name, text)
         if out.exists():  # set the old one aside first: a failed rename leaves it where it was
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             os.replace(out, old / out.name)

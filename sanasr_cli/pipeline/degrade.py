@@ -24,7 +24,7 @@ import torch
 from sanasr_cli.data.degradation import RealESRGANDegrader
 from sanasr_cli.data.io import read_image, write_image
 from sanasr_cli.errors import SanaSRError
-from sanasr_cli.safe_files import OutputLedger, check_confined, write_bytes
+from sanasr_cli.safe_files import OutputLedger, atomic_write, check_confined
 
 
 @dataclass
@@ -138,7 +138,7 @@ def write_manifest(
         "files": [_manifest_row(r, path.parent) for r in records],
     }
     data = json.dumps(body, indent=1, default=_jsonable).encode("utf-8")
-    write_bytes(path, data, before_replace=OutputLedger(path.parent).recorder(path))
+    atomic_write(path, data, before_replace=OutputLedger(path.parent).recorder(path))
 
 
 def _manifest_row(rec: DegradeRecord, outdir: Path) -> dict:

@@ -35,7 +35,7 @@ from sanasr_cli.data.io import (
     remove_stale_temps,
     write_image,
 )
-from sanasr_cli.data.resample import upsample_bicubic  # noqa: F401  (re-exported: its old home)
+from sanasr_cli.data.resample import upsample_bicubic
 from sanasr_cli.errors import ImageReadError, SanaSRError, UnsafeOutputError
 from sanasr_cli.models.sanasr import SanaSR
 from sanasr_cli.pipeline.color import color_fix as apply_color_fix
@@ -50,7 +50,7 @@ from sanasr_cli.pipeline.tiling import (
 from sanasr_cli.prompts.rule import PromptRule, tag_files, tagger_from_rule
 from sanasr_cli.prompts.taggers import Tagger
 from sanasr_cli.prompts.template import build_prompt, clean_tags
-from sanasr_cli.safe_files import OutputLedger, write_bytes, write_text
+from sanasr_cli.safe_files import OutputLedger, atomic_write
 
 MODEL_SCALE = 4  # SANA-SR is an x4 model; other --scale values resize its output
 EXTENSIONS = ("png", "auto", "jpg", "webp", "tif")
@@ -428,7 +428,7 @@ def _restore_and_write(
             if options.save_prompts:
                 txt = it.out.with_suffix(".txt")
                 data = (", ".join(it.tags) + "\n").encode("utf-8")
-                write_bytes(txt, data, TEMP_MARK, ledger.recorder(txt) if ledger else None)
+                atomic_write(txt, data, TEMP_MARK, ledger.recorder(txt) if ledger else None)
         except OSError as e:
             it.rec.status, it.rec.error = "failed", f"{it.path}: cannot write ({e.strerror or e})"
             continue
@@ -470,4 +470,4 @@ def write_report(path: Path, records: list[dict], meta: dict) -> None:
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     doc = {"meta": meta, "summary": {"inputs": len(records), **counts}, "records": records}
-    write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
+    atomic_write(path, json.dumps(doc, indent=2, default=str) + "\n")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from sanasr_cli.safe_files import write_text
+from sanasr_cli.safe_files import atomic_write
 
 CACHE_ENV_VAR = "SANASR_TAG_CACHE"
 _OFF = {"off", "none", "0", "false", "no"}
@@ -112,7 +112,7 @@ class CachedTagger:
             return
         entry = self._entry(key)
         try:
-            write_text(entry, json.dumps({"tagger": self.identity, "file": Path(path).name, "tags": list(tags)}))
+            atomic_write(entry, json.dumps({"tagger": self.identity, "file": Path(path).name, "tags": list(tags)}))
         except OSError:  # a read-only or full cache folder must not fail the command: tags are still returned
             pass
 

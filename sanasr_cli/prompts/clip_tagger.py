@@ -79,16 +79,15 @@ def clip_image_macs(config=None) -> int:
     counted with torch FlopCounterMode on the meta device (no weights; on CPU tensors the counter misses the
     fused attention kernel). The vocabulary's text embeddings are computed once per run and not included.
     `config`: a transformers CLIPConfig (default: CLIPConfig(), i.e. ViT-B/32 at 224 x 224)."""
-    from torch.utils.flop_counter import FlopCounterMode
     from transformers import CLIPConfig, CLIPModel
+
+    from sanasr_cli.evaluation.measure import count_macs  # one counting rule for every cost report
 
     config = config or CLIPConfig()
     with torch.device("meta"):
         model = CLIPModel._from_config(config)
     size = config.vision_config.image_size
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model.get_image_features(pixel_values=torch.zeros(1, 3, size, size, device="meta"))
-    return counter.get_total_flops() // 2
+    return count_macs(lambda: model.get_image_features(pixel_values=torch.zeros(1, 3, size, size, device="meta")))
 
 
 class ClipTagger:

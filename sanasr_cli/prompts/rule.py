@@ -7,7 +7,6 @@ one tagger every command uses, behind the shared tag cache.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -155,26 +154,15 @@ class TaggerCost:
 def measure_tagger(tagger: Tagger, image: torch.Tensor, repeats: int = 3) -> TaggerCost:
     """Time an unwrapped image tagger (ClipTagger, DapeTagger: not the cached wrapper, which would time
     the cache) on one (3, h, w) image in [0, 1], on the device it was built for. For `sanasr bench`."""
+    from sanasr_cli.evaluation.measure import timed  # one timing rule for every cost report
+
     inner = getattr(tagger, "tagger", tagger)
-    cuda = getattr(inner, "device", torch.device("cpu")).type == "cuda"
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
-    start = time.perf_counter()
-    if hasattr(inner, "load"):
-        inner.load()
-    sync()
-    load_s = time.perf_counter() - start
+    device = getattr(inner, "device", torch.device("cpu"))
+    cuda = torch.device(device).type == "cuda"
+    load_s = timed(getattr(inner, "load", lambda: None), device)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(max(1, repeats) + 1):
-        start = time.perf_counter()
-        inner.tags(image, None)
-        sync()
-        times.append(time.perf_counter() - start)
+    times = [timed(lambda: inner.tags(image, None), device) for _ in range(max(1, repeats) + 1)]
     model = getattr(inner, "model", None)
     params = sum(p.numel() for p in model.parameters()) if isinstance(model, torch.nn.Module) else 0
     rest = sorted(times[1:])

@@ -21,6 +21,8 @@ from typing import Protocol
 
 import torch
 
+from sanasr_cli.data.resample import upsample_bicubic
+
 # Tagger input: LQ upsampled by the paper's SR factor, whatever scale a command uses, so that tags of one file
 # are the same in train, prune calibration, upscale and eval (and one cache entry serves them all).
 TAGGER_UPSAMPLE = 4.0
@@ -82,8 +84,6 @@ def tagger_input(image: torch.Tensor, size: int | tuple[int, int] | None = None)
     pipeline feeds DAPE), then, when `size` is given, an antialiased bicubic resize to the tagger's input
     size."""
     import torch.nn.functional as F
-
-    from sanasr_cli.pipeline.upscale import upsample_bicubic  # lazy: pipeline imports the prompt modules
 
     x = upsample_bicubic(image.detach().float().cpu()[None], TAGGER_UPSAMPLE)
     if size is not None:

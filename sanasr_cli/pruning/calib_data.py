@@ -42,7 +42,7 @@ def calibration_batches(
     from sanasr_cli.data.datasets import HQImageDataset, PairedImageDataset, build_dataloader
     from sanasr_cli.data.degradation import RealESRGANDegrader
     from sanasr_cli.prompts.rule import tagger_from_rule
-    from sanasr_cli.training.data import TrainingData, _paths_by_key, batch_prompts, to_model_inputs
+    from sanasr_cli.training.data import TrainingData, batch_prompts, paths_by_key, to_model_inputs
 
     folders = [Path(f) for f in folders]
     paired = len(folders) == 1 and is_paired_folder(folders[0])
@@ -53,7 +53,7 @@ def calibration_batches(
     # the training data glue (LQ from the pair or the Real-ESRGAN degrader, bicubic x scale, file per item),
     # without its sharded stream: calibration is one process, batch 1
     degrader = None if paired else RealESRGANDegrader(scale=scale)
-    data = TrainingData(dataset, None, paired, degrader, scale, _paths_by_key(dataset))
+    data = TrainingData(dataset, None, paired, degrader, scale, paths_by_key(dataset))
     generator = torch.Generator().manual_seed(seed)
     tagger = tagger or tagger_from_rule(rule)
 

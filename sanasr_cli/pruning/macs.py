@@ -19,7 +19,7 @@ def transformer_macs(
     """
     from diffusers import SanaTransformer2DModel
 
-    from sanasr_cli.evaluation.bench import count_macs  # one counting rule for bench and prune reports
+    from sanasr_cli.evaluation.measure import count_macs  # one counting rule for bench and prune reports
 
     cfg = {k: v for k, v in dict(config).items() if not k.startswith("_")}
     with torch.device("meta"):

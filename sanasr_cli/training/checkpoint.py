@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from sanasr_cli.errors import SanaSRError
-from sanasr_cli.safe_files import make_temp_dir, write_bytes, write_text
+from sanasr_cli.safe_files import atomic_write, make_temp_dir
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "state.json"
@@ -43,14 +43,6 @@ class CheckpointError(SanaSRError):
 
 class CheckpointReadError(CheckpointError):
     """A checkpoint's files are damaged, truncated, altered or of the wrong shape (bad input: exit 2)."""
-
-
-# ---------------------------------------------------------------- small atomic writes
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Run files (train_config.json, log.jsonl, validation/prompts.json): safe_files.write_text, flushed to disk."""
-    write_text(path, text, fsync=True)
 
 
 # ---------------------------------------------------------------- RNG states
@@ -199,13 +191,13 @@ def save_checkpoint(
         # safetensors.save_file would raise their own errors), and the files get the usual permissions
         buffer = io.BytesIO()
         torch.save(_to_cpu(optimizer.state_dict()), buffer)
-        write_bytes(train / "optimizer.pt", buffer.getvalue(), fsync=True)
+        atomic_write(train / "optimizer.pt", buffer.getvalue())
         del buffer
         tensors, rng_meta = _rng_files(rng_per_rank)
-        write_bytes(train / "rng.safetensors", safetensors_bytes(tensors), fsync=True)
-        write_text(train / "train_config.json", json.dumps(config_dict, indent=2) + "\n", fsync=True)
+        atomic_write(train / "rng.safetensors", safetensors_bytes(tensors))
+        atomic_write(train / "train_config.json", json.dumps(config_dict, indent=2) + "\n")
         full_state = {**state, "rng": rng_meta, "ema": ema is not None}
-        write_text(train / STATE_FILE, json.dumps(full_state, indent=2) + "\n", fsync=True)  # last: complete
+        atomic_write(train / STATE_FILE, json.dumps(full_state, indent=2) + "\n")  # last: complete
         if final.exists():  # re-reaching a step after resuming from an earlier checkpoint
             old = final.with_name(f".checkpoint-{step}.old")
             os.replace(final, old)

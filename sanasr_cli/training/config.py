@@ -192,9 +192,9 @@ class TrainConfig:
         return cls(**d)
 
     def save(self, path: Path) -> None:
-        from sanasr_cli.training.checkpoint import write_text_atomic
+        from sanasr_cli.safe_files import atomic_write
 
-        write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:

@@ -160,7 +160,7 @@ def build_training_data(config: TrainConfig, accelerator) -> TrainingData:
         config.pairs is not None,
         degrader,
         config.scale,
-        _paths_by_key(dataset),
+        paths_by_key(dataset),
     )
 
 
@@ -175,7 +175,7 @@ class ItemFiles:
     hq: Path | None
 
 
-def _paths_by_key(dataset) -> dict[str, ItemFiles]:
+def paths_by_key(dataset) -> dict[str, ItemFiles]:
     """key -> the item's files (a pair: lq/ and hq/ images; an HQ folder: the HQ image only)."""
     items = getattr(dataset, "items", [])
     return {

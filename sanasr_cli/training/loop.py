@@ -74,7 +74,11 @@ def create_accelerator(config: TrainConfig):
 
 def release_accelerator_state() -> None:
     """Forget this run's precision / accumulation settings so that a later `train()` in the same Python
-    process can use others (accelerate keeps them in a process-wide singleton); the process group stays."""
+    process can use others (accelerate keeps them in a process-wide singleton); the process group stays.
+
+    accelerate (1.15) has no public way to do this: `_reset_state` is private, and it is what accelerate's own
+    test utilities call between runs (`test_utils.testing.AccelerateTestCase.tearDown`). `end_training` only
+    destroys the process group. Kept here, in this one function, until accelerate offers a public reset."""
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=False)

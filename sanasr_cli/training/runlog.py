@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sanasr_cli.training.checkpoint import write_text_atomic
+from sanasr_cli.safe_files import atomic_write
 
 LOG_FILE = "log.jsonl"
 
@@ -32,7 +32,7 @@ class RunLogger:
             return
         if resume_step is not None and self.path.is_file():
             kept = [r for r in read_log(run_dir) if r.get("step", 0) <= resume_step]
-            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         elif resume_step is None and self.path.is_file():
             self.path.unlink()
         if tensorboard:

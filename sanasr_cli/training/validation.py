@@ -54,7 +54,7 @@ def save_validation_grid(
     1]. Returns the grid (3, H', W').
     """
     from sanasr_cli.data.io import write_image
-    from sanasr_cli.training.checkpoint import write_text_atomic
+    from sanasr_cli.safe_files import atomic_write
     from sanasr_cli.training.data import batch_prompts
 
     lq, lq_up, hq = validation["lq"], validation["lq_up"], validation["hq"]
@@ -77,6 +77,6 @@ def save_validation_grid(
         "column); inference (upscale, eval) always tags the LQ input",
         "prompts": prompts,
     }
-    write_text_atomic(Path(run_dir) / VALIDATION_DIR / "prompts.json", json.dumps(record, indent=2) + "\n")
+    atomic_write(Path(run_dir) / VALIDATION_DIR / "prompts.json", json.dumps(record, indent=2) + "\n")
     write_image(Path(run_dir) / VALIDATION_DIR / f"step-{step:07d}.png", grid)
     return grid

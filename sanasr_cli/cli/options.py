@@ -1,0 +1,63 @@
+"""Options every command shares, declared once (flag, default, usual help), and the one progress-bar factory.
+
+    device: str = options.device("auto, cpu, cuda, cuda:N (model and metrics).")
+    seed: int = options.SEED
+
+A command passes its own help when the option means something particular to it (e.g. what `--seed` seeds);
+the flag name and the default stay the ones declared here. Prompt-rule options are in `prompt_options`.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from sanasr_cli.cli.common import console
+
+DEVICE_HELP = "auto, cpu, cuda, cuda:N."
+PRECISION_HELP = "auto (bf16 on CUDA, fp32 on CPU), fp32, fp16, bf16."
+BASE_HELP = "Hub id or local folder of the SANA base, if not the recorded one."
+SEED_HELP = "Seed of random-weight presets (tiny)."
+PROMPT_HELP = "Extra words put before the tags and the quality template."
+
+
+def device(help: str = DEVICE_HELP, default: str = "auto", **kwargs):
+    return typer.Option(default, "--device", help=help, **kwargs)
+
+
+def precision(help: str = PRECISION_HELP, default: str = "auto", **kwargs):
+    return typer.Option(default, "--precision", help=help, **kwargs)
+
+
+def base(help: str = BASE_HELP, **kwargs):
+    return typer.Option(None, "--base", help=help, **kwargs)
+
+
+def seed(help: str = SEED_HELP, default: int = 0, **kwargs):
+    return typer.Option(default, "--seed", help=help, **kwargs)
+
+
+def prompt(help: str = PROMPT_HELP):
+    return typer.Option(None, "--prompt", help=help, rich_help_panel="Prompt")
+
+
+DEVICE, PRECISION, BASE, SEED, PROMPT = device(), precision(), base(), seed(), prompt()
+
+
+def progress_bar(
+    label: str, *, show: bool = True, remaining: bool = False, description: bool = True, transient: bool = False
+) -> Progress:
+    """The bar of every command: `label`, bar, done/total, elapsed (and remaining), the task's description."""
+    columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if remaining:
+        columns.append(TimeRemainingColumn())
+    if description:
+        columns.append(TextColumn("{task.description}"))
+    return Progress(*columns, console=console, disable=not show, transient=transient)

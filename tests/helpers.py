@@ -1,0 +1,87 @@
+"""What many test files share: photo-like images and folders of them, the tiny `train` arguments, and running the
+CLI in-process. Fixtures stay in conftest.py (which re-exports REPO_ROOT and make_photo_like from here)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# `sanasr train` on the tiny preset, small and offline: 16 px crops, rank-4 LoRA, a random LPIPS backbone, no
+# data workers, fp32. Add the run's own flags (--hq, -o, --max-steps, ...).
+TINY_TRAIN = [
+    "--model", "tiny", "--crop", "16", "--batch-size", "2", "--lora-rank", "4", "--lora-alpha", "4",
+    "--perceptual-backbone", "random", "--num-workers", "0", "--precision", "fp32",
+]  # fmt: skip
+
+runner = CliRunner()
+
+
+def make_photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth, textured uint8 RGB image (gradients + sinusoids + mild noise), closer to a photo than noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = []
+    for _ in range(3):
+        f1, f2 = rng.uniform(0.02, 0.2, size=2)
+        ph = rng.uniform(0, 6.28)
+        ch = 0.5 + 0.25 * np.sin(xx * f1 + ph) * np.cos(yy * f2) + 0.2 * (xx / max(width, 1) - 0.5)
+        channels.append(ch)
+    img = np.stack(channels, -1) + rng.normal(0, 0.02, (height, width, 3))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def save_photo(path: Path, h: int = 8, w: int = 8, seed: int = 0, fmt: str | None = None) -> Path:
+    """A photo-like h x w image saved at `path` (parent folders made); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(make_photo_like(h, w, seed)).save(path, format=fmt)
+    return path
+
+
+def photo_folder(folder: Path, n: int, size: tuple[int, int] = (40, 48), seed: int = 0, prefix: str = "img") -> Path:
+    """`folder` with n photo-like PNGs <prefix>0.png ... of size (h, w), seeds seed, seed + 1, ..."""
+    for i in range(n):
+        save_photo(Path(folder) / f"{prefix}{i}.png", size[0], size[1], seed + i)
+    return Path(folder)
+
+
+def invoke(*args):
+    """`sanasr ARGS` in-process (arguments as strings); the click Result."""
+    from sanasr_cli.cli import app
+
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def run(*args):
+    """`invoke`, asserting nothing escaped as a traceback (only exits)."""
+    result = invoke(*args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    return result
+
+
+def one_error_line(result) -> str:
+    """The one `error:` line of a result (asserting there is exactly one)."""
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def snapshot(root) -> dict:
+    """{relative path: bytes (or link target)} of everything under root, links not followed."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, root)
+            if os.path.islink(p):
+                out[rel] = ("link", os.readlink(p))
+            elif os.path.isfile(p):
+                out[rel] = open(p, "rb").read()
+    return out

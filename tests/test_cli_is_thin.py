@@ -1,0 +1,48 @@
+"""Issue 14: every command is a thin face of the library. No function under sanasr_cli/cli/ is longer than 60
+lines (signature and docstring included), and the options every command shares (--device, --precision, --base,
+--seed, --prompt) are declared in one module (cli/options.py), as is the progress bar."""
+
+import ast
+import re
+from pathlib import Path
+
+from tests.helpers import REPO_ROOT
+
+CLI = REPO_ROOT / "sanasr_cli" / "cli"
+MAX_LINES = 60
+SHARED_FLAGS = ("--device", "--precision", "--base", "--seed", "--prompt")
+
+
+def _functions(path: Path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+
+
+def test_no_cli_function_is_longer_than_60_lines():
+    long = [
+        f"{path.relative_to(REPO_ROOT)}:{fn.lineno} {fn.name} ({fn.end_lineno - fn.lineno + 1} lines)"
+        for path in sorted(CLI.glob("*.py"))
+        for fn in _functions(path)
+        if fn.end_lineno - fn.lineno + 1 > MAX_LINES
+    ]
+    assert long == []
+
+
+def _option_flags(path: Path) -> set[str]:
+    """The flags of every typer.Option(...) call in the module."""
+    flags = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "Option":
+            flags |= {a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)}
+    return flags
+
+
+def test_shared_options_and_the_progress_bar_are_declared_once():
+    for path in sorted(CLI.glob("*.py")):
+        if path.name == "options.py":
+            continue
+        assert not [f for f in SHARED_FLAGS if f in _option_flags(path)], path.name
+        assert not re.search(r"\bProgress\(", path.read_text(encoding="utf-8")), f"{path.name}: use progress_bar"
+    assert set(SHARED_FLAGS) <= _option_flags(CLI / "options.py")
