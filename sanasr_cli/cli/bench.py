@@ -14,12 +14,13 @@ from sanasr_cli.cli.common import (
     check_report_paths,
     console,
     fail,
+    full_vae_option,
     quiet_libraries,
     resolve_device,
     resolve_precision,
 )
 
-COMPARABLE = ("osediff", "full-prompt")  # as sanasr_cli.evaluation.bench.COMPARABLE (kept light: --help)
+COMPARABLE = ("osediff", "full-prompt", "full-vae")  # as sanasr_cli.evaluation.bench.COMPARABLE (kept light: --help)
 
 
 def _fmt(x, scale=1.0) -> str:
@@ -115,7 +116,9 @@ def bench(
         "--compare",
         help="Also measure another pipeline in the same run and report ratios (latency: median of per-round "
         "ratios, timed interleaved): osediff (SD-2.1 UNet + SD VAE, random weights), full-prompt (the full-length "
-        "padded prompt encode and all text positions, i.e. before the prefix reuse). Repeatable.",
+        "padded prompt encode and all text positions, i.e. before the prefix reuse), full-vae (the same model with "
+        "the teacher DC-AE instead of its distilled students), or another model by name (e.g. sana-600m-512). "
+        "Repeatable.",
     ),
     latency: str = typer.Option(
         "auto", "--latency", help="auto (on CUDA, or on CPU for pipelines under 5 GMACs per image), on, off."
@@ -145,6 +148,7 @@ def bench(
     tagger_model: str = typer.Option(
         None, "--tagger-model", help="CLIP hub id or local folder for --tagger clip (default: ViT-B/32)."
     ),
+    full_vae: bool = full_vae_option(),
 ):
     """Measure parameters, MACs, latency and peak memory of each part (VAE encode, text encoder, transformer,
     VAE decode) and end to end.
@@ -161,11 +165,12 @@ def bench(
     was not measured.
     """
     from sanasr_cli.errors import MissingWeightsError, ModelDirError
-    from sanasr_cli.evaluation.bench import BenchOptions, run_bench
+    from sanasr_cli.evaluation.bench import BenchOptions, comparable_models, run_bench
 
-    unknown = [c for c in compare if c not in COMPARABLE]
+    known = (*COMPARABLE, *comparable_models())
+    unknown = [c for c in compare if c not in known]
     if unknown:
-        raise fail(f"unknown --compare {', '.join(unknown)}; known: {', '.join(COMPARABLE)}", EXIT_USAGE)
+        raise fail(f"unknown --compare {', '.join(unknown)}; known: {', '.join(known)}", EXIT_USAGE)
     if latency not in ("auto", "on", "off"):
         raise fail(f"--latency must be auto, on or off (got '{latency}')", EXIT_USAGE)
     bad = [s for s in sizes if s < 32]
@@ -189,6 +194,7 @@ def bench(
         seed=seed,
         tagger=tagger,
         tagger_model=tagger_model,
+        full_vae=full_vae,
     )
     def progress(msg: str) -> None:  # plain lines on stderr: visible in logs and pipes, not only on a TTY
         console.print(f"bench: {msg} ...", highlight=False)

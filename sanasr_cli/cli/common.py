@@ -125,3 +125,13 @@ def check_report_paths(*flags: tuple[str, str | Path | None]) -> None:
             check_output_file(path, flag)
     except SanaSRError as e:
         raise fail(str(e), EXIT_USAGE) from None
+
+
+def full_vae_option():
+    """The shared `--full-vae` flag (upscale, eval, bench, prune): ignore a model's distilled students."""
+    return typer.Option(
+        False,
+        "--full-vae",
+        help="Ignore the model's distilled VAE students (encoder/, decoder/ from `sanasr distill`) and run the "
+        "teacher DC-AE.",
+    )

@@ -120,8 +120,11 @@ class Pipeline:
         return sum(p.numel() for q in parts for m in self.modules[q] for p in m.parameters())
 
 
-def sana_pipeline(model, full_prompt: bool = False) -> Pipeline:
+def sana_pipeline(model, full_prompt: bool = False, full_vae: bool = False, name: str | None = None) -> Pipeline:
     """Parts of a SanaSR (see sanasr_cli.models.sanasr.SanaSR.restore, which end_to_end follows).
+
+    Distilled students (models/students.py) replace the VAE parts: the student encoder reads the LQ image
+    (size / 4), the light decoder decodes. full_vae: the teacher VAE instead (`--compare full-vae`).
 
     As inference runs it: the instruction prefix's KV cache reused, the prompt's own tokens through the text
     encoder, the transformer given the text positions the prompt needs. full_prompt: the padded full-length
@@ -130,6 +133,8 @@ def sana_pipeline(model, full_prompt: bool = False) -> Pipeline:
     from sanasr_cli.models.text_encoder import trim_text_positions
 
     codec, prompts, restorer = model.codec, model.prompts, model.restorer
+    if full_vae:
+        codec = codec.without_students()
     f, c = codec.factor, codec.latent_channels
     reuse = not full_prompt
 
@@ -149,35 +154,47 @@ def sana_pipeline(model, full_prompt: bool = False) -> Pipeline:
             "mask": mask.to(device),
             "embeds": torch.zeros(batch, mask.shape[1], caption, device=device, dtype=dtype),
             "latents": torch.zeros(batch, c, latent, latent, device=device, dtype=dtype),
+            "lq": torch.rand(batch, 3, size // 4, size // 4, device=device)
+            if device.type != "meta"
+            else torch.empty(batch, 3, size // 4, size // 4, device=device),
         }
+
+    def encode(i):
+        if codec.encodes_lq:  # the student reads the LQ image at its own resolution
+            return codec.encode_lq(codec.pad_lq(i["lq"]))
+        return codec.encode_padded(i["image"])
 
     def end_to_end(i):
         h, w = i["image"].shape[-2:]
-        return codec.crop(
-            codec.decode(restorer(codec.encode_padded(i["image"]), i["embeds"], i["mask"])), h, w
-        )
+        return codec.crop(codec.decode(restorer(encode(i), i["embeds"], i["mask"])), h, w)
 
     prefix = f"instruction prefix reused, {len(prompts.prefix_ids)} tokens once per process" if (
         reuse and prompts.complex_human_instruction
     ) else "full-length padded encode"
+    students = [
+        what
+        for what, m in (("student encoder (reads the LQ)", codec.lq_encoder), ("light decoder", codec.light_decoder))
+        if m is not None
+    ]
     return Pipeline(
-        name="full-prompt" if full_prompt else "sanasr",
+        name=name or ("full-prompt" if full_prompt else "full-vae" if full_vae else "sanasr"),
         modules={
-            "vae_encode": [codec.vae.encoder],
+            "vae_encode": [codec.lq_encoder or codec.vae.encoder],
             "text_encoder": [prompts.text_encoder],
             "transformer": [restorer.transformer],
-            "vae_decode": [codec.vae.decoder],
+            "vae_decode": [codec.light_decoder or codec.vae.decoder],
         },
         make_inputs=make_inputs,
         run={
-            "vae_encode": lambda i: codec.encode_padded(i["image"]),
+            "vae_encode": encode,
             "text_encoder": lambda i: prompts.run_encoder(i["prompts"], reuse_prefix=reuse),
             "transformer": lambda i: restorer(i["latents"], i["embeds"], i["mask"]),
             "vae_decode": lambda i: codec.decode(i["latents"]),
             "end_to_end": end_to_end,
         },
         size_multiple=f,
-        description=f"SANA-SR ({model.description.base_preset}): DC-AE encode, LinearDiT one step (Eq. 4), "
+        description=f"SANA-SR ({model.description.base_preset}"
+        f"{', distilled ' + ' and '.join(students) if students else ''}): DC-AE encode, LinearDiT one step (Eq. 4), "
         f"DC-AE decode; text encoder separate, per distinct prompt of 30 words ({prefix}; the transformer "
         f"attends over {'the text positions the prompt needs' if reuse else f'all {prompts.max_length}'})",
         once={"text_encoder_prefix": lambda: prompts.prefix_state(refresh=True)} if reuse else {},
@@ -255,6 +272,7 @@ def build_sanasr(
     random_weights: bool = False,
     base: str | None = None,
     seed: int = 0,
+    full_vae: bool = False,
 ):
     """A SanaSR for measuring. On the meta device, or with random weights, the modules are built directly on
     `device` with the same builders `load_model` uses (no CPU detour for a real-size model, no download); the
@@ -267,6 +285,7 @@ def build_sanasr(
         build_random_text,
         build_random_transformer,
         build_random_vae,
+        build_students,
         load_model,
         resolve_model,
     )
@@ -274,7 +293,7 @@ def build_sanasr(
     device = torch.device(device)
     description, folder = resolve_model(spec, base=base, random_weights=random_weights, seed=seed)
     if device.type != "meta" and not (random_weights or description.random_weights):
-        return load_model(spec, device=device, dtype=dtype, base=base, seed=seed)
+        return load_model(spec, device=device, dtype=dtype, base=base, seed=seed, full_vae=full_vae)
 
     from diffusers import SanaTransformer2DModel
 
@@ -292,9 +311,10 @@ def build_sanasr(
             transformer.add_adapter(LoraConfig.from_pretrained(str(folder / description.adapter)))
         vae = build_random_vae(preset, seed_)
         tokenizer, text_encoder = build_random_text(preset, seed_)
+    students = build_students(description, folder, preset, vae, dtype, full_vae, device=device, random_weights=True)
     for m in (transformer, vae, text_encoder):
         m.to(dtype=dtype).eval().requires_grad_(False)
-    return assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder)
+    return assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder, students)
 
 
 # ---------------------------------------------------------------- measuring
@@ -473,6 +493,7 @@ class BenchOptions:
     seed: int = 0
     tagger: str = "none"  # none | clip: the prompt tagger Pi, reported as its own line
     tagger_model: str | None = None  # CLIP hub id or local folder (default: the clip tagger's default)
+    full_vae: bool = False  # ignore distilled students: count the teacher VAE
 
 
 def tagger_cost(options: BenchOptions, device: torch.device) -> dict | None:
@@ -544,23 +565,39 @@ def _latency_decision(mode: str, device: torch.device, gmacs_per_image: float) -
     )
 
 
-COMPARABLE = ("osediff", "full-prompt")
+COMPARABLE = ("osediff", "full-prompt", "full-vae")
+
+
+def comparable_models() -> tuple[str, ...]:
+    """Other SANA-SR models `--compare` accepts by name (presets and shipped models), beside COMPARABLE."""
+    from sanasr_cli.models.presets import PRESETS, SHIPPED_MODELS, SHIPPED_STUDENTS
+
+    return (*PRESETS, *SHIPPED_MODELS, *SHIPPED_STUDENTS)
 
 
 def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] | None = None) -> list[dict]:
     """Measure `spec` (and each pipeline in options.compare) at every size; one JSON-ready dict per size."""
     step = on_step or (lambda _msg: None)
     device = torch.device(options.device)
-    unknown = [c for c in options.compare if c not in COMPARABLE]
+    known = (*COMPARABLE, *comparable_models())
+    unknown = [c for c in options.compare if c not in known]
     if unknown:
-        raise ValueError(f"unknown --compare {', '.join(unknown)}; known: {', '.join(COMPARABLE)}")
+        raise ValueError(f"unknown --compare {', '.join(unknown)}; known: {', '.join(known)}")
     step("building the pipelines on the meta device")
-    meta_model = build_sanasr(spec, "meta", random_weights=True, base=options.base, seed=options.seed)
+    meta_model = build_sanasr(
+        spec, "meta", random_weights=True, base=options.base, seed=options.seed, full_vae=options.full_vae
+    )
 
     def build(name: str, device, model=None) -> Pipeline:
         if name == "osediff":
             return osediff_pipeline(device, options.dtype, options.seed)
-        return sana_pipeline(model, full_prompt=name == "full-prompt")
+        if name in COMPARABLE:
+            return sana_pipeline(model, full_prompt=name == "full-prompt", full_vae=name == "full-vae")
+        meta = torch.device(device).type == "meta"  # another SANA-SR model by name (e.g. the unpruned preset)
+        other = build_sanasr(
+            name, device, options.dtype, meta or options.random_weights, options.base, options.seed
+        )
+        return sana_pipeline(other, name=name)
 
     meta_ours = sana_pipeline(meta_model)
     meta_other = {name: build(name, "meta", meta_model) for name in options.compare}
@@ -592,7 +629,8 @@ def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] |
                 step(f"building {name} on {device} for latency")
                 if name != "osediff" and real_model is None:
                     real_model = build_sanasr(
-                        spec, device, options.dtype, options.random_weights, options.base, options.seed
+                        spec, device, options.dtype, options.random_weights, options.base, options.seed,
+                        options.full_vae,
                     )
                 real[name] = build(name, device, real_model)
         if timed:
