@@ -19,6 +19,7 @@ from sanasr_cli.cli.common import (
     check_report_paths,
     console,
     fail,
+    full_vae_option,
     quiet_libraries,
     resolve_device,
     resolve_precision,
@@ -139,6 +140,7 @@ def eval_command(
         help="Extra words put before the tags and the quality template (when a model runs).",
         rich_help_panel="Prompt",
     ),
+    full_vae: bool = full_vae_option(),
 ):
     """Score super-resolved images with pyiqa metrics, stating exactly what was computed.
 
@@ -252,7 +254,7 @@ def eval_command(
             dtype = resolve_precision(precision, dev)
             with console.status(f"loading model {model} on {dev} ..."):
                 try:
-                    sr_model = load_model(model, device=dev, dtype=dtype, base=base, seed=seed)
+                    sr_model = load_model(model, device=dev, dtype=dtype, base=base, seed=seed, full_vae=full_vae)
                 except ModelDirError as e:
                     raise fail(str(e), EXIT_USAGE) from None
                 except MissingWeightsError as e:

@@ -13,6 +13,7 @@ from sanasr_cli.cli.common import (
     check_model_output,
     console,
     fail,
+    full_vae_option,
     quiet_libraries,
     resolve_device,
     resolve_precision,
@@ -91,6 +92,7 @@ def prune(
     tag_vocab: Path = po.TAG_VOCAB,
     template: str = po.TEMPLATE,
     tag_cache: str = po.TAG_CACHE,
+    full_vae: bool = full_vae_option(),
 ):
     """Remove LinearDiT blocks down to a parameter budget, keeping the most salient ones.
 
@@ -154,7 +156,7 @@ def prune(
 
     with console.status(f"loading {model_dir} on {dev} ..."):
         try:
-            model = load_model(model_dir, device=dev, dtype=dtype, base=base, seed=seed)
+            model = load_model(model_dir, device=dev, dtype=dtype, base=base, seed=seed, full_vae=full_vae)
         except ModelDirError as e:
             raise fail(str(e), EXIT_USAGE) from None
         except MissingWeightsError as e:

@@ -16,6 +16,7 @@ from sanasr_cli.cli.common import (
     check_report_paths,
     console,
     fail,
+    full_vae_option,
     quiet_libraries,
     resolve_device,
     resolve_precision,
@@ -114,6 +115,7 @@ def upscale(
     seed: int = typer.Option(
         0, "--seed", help="Seed of random-weight presets (tiny); inference is deterministic."
     ),
+    full_vae: bool = full_vae_option(),
 ):
     """Super-resolve INPUT (a file or a folder) into OUTDIR.
 
@@ -195,7 +197,7 @@ def upscale(
         try:
             from sanasr_cli.models.sanasr import load_model
 
-            sr_model = load_model(model, device=dev, dtype=dtype, base=base, seed=seed)
+            sr_model = load_model(model, device=dev, dtype=dtype, base=base, seed=seed, full_vae=full_vae)
         except ModelDirError as e:
             raise fail(str(e), EXIT_USAGE) from None
         except MissingWeightsError as e:
