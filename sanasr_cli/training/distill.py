@@ -305,6 +305,7 @@ def distill(
     out = Path(config.output)
     if out.exists() and not config.overwrite:
         raise DistillConfigError(f"{out} already exists (pass --overwrite to replace it)")
+    ckpt = find_resume(config)  # a bad --resume is refused before any work
     # 1. model, teacher, data
     model = load_model(config.model, device=device, base=config.base)
     if config.crop % model.codec.factor:
@@ -319,7 +320,6 @@ def distill(
     run = config.run
     run.mkdir(parents=True, exist_ok=True)
     clean_staging(run)
-    ckpt = find_resume(config)
     vae_cfg = model.codec.vae.config
     cfg = student_config(config.kind, vae_cfg, model.description.base_preset, config.student)
     student = build_student(config.kind, cfg, seed=config.seed).to(device)
