@@ -144,6 +144,9 @@ def test_cli_upscale_and_python_api_use_the_students_full_vae_does_not(distilled
     assert students.shape == teacher.shape == (3, 48, 40) and not torch.equal(students, teacher)
     api = SanaSRPipeline.from_pretrained(both)(read_image(src / "a.png")[0], color_fix="none", output_type="pt")
     assert torch.allclose((api.images[0] * 255).round() / 255, students, atol=1.5 / 255)
+    full = SanaSRPipeline.from_pretrained(both, full_vae=True)(read_image(src / "a.png")[0], color_fix="none",
+                                                               output_type="pt")  # fmt: skip
+    assert torch.allclose((full.images[0] * 255).round() / 255, teacher, atol=1.5 / 255)
 
 
 def test_bench_counts_the_students_and_compares_the_full_vae(distilled):
