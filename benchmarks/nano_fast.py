@@ -142,9 +142,69 @@ def stage_measure(work: Path, seed: int = 0) -> dict:
         encode_decode_macs_ratio=round(nano["macs"]["encode_decode_gmacs"] / fast["macs"]["encode_decode_gmacs"], 3),
     )
     (NANO_FAST_DIR / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (NANO_FAST_DIR / "README.md").write_text(model_card(report))
     log(f"measure: {json.dumps(report['summary'])}")
     print(markdown(report))
     return report
+
+
+def model_card(report: dict) -> str:
+    """models/nano_fast/README.md, written by the measure stage from report.json and the distill records."""
+    distill = json.loads((NANO_FAST_DIR / "distill.json").read_text())
+    s = report["summary"]
+    size = sum(p.stat().st_size for k in ("encoder", "decoder") for p in (NANO_FAST_DIR / k).rglob("*") if p.is_file())
+    rows = []
+    for kind in ("encoder", "decoder"):
+        d = distill[kind]
+        cfg = json.loads((NANO_FAST_DIR / kind / "config.json").read_text())
+        rows.append(
+            f"| {kind} | {cfg['_class_name']}: stages {cfg['block_out_channels']} x {cfg['layers_per_block']} "
+            f"{'/'.join(cfg['block_types'])}, {d['params']:,} parameters | {d['loss']} | {d['steps']} steps, batch "
+            f"{d['batch_size']}, {d['crop']}px HQ crops, AdamW {d['lr']} | {d['first_loss']:.5f} -> "
+            f"{d['final_loss']:.5f} | {d['validation_psnr_vs_teacher']:.2f} dB |"
+        )
+    ok = s["gain_gap_db"] >= -0.3 and s["encode_decode_macs_ratio"] >= 4
+    return f"""# nano-fast: nano with distilled students of its DC-AE
+
+`--model nano-fast` = the shipped `nano` (its base, its SR transformer) plus the two students in this folder
+({size / 1024:.0f} KB of safetensors): `encoder/` reads the LQ image at its own resolution and predicts nano's latent
+z_L = E(bicubic_x4(x_L)); `decoder/` replaces nano's DC-AE decoder. Both are diffusers-style folders built from
+diffusers' own DC-AE blocks (`sanasr_cli/models/students.py`). `--full-vae` runs nano's own DC-AE instead.
+Because only the students ship here, nano-fast follows nano's SR transformer: after nano is retrained, rerun
+`python benchmarks/nano_fast.py --stage measure` (this card and report.json are rewritten; if the gap below
+widened, also rerun the decoder stage, whose z_hat came from the nano SR transformer of its day).
+
+## Recipe
+
+`python benchmarks/nano_fast.py --work runs/nano_fast --threads 1` on a 2-core x86-64 CPU, fp32, seed 0; nano's
+12 train photos only (benchmarks/nano_recipe.py PHOTOS), Real-ESRGAN degradation online; the decoder is distilled
+from the encoder stage's model, so its z_hat is nano's restoration of the *student* encoder's z_L.
+
+| student | architecture | loss | settings | loss first -> last | student vs teacher on 4 validation crops (RGB PSNR) |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+The encoder's validation PSNR compares the teacher decoder's images of the student and the teacher latents; the
+decoder's compares the student's and the teacher's images of the same latents. No LPIPS (no VGG weights offline).
+
+## Measured on nano's 4 held-out photos ({report['machine']})
+
+Degraded with the Real-ESRGAN pipeline (fixed seed per file), upscaled x4 without colour fix, 8-bit, Y-PSNR by
+pyiqa, exactly as `benchmarks/nano_quality.py` scores nano. MACs: FlopCounterMode on the meta device, batch 1, as
+`sanasr bench` counts, at {report['macs_size']}x{report['macs_size']} output.
+
+{markdown(report)}
+- median gain over bicubic: nano {s['nano_gain_db']:+.3f} dB, nano-fast {s['nano_fast_gain_db']:+.3f} dB: gap
+  **{s['gain_gap_db']:+.3f} dB** (with upscale's wavelet colour fix: {s['gain_gap_wavelet_db']:+.3f} dB); the issue
+  asks for the gap to be within 0.3 dB
+- encode + decode MACs: **{s['encode_decode_macs_ratio']:.2f}x lower** than nano's (the issue asks for 4x)
+- {'both targets met' if ok else 'NOT MET: see the numbers above'}; on the CI test's three held-out crops
+  (tests/data/nano_heldout) the gap is {s['ci_gain_gap_db']:+.3f} dB, nano-fast's gain
+  {s['nano_fast_ci_gain_db']:+.3f} dB (tests/test_nano_fast.py holds it to 0.4 dB and reproduces it to 0.05 dB)
+
+Neither model beats bicubic yet (nano's own status, its model card): nano-fast keeps nano's quality at a
+fraction of the autoencoder's cost; it does not add any.
+"""
 
 
 def markdown(report: dict) -> str:
