@@ -121,6 +121,10 @@ def test_upscale_runs_the_students_on_the_lq_and_tiles_in_lq_pixels(distilled):
         tiled = upscale_tensor(model, lq, "clean", tile=32, color_fix="none")
     assert whole.shape == tiled.shape == (3, 52, 68)
     assert torch.allclose(whole, by_hand, atol=1e-5)
+    from sanasr_cli.data.resample import upsample_bicubic
+
+    restored = model.restore(upsample_bicubic(lq[None], 4), ["clean"], lq=lq[None])  # SanaSR.restore reads the LQ
+    assert torch.allclose(restored[0], by_hand, atol=1e-5)
     # untrained random students: only a loose agreement here (measured 18.4 dB; the teacher path 25.9 dB); the
     # trained nano-fast is held to nano's own tiling agreement in tests/test_nano_fast.py
     assert float(10 * torch.log10(1 / torch.mean((tiled - whole) ** 2))) > 15
@@ -222,3 +226,18 @@ def test_a_damaged_or_mismatched_student_is_one_line_exit_2(distilled, tmp_path)
         shutil.copytree(NANO_FAST_DIR / "encoder", wrong / "encoder")
         r = _cli("upscale", src, "-o", tmp_path / "o2", "--model", wrong)
         assert r.exit_code == 2 and "distilled for a VAE of factor 4" in " ".join(r.output.split()), r.output
+
+
+def test_a_student_entry_must_name_a_sub_folder(distilled, tmp_path):
+    import shutil
+
+    from sanasr_cli.errors import ModelDirError
+    from sanasr_cli.models.description import ModelDescription
+
+    bad = tmp_path / "bad"
+    shutil.copytree(distilled[1], bad)
+    desc = json.loads((bad / "sanasr.json").read_text())
+    desc["encoder"] = "../enc/encoder"
+    (bad / "sanasr.json").write_text(json.dumps(desc))
+    with pytest.raises(ModelDirError, match="'encoder' must name a sub-folder"):
+        ModelDescription.load(bad)
