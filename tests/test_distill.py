@@ -169,6 +169,11 @@ def test_bench_counts_the_students_and_compares_the_full_vae(distilled):
     assert "distilled" in report["pipeline"]
     (teacher,) = run_bench(str(both), BenchOptions(sizes=(64,), latency="off", full_vae=True))
     assert teacher["end_to_end"]["macs"] == full["end_to_end"]["macs"]
+    # timed side by side with its teacher-VAE variant and another model by name (the latency path builds them all)
+    opts = BenchOptions(sizes=(32,), latency="on", warmup=0, repeats=1, compare=("full-vae", "tiny"))
+    (timed,) = run_bench(str(both), opts)
+    assert timed["end_to_end"]["latency_ms"] > 0
+    assert all(timed["compare"][n]["end_to_end"]["latency_ms"] > 0 for n in ("full-vae", "tiny"))
 
 
 def test_students_travel_with_a_saved_model_dir(distilled, tmp_path):

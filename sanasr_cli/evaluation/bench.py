@@ -591,7 +591,7 @@ def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] |
     def build(name: str, device, model=None) -> Pipeline:
         if name == "osediff":
             return osediff_pipeline(device, options.dtype, options.seed)
-        if name in COMPARABLE:
+        if name == "sanasr" or name in COMPARABLE:  # the measured model itself, or a variant of it
             return sana_pipeline(model, full_prompt=name == "full-prompt", full_vae=name == "full-vae")
         meta = torch.device(device).type == "meta"  # another SANA-SR model by name (e.g. the unpruned preset)
         other = build_sanasr(

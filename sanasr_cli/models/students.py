@@ -154,9 +154,10 @@ STUDENT_CONFIGS: dict[str, dict[str, dict]] = {
             attention_head_dim=8,
         ),
     },
-    # SANA DC-AE f32c32 (counted only, random weights: see README "Distilling the real DC-AE"). The teacher's cost is
+    # SANA DC-AE f32c32 (counted only, random weights: see README "Distilling the DC-AE"). The teacher's cost is
     # its wide full-resolution stages (128 channels at 512^2, 256 at 256^2, 512 at 128^2, 3 layers each); the
-    # students keep its deep EfficientViT stages (512 / 1024 channels at 1/16 and 1/32) and thin the others.
+    # students keep EfficientViT stages at 1/16 and 1/32 of the output (the decoder's at the teacher's 1024 channels)
+    # and thin the high-resolution ones.
     # Encoder: reads the 128^2 LQ of a 512^2 output, 3 downsamplings to the 16^2 latent (no x4 image formed).
     "sana-600m-512": {
         "encoder": dict(

@@ -315,7 +315,7 @@ def distill(
     degrader = RealESRGANDegrader()
     g = torch.Generator().manual_seed(config.seed)
     val_hq = centre_crops(images, config.crop, VALIDATION_CROPS).to(device)
-    val_lq = degrader(val_hq, torch.Generator(device=device.type).manual_seed(config.seed + 1))
+    val_lq = degrader(val_hq, torch.Generator().manual_seed(config.seed + 1))
     # 2. student: fresh or resumed
     run = config.run
     run.mkdir(parents=True, exist_ok=True)
