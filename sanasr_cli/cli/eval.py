@@ -129,6 +129,7 @@ def eval_command(
     template: str = po.TEMPLATE,
     tag_cache: str = po.TAG_CACHE,
     prompt: str = opt.prompt("Extra words put before the tags and the quality template (when a model runs)."),
+    full_vae: bool = opt.FULL_VAE,
 ):
     """Score super-resolved images with pyiqa metrics, stating exactly what was computed.
 
@@ -243,7 +244,7 @@ def _model_run(f, pairs):
 
     dtype = resolve_precision(f.precision, f.dev)
     status = f"loading model {f.model} on {f.dev} ..."
-    sr_model = load_model_or_fail(f.model, f.dev, dtype, f.base, f.seed, status)
+    sr_model = load_model_or_fail(f.model, f.dev, dtype, f.base, f.seed, status, f.full_vae)
     if sr_model.description.random_weights:
         console.print(
             f"[yellow]note:[/] '{f.model}' has random (untrained) weights: scores show the pipeline, not SR quality."

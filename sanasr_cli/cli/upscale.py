@@ -106,6 +106,7 @@ def upscale(
     device: str = opt.device("auto, cpu, cuda, cuda:N (under accelerate: its device)."),
     precision: str = opt.PRECISION,
     seed: int = opt.seed("Seed of random-weight presets (tiny); inference is deterministic."),
+    full_vae: bool = opt.FULL_VAE,
 ):
     """Super-resolve INPUT (a file or a folder) into OUTDIR.
 
@@ -199,7 +200,7 @@ def _load_model(f):
     quiet_libraries()
     is_main = f.rank == 0
     status = f"loading model {f.model} on {f.dev} ..." if is_main else None
-    sr_model = load_model_or_fail(f.model, f.dev, f.dtype, f.base, f.seed, status)
+    sr_model = load_model_or_fail(f.model, f.dev, f.dtype, f.base, f.seed, status, f.full_vae)
     if sr_model.description.random_weights and is_main:
         console.print(
             f"[yellow]note:[/] '{f.model}' has random (untrained) weights: outputs show the pipeline, "

@@ -92,8 +92,11 @@ class Pipeline:
         return sum(p.numel() for q in parts for m in self.modules[q] for p in m.parameters())
 
 
-def sana_pipeline(model, full_prompt: bool = False) -> Pipeline:
+def sana_pipeline(model, full_prompt: bool = False, full_vae: bool = False, name: str | None = None) -> Pipeline:
     """Parts of a SanaSR (see sanasr_cli.models.sanasr.SanaSR.restore, which end_to_end follows).
+
+    Distilled students (models/students.py) replace the VAE parts: the student encoder reads the LQ image
+    (size / 4), the light decoder decodes. full_vae: the teacher VAE instead (`--compare full-vae`).
 
     As inference runs it: the instruction prefix's KV cache reused, the prompt's own tokens through the text
     encoder, the transformer given the text positions the prompt needs. full_prompt: the padded full-length
@@ -102,6 +105,8 @@ def sana_pipeline(model, full_prompt: bool = False) -> Pipeline:
     from sanasr_cli.models.text_encoder import trim_text_positions
 
     codec, prompts, restorer = model.codec, model.prompts, model.restorer
+    if full_vae:
+        codec = codec.without_students()
     f, c = codec.factor, codec.latent_channels
     reuse = not full_prompt
 
@@ -121,35 +126,47 @@ def sana_pipeline(model, full_prompt: bool = False) -> Pipeline:
             "mask": mask.to(device),
             "embeds": torch.zeros(batch, mask.shape[1], caption, device=device, dtype=dtype),
             "latents": torch.zeros(batch, c, latent, latent, device=device, dtype=dtype),
+            "lq": torch.rand(batch, 3, size // 4, size // 4, device=device)
+            if device.type != "meta"
+            else torch.empty(batch, 3, size // 4, size // 4, device=device),
         }
+
+    def encode(i):
+        if codec.encodes_lq:  # the student reads the LQ image at its own resolution
+            return codec.encode_lq(codec.pad_lq(i["lq"]))
+        return codec.encode_padded(i["image"])
 
     def end_to_end(i):
         h, w = i["image"].shape[-2:]
-        return codec.crop(
-            codec.decode(restorer(codec.encode_padded(i["image"]), i["embeds"], i["mask"])), h, w
-        )
+        return codec.crop(codec.decode(restorer(encode(i), i["embeds"], i["mask"])), h, w)
 
     prefix = f"instruction prefix reused, {len(prompts.prefix_ids)} tokens once per process" if (
         reuse and prompts.complex_human_instruction
     ) else "full-length padded encode"
+    students = [
+        what
+        for what, m in (("student encoder (reads the LQ)", codec.lq_encoder), ("light decoder", codec.light_decoder))
+        if m is not None
+    ]
     return Pipeline(
-        name="full-prompt" if full_prompt else "sanasr",
+        name=name or ("full-prompt" if full_prompt else "full-vae" if full_vae else "sanasr"),
         modules={
-            "vae_encode": [codec.vae.encoder],
+            "vae_encode": [codec.lq_encoder or codec.vae.encoder],
             "text_encoder": [prompts.text_encoder],
             "transformer": [restorer.transformer],
-            "vae_decode": [codec.vae.decoder],
+            "vae_decode": [codec.light_decoder or codec.vae.decoder],
         },
         make_inputs=make_inputs,
         run={
-            "vae_encode": lambda i: codec.encode_padded(i["image"]),
+            "vae_encode": encode,
             "text_encoder": lambda i: prompts.run_encoder(i["prompts"], reuse_prefix=reuse),
             "transformer": lambda i: restorer(i["latents"], i["embeds"], i["mask"]),
             "vae_decode": lambda i: codec.decode(i["latents"]),
             "end_to_end": end_to_end,
         },
         size_multiple=f,
-        description=f"SANA-SR ({model.description.base_preset}): DC-AE encode, LinearDiT one step (Eq. 4), "
+        description=f"SANA-SR ({model.description.base_preset}"
+        f"{', distilled ' + ' and '.join(students) if students else ''}): DC-AE encode, LinearDiT one step (Eq. 4), "
         f"DC-AE decode; text encoder separate, per distinct prompt of 30 words ({prefix}; the transformer "
         f"attends over {'the text positions the prompt needs' if reuse else f'all {prompts.max_length}'})",
         once={"text_encoder_prefix": lambda: prompts.prefix_state(refresh=True)} if reuse else {},
@@ -227,6 +244,7 @@ def build_sanasr(
     random_weights: bool = False,
     base: str | None = None,
     seed: int = 0,
+    full_vae: bool = False,
 ):
     """A SanaSR for measuring. On the meta device, or with random weights, the modules are built directly on
     `device` with the same builders `load_model` uses (no CPU detour for a real-size model, no download); the
@@ -239,6 +257,7 @@ def build_sanasr(
         build_random_text,
         build_random_transformer,
         build_random_vae,
+        build_students,
         load_model,
         resolve_model,
     )
@@ -246,7 +265,7 @@ def build_sanasr(
     device = torch.device(device)
     description, folder = resolve_model(spec, base=base, random_weights=random_weights, seed=seed)
     if device.type != "meta" and not (random_weights or description.random_weights):
-        return load_model(spec, device=device, dtype=dtype, base=base, seed=seed)
+        return load_model(spec, device=device, dtype=dtype, base=base, seed=seed, full_vae=full_vae)
 
     from diffusers import SanaTransformer2DModel
 
@@ -264,6 +283,7 @@ def build_sanasr(
             transformer.add_adapter(LoraConfig.from_pretrained(str(folder / description.adapter)))
         vae = build_random_vae(preset, seed_)
         tokenizer, text_encoder = build_random_text(preset, seed_)
+    students = build_students(description, folder, preset, vae, dtype, full_vae, device=device, random_weights=True)
     for m in (transformer, vae, text_encoder):
         m.to(dtype=dtype).eval().requires_grad_(False)
-    return assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder)
+    return assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder, students)

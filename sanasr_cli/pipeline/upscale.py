@@ -4,6 +4,7 @@ Per image, in stages:
   1. probe the header -> output path; skip when a complete output is already there (resume)
   2. read (any mode / bit depth, see data/io.py) and build the prompt (tagger + user prompt + template)
   3. restore at x4: bicubic x4 -> [tiled] DC-AE encode -> [tiled] LinearDiT step (Eq. 4) -> [tiled] decode,
+     (a distilled student encoder reads the LQ instead, a student decoder decodes: models/students.py)
      halving the tiles on out-of-memory
   4. colour fix against the bicubic input; resize to round(scale x size) when scale != 4 (the model is x4;
      like Real-ESRGAN's --outscale); alpha upscaled bicubically on its own and re-attached
@@ -45,6 +46,7 @@ from sanasr_cli.pipeline.tiling import (
     run_with_oom_retry,
     tiled_decode,
     tiled_encode,
+    tiled_encode_lq,
     tiled_latent_apply,
 )
 from sanasr_cli.prompts.rule import PromptRule, tag_files, tagger_from_rule
@@ -127,7 +129,10 @@ def restore_x4(
     codec = model.codec
     x = upsample_bicubic(lq.to(model.device), MODEL_SCALE)
     h, w = x.shape[-2:]
-    z_lq = tiled_encode(codec, codec.pad(x), plan.vae_tile, batch_size)
+    if codec.encodes_lq:  # a distilled student encoder reads the LQ at its own resolution
+        z_lq = tiled_encode_lq(codec, codec.pad_lq(lq.to(model.device)), plan.vae_tile, batch_size)
+    else:
+        z_lq = tiled_encode(codec, codec.pad(x), plan.vae_tile, batch_size)
     embeds, mask = model.prompts.encode_for_transformer(prompts)  # prefix reused, text positions trimmed
 
     def step(z: torch.Tensor) -> torch.Tensor:

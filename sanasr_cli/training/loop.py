@@ -127,8 +127,10 @@ def load_model_with_lora(config: TrainConfig, accelerator):
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
     )
+    # the paper's objective is defined on the teacher DC-AE: distilled students (encoder/, decoder/) are not used
     model = load_model(
-        config.model, device=accelerator.device, dtype=weight_dtype, base=config.base, seed=config.seed
+        config.model, device=accelerator.device, dtype=weight_dtype, base=config.base, seed=config.seed,
+        full_vae=True,
     )
     if model.description.adapter or getattr(model.transformer, "_hf_peft_config_loaded", False):
         raise ConfigError(
