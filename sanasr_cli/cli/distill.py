@@ -11,7 +11,9 @@ from sanasr_cli.cli.common import EXIT_USAGE, check_model_output, console, fail,
 
 distill_app = typer.Typer(
     help="Distil the frozen DC-AE into students: an encoder that reads the LQ image (encoder) and a light "
-    "decoder (decoder). OUT is MODEL plus the student; upscale, eval, bench and prune use it (--full-vae: not).",
+    "decoder (decoder). OUT is MODEL plus the student; upscale, eval, bench and prune use it (--full-vae: not). "
+    "Resumable (--resume auto); on several GPUs or processes: accelerate launch --multi_gpu --num_processes N "
+    "-m sanasr_cli distill ... (DDP: each process its own share of the HQ images; one writes).",
     no_args_is_help=True,
 )
 
@@ -32,19 +34,28 @@ def _run(kind: str, model: str, output: Path, hq: list[Path], **options) -> None
     progress = opt.progress_bar(f"distill {kind}")
     task = progress.add_task("loss -", total=config.steps)
 
+    def on_start(first: int, total: int) -> None:  # the main process only: one bar under accelerate launch
+        progress.update(task, completed=first)
+        progress.start()
+
     def on_step(step: int, total: int, loss: float) -> None:
         progress.update(task, completed=step, description=f"loss {loss:.5f}")
 
+    def on_message(text: str) -> None:
+        progress.console.print(text, highlight=False)
+
     try:
-        with progress:
-            result = distill(config, on_step=on_step, on_message=lambda m: progress.console.print(m, highlight=False))
+        result = distill(config, on_step=on_step, on_message=on_message, on_start=on_start)
     except (DistillConfigError, CheckpointError, DatasetError) as e:
         raise fail(str(e), EXIT_USAGE) from None
-    console.print(
-        f"{kind} student written into {result.output} ({result.steps} steps; student vs teacher "
-        f"{result.validation_psnr:.2f} dB on the validation crops; checkpoints in {config.run})",
-        highlight=False,
-    )
+    finally:
+        progress.stop()
+    if result.is_main:
+        console.print(
+            f"{kind} student written into {result.output} ({result.steps} steps; student vs teacher "
+            f"{result.validation_psnr:.2f} dB on the validation crops; checkpoints in {config.run})",
+            highlight=False,
+        )
 
 
 def _common(kind: str):
@@ -54,7 +65,7 @@ def _common(kind: str):
         output: Path = typer.Option(..., "-o", "--output", help="The model directory to write (MODEL + student)."),
         hq: list[Path] = typer.Option(..., "--hq", help="Folder of HQ training images (repeatable); LQ synthesised."),
         steps: int = typer.Option(2000, "--steps", help="Optimisation steps."),
-        batch_size: int = typer.Option(8, "--batch-size", help="Crops per step."),
+        batch_size: int = typer.Option(8, "--batch-size", help="Crops per step and process."),
         crop: int = typer.Option(64, "--crop", help="HQ crop side in pixels (a multiple of the VAE factor)."),
         lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate (warm-up, then cosine to lr/10)."),
         seed: int = opt.seed("Seed of the student, the crops and the degradations."),
@@ -63,7 +74,10 @@ def _common(kind: str):
         resume: str = typer.Option(
             "auto", "--resume", help="auto (newest checkpoint of the run folder), none, or a checkpoint folder."
         ),
-        device: str = opt.device("cpu, cuda, cuda:N.", default="cpu"),
+        device: str = opt.device(
+            "cpu, cuda (under accelerate launch: each process its own GPU), cuda:N (one process), auto.",
+            default="cpu",
+        ),
         base: str = opt.BASE,
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
     ):

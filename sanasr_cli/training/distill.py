@@ -43,6 +43,12 @@ from sanasr_cli.training.checkpoint import (
     list_checkpoints,
     restore_rng,
 )
+from sanasr_cli.training.distributed import (
+    check_replicas_in_sync,
+    make_accelerator,
+    raise_if_any_failed,
+    release_accelerator_state,
+)
 
 KINDS = ("encoder", "decoder")
 STATE = "state.json"
@@ -101,6 +107,7 @@ class DistillResult:
     validation_psnr: float | None
     seconds: float
     resumed_from: int | None
+    is_main: bool = True  # False on the other processes of an `accelerate launch` (they print nothing)
 
 
 # ---------------------------------------------------------------- data
@@ -192,11 +199,15 @@ def student_forward(student, kind: str, x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- checkpoints
 
 
-def save_distill_checkpoint(run: Path, step: int, student, optimizer, generator, history: list, extra: dict) -> Path:
-    """RUN/checkpoint-<step>/{student/, train/optimizer.pt, train/rng.safetensors, train/state.json}; staged."""
+def save_distill_checkpoint(
+    run: Path, step: int, student, optimizer, rng_per_rank: list[dict], history: list, extra: dict
+) -> Path:
+    """RUN/checkpoint-<step>/{student/, train/optimizer.pt, train/rng.safetensors, train/state.json}; staged.
+    Main process only; `rng_per_rank`: every process's `capture_rng` (gathered), stored as `train` stores them."""
     from safetensors.torch import save_file
 
     from sanasr_cli.safe_files import atomic_write, make_temp_dir, usual_file_modes
+    from sanasr_cli.training.checkpoint import _rng_files
 
     final = run / f"checkpoint-{step}"
     tmp = make_temp_dir(run, f".checkpoint-{step}.")
@@ -205,9 +216,9 @@ def save_distill_checkpoint(run: Path, step: int, student, optimizer, generator,
         usual_file_modes(tmp / "student")
         (tmp / "train").mkdir()
         torch.save(optimizer.state_dict(), tmp / "train" / "optimizer.pt")
-        rng = capture_rng({"data": generator})
-        save_file(rng["tensors"], str(tmp / "train" / "rng.safetensors"))
-        state = {"step": step, "history": history, "rng": rng["meta"], **extra}
+        tensors, rng_meta = _rng_files(rng_per_rank)
+        save_file(tensors, str(tmp / "train" / "rng.safetensors"))
+        state = {"step": step, "history": history, "rng": rng_meta, **extra}
         atomic_write(tmp / "train" / STATE, json.dumps(state) + "\n")  # last: marks it complete
         if final.exists():
             shutil.rmtree(final)
@@ -220,8 +231,18 @@ def save_distill_checkpoint(run: Path, step: int, student, optimizer, generator,
     return final
 
 
-def load_distill_checkpoint(ckpt: Path, kind: str, optimizer, generator, dtype) -> tuple:
-    """(student, state) from a checkpoint; CheckpointError naming what is wrong."""
+def _rng_of_rank(tensors: dict, meta: dict, rank: int) -> dict:
+    """This process's RNG state; a checkpoint written before distill ran under accelerate holds one, unprefixed."""
+    from sanasr_cli.training.checkpoint import _rng_for_rank
+
+    if not any(k.startswith("rank") for k in tensors):
+        tensors, meta = {f"rank0.{k}": v for k, v in tensors.items()}, {"0": meta}
+    return _rng_for_rank(tensors, meta, rank)
+
+
+def load_distill_checkpoint(ckpt: Path, kind: str, generator, dtype, rank: int = 0) -> tuple:
+    """(student, optimizer state, state) from a checkpoint, with this process's RNG states restored;
+    CheckpointError naming what is wrong."""
     from safetensors.torch import load_file
 
     from sanasr_cli.models.students import load_student
@@ -233,12 +254,12 @@ def load_distill_checkpoint(ckpt: Path, kind: str, optimizer, generator, dtype) 
         student = load_student(kind, ckpt / "student", dtype)
         student.requires_grad_(True).train()
         optimizer_state = torch.load(ckpt / "train" / "optimizer.pt", weights_only=True)
-        tensors = load_file(str(ckpt / "train" / "rng.safetensors"))
-    except CheckpointError:
-        raise
+        rng = _rng_of_rank(load_file(str(ckpt / "train" / "rng.safetensors")), state["rng"], rank)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot resume from {ckpt}: {e}" if str(ckpt) not in str(e) else str(e)) from None
     except Exception as e:  # noqa: BLE001 - truncated / altered files: one line
         raise CheckpointError(f"{ckpt}: cannot be resumed ({type(e).__name__}: {str(e).strip()[:200]})") from None
-    restore_rng({"tensors": tensors, "meta": state["rng"]}, {"data": generator})
+    restore_rng(rng, {"data": generator})
     return student, optimizer_state, state
 
 
@@ -288,105 +309,208 @@ def _lr_at(step: int, config: DistillConfig) -> float:
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - config.warmup) / span))))
 
 
+def create_distill_accelerator(device: str):
+    """The run's Accelerator (training/distributed.py, as `train`'s), fp32: cpu forces the CPU (gloo between
+    processes); auto / cuda: accelerate's device (under `accelerate launch`, each process its own GPU); cuda:N:
+    that GPU, one process only."""
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise DistillConfigError(f"--device takes auto, cpu, cuda or cuda:N, not {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DistillConfigError(f"--device {device}: no CUDA GPU is available")
+        if ":" in device:
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise DistillConfigError(
+                    f"--device {device} names one GPU; under accelerate launch each process takes its own: "
+                    "use --device cuda"
+                )
+            torch.cuda.set_device(torch.device(device))
+    return make_accelerator("no", cpu=device == "cpu")
+
+
+def _data_generator(config: DistillConfig, rank: int) -> torch.Generator:
+    """The crops and degradations of one process: process 0 draws as a single-process run does."""
+    return torch.Generator().manual_seed(config.seed + 1_000_003 * rank)
+
+
+def _shard(images: list, accelerator) -> list:
+    """Each process its own images (every num_processes-th, from its rank)."""
+    n = accelerator.num_processes
+    if len(images) < n:
+        raise DatasetError(f"--hq: {len(images)} usable image(s) for {n} processes; each needs at least one")
+    return images[accelerator.process_index :: n]
+
+
 def distill(
     config: DistillConfig,
     on_step: Callable[[int, int, float], None] | None = None,
     on_message: Callable[[str], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
 ) -> DistillResult:
-    """Run stages 1-4 (see the module docstring); resumes from the newest checkpoint of the run folder."""
-    from sanasr_cli.data.degradation import RealESRGANDegrader
-    from sanasr_cli.models.sanasr import load_model, save_model_dir
-    from sanasr_cli.models.students import build_student, student_config
+    """Run stages 1-4 (see the module docstring); resumes from the newest checkpoint of the run folder.
 
-    say = on_message or (lambda _m: None)
+    One code path for a CPU, one GPU and `accelerate launch` (DDP: each process its own shard of the HQ images
+    and its own crop / degradation generator; the student's gradients averaged; the main process alone writes
+    checkpoints, validation grids and OUT). The hooks (start (first step, steps), step, message) are called on
+    the main process only."""
     config.check()
-    device = torch.device(config.device)
     out = Path(config.output)
     if out.exists() and not config.overwrite:
         raise DistillConfigError(f"{out} already exists (pass --overwrite to replace it)")
     ckpt = find_resume(config)  # a bad --resume is refused before any work
-    # 1. model, teacher, data
+    accelerator = create_distill_accelerator(config.device)
+    main = accelerator.is_main_process
+    say = (on_message or (lambda _m: None)) if main else (lambda _m: None)
+    try:
+        return _distill(config, accelerator, ckpt, say, on_step if main else None, on_start if main else None)
+    finally:
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        release_accelerator_state()
+
+
+def _distill(config: DistillConfig, accelerator, ckpt, say, on_step, on_start) -> DistillResult:
+    from sanasr_cli.data.degradation import RealESRGANDegrader
+    from sanasr_cli.models.sanasr import load_model
+    from sanasr_cli.models.students import build_student, student_config
+
+    device, main, rank = accelerator.device, accelerator.is_main_process, accelerator.process_index
+    # 1. model, teacher, data (this process's shard; validation crops from all images, main process)
     model = load_model(config.model, device=device, base=config.base)
     if config.crop % model.codec.factor:
         raise DistillConfigError(f"--crop must be a multiple of the VAE factor {model.codec.factor}, not {config.crop}")
     images = load_hq_images(config.hq, config.crop)
+    shard = _shard(images, accelerator)
     teacher = Teacher(model, config.kind)
     degrader = RealESRGANDegrader()
-    g = torch.Generator().manual_seed(config.seed)
-    val_hq = centre_crops(images, config.crop, VALIDATION_CROPS).to(device)
-    val_lq = degrader(val_hq, torch.Generator().manual_seed(config.seed + 1))
+    g = _data_generator(config, rank)
+    val_hq = val_lq = None
+    if main:
+        val_hq = centre_crops(images, config.crop, VALIDATION_CROPS).to(device)
+        val_lq = degrader(val_hq, torch.Generator().manual_seed(config.seed + 1))
     # 2. student: fresh or resumed
     run = config.run
-    run.mkdir(parents=True, exist_ok=True)
-    clean_staging(run)
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        clean_staging(run)
+    accelerator.wait_for_everyone()
     vae_cfg = model.codec.vae.config
     cfg = student_config(config.kind, vae_cfg, model.description.base_preset, config.student)
-    student = build_student(config.kind, cfg, seed=config.seed).to(device)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
-    start, history, resumed = 0, [], None
+    student = build_student(config.kind, cfg, seed=config.seed)
+    start, history, resumed, opt_state = 0, [], None, None
     if ckpt is not None:
-        student, opt_state, state = load_distill_checkpoint(ckpt, config.kind, optimizer, g, torch.float32)
-        student.to(device)
-        optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
-        optimizer.load_state_dict(opt_state)
+        student, opt_state, state = load_distill_checkpoint(ckpt, config.kind, g, torch.float32, rank)
         start, history, resumed = int(state["step"]), list(state["history"]), int(state["step"])
         say(f"resumed from {ckpt} (step {start})")
-    student.train().requires_grad_(True)
+        if state.get("num_processes", 1) != accelerator.num_processes:
+            say(
+                f"note: {ckpt} was written by {state.get('num_processes', 1)} process(es), this run has "
+                f"{accelerator.num_processes}: crops differ from an uninterrupted run"
+            )
+    student.to(device).train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
     params = sum(p.numel() for p in student.parameters())
-    say(f"{config.kind} student: {params / 1e6:.3f} M parameters; {len(images)} HQ images; run folder {run}")
+    say(
+        f"{config.kind} student: {params / 1e6:.3f} M parameters; {len(images)} HQ images "
+        f"({len(shard)} on each of {accelerator.num_processes} process(es)); run folder {run}"
+    )
+    ddp, optimizer = accelerator.prepare(student, optimizer)
     # 3. train
+    if on_start:
+        on_start(start, config.steps)
     t0 = time.perf_counter()
     val_psnr = None
-    extra = {"kind": config.kind, "model": str(config.model), "config": cfg}
+    extra = {"kind": config.kind, "model": str(config.model), "config": cfg,
+             "num_processes": accelerator.num_processes}  # fmt: skip
     for step in range(start, config.steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, config)
-        hq = random_crops(images, config.crop, config.batch_size, g).to(device)
+        hq = random_crops(shard, config.crop, config.batch_size, g).to(device)
         lq = degrader(hq, g)
         x, target = teacher.inputs_and_targets(hq, lq)
-        loss = F.mse_loss(student_forward(student, config.kind, x), target)
-        if not torch.isfinite(loss):
-            raise SanaSRError(f"distill: the loss is {loss.item()} at step {step + 1} (lower --lr)")
+        loss = F.mse_loss(student_forward(ddp, config.kind, x), target)
+        mean = accelerator.reduce(loss.detach(), reduction="mean")  # every process sees the same value
+        if not torch.isfinite(mean):
+            raise SanaSRError(f"distill: the loss is {mean.item()} at step {step + 1} (lower --lr)")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(ddp.parameters(), 1.0)
         optimizer.step()
-        history.append(round(float(loss.detach()), 7))
+        history.append(round(float(mean), 7))
         if on_step:
             on_step(step + 1, config.steps, history[-1])
         if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
-            val_psnr = validate(student, teacher, config.kind, val_hq, val_lq, run / f"validation-{step + 1}.png")
-            extra["validation_psnr"] = round(val_psnr, 3)
-            save_distill_checkpoint(run, step + 1, student, optimizer, g, history, extra)
-            say(f"step {step + 1}: loss {sum(history[-50:]) / len(history[-50:]):.6f}, student vs teacher "
-                f"{val_psnr:.2f} dB on {len(val_hq)} validation crops; checkpoint saved")
-    if val_psnr is None:  # nothing left to train (resumed at the end)
+            psnr = _save(run, step + 1, student, optimizer, g, history, extra, accelerator, teacher, val_hq, val_lq)
+            if not main:
+                continue
+            val_psnr = psnr
+            say(
+                f"step {step + 1}: loss {sum(history[-50:]) / len(history[-50:]):.6f}, student vs teacher "
+                f"{val_psnr:.2f} dB on {len(val_hq)} validation crops; checkpoint saved"
+            )
+    if main and val_psnr is None:  # nothing left to train (resumed at the end)
         val_psnr = validate(student, teacher, config.kind, val_hq, val_lq, None)
     seconds = time.perf_counter() - t0
-    # 4. OUT: MODEL + the student
-    student.eval().requires_grad_(False)
-    if config.kind == "encoder":
-        model.codec.lq_encoder = student
-    else:
-        model.codec.light_decoder = student
-    desc = model.description
-    record = dict(
-        steps=config.steps, batch_size=config.batch_size, crop=config.crop, lr=config.lr, seed=config.seed,
-        loss="latent MSE (scaled latents)" if config.kind == "encoder" else "image MSE, half z_H half z_hat",
-        data=[str(p) for p in config.hq], degradation="Real-ESRGAN (sanasr degrade defaults)",
-        first_loss=history[0] if history else None, final_loss=history[-1] if history else None,
-        validation_psnr_vs_teacher=round(val_psnr, 3), params=params, from_model=str(config.model),
-    )  # fmt: skip
-    desc.distill = {**(desc.distill or {}), config.kind: record}
-    desc.history.append({"command": f"distill {config.kind}", "steps": config.steps})
-    save_model_dir(model, out, desc, save_transformer=desc.transformer != "base", overwrite=config.overwrite)
-    (run / "distill_config.json").write_text(json.dumps(asdict(config), indent=2, default=str) + "\n")
+    # 4. OUT: MODEL + the student (main process)
+    _write_output(config, model, student, history, val_psnr, params, accelerator)
     return DistillResult(
-        output=out,
+        output=Path(config.output),
         steps=config.steps,
         first_loss=history[0] if history else None,
         final_loss=history[-1] if history else None,
         validation_psnr=val_psnr,
         seconds=seconds,
         resumed_from=resumed,
+        is_main=main,
     )
+
+
+def _save(run, step, student, optimizer, g, history, extra, accelerator, teacher, val_hq, val_lq) -> float | None:
+    """Every process contributes its RNG state; the main process validates and writes the checkpoint; a failed
+    save is raised on every process."""
+    from accelerate.utils import gather_object
+
+    check_replicas_in_sync(student, accelerator, select=lambda _n: True, what="student weights")
+    rng = gather_object([capture_rng({"data": g})])
+    psnr, error = None, None
+    if accelerator.is_main_process:
+        try:
+            psnr = validate(student, teacher, extra["kind"], val_hq, val_lq, run / f"validation-{step}.png")
+            extra["validation_psnr"] = round(psnr, 3)
+            save_distill_checkpoint(run, step, student, optimizer, rng, history, extra)
+        except OSError as e:
+            error = f"could not write checkpoint-{step} in {run} ({e.strerror or e}); earlier checkpoints are untouched"
+    raise_if_any_failed(error)
+    return psnr
+
+
+def _write_output(config: DistillConfig, model, student, history, val_psnr, params, accelerator) -> None:
+    from sanasr_cli.models.sanasr import save_model_dir
+
+    error = None
+    if accelerator.is_main_process:
+        student.eval().requires_grad_(False)
+        if config.kind == "encoder":
+            model.codec.lq_encoder = student
+        else:
+            model.codec.light_decoder = student
+        desc = model.description
+        record = dict(
+            steps=config.steps, batch_size=config.batch_size, crop=config.crop, lr=config.lr, seed=config.seed,
+            loss="latent MSE (scaled latents)" if config.kind == "encoder" else "image MSE, half z_H half z_hat",
+            data=[str(p) for p in config.hq], degradation="Real-ESRGAN (sanasr degrade defaults)",
+            first_loss=history[0] if history else None, final_loss=history[-1] if history else None,
+            validation_psnr_vs_teacher=round(val_psnr, 3), params=params, from_model=str(config.model),
+            num_processes=accelerator.num_processes,
+        )  # fmt: skip
+        desc.distill = {**(desc.distill or {}), config.kind: record}
+        desc.history.append({"command": f"distill {config.kind}", "steps": config.steps})
+        try:
+            save_model_dir(model, Path(config.output), desc, save_transformer=desc.transformer != "base",
+                           overwrite=config.overwrite)  # fmt: skip
+            (config.run / "distill_config.json").write_text(json.dumps(asdict(config), indent=2, default=str) + "\n")
+        except (OSError, SanaSRError) as e:
+            error = str(e)
+    raise_if_any_failed(error)
