@@ -246,3 +246,74 @@ def test_a_student_entry_must_name_a_sub_folder(distilled, tmp_path):
     (bad / "sanasr.json").write_text(json.dumps(desc))
     with pytest.raises(ModelDirError, match="'encoder' must name a sub-folder"):
         ModelDescription.load(bad)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_with_accelerate_launch_and_resume(tmp_path):
+    """A real 2-process DDP run (gloo on CPU) of `distill encoder` through `accelerate launch`: one writer (one
+    student folder, one message per checkpoint), every process's RNG state in the checkpoint; a second launch
+    resumes from checkpoint-1, repeats step 2 exactly (per-process RNG states, image shards) and continues."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO_ROOT, photo_folder
+
+    hq = photo_folder(tmp_path / "hq", 2, size=(40, 48))
+    out, run = tmp_path / "enc", tmp_path / "enc.run"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1",
+           "OMP_NUM_THREADS": "1", "COLUMNS": "400"}  # fmt: skip
+
+    def launch(*extra):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), "-m", "sanasr_cli", "distill", "encoder", "tiny",
+               "-o", str(out), "--hq", str(hq), "--batch-size", "2", "--crop", "32", "--save-every", "1",
+               *map(str, extra)]  # fmt: skip
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return " ".join(proc.stderr.split())
+
+    said = launch("--steps", "2")
+    state = json.loads((run / "checkpoint-2" / "train" / "state.json").read_text())
+    assert state["num_processes"] == 2 and sorted(state["rng"]) == ["0", "1"]
+    first = state["history"]
+    assert len(first) == 2
+    assert said.count("checkpoint saved") == 2 and said.count("student written into") == 1  # one writer
+    assert "1 on each of 2 process(es)" in said  # each process its own image
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc", "enc.run", "hq"]
+    assert (out / "encoder" / "config.json").is_file()
+    assert json.loads((out / "sanasr.json").read_text())["distill"]["encoder"]["num_processes"] == 2
+    said = launch("--steps", "3", "--resume", run / "checkpoint-1", "--overwrite")
+    assert "resumed from" in said and "(step 1)" in said
+    history = json.loads((run / "checkpoint-3" / "train" / "state.json").read_text())["history"]
+    assert len(history) == 3 and history[:2] == first
+    assert json.loads((out / "sanasr.json").read_text())["distill"]["encoder"]["steps"] == 3
+
+
+def test_older_single_process_checkpoints_resume_and_every_process_needs_an_image():
+    """Checkpoints written before distill ran under accelerate hold one unprefixed RNG state: process 0's.
+    Each process takes every N-th HQ image from its rank; fewer images than processes is one line."""
+    from sanasr_cli.errors import DatasetError
+    from sanasr_cli.training.checkpoint import CheckpointError, capture_rng
+    from sanasr_cli.training.distill import _rng_of_rank, _shard
+
+    g = torch.Generator().manual_seed(3)
+    old = capture_rng({"data": g})
+    assert torch.equal(_rng_of_rank(old["tensors"], old["meta"], 0)["tensors"]["gen_data"], g.get_state())
+    with pytest.raises(CheckpointError, match="process 1"):
+        _rng_of_rank(old["tensors"], old["meta"], 1)
+
+    class Second:
+        num_processes, process_index = 2, 1
+
+    assert _shard(["a", "b", "c"], Second) == ["b"]
+    with pytest.raises(DatasetError, match="1 usable image"):
+        _shard(["a"], Second)
