@@ -19,6 +19,12 @@ Stages:
      validation grid (teacher | student | 4x |difference| on fixed centre crops) and the student's PSNR
      against the teacher on them
   4. OUT: a model directory = MODEL + the student (`sanasr.json` records it under `encoder` / `decoder`)
+
+Like `train` (and with its helpers, training/distributed.py), one code path serves a CPU, one GPU and
+`accelerate launch --multi_gpu --num_processes N -m sanasr_cli distill ...`: the student trains under DDP, each
+process draws its crops from its own share of the HQ images with its own generator (process 0's is the
+single-process one), the main process alone validates and writes checkpoints and OUT, and every checkpoint holds
+each process's RNG state, so a resumed run continues as an uninterrupted one would.
 """
 
 from __future__ import annotations
