@@ -226,6 +226,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--tau-g", type=float, default=900.0)
+    ap.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate of the `restorer` probe's LoRA")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "nano_headroom.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -241,7 +242,9 @@ def main() -> None:
         if args.probe == "cnn":
             entry.update(probe_cnn(pairs, args.steps, args.every))
         else:
-            entry.update(tau_g=args.tau_g, **probe_restorer(load_prior(), pairs, args.tau_g, args.steps, args.every))
+            entry.update(
+                tau_g=args.tau_g, **probe_restorer(load_prior(), pairs, args.tau_g, args.steps, args.every, args.lr)
+            )
     entry.update(seconds=round(time.time() - start), machine="2-core x86-64 CPU, one thread, shared with other jobs")
     results = json.loads(args.out.read_text()) if args.out.exists() else []
     results.append(entry)
