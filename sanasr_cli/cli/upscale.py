@@ -106,6 +106,7 @@ def upscale(
     device: str = opt.device("auto, cpu, cuda, cuda:N (under accelerate: its device)."),
     precision: str = opt.PRECISION,
     seed: int = opt.seed("Seed of random-weight presets (tiny); inference is deterministic."),
+    keep_text_encoder: bool = opt.KEEP_TEXT_ENCODER,
 ):
     """Super-resolve INPUT (a file or a folder) into OUTDIR.
 
@@ -220,7 +221,7 @@ def _options(f, sr_model):
         scale=f.scale, prompt_rule=rule, user_prompt=f.prompt, tile=f.tile_spec, color_fix=f.color_fix,
         batch_size=f.batch_size, ext=f.ext, suffix=f.suffix, overwrite=f.overwrite,
         max_pixels=int(f.max_pixels * 1e6), save_prompts=f.save_prompts, quality=f.quality,
-        tagger=po.build_tagger(rule, f.dev, f.tag_cache),
+        tagger=po.build_tagger(rule, f.dev, f.tag_cache), keep_text_encoder=f.keep_text_encoder,
     )  # fmt: skip
 
 
@@ -242,6 +243,8 @@ def _finish(f, state, records, not_images, interrupted: bool, start: float) -> N
                 "color_fix": f.color_fix, "precision": str(f.dtype).replace("torch.", ""), "device": str(f.dev),
                 "processes": f.nproc, "shard": f.shard or "0/1", "seconds": round(time.perf_counter() - start, 3),
                 "interrupted": interrupted,
+                "text_encoder": "kept on the device" if f.keep_text_encoder or f.dev.type == "cpu"
+                else "moved to the CPU once the prompts were encoded",
             }  # fmt: skip
             write_report(f.report, all_records, meta)
         _print_summary(all_records, f.output, f.report)

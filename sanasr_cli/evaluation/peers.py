@@ -93,7 +93,7 @@ class Pipeline:
 
 
 def sana_pipeline(model, full_prompt: bool = False) -> Pipeline:
-    """Parts of a SanaSR (see sanasr_cli.models.sanasr.SanaSR.restore, which end_to_end follows).
+    """Parts of a SanaSR; end_to_end is `pipeline.upscale.restore_upsampled`, the inference path itself.
 
     As inference runs it: the instruction prefix's KV cache reused, the prompt's own tokens through the text
     encoder, the transformer given the text positions the prompt needs. full_prompt: the padded full-length
@@ -123,11 +123,10 @@ def sana_pipeline(model, full_prompt: bool = False) -> Pipeline:
             "latents": torch.zeros(batch, c, latent, latent, device=device, dtype=dtype),
         }
 
-    def end_to_end(i):
-        h, w = i["image"].shape[-2:]
-        return codec.crop(
-            codec.decode(restorer(codec.encode_padded(i["image"]), i["embeds"], i["mask"])), h, w
-        )
+    def end_to_end(i):  # the path every command runs (the prompt encoded apart, as its own part)
+        from sanasr_cli.pipeline.upscale import restore_upsampled
+
+        return restore_upsampled(model, i["image"], i["embeds"], i["mask"])
 
     prefix = f"instruction prefix reused, {len(prompts.prefix_ids)} tokens once per process" if (
         reuse and prompts.complex_human_instruction

@@ -62,19 +62,23 @@ class SanaSR:
             module.to(device=device, dtype=dtype)
         return self
 
+    def release_text_encoder(self, to: torch.device | str = "cpu") -> None:
+        """Move the text encoder off the accelerator once the run's prompts are encoded (`PromptEncoder.release`;
+        "meta" frees its weights). The device the model reports, and restores on, is the transformer's."""
+        self.prompts.release(to)
+
     @torch.no_grad()
     def restore(self, lq_upsampled: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """The inference path: x_hat = D(z_L - sigma f_theta(z_L, tau_g, c, m)), z_L = E(x_L).
+        """The inference path: x_hat = D(z_L - sigma f_theta(z_L, tau_g, c, m)), z_L = E(x_L), untiled
+        (`pipeline.upscale.restore_upsampled`, the path every command runs).
 
         lq_upsampled: (B, 3, H, W) float in [0, 1], already at the target size (bicubic from the LQ image).
         Returns (B, 3, H, W) float32 in [0, 1], on the model's device. Any H, W (padded, then cropped back).
         """
-        h, w = lq_upsampled.shape[-2:]
-        x = lq_upsampled.to(self.device)
-        z_lq = self.codec.encode_padded(x)
-        embeds, mask = self.prompts.encode_for_transformer(prompts)  # prefix reused, text positions trimmed
-        z_hat = self.restorer(z_lq, embeds, mask)
-        return self.codec.crop(self.codec.decode(z_hat), h, w)
+        from sanasr_cli.pipeline.upscale import restore_upsampled
+
+        embeds, mask = self.prompts.encode_for_transformer(prompts, device=self.device)
+        return restore_upsampled(self, lq_upsampled.to(self.device), embeds, mask)
 
 
 # ---------------------------------------------------------------- building components
