@@ -20,7 +20,7 @@ from sanasr_cli.cli.common import (
     resolve_precision,
 )
 
-COMPARABLE = ("osediff", "full-prompt")  # as sanasr_cli.evaluation.bench.COMPARABLE (kept light: --help)
+COMPARABLE = ("osediff", "full-prompt", "decoder-full")  # as evaluation.bench.COMPARABLE (light: --help)
 
 
 def _fmt(x, scale=1.0) -> str:
@@ -113,7 +113,8 @@ COMPARE = typer.Option(
     "--compare",
     help="Also measure another pipeline in the same run and report ratios (latency: median of per-round "
     "ratios, timed interleaved): osediff (SD-2.1 UNet + SD VAE, random weights), full-prompt (the full-length "
-    "padded prompt encode and all text positions, i.e. before the prefix reuse). Repeatable.",
+    "padded prompt encode and all text positions, i.e. before the prefix reuse), decoder-full (the full DC-AE "
+    "decoder beside --vae-decoder lite). Repeatable.",
 )
 LATENCY = typer.Option(
     "auto", "--latency", help="auto (on CUDA, or on CPU for pipelines under 5 GMACs per image), on, off."
@@ -150,6 +151,7 @@ def bench(
     seed: int = opt.seed("Seed of random weights."),
     tagger: str = TAGGER,
     tagger_model: str = TAGGER_MODEL,
+    vae_decoder: str = opt.VAE_DECODER,
 ):
     """Measure parameters, MACs, latency and peak memory of each part (VAE encode, text encoder, transformer,
     VAE decode) and end to end.
@@ -174,7 +176,7 @@ def bench(
     options = BenchOptions(
         sizes=tuple(sizes), batch_size=batch_size, device=str(dev), dtype=dtype, latency=latency, warmup=warmup,
         repeats=repeats, compare=tuple(dict.fromkeys(compare)), random_weights=random_weights, base=base, seed=seed,
-        tagger=tagger, tagger_model=tagger_model,
+        tagger=tagger, tagger_model=tagger_model, vae_decoder=vae_decoder,
     )  # fmt: skip
     _write(_measure(model, options), json_out, plot)
 

@@ -107,6 +107,7 @@ def upscale(
     precision: str = opt.PRECISION,
     seed: int = opt.seed("Seed of random-weight presets (tiny); inference is deterministic."),
     keep_text_encoder: bool = opt.KEEP_TEXT_ENCODER,
+    vae_decoder: str = opt.VAE_DECODER,
 ):
     """Super-resolve INPUT (a file or a folder) into OUTDIR.
 
@@ -200,7 +201,7 @@ def _load_model(f):
     quiet_libraries()
     is_main = f.rank == 0
     status = f"loading model {f.model} on {f.dev} ..." if is_main else None
-    sr_model = load_model_or_fail(f.model, f.dev, f.dtype, f.base, f.seed, status)
+    sr_model = load_model_or_fail(f.model, f.dev, f.dtype, f.base, f.seed, status, f.vae_decoder)
     if sr_model.description.random_weights and is_main:
         console.print(
             f"[yellow]note:[/] '{f.model}' has random (untrained) weights: outputs show the pipeline, "
@@ -242,7 +243,7 @@ def _finish(f, state, records, not_images, interrupted: bool, start: float) -> N
                 "input": str(f.input), "output": str(f.output), "model": f.model, "scale": f.scale, "tile": f.tile,
                 "color_fix": f.color_fix, "precision": str(f.dtype).replace("torch.", ""), "device": str(f.dev),
                 "processes": f.nproc, "shard": f.shard or "0/1", "seconds": round(time.perf_counter() - start, 3),
-                "interrupted": interrupted,
+                "interrupted": interrupted, "vae_decoder": f.vae_decoder or "as the model records",
                 "text_encoder": "kept on the device" if f.keep_text_encoder or f.dev.type == "cpu"
                 else "moved to the CPU once the prompts were encoded",
             }  # fmt: skip

@@ -22,6 +22,9 @@ How each number is obtained (and stated in every report):
   one-off cost per process is its own line (`text_encoder_prefix`); its transformer attends over the text
   positions that prompt needs (`trim_text_positions`). `--compare full-prompt` is the full-length encode
   (`SanaPipeline.encode_prompt`'s padded sequence) with all max_length text positions, on the same modules.
+- `--vae-decoder lite` measures DC-AE-Lite's decoder; `--compare decoder-full` puts the full DC-AE decoder beside
+  it on the same encoder, transformer and text encoder (at 512x512: 939 against 1046 GMACs, so the gain is mostly
+  GPU wall time, which only a latency run shows).
 
 The pieces: `measure` (counting and timing, shared with prune and the taggers), `peers` (the pipelines as
 parts: SANA-SR, full-prompt, the OSEDiff-shaped SD-2.1 one), `bench_plot` (the --plot figure). This module
@@ -46,6 +49,7 @@ from sanasr_cli.evaluation.peers import (
     build_sanasr,
     osediff_pipeline,
     sana_pipeline,
+    with_decoder,
 )
 
 SUM_OF_PARTS_TOLERANCE = 0.25  # end_to_end vs the sum of its parts' latencies: warn beyond this
@@ -200,6 +204,7 @@ class BenchOptions:
     seed: int = 0
     tagger: str = "none"  # none | clip: the prompt tagger Pi, reported as its own line
     tagger_model: str | None = None  # CLIP hub id or local folder (default: the clip tagger's default)
+    vae_decoder: str | None = None  # full | lite | a folder; None: what the model records
 
 
 def tagger_cost(options: BenchOptions, device: torch.device) -> dict | None:
@@ -271,7 +276,7 @@ def _latency_decision(mode: str, device: torch.device, gmacs_per_image: float) -
     )
 
 
-COMPARABLE = ("osediff", "full-prompt")
+COMPARABLE = ("osediff", "full-prompt", "decoder-full")
 
 
 def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] | None = None) -> list[dict]:
@@ -282,11 +287,17 @@ def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] |
     if unknown:
         raise ValueError(f"unknown --compare {', '.join(unknown)}; known: {', '.join(COMPARABLE)}")
     step("building the pipelines on the meta device")
-    meta_model = build_sanasr(spec, "meta", random_weights=True, base=options.base, seed=options.seed)
+    meta_model = build_sanasr(
+        spec, "meta", random_weights=True, base=options.base, seed=options.seed, vae_decoder=options.vae_decoder
+    )
+    if "decoder-full" in options.compare and meta_model.info.get("full_decoder") is None:
+        raise ValueError("--compare decoder-full measures the full decoder beside another one: add --vae-decoder lite")
 
     def build(name: str, device, model=None) -> Pipeline:
         if name == "osediff":
             return osediff_pipeline(device, options.dtype, options.seed)
+        if name == "decoder-full":
+            return sana_pipeline(with_decoder(model, model.info["full_decoder"]), name=name)
         return sana_pipeline(model, full_prompt=name == "full-prompt")
 
     meta_ours = sana_pipeline(meta_model)
@@ -319,8 +330,9 @@ def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] |
                 step(f"building {name} on {device} for latency")
                 if name != "osediff" and real_model is None:
                     real_model = build_sanasr(
-                        spec, device, options.dtype, options.random_weights, options.base, options.seed
-                    )
+                        spec, device, options.dtype, options.random_weights, options.base, options.seed,
+                        options.vae_decoder,
+                    )  # fmt: skip
                 real[name] = build(name, device, real_model)
         if timed:
             measure_latency_paired(

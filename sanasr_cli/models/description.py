@@ -7,7 +7,8 @@ A model directory holds everything a command needs, so no architecture flag is e
       transformer/     optional: a diffusers SanaTransformer2DModel folder (merged or pruned weights)
       adapter/         optional: a PEFT LoRA adapter folder over the transformer
 
-The VAE and text encoder are always the frozen base components named in `base_*`.
+The VAE and text encoder are always the frozen base components named in `base_*`; `vae_decoder` may swap the VAE's
+decoder for DC-AE-Lite's (`--vae-decoder lite`, models/sanasr.py `load_vae_decoder`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class ModelDescription:
     history: list[dict] = field(default_factory=list)  # one record per command that wrote this model
     # what the transformer is fed for tau: "sigma*1000" (SANA's own); "raw-tau" in folders written before it
     timestep_convention: str = TIMESTEP_CONVENTION
+    # the VAE decoder that runs: "full" (the base DC-AE's), "lite" (DC-AE-Lite's), or a local AutoencoderDC folder
+    vae_decoder: str = "full"
 
     @property
     def random_weights(self) -> bool:
@@ -126,6 +129,7 @@ _FIELD_TYPES = {
     "pruning": (dict, type(None)),
     "history": (list,),
     "timestep_convention": (str,),
+    "vae_decoder": (str,),
 }
 _PROMPT_TYPES = {
     "tagger": (str,),

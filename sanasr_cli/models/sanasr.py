@@ -22,12 +22,14 @@ from sanasr_cli.models.description import ModelDescription, is_model_dir
 from sanasr_cli.models.lora import load_adapter, save_adapter
 from sanasr_cli.models.presets import (
     BASE_ENV_VAR,
+    DC_AE_LITE_HUB_ID,
     PRESETS,
     SHIPPED_BASE_PREFIX,
     SHIPPED_MODELS,
     Preset,
     build_local_tokenizer,
     default_base_source,
+    lite_vae_config,
     resolve_base_source,
 )
 from sanasr_cli.models.restorer import OneStepRestorer
@@ -121,6 +123,69 @@ def build_random_text(preset: Preset, seed: int):
     with _seeded(seed + 2):
         model = Gemma2Model(Gemma2Config(**cfg))
     return tokenizer, model
+
+
+def load_vae_decoder(
+    choice: str,
+    preset: Preset,
+    description: ModelDescription,
+    dtype: torch.dtype = torch.float32,
+    random_weights: bool = False,
+    seed: int = 0,
+    build_only: bool = False,
+):
+    """The VAE decoder module `choice` names, or None for "full" (the VAE's own).
+
+    "lite": DC-AE-Lite's decoder (`presets.lite_vae_config`): seeded random weights for a random-weight model;
+    else from `vae_lite/` in the base folder when the base is a local folder, else from the hub id
+    `DC_AE_LITE_HUB_ID` (the Hugging Face cache, HF_HUB_OFFLINE honoured). Any other value: a local
+    AutoencoderDC folder (config.json + safetensors) whose decoder is taken. Its latent space must be the
+    VAE's (channels and spatial factor), else ModelDirError; weights that cannot be found: MissingWeightsError.
+    build_only: no weights are read at all, a folder's config is built with random weights (bench's counting).
+    """
+    from diffusers import AutoencoderDC
+
+    if choice == "full":
+        return None
+    if choice == "lite" and (random_weights or build_only):
+        with _seeded(seed + 4):
+            return AutoencoderDC(**lite_vae_config(preset)).decoder.to(dtype)
+    if build_only:
+        with _seeded(seed + 4):
+            return AutoencoderDC.from_config(AutoencoderDC.load_config(str(_decoder_folder(choice)))).decoder.to(dtype)
+    if choice == "lite":
+        base = resolve_base_source(description.base_source)
+        local = Path(base) / "vae_lite" if base else None
+        source = str(local) if local is not None and local.is_dir() else DC_AE_LITE_HUB_ID
+    else:
+        source = str(_decoder_folder(choice))
+    try:
+        vae = AutoencoderDC.from_pretrained(source, torch_dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise MissingWeightsError(
+            "vae decoder (DC-AE-Lite)",
+            source if Path(source).exists() else f"the hub repo '{source}' and the Hugging Face cache",
+            f"Download it once where there is network (`hf download {DC_AE_LITE_HUB_ID}`), or put a copy in "
+            "vae_lite/ beside the base's vae/, or pass --vae-decoder /path/to/its/folder",
+            _first_line(e),
+        ) from None
+    want = (int(preset.vae["latent_channels"]), 2 ** (len(preset.vae["decoder_block_out_channels"]) - 1))
+    got = (int(vae.config.latent_channels), int(vae.spatial_compression_ratio))
+    if got != want:
+        raise ModelDirError(
+            f"--vae-decoder {choice}: its latents are {got[0]} channels at 1/{got[1]}, the model's VAE uses "
+            f"{want[0]} at 1/{want[1]}"
+        )
+    return vae.decoder
+
+
+def _decoder_folder(choice: str) -> Path:
+    path = Path(choice).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelDirError(
+            f"--vae-decoder takes full, lite or a local AutoencoderDC folder with config.json, not '{choice}'"
+        )
+    return path
 
 
 def _how_to_fix(preset: Preset) -> str:
@@ -261,8 +326,11 @@ def load_model(
     base: str | None = None,
     random_weights: bool = False,
     seed: int = 0,
+    vae_decoder: str | None = None,
 ) -> SanaSR:
-    """Build a SanaSR from a preset name or a model directory, on `device` in `dtype`."""
+    """Build a SanaSR from a preset name or a model directory, on `device` in `dtype`.
+
+    vae_decoder: "full", "lite" or a folder (see `load_vae_decoder`); None: what the description records."""
     from diffusers import SanaTransformer2DModel
 
     description, folder = resolve_model(spec, base=base, random_weights=random_weights, seed=seed)
@@ -315,8 +383,29 @@ def load_model(
                 f"{folder}: adapter folder '{description.adapter}/' cannot be loaded ({_first_line(e)})"
             ) from None
     transformer.eval().requires_grad_(False)
+    use_decoder(vae, description, vae_decoder, preset, dtype)
     model = assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder)
     return model.to(device=device, dtype=dtype)
+
+
+def use_decoder(
+    vae,
+    description: ModelDescription,
+    choice: str | None,
+    preset: Preset,
+    dtype: torch.dtype,
+    build_only: bool = False,
+):
+    """Put the decoder `choice` (None: the recorded one) in the VAE and record it in the description; returns
+    the decoder it replaced (None when the VAE keeps its own). build_only: random weights, nothing read."""
+    choice = choice or description.vae_decoder
+    seed = int(description.random_seed or 0)
+    decoder = load_vae_decoder(choice, preset, description, dtype, description.random_weights, seed, build_only)
+    description.vae_decoder = choice
+    if decoder is None:
+        return None
+    replaced, vae.decoder = vae.decoder, decoder
+    return replaced
 
 
 def _first_line(e: BaseException) -> str:
