@@ -2,8 +2,8 @@
 
 Per image, in stages:
   1. probe the header -> output path; skip when a complete output is already there (resume)
-  2. tag every file in one pass, build the prompts (tagger + user prompt + template) and encode them all; then
-     the text encoder leaves the accelerator (unless keep_text_encoder) before anything is restored
+  2. tag every file in one pass and build the prompts (tagger + user prompt + template); on an accelerator,
+     encode them all, then the text encoder leaves it (unless keep_text_encoder) before anything is restored
   3. restore at x4: bicubic x4 -> [tiled] DC-AE encode -> [tiled] LinearDiT step (Eq. 4) -> [tiled] decode,
      halving the tiles on out-of-memory
   4. colour fix against the bicubic input; resize to round(scale x size) when scale != 4 (the model is x4;
@@ -167,20 +167,30 @@ def restore_x4(
     return apply_color_fix(sr, x, color_fix)
 
 
+def offloads_text_encoder(model: SanaSR, keep_text_encoder: bool = False) -> bool:
+    """Whether a run moves the text encoder off its device after the prompt stage: only from an accelerator,
+    and not with `keep_text_encoder`."""
+    return not keep_text_encoder and next(model.prompts.text_encoder.parameters()).device.type != "cpu"
+
+
 @contextlib.contextmanager
 def prompts_first(model: SanaSR, prompts: Iterable[str], keep_text_encoder: bool = False) -> Iterator[None]:
-    """Encode every prompt of a run now (pinned for the block, `PromptEncoder.pinned`), then, unless
-    `keep_text_encoder`, move the text encoder to the CPU so that restoring has the accelerator without it
-    (SANA's Gemma-2: 2.6 B parameters, about 5 GB in bf16). Outputs are the same either way; on the CPU nothing
-    moves. The encoder stays on the CPU after the block (`model.to(device)` brings it back). When encoding them
-    all fails (e.g. out of memory), nothing moves and each batch encodes its own prompts, failing alone, as
-    before."""
+    """When the text encoder sits on an accelerator and is not kept there (`offloads_text_encoder`): encode every
+    prompt of the run now (pinned for the block, `PromptEncoder.pinned`), then move the encoder to the CPU, so
+    that restoring has the accelerator without it (SANA's Gemma-2: 2.6 B parameters, about 5 GB in bf16); it
+    stays there after the block (`model.to(device)` brings it back). Otherwise nothing happens here and each
+    batch encodes its prompts as it comes, as before (on the CPU nothing would move, and a real-size encoder
+    then runs while the progress bar moves). Outputs are the same either way. When encoding them all fails
+    (e.g. out of memory), nothing moves and each batch encodes its own prompts, failing alone."""
     with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(model.prompts.pinned(list(prompts)))
-        except (RuntimeError, ValueError):
-            keep_text_encoder = True
-        if not keep_text_encoder and next(model.prompts.text_encoder.parameters()).device.type != "cpu":
+        pinned = False
+        if offloads_text_encoder(model, keep_text_encoder):
+            try:
+                stack.enter_context(model.prompts.pinned(list(prompts)))
+                pinned = True
+            except (RuntimeError, ValueError):
+                pass
+        if pinned:
             model.release_text_encoder("cpu")
             if model.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -83,10 +83,10 @@ def validate_pruning(
 
     rule / tagger: the prompt rule and its built tagger (default: the model's rule); the LQ input is tagged, as
     at inference. color_fix: "none" by default, the paper's pipeline (as `sanasr eval --model`). The model's own
-    transformer is put back afterwards. The validation prompts are encoded once, first; then the text encoder
-    moves to the CPU for both runs unless `keep_text_encoder`. Raises PairsError for a folder without pairs,
-    and SanaSRError when an image fails or a metric cannot be built (the gate cannot decide without every
-    score).
+    transformer is put back afterwards. On an accelerator the validation prompts are encoded once, first, and the
+    text encoder moves to the CPU for both runs, unless `keep_text_encoder`. Raises PairsError for a folder
+    without pairs, and SanaSRError when an image fails or a metric cannot be built (the gate cannot decide
+    without every score).
     """
     from sanasr_cli.evaluation.metrics import build_metric, evaluate_pairs, parse_metrics
     from sanasr_cli.evaluation.model_eval import upscale_pairs
