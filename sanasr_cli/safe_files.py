@@ -156,7 +156,7 @@ def usual_file_modes(folder: str | Path) -> None:
 
 # What sanasr itself puts in a model directory (see models/description.py): anything else in a folder means
 # it is not (only) ours, and --overwrite must not delete it.
-MODEL_DIR_ENTRIES = {"sanasr.json", "transformer", "adapter", "adapter_ema", "prune_report.json"}
+MODEL_DIR_ENTRIES = {"sanasr.json", "transformer", "adapter", "adapter_ema", "prune_report.json", "encoder", "decoder"}
 
 
 def check_replaceable_dir(out: str | Path, inputs: Iterable[str | Path] = ()) -> None:

@@ -94,6 +94,11 @@ ROWS = [
     (["bench", "--model", "tiny", "--size", "8"], 2, "--size"),
     (["bench", "--model", "tiny", "--plot", "{t}/in", "--latency", "off"], 2, "is a folder"),
     (["bench", "--model", "{t}/escape", "--latency", "off"], 2, "'transformer'"),
+    (["distill", "encoder", "tiny", "-o", "{t}/d", "--hq", "{t}/nothing"], 2, "not a folder"),
+    (["distill", "encoder", "tiny", "-o", "{t}/d", "--hq", "{t}/corrupt/hq"], 2, "unreadable image"),
+    (["distill", "decoder", "{t}/badmodel", "-o", "{t}/d", "--hq", "{t}/in"], 2, "not an object"),
+    (["distill", "encoder", "tiny", "-o", "{t}/file.txt", "--hq", "{t}/in"], 2, "already exists"),
+    (["distill", "encoder", "tiny", "-o", "{t}/d", "--hq", "{t}/in", "--resume", "{t}/run"], 2, "not a distill"),
 ]
 
 

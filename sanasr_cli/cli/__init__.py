@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from sanasr_cli import __version__
-from sanasr_cli.cli import bench, degrade, eval, merge_lora, prune, train, upscale
+from sanasr_cli.cli import bench, degrade, distill, eval, merge_lora, prune, train, upscale
 
 app = typer.Typer(
     name="sanasr",
@@ -43,6 +43,7 @@ prune.register(app)
 train.register(app)
 eval.register(app)
 bench.register(app)
+distill.register(app)
 
 
 def main() -> None:

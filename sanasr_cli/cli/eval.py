@@ -129,6 +129,7 @@ def eval_command(
     template: str = po.TEMPLATE,
     tag_cache: str = po.TAG_CACHE,
     prompt: str = opt.prompt("Extra words put before the tags and the quality template (when a model runs)."),
+    full_vae: bool = opt.FULL_VAE,
     keep_text_encoder: bool = opt.KEEP_TEXT_ENCODER,
     vae_decoder: str = opt.VAE_DECODER,
 ):
@@ -245,7 +246,7 @@ def _model_run(f, pairs):
 
     dtype = resolve_precision(f.precision, f.dev)
     status = f"loading model {f.model} on {f.dev} ..."
-    sr_model = load_model_or_fail(f.model, f.dev, dtype, f.base, f.seed, status, f.vae_decoder)
+    sr_model = load_model_or_fail(f.model, f.dev, dtype, f.base, f.seed, status, f.full_vae, f.vae_decoder)
     if sr_model.description.random_weights:
         console.print(
             f"[yellow]note:[/] '{f.model}' has random (untrained) weights: scores show the pipeline, not SR quality."

@@ -26,6 +26,9 @@ PRECISION_HELP = "auto (bf16 on CUDA, fp32 on CPU), fp32, fp16, bf16."
 BASE_HELP = "Hub id or local folder of the SANA base, if not the recorded one."
 SEED_HELP = "Seed of random-weight presets (tiny)."
 PROMPT_HELP = "Extra words put before the tags and the quality template."
+FULL_VAE_HELP = (
+    "Ignore the model's distilled VAE students (encoder/, decoder/ from `sanasr distill`) and run the teacher DC-AE."
+)
 
 
 def device(help: str = DEVICE_HELP, default: str = "auto", **kwargs):
@@ -48,7 +51,11 @@ def prompt(help: str = PROMPT_HELP):
     return typer.Option(None, "--prompt", help=help, rich_help_panel="Prompt")
 
 
-DEVICE, PRECISION, BASE, SEED, PROMPT = device(), precision(), base(), seed(), prompt()
+def full_vae(help: str = FULL_VAE_HELP):
+    return typer.Option(False, "--full-vae", help=help)
+
+
+DEVICE, PRECISION, BASE, SEED, PROMPT, FULL_VAE = device(), precision(), base(), seed(), prompt(), full_vae()
 
 VAE_DECODER = typer.Option(
     None,

@@ -95,6 +95,7 @@ def prune(
     tag_vocab: Path = po.TAG_VOCAB,
     template: str = po.TEMPLATE,
     tag_cache: str = po.TAG_CACHE,
+    full_vae: bool = opt.FULL_VAE,
     keep_text_encoder: bool = opt.KEEP_TEXT_ENCODER,
 ):
     """Remove LinearDiT blocks down to a parameter budget, keeping the most salient ones.
@@ -110,11 +111,12 @@ def prune(
     interrupted run leaves no OUT.
     Exit 0 ok, 1 validation failed (OUT still written) or run failed, 2 bad input.
     """
+    from sanasr_cli.pruning.prune import PruneOptions
     from sanasr_cli.pruning.run import PruneGate, PruneJob
     from sanasr_cli.training.losses import LossWeights
     budget_n = _check_inputs(model_dir, output, budget, strategy, calib, validate, overwrite)
     _check_gate(color_fix, validate, protocol, validate_metrics)
-    model, dev = _load(model_dir, device, precision, base, seed)
+    model, dev = _load(model_dir, device, precision, base, seed, full_vae)
     # calibration and validation prompts follow the model's rule (Eq. 12), flags change it with a warning
     rule = po.asked_prompt_rule(model.description.prompt, tagger, tagger_weights, tagger_model, tag_vocab, template)
     gate = None if validate is None else PruneGate(
@@ -122,8 +124,6 @@ def prune(
     )  # fmt: skip
     tagger_obj = po.build_tagger(rule, dev, tag_cache)
     job = PruneJob(output, str(model_dir), list(calib or []), crop, ema, overwrite, gate, rule, tagger_obj)
-    from sanasr_cli.pruning.prune import PruneOptions
-
     options = PruneOptions(
         budget=budget_n, budget_text=budget, strategy=strategy, steps=steps, seed=seed,
         weights=LossWeights(perceptual=lambda_p),
@@ -179,11 +179,12 @@ def _check_gate(color_fix, validate, protocol, validate_metrics) -> None:
         raise fail(str(e), EXIT_USAGE) from None
 
 
-def _load(model_dir, device, precision, base, seed):
+def _load(model_dir, device, precision, base, seed, full_vae):
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     quiet_libraries()
-    return load_model_or_fail(model_dir, dev, dtype, base, seed, f"loading {model_dir} on {dev} ..."), dev
+    status = f"loading {model_dir} on {dev} ..."
+    return load_model_or_fail(model_dir, dev, dtype, base, seed, status, full_vae), dev
 
 
 def _run(model, options, job) -> int:

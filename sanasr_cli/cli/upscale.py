@@ -106,14 +106,14 @@ def upscale(
     device: str = opt.device("auto, cpu, cuda, cuda:N (under accelerate: its device)."),
     precision: str = opt.PRECISION,
     seed: int = opt.seed("Seed of random-weight presets (tiny); inference is deterministic."),
+    full_vae: bool = opt.FULL_VAE,
     keep_text_encoder: bool = opt.KEEP_TEXT_ENCODER,
     vae_decoder: str = opt.VAE_DECODER,
 ):
     """Super-resolve INPUT (a file or a folder) into OUTDIR.
 
-    The image is upsampled bicubically x4, encoded by the DC-AE, restored by one
-    LinearDiT step (Eq. 4), decoded, colour-fixed and resized to the asked scale.
-    Large images are tiled in latent space.
+    The image is upsampled bicubically x4, encoded by the DC-AE, restored by one LinearDiT step (Eq. 4),
+    decoded, colour-fixed and resized to the asked scale. Large images are tiled in latent space.
 
     Finished outputs are skipped, so rerunning an interrupted command resumes it.
     Under `accelerate launch` the files are split across processes.
@@ -201,7 +201,7 @@ def _load_model(f):
     quiet_libraries()
     is_main = f.rank == 0
     status = f"loading model {f.model} on {f.dev} ..." if is_main else None
-    sr_model = load_model_or_fail(f.model, f.dev, f.dtype, f.base, f.seed, status, f.vae_decoder)
+    sr_model = load_model_or_fail(f.model, f.dev, f.dtype, f.base, f.seed, status, f.full_vae, f.vae_decoder)
     if sr_model.description.random_weights and is_main:
         console.print(
             f"[yellow]note:[/] '{f.model}' has random (untrained) weights: outputs show the pipeline, "

@@ -204,6 +204,7 @@ class BenchOptions:
     seed: int = 0
     tagger: str = "none"  # none | clip: the prompt tagger Pi, reported as its own line
     tagger_model: str | None = None  # CLIP hub id or local folder (default: the clip tagger's default)
+    full_vae: bool = False  # ignore distilled students: count the teacher VAE
     vae_decoder: str | None = None  # full | lite | a folder; None: what the model records
 
 
@@ -276,19 +277,28 @@ def _latency_decision(mode: str, device: torch.device, gmacs_per_image: float) -
     )
 
 
-COMPARABLE = ("osediff", "full-prompt", "decoder-full")
+COMPARABLE = ("osediff", "full-prompt", "full-vae", "decoder-full")
+
+
+def comparable_models() -> tuple[str, ...]:
+    """Other SANA-SR models `--compare` accepts by name (presets and shipped models), beside COMPARABLE."""
+    from sanasr_cli.models.presets import PRESETS, SHIPPED_MODELS, SHIPPED_STUDENTS
+
+    return (*PRESETS, *SHIPPED_MODELS, *SHIPPED_STUDENTS)
 
 
 def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] | None = None) -> list[dict]:
     """Measure `spec` (and each pipeline in options.compare) at every size; one JSON-ready dict per size."""
     step = on_step or (lambda _msg: None)
     device = torch.device(options.device)
-    unknown = [c for c in options.compare if c not in COMPARABLE]
+    known = (*COMPARABLE, *comparable_models())
+    unknown = [c for c in options.compare if c not in known]
     if unknown:
-        raise ValueError(f"unknown --compare {', '.join(unknown)}; known: {', '.join(COMPARABLE)}")
+        raise ValueError(f"unknown --compare {', '.join(unknown)}; known: {', '.join(known)}")
     step("building the pipelines on the meta device")
     meta_model = build_sanasr(
-        spec, "meta", random_weights=True, base=options.base, seed=options.seed, vae_decoder=options.vae_decoder
+        spec, "meta", random_weights=True, base=options.base, seed=options.seed, full_vae=options.full_vae,
+        vae_decoder=options.vae_decoder,
     )
     if "decoder-full" in options.compare and meta_model.info.get("full_decoder") is None:
         raise ValueError("--compare decoder-full measures the full decoder beside another one: add --vae-decoder lite")
@@ -298,7 +308,13 @@ def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] |
             return osediff_pipeline(device, options.dtype, options.seed)
         if name == "decoder-full":
             return sana_pipeline(with_decoder(model, model.info["full_decoder"]), name=name)
-        return sana_pipeline(model, full_prompt=name == "full-prompt")
+        if name == "sanasr" or name in COMPARABLE:  # the measured model itself, or a variant of it
+            return sana_pipeline(model, full_prompt=name == "full-prompt", full_vae=name == "full-vae")
+        meta = torch.device(device).type == "meta"  # another SANA-SR model by name (e.g. the unpruned preset)
+        other = build_sanasr(
+            name, device, options.dtype, meta or options.random_weights, options.base, options.seed
+        )
+        return sana_pipeline(other, name=name)
 
     meta_ours = sana_pipeline(meta_model)
     meta_other = {name: build(name, "meta", meta_model) for name in options.compare}
@@ -331,7 +347,7 @@ def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] |
                 if name != "osediff" and real_model is None:
                     real_model = build_sanasr(
                         spec, device, options.dtype, options.random_weights, options.base, options.seed,
-                        options.vae_decoder,
+                        options.full_vae, options.vae_decoder,
                     )  # fmt: skip
                 real[name] = build(name, device, real_model)
         if timed:

@@ -8,6 +8,7 @@ t = 999; random weights (the cost does not depend on them).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -92,8 +93,11 @@ class Pipeline:
         return sum(p.numel() for q in parts for m in self.modules[q] for p in m.parameters())
 
 
-def sana_pipeline(model, full_prompt: bool = False, name: str | None = None) -> Pipeline:
+def sana_pipeline(model, full_prompt: bool = False, full_vae: bool = False, name: str | None = None) -> Pipeline:
     """Parts of a SanaSR; end_to_end is `pipeline.upscale.restore_upsampled`, the inference path itself.
+
+    Distilled students (models/students.py) replace the VAE parts: the student encoder reads the LQ image
+    (size / 4), the light decoder decodes. full_vae: the teacher VAE instead (`--compare full-vae`).
 
     As inference runs it: the instruction prefix's KV cache reused, the prompt's own tokens through the text
     encoder, the transformer given the text positions the prompt needs. full_prompt: the padded full-length
@@ -102,6 +106,8 @@ def sana_pipeline(model, full_prompt: bool = False, name: str | None = None) -> 
     from sanasr_cli.models.text_encoder import trim_text_positions
 
     codec, prompts, restorer = model.codec, model.prompts, model.restorer
+    if full_vae:
+        codec = codec.without_students()
     f, c = codec.factor, codec.latent_channels
     reuse = not full_prompt
 
@@ -121,12 +127,22 @@ def sana_pipeline(model, full_prompt: bool = False, name: str | None = None) -> 
             "mask": mask.to(device),
             "embeds": torch.zeros(batch, mask.shape[1], caption, device=device, dtype=dtype),
             "latents": torch.zeros(batch, c, latent, latent, device=device, dtype=dtype),
+            "lq": torch.rand(batch, 3, size // 4, size // 4, device=device)
+            if device.type != "meta"
+            else torch.empty(batch, 3, size // 4, size // 4, device=device),
         }
+
+    def encode(i):
+        if codec.encodes_lq:  # the student reads the LQ image at its own resolution
+            return codec.encode_lq(codec.pad_lq(i["lq"]))
+        return codec.encode_padded(i["image"])
+
+    run_model = model if codec is model.codec else dataclasses.replace(model, codec=codec)
 
     def end_to_end(i):  # the path every command runs (the prompt encoded apart, as its own part)
         from sanasr_cli.pipeline.upscale import restore_upsampled
 
-        return restore_upsampled(model, i["image"], i["embeds"], i["mask"])
+        return restore_upsampled(run_model, i["image"], i["embeds"], i["mask"], lq=i["lq"])
 
     decoder = {"full": "DC-AE", "lite": "DC-AE-Lite"}.get(model.description.vae_decoder) or (
         f"DC-AE ({model.description.vae_decoder}'s decoder)"
@@ -134,24 +150,30 @@ def sana_pipeline(model, full_prompt: bool = False, name: str | None = None) -> 
     prefix = f"instruction prefix reused, {len(prompts.prefix_ids)} tokens once per process" if (
         reuse and prompts.complex_human_instruction
     ) else "full-length padded encode"
+    students = [
+        what
+        for what, m in (("student encoder (reads the LQ)", codec.lq_encoder), ("light decoder", codec.light_decoder))
+        if m is not None
+    ]
     return Pipeline(
-        name=name or ("full-prompt" if full_prompt else "sanasr"),
+        name=name or ("full-prompt" if full_prompt else "full-vae" if full_vae else "sanasr"),
         modules={
-            "vae_encode": [codec.vae.encoder],
+            "vae_encode": [codec.lq_encoder or codec.vae.encoder],
             "text_encoder": [prompts.text_encoder],
             "transformer": [restorer.transformer],
-            "vae_decode": [codec.vae.decoder],
+            "vae_decode": [codec.light_decoder or codec.vae.decoder],
         },
         make_inputs=make_inputs,
         run={
-            "vae_encode": lambda i: codec.encode_padded(i["image"]),
+            "vae_encode": encode,
             "text_encoder": lambda i: prompts.run_encoder(i["prompts"], reuse_prefix=reuse),
             "transformer": lambda i: restorer(i["latents"], i["embeds"], i["mask"]),
             "vae_decode": lambda i: codec.decode(i["latents"]),
             "end_to_end": end_to_end,
         },
         size_multiple=f,
-        description=f"SANA-SR ({model.description.base_preset}): DC-AE encode, LinearDiT one step (Eq. 4), "
+        description=f"SANA-SR ({model.description.base_preset}"
+        f"{', distilled ' + ' and '.join(students) if students else ''}): DC-AE encode, LinearDiT one step (Eq. 4), "
         f"{decoder} decode; text encoder separate, per distinct prompt of 30 words ({prefix}; the transformer "
         f"attends over {'the text positions the prompt needs' if reuse else f'all {prompts.max_length}'})",
         once={"text_encoder_prefix": lambda: prompts.prefix_state(refresh=True)} if reuse else {},
@@ -229,6 +251,7 @@ def build_sanasr(
     random_weights: bool = False,
     base: str | None = None,
     seed: int = 0,
+    full_vae: bool = False,
     vae_decoder: str | None = None,
 ):
     """A SanaSR for measuring. On the meta device, or with random weights, the modules are built directly on
@@ -243,6 +266,7 @@ def build_sanasr(
         build_random_text,
         build_random_transformer,
         build_random_vae,
+        build_students,
         load_model,
         resolve_model,
         use_decoder,
@@ -253,7 +277,9 @@ def build_sanasr(
     preset = PRESETS[description.base_preset]
     if device.type != "meta" and not (random_weights or description.random_weights):
         choice = vae_decoder or description.vae_decoder
-        model = load_model(spec, device=device, dtype=dtype, base=base, seed=seed, vae_decoder="full")
+        model = load_model(
+            spec, device=device, dtype=dtype, base=base, seed=seed, full_vae=full_vae, vae_decoder="full"
+        )
         model.info["full_decoder"] = use_decoder(model.codec.vae, model.description, choice, preset, dtype)
         model.codec.vae.to(device=device, dtype=dtype)
         return model
@@ -274,10 +300,11 @@ def build_sanasr(
         vae = build_random_vae(preset, seed_)
         full_decoder = use_decoder(vae, description, vae_decoder, preset, dtype, build_only=True)
         tokenizer, text_encoder = build_random_text(preset, seed_)
+    students = build_students(description, folder, preset, vae, dtype, full_vae, device=device, random_weights=True)
     for m in (transformer, vae, text_encoder, full_decoder):
         if m is not None:
             m.to(dtype=dtype).eval().requires_grad_(False)
-    model = assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder)
+    model = assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder, students)
     model.info["full_decoder"] = full_decoder
     return model
 
@@ -286,7 +313,6 @@ def with_decoder(model, decoder: torch.nn.Module, label: str = "full"):
     """The same SanaSR (shared transformer, text encoder, VAE encoder) decoding with `decoder`: the variant that
     `--compare decoder-full` measures beside a lite-decoder model. The model's own VAE is left as it is."""
     import copy
-    import dataclasses
 
     from sanasr_cli.models.vae import LatentCodec
 
@@ -294,4 +320,5 @@ def with_decoder(model, decoder: torch.nn.Module, label: str = "full"):
     vae._modules = dict(vae._modules)  # its own module table: the swap below does not reach the model's VAE
     vae.decoder = decoder
     description = dataclasses.replace(model.description, vae_decoder=label)
-    return dataclasses.replace(model, codec=LatentCodec(vae), description=description, info={})
+    codec = LatentCodec(vae, model.codec.lq_encoder, model.codec.light_decoder)  # the students stay
+    return dataclasses.replace(model, codec=codec, description=description, info={})

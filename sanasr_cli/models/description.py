@@ -6,9 +6,13 @@ A model directory holds everything a command needs, so no architecture flag is e
       sanasr.json      base components, tau_g, flow shift, prompt rule, LoRA / pruning records, history
       transformer/     optional: a diffusers SanaTransformer2DModel folder (merged or pruned weights)
       adapter/         optional: a PEFT LoRA adapter folder over the transformer
+      encoder/         optional: an LQ-native student of the VAE encoder (`sanasr distill encoder`)
+      decoder/         optional: a light student of the VAE decoder (`sanasr distill decoder`)
 
-The VAE and text encoder are always the frozen base components named in `base_*`; `vae_decoder` may swap the VAE's
-decoder for DC-AE-Lite's (`--vae-decoder lite`, models/sanasr.py `load_vae_decoder`).
+The VAE and text encoder are always the frozen base components named in `base_*`; the students, when recorded in
+`encoder` / `decoder`, replace the VAE's encoder / decoder at inference (`--full-vae` falls back to the VAE);
+`vae_decoder` may swap the VAE's own decoder for DC-AE-Lite's (`--vae-decoder lite`, models/sanasr.py
+`load_vae_decoder`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ class ModelDescription:
     lora: dict | None = None  # rank, alpha, targets, merged, scale
     pruning: dict | None = None  # strategy, budget, kept blocks, parameter counts
     history: list[dict] = field(default_factory=list)  # one record per command that wrote this model
+    encoder: str | None = None  # subfolder holding a student encoder (models/students.py LQEncoder)
+    decoder: str | None = None  # subfolder holding a student decoder (LightDecoder)
+    distill: dict | None = None  # how the students were distilled (steps, loss, data)
     # what the transformer is fed for tau: "sigma*1000" (SANA's own); "raw-tau" in folders written before it
     timestep_convention: str = TIMESTEP_CONVENTION
     # the VAE decoder that runs: "full" (the base DC-AE's), "lite" (DC-AE-Lite's), or a local AutoencoderDC folder
@@ -129,6 +136,9 @@ _FIELD_TYPES = {
     "pruning": (dict, type(None)),
     "history": (list,),
     "timestep_convention": (str,),
+    "encoder": (str, type(None)),
+    "decoder": (str, type(None)),
+    "distill": (dict, type(None)),
     "vae_decoder": (str,),
 }
 _PROMPT_TYPES = {
@@ -159,7 +169,7 @@ def _check_types(d: dict) -> None:
         raise ModelDirError(
             f"{DESCRIPTION_FILE}: unknown tagger {tagger!r} in 'prompt.tagger' (known: {', '.join(sorted(TAGGERS))})"
         )
-    for key in ("transformer", "adapter"):
+    for key in ("transformer", "adapter", "encoder", "decoder"):
         value = d.get(key)
         if value is None or (key == "transformer" and value == "base"):
             continue

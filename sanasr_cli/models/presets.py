@@ -221,6 +221,9 @@ _NANO_TEXT = dict(
 # The shipped nano files live in the package: models/nano/base (diffusers layout, like a local SANA copy) and
 # models/nano/sr (the SANA-SR model directory that `--model nano` loads).
 NANO_DIR = Path(__file__).resolve().parent / "nano"
+# nano-fast: nano with distilled students of its DC-AE (benchmarks/nano_fast.py; model card in models/nano_fast/).
+# Only the students ship there (encoder/, decoder/); the rest is nano's, so nano-fast follows nano's SR transformer.
+NANO_FAST_DIR = NANO_DIR.parent / "nano_fast"
 SHIPPED_BASE_PREFIX = "shipped:"  # base_source "shipped:nano" = the package's models/nano/base
 
 PRESETS: dict[str, Preset] = {
@@ -252,10 +255,27 @@ PRESETS: dict[str, Preset] = {
         hub_id=SHIPPED_BASE_PREFIX + "nano",
         notes="small SANA-SR trained here on real photos (f4c32 DC-AE, 6-block LinearDiT, 2-layer Gemma-2)",
     ),
+    # The cost target of `sanasr distill` at real size: SANA-600M's components with the transformer pruned to
+    # 0.35B (16 of 28 blocks: all blocks are alike, so which 16 a saliency ranking keeps does not change the
+    # count) and the student encoder / decoder of STUDENT_CONFIGS["sana-600m-512"]. Random weights: for counting
+    # (`sanasr bench`) only; the students' quality on the real DC-AE is unmeasured (README).
+    "sana-600m-512-fast": Preset(
+        name="sana-600m-512-fast",
+        transformer=dict(_SANA_600M_TRANSFORMER, num_layers=16),
+        vae=_DCAE_F32C32_SANA,
+        text_encoder=_GEMMA2_2B,
+        flow_shift=3.0,
+        hub_id=None,
+        notes="counting only (random weights): SANA-600M pruned to 16 blocks (0.35B) + distilled-student shapes "
+        "of the DC-AE encoder (reads the LQ) and decoder",
+        extra={"students": "sana-600m-512"},
+    ),
 }
 
 # `--model NAME` for these loads the shipped SANA-SR model directory (the preset of the same name is its base).
 SHIPPED_MODELS: dict[str, Path] = {"nano": NANO_DIR / "sr"}
+# `--model NAME` for these loads a shipped model directory plus the students shipped in a folder of their own.
+SHIPPED_STUDENTS: dict[str, tuple[str, Path]] = {"nano-fast": ("nano", NANO_FAST_DIR)}
 
 
 def resolve_base_source(source: str | None) -> str | None:

@@ -26,6 +26,7 @@ from sanasr_cli.models.presets import (
     PRESETS,
     SHIPPED_BASE_PREFIX,
     SHIPPED_MODELS,
+    SHIPPED_STUDENTS,
     Preset,
     build_local_tokenizer,
     default_base_source,
@@ -60,7 +61,7 @@ class SanaSR:
         return self.transformer.dtype
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SanaSR:
-        for module in (self.codec.vae, self.prompts.text_encoder, self.transformer):
+        for module in (*self.codec.modules(), self.prompts.text_encoder, self.transformer):
             module.to(device=device, dtype=dtype)
         return self
 
@@ -70,17 +71,20 @@ class SanaSR:
         self.prompts.release(to)
 
     @torch.no_grad()
-    def restore(self, lq_upsampled: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    def restore(self, lq_upsampled: torch.Tensor, prompts: list[str], lq: torch.Tensor | None = None) -> torch.Tensor:
         """The inference path: x_hat = D(z_L - sigma f_theta(z_L, tau_g, c, m)), z_L = E(x_L), untiled
         (`pipeline.upscale.restore_upsampled`, the path every command runs).
 
         lq_upsampled: (B, 3, H, W) float in [0, 1], already at the target size (bicubic from the LQ image).
-        Returns (B, 3, H, W) float32 in [0, 1], on the model's device. Any H, W (padded, then cropped back).
+        lq: the LQ batch (B, 3, H/4, W/4) it came from; a student encoder reads it (without it, the teacher
+        encodes lq_upsampled). Returns (B, 3, H, W) float32 in [0, 1], on the model's device. Any H, W (padded,
+        then cropped back).
         """
         from sanasr_cli.pipeline.upscale import restore_upsampled
 
         embeds, mask = self.prompts.encode_for_transformer(prompts, device=self.device)
-        return restore_upsampled(self, lq_upsampled.to(self.device), embeds, mask)
+        lq = lq.to(self.device) if lq is not None else None
+        return restore_upsampled(self, lq_upsampled.to(self.device), embeds, mask, lq=lq)
 
 
 # ---------------------------------------------------------------- building components
@@ -274,6 +278,13 @@ def describe_preset(
 def resolve_model(spec: str | Path, base: str | None = None, random_weights: bool = False, seed: int = 0):
     """A preset name or a model directory -> (description, directory or None)."""
     spec_str = str(spec)
+    if spec_str in SHIPPED_STUDENTS:  # a shipped model + students shipped beside it (nano-fast)
+        parent, students_dir = SHIPPED_STUDENTS[spec_str]
+        description, folder = resolve_model(parent, base=base, random_weights=random_weights, seed=seed)
+        for kind in ("encoder", "decoder"):
+            if (students_dir / kind).is_dir():
+                setattr(description, kind, SHIPPED_BASE_PREFIX + f"{students_dir.name}/{kind}")
+        return description, folder
     shipped = SHIPPED_MODELS.get(spec_str)
     if shipped is not None and is_model_dir(shipped):
         return ModelDescription.load(shipped), shipped
@@ -283,7 +294,7 @@ def resolve_model(spec: str | Path, base: str | None = None, random_weights: boo
     if path.is_dir():
         return ModelDescription.load(path), path
     raise ModelDirError(
-        f"'{spec_str}' is neither a preset ({', '.join(PRESETS)}) nor a model directory "
+        f"'{spec_str}' is neither a preset ({', '.join([*PRESETS, *SHIPPED_STUDENTS])}) nor a model directory "
         f"(a folder with sanasr.json, as written by train, merge-lora or prune)"
     )
 
@@ -296,7 +307,7 @@ def model_dir_problem(folder: str | Path) -> str | None:
     """
     folder = Path(folder)
     desc = ModelDescription.load(folder)  # raises ModelDirError when sanasr.json is missing or unreadable
-    for sub in (desc.transformer if desc.transformer != "base" else None, desc.adapter):
+    for sub in (desc.transformer if desc.transformer != "base" else None, desc.adapter, desc.encoder, desc.decoder):
         if sub and folder.resolve() not in (folder / sub).resolve().parents:  # e.g. a link out of the folder
             return f"{folder}: '{sub}/' leads outside the model directory (to {(folder / sub).resolve()})"
     if desc.adapter and not (folder / desc.adapter / "adapter_model.safetensors").is_file():
@@ -316,7 +327,63 @@ def model_dir_problem(folder: str | Path) -> str | None:
         adir = folder / desc.adapter
         if not (adir / "adapter_config.json").is_file() or not (adir / "adapter_model.safetensors").is_file():
             return f"{folder}: adapter folder '{desc.adapter}/' lacks adapter_config.json or adapter_model.safetensors"
+    for kind in ("encoder", "decoder"):
+        sub = getattr(desc, kind)
+        if sub and (not (folder / sub / "config.json").is_file() or not any((folder / sub).glob("*.safetensors"))):
+            return f"{folder}: {kind} student folder '{sub}/' lacks config.json or its *.safetensors weights"
     return None
+
+
+def student_folder(value: str, folder: Path | None) -> Path:
+    """Where a recorded student lives: a sub-folder of the model directory, or 'shipped:NAME/KIND' (the
+    package's models/NAME/KIND)."""
+    if value.startswith(SHIPPED_BASE_PREFIX):
+        from sanasr_cli.models.presets import NANO_DIR
+
+        return NANO_DIR.parent / value[len(SHIPPED_BASE_PREFIX) :]
+    if folder is None:
+        raise ModelDirError(f"a student '{value}' is recorded but there is no model directory to find it in")
+    return Path(folder) / value
+
+
+def build_students(description: ModelDescription, folder: Path | None, preset: Preset, vae, dtype, full_vae: bool,
+                   device=None, random_weights: bool = False) -> tuple:
+    """(student encoder or None, student decoder or None) as the description (or a preset with students) says.
+
+    full_vae: none (the teacher VAE runs). random_weights: built from the saved configs without loading weights
+    (bench's meta-device counting); a preset with `extra["students"]` always builds random students.
+    """
+    from sanasr_cli.models.students import (
+        build_student,
+        check_teacher_fit,
+        load_student,
+        student_config,
+    )
+
+    out = []
+    for kind in ("encoder", "decoder"):
+        module = None
+        if full_vae:
+            pass
+        elif getattr(description, kind):
+            path = student_folder(getattr(description, kind), folder)
+            if random_weights:
+                from sanasr_cli.models.students import STUDENT_CLASSES
+
+                cls = STUDENT_CLASSES[kind]
+                with torch.device(device or "cpu"):
+                    module = cls.from_config(cls.load_config(str(path)))
+            else:
+                module = load_student(kind, path, dtype)
+        elif folder is None and preset.extra.get("students"):
+            cfg = student_config(kind, preset.vae, preset.extra["students"])
+            with torch.device(device or "cpu"):
+                module = build_student(kind, cfg, seed=int(description.random_seed or 0) + 3)
+        if module is not None:
+            check_teacher_fit(kind, module, vae)
+            module.to(dtype=dtype).eval().requires_grad_(False)
+        out.append(module)
+    return tuple(out)
 
 
 def load_model(
@@ -326,11 +393,14 @@ def load_model(
     base: str | None = None,
     random_weights: bool = False,
     seed: int = 0,
+    full_vae: bool = False,
     vae_decoder: str | None = None,
 ) -> SanaSR:
     """Build a SanaSR from a preset name or a model directory, on `device` in `dtype`.
 
-    vae_decoder: "full", "lite" or a folder (see `load_vae_decoder`); None: what the description records."""
+    full_vae: ignore the model's distilled students (encoder/, decoder/) and run the teacher VAE (`--full-vae`).
+    vae_decoder: "full", "lite" or a folder (see `load_vae_decoder`); None: what the description records.
+    """
     from diffusers import SanaTransformer2DModel
 
     description, folder = resolve_model(spec, base=base, random_weights=random_weights, seed=seed)
@@ -384,7 +454,10 @@ def load_model(
             ) from None
     transformer.eval().requires_grad_(False)
     use_decoder(vae, description, vae_decoder, preset, dtype)
-    model = assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder)
+    students = build_students(description, folder, preset, vae, dtype, full_vae)
+    if full_vae:
+        description.encoder = description.decoder = None  # what runs is what the description says
+    model = assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder, students)
     return model.to(device=device, dtype=dtype)
 
 
@@ -414,11 +487,19 @@ def _first_line(e: BaseException) -> str:
 
 
 def assemble_model(
-    transformer, vae, tokenizer, text_encoder, description: ModelDescription, preset: Preset, folder: Path | None
+    transformer,
+    vae,
+    tokenizer,
+    text_encoder,
+    description: ModelDescription,
+    preset: Preset,
+    folder: Path | None,
+    students: tuple = (None, None),
 ) -> SanaSR:
-    """Wrap built components into a SanaSR as the description says (tau_g, shift, prompt rule)."""
+    """Wrap built components into a SanaSR as the description says (tau_g, shift, prompt rule); `students`:
+    (student encoder, student decoder), either None."""
     return SanaSR(
-        codec=LatentCodec(vae),
+        codec=LatentCodec(vae, *students),
         prompts=PromptEncoder(
             tokenizer,
             text_encoder,
@@ -473,6 +554,12 @@ def save_model_dir(
             _save_base_transformer(transformer, tmp / "transformer")
             usual_file_modes(tmp / "transformer")  # save_pretrained's safetensors files are 0600
             desc.transformer = "transformer"
+        for kind, student in (("encoder", model.codec.lq_encoder), ("decoder", model.codec.light_decoder)):
+            setattr(desc, kind, None)
+            if student is not None:  # the students travel with the model (prune, merge-lora of a distilled one)
+                student.save_pretrained(str(tmp / kind), safe_serialization=True)
+                usual_file_modes(tmp / kind)
+                setattr(desc, kind, kind)
         desc.save(tmp)
         for name, text in (extra_files or {}).items():
             atomic_write(tmp / name, text)

@@ -78,12 +78,15 @@ class SanaSRPipeline:
         base: str | None = None,
         seed: int = 0,
         tag_cache: str | Path | None = None,
+        full_vae: bool = False,
     ) -> SanaSRPipeline:
         """A preset (nano, tiny, sana-600m-512) or a model directory, loaded as `sanasr upscale --model` does.
 
         base: hub id or local folder of the SANA base the preset or model directory builds on (default
-        $SANASR_BASE or the hub); seed: weights of random-weight presets (tiny)."""
-        return cls(load_model(model, device=device, dtype=dtype, base=base, seed=seed), tag_cache=tag_cache)
+        $SANASR_BASE or the hub); seed: weights of random-weight presets (tiny); full_vae: run the teacher DC-AE
+        instead of the model's distilled students (`nano-fast`, or a model directory written by `sanasr distill`)."""
+        model = load_model(model, device=device, dtype=dtype, base=base, seed=seed, full_vae=full_vae)
+        return cls(model, tag_cache=tag_cache)
 
     @property
     def tagger(self) -> Tagger:

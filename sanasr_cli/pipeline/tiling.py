@@ -8,6 +8,8 @@ real DC-AE, 8 for the tiny preset), so every tile boundary falls on the VAE's gr
   side that overlaps a neighbour, normalised by the sum of weights. Diffusers has no tiling for
   SanaTransformer2DModel, hence this code.
 - VAE: the same `tiled_apply`, blending encoder outputs in latent space and decoder outputs in pixel space.
+  A distilled student encoder (models/students.py) reads the LQ image: it tiles in LQ pixels
+  (`tiled_encode_lq`), on the same latent grid.
   Diffusers' own `AutoencoderDC.enable_tiling` was tried first: it crossfades linearly, and in
   `tiled_encode` over only (tile - stride) / factor latents, and it gives a tile's edge (where the
   decoder's artefacts are strongest) half weight in the middle of the overlap. On the tiny preset with
@@ -245,6 +247,21 @@ def tiled_encode(codec, x: torch.Tensor, tile: int | None, batch_size: int = 1) 
     return tiled_apply(
         codec.encode,
         x,
+        None if tile is None else tile * f,
+        None if tile is None else overlap_for(tile) * f,
+        out_scale=1 / f,
+        batch_size=batch_size,
+    )
+
+
+def tiled_encode_lq(codec, lq: torch.Tensor, tile: int | None, batch_size: int = 1) -> torch.Tensor:
+    """The student encoder's E(x_L) for an LQ batch (B, 3, h, w) in [0, 1], h, w multiples of
+    `codec.lq_factor`, in tiles of `tile` latents: it tiles in LQ pixels (tile * lq_factor of them, the same
+    overlap), so the tile plan of the x4 image holds unchanged."""
+    f = codec.lq_factor
+    return tiled_apply(
+        codec.encode_lq,
+        lq,
         None if tile is None else tile * f,
         None if tile is None else overlap_for(tile) * f,
         out_scale=1 / f,

@@ -5,6 +5,7 @@ Per image, in stages:
   2. tag every file in one pass and build the prompts (tagger + user prompt + template); on an accelerator,
      encode them all, then the text encoder leaves it (unless keep_text_encoder) before anything is restored
   3. restore at x4: bicubic x4 -> [tiled] DC-AE encode -> [tiled] LinearDiT step (Eq. 4) -> [tiled] decode,
+     (a distilled student encoder reads the LQ instead, a student decoder decodes: models/students.py)
      halving the tiles on out-of-memory
   4. colour fix against the bicubic input; resize to round(scale x size) when scale != 4 (the model is x4;
      like Real-ESRGAN's --outscale); alpha upscaled bicubically on its own and re-attached
@@ -47,6 +48,7 @@ from sanasr_cli.pipeline.tiling import (
     run_with_oom_retry,
     tiled_decode,
     tiled_encode,
+    tiled_encode_lq,
     tiled_latent_apply,
 )
 from sanasr_cli.prompts.rule import PromptRule, tag_files, tagger_from_rule
@@ -125,6 +127,7 @@ def restore_upsampled(
     mask: torch.Tensor,
     plan: TilePlan | None = None,
     batch_size: int = 1,
+    lq: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The one inference path, x_hat = D(z_L - sigma f_theta(z_L, tau_g, c, m)), z_L = E(x_L), that `upscale`,
     `eval --model`, prune's validation gate, `SanaSRPipeline`, `SanaSR.restore` and bench's end-to-end all run.
@@ -133,12 +136,17 @@ def restore_upsampled(
     embeds, mask: the encoded prompts, one row per image (`PromptEncoder.encode_for_transformer`).
     Returns (B, 3, H, W) float32 in [0, 1]: padded to the VAE factor, [tiled] encode, [tiled] LinearDiT step
     (Eq. 4), [tiled] decode, cropped back; plan None (or untiled) runs each stage once over the whole image.
+    lq: the LQ batch x came from, on the same device: a distilled student encoder reads it instead of x
+    (models/students.py); without it the teacher encodes x.
     """
     codec = model.codec
     h, w = x.shape[-2:]
     vae_tile = plan.vae_tile if plan is not None else None
     dit_tile = plan.dit_tile if plan is not None else None
-    z_lq = tiled_encode(codec, codec.pad(x), vae_tile, batch_size)
+    if lq is not None and codec.encodes_lq:  # a distilled student encoder reads the LQ at its own resolution
+        z_lq = tiled_encode_lq(codec, codec.pad_lq(lq), vae_tile, batch_size)
+    else:
+        z_lq = tiled_encode(codec, codec.pad(x), vae_tile, batch_size)
 
     def step(z: torch.Tensor) -> torch.Tensor:
         n = z.shape[0] // embeds.shape[0]  # tiles of all images stacked: repeat the conditions to match
@@ -163,7 +171,7 @@ def restore_x4(
     x = upsample_bicubic(lq.to(model.device), MODEL_SCALE)
     # prefix reused, text positions trimmed; on the restorer's device (the text encoder may be released)
     embeds, mask = model.prompts.encode_for_transformer(prompts, device=model.device)
-    sr = restore_upsampled(model, x, embeds, mask, plan, batch_size)
+    sr = restore_upsampled(model, x, embeds, mask, plan, batch_size, lq=lq.to(model.device))
     return apply_color_fix(sr, x, color_fix)
 
 

@@ -19,6 +19,13 @@ import torch
 
 from sanasr_cli.errors import MissingWeightsError, SanaSRError
 from sanasr_cli.training.config import CONFIG_FILE, ConfigError, TrainConfig
+from sanasr_cli.training.distributed import (  # noqa: F401 - training_mixed_precision: part of this API
+    check_replicas_in_sync,
+    make_accelerator,
+    raise_if_any_failed,
+    release_accelerator_state,
+    training_mixed_precision,
+)
 from sanasr_cli.training.objective import TERM_NAMES
 
 
@@ -46,43 +53,10 @@ class TrainResult:
 # ================================================================ stages
 
 
-def training_mixed_precision(precision: str, cuda: bool) -> str:
-    """--precision -> accelerate's mixed_precision. auto: fp16 with loss scaling on CUDA (App. B: "training is
-    performed in FP16"), no mixed precision on the CPU; bf16 only when asked."""
-    if precision == "auto":
-        precision = "fp16" if cuda else "fp32"
-    if precision == "fp16" and not cuda:
-        raise ConfigError("--precision", "fp16 (with loss scaling) needs a CUDA GPU; use bf16 or fp32 on CPU")
-    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-
-
 def create_accelerator(config: TrainConfig):
     """Stage 1: the Accelerator (devices, DDP, mixed precision, gradient accumulation)."""
-    from accelerate import Accelerator
-    from accelerate.utils import GradientAccumulationPlugin
-
     mixed = training_mixed_precision(config.precision, torch.cuda.is_available())
-    return Accelerator(
-        mixed_precision=mixed,
-        # The epoch end must not force a sync: optimizer steps stay at fixed micro-step multiples (exact
-        # resume).
-        gradient_accumulation_plugin=GradientAccumulationPlugin(
-            num_steps=config.gradient_accumulation_steps, sync_with_dataloader=False
-        ),
-    )
-
-
-def release_accelerator_state() -> None:
-    """Forget this run's precision / accumulation settings so that a later `train()` in the same Python
-    process can use others (accelerate keeps them in a process-wide singleton); the process group stays.
-
-    accelerate (1.15) has no public way to do this: `_reset_state` is private, and it is what accelerate's own
-    test utilities call between runs (`test_utils.testing.AccelerateTestCase.tearDown`). `end_training` only
-    destroys the process group. Kept here, in this one function, until accelerate offers a public reset."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
+    return make_accelerator(mixed, config.gradient_accumulation_steps)
 
 
 def prepare_run_dir(config: TrainConfig, accelerator) -> Path | None:
@@ -127,8 +101,10 @@ def load_model_with_lora(config: TrainConfig, accelerator):
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
     )
+    # the paper's objective is defined on the teacher DC-AE: distilled students (encoder/, decoder/) are not used
     model = load_model(
-        config.model, device=accelerator.device, dtype=weight_dtype, base=config.base, seed=config.seed
+        config.model, device=accelerator.device, dtype=weight_dtype, base=config.base, seed=config.seed,
+        full_vae=True,
     )
     if model.description.adapter or getattr(model.transformer, "_hf_peft_config_loaded", False):
         raise ConfigError(
@@ -300,33 +276,6 @@ def _message(accelerator, hooks: TrainHooks | None, text: str) -> None:
             hooks.on_message(text)
 
 
-def check_replicas_in_sync(transformer, accelerator) -> None:
-    """Every process must hold the same LoRA weights (DDP averages the gradients); a mismatch means the
-    processes trained apart, and the checkpoint would record only one of them."""
-    from accelerate.utils import gather_object
-
-    if accelerator.num_processes == 1:
-        return
-    with torch.no_grad():
-        sums = [
-            float(
-                sum(
-                    p.double().sum() + p.double().abs().sum()
-                    for n, p in transformer.named_parameters()
-                    if "lora_" in n
-                )
-            )
-        ]
-    found = gather_object(sums)
-    if max(found) != min(found):
-        from sanasr_cli.training.checkpoint import CheckpointError
-
-        raise CheckpointError(
-            f"the {accelerator.num_processes} processes hold different LoRA weights "
-            f"(checksums {found}); gradients are not being synchronised"
-        )
-
-
 def save_training_checkpoint(
     run_dir, step, model, ema, optimizer, scheduler, accelerator, generators, stream, config: TrainConfig
 ) -> Path | None:
@@ -372,11 +321,7 @@ def save_training_checkpoint(
             prune_checkpoints(run_dir, config.checkpoints_total_limit)
         except SanaSRError as e:
             error = str(e)
-    errors = gather_object([error])  # every process learns whether the save failed
-    if any(errors):
-        from sanasr_cli.training.checkpoint import CheckpointError
-
-        raise CheckpointError(next(e for e in errors if e))
+    raise_if_any_failed(error)  # every process learns whether the save failed
     return path
 
 
