@@ -20,7 +20,7 @@ from sanasr_cli.cli.common import (
     resolve_precision,
 )
 
-COMPARABLE = ("osediff", "full-prompt", "full-vae")  # as sanasr_cli.evaluation.bench.COMPARABLE (kept light: --help)
+COMPARABLE = ("osediff", "full-prompt", "full-vae", "decoder-full")  # as evaluation.bench.COMPARABLE (light: --help)
 
 
 def _fmt(x, scale=1.0) -> str:
@@ -114,8 +114,8 @@ COMPARE = typer.Option(
     help="Also measure another pipeline in the same run and report ratios (latency: median of per-round "
     "ratios, timed interleaved): osediff (SD-2.1 UNet + SD VAE, random weights), full-prompt (the full-length "
     "padded prompt encode and all text positions, i.e. before the prefix reuse), full-vae (the same model with "
-    "the teacher DC-AE instead of its distilled students), or another model by name (e.g. sana-600m-512). "
-    "Repeatable.",
+    "the teacher DC-AE instead of its distilled students), decoder-full (the full DC-AE decoder beside "
+    "--vae-decoder lite), or another model by name (e.g. sana-600m-512). Repeatable.",
 )
 LATENCY = typer.Option(
     "auto", "--latency", help="auto (on CUDA, or on CPU for pipelines under 5 GMACs per image), on, off."
@@ -153,6 +153,7 @@ def bench(
     tagger: str = TAGGER,
     tagger_model: str = TAGGER_MODEL,
     full_vae: bool = opt.FULL_VAE,
+    vae_decoder: str = opt.VAE_DECODER,
 ):
     """Measure parameters, MACs, latency and peak memory of each part (VAE encode, text encoder, transformer,
     VAE decode) and end to end.
@@ -177,7 +178,7 @@ def bench(
     options = BenchOptions(
         sizes=tuple(sizes), batch_size=batch_size, device=str(dev), dtype=dtype, latency=latency, warmup=warmup,
         repeats=repeats, compare=tuple(dict.fromkeys(compare)), random_weights=random_weights, base=base, seed=seed,
-        tagger=tagger, tagger_model=tagger_model, full_vae=full_vae,
+        tagger=tagger, tagger_model=tagger_model, full_vae=full_vae, vae_decoder=vae_decoder,
     )  # fmt: skip
     _write(_measure(model, options), json_out, plot)
 

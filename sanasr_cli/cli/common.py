@@ -60,7 +60,7 @@ def quiet_libraries() -> None:
 
 
 def load_model_or_fail(spec: str, device: torch.device, dtype: torch.dtype, base=None, seed: int = 0,
-                       status: str | None = None, full_vae: bool = False):
+                       status: str | None = None, full_vae: bool = False, vae_decoder: str | None = None):
     """load_model behind a spinner (`status`, None: no spinner, e.g. on other processes); a bad model directory
     is one line and exit 2, missing weights one line and exit 1."""
     import contextlib
@@ -70,7 +70,9 @@ def load_model_or_fail(spec: str, device: torch.device, dtype: torch.dtype, base
 
     with console.status(status) if status else contextlib.nullcontext():
         try:
-            return load_model(spec, device=device, dtype=dtype, base=base, seed=seed, full_vae=full_vae)
+            return load_model(
+                spec, device=device, dtype=dtype, base=base, seed=seed, full_vae=full_vae, vae_decoder=vae_decoder
+            )
         except ModelDirError as e:
             raise fail(str(e), EXIT_USAGE) from None
         except MissingWeightsError as e:

@@ -130,6 +130,8 @@ def eval_command(
     tag_cache: str = po.TAG_CACHE,
     prompt: str = opt.prompt("Extra words put before the tags and the quality template (when a model runs)."),
     full_vae: bool = opt.FULL_VAE,
+    keep_text_encoder: bool = opt.KEEP_TEXT_ENCODER,
+    vae_decoder: str = opt.VAE_DECODER,
 ):
     """Score super-resolved images with pyiqa metrics, stating exactly what was computed.
 
@@ -244,12 +246,13 @@ def _model_run(f, pairs):
 
     dtype = resolve_precision(f.precision, f.dev)
     status = f"loading model {f.model} on {f.dev} ..."
-    sr_model = load_model_or_fail(f.model, f.dev, dtype, f.base, f.seed, status, f.full_vae)
+    sr_model = load_model_or_fail(f.model, f.dev, dtype, f.base, f.seed, status, f.full_vae, f.vae_decoder)
     if sr_model.description.random_weights:
         console.print(
             f"[yellow]note:[/] '{f.model}' has random (untrained) weights: scores show the pipeline, not SR quality."
         )
     options = _upscale_options(sr_model, f.scale, f.prompt, f.prompt_flags, f.dev, [p.sr for p in pairs], f.color_fix)
+    options.keep_text_encoder = f.keep_text_encoder
     info = {
         "spec": f.model, "description": sr_model.description.to_dict(), "scale": f.scale,
         "color_fix": f.color_fix, "device": str(f.dev), "precision": str(dtype).replace("torch.", ""),
@@ -344,7 +347,9 @@ def _rank(f, lq_pairs, spec) -> int:
     from sanasr_cli.evaluation.run import EvalHooks, EvalOptions, run_rank
 
     def options_for(m):
-        return _upscale_options(m, f.scale, f.prompt, f.prompt_flags, f.dev, None, f.color_fix)
+        options = _upscale_options(m, f.scale, f.prompt, f.prompt_flags, f.dev, None, f.color_fix)
+        options.keep_text_encoder = f.keep_text_encoder
+        return options
 
     options = EvalOptions([spec], f.protocol, f.dev, f.save_dir)
     try:

@@ -96,6 +96,7 @@ def prune(
     template: str = po.TEMPLATE,
     tag_cache: str = po.TAG_CACHE,
     full_vae: bool = opt.FULL_VAE,
+    keep_text_encoder: bool = opt.KEEP_TEXT_ENCODER,
 ):
     """Remove LinearDiT blocks down to a parameter budget, keeping the most salient ones.
 
@@ -106,21 +107,20 @@ def prune(
     (HQ crop for --protocol hq, the paper's default; LQ crop for lq); the --validate gate runs `sanasr eval`'s
     pipeline (LQ input tagged, no colour fix unless --color-fix). OUT/transformer/ is a diffusers folder with
     fewer blocks; OUT/prune_report.json lists every block's saliency and size, the kept blocks, parameters and
-    MACs before/after, eps_p and the share of F_i below it. Nothing is
-    written until the end, so an interrupted run leaves no OUT.
+    MACs before/after, eps_p and the share of F_i below it. Nothing is written until the end, so an
+    interrupted run leaves no OUT.
     Exit 0 ok, 1 validation failed (OUT still written) or run failed, 2 bad input.
     """
     from sanasr_cli.pruning.prune import PruneOptions
     from sanasr_cli.pruning.run import PruneGate, PruneJob
     from sanasr_cli.training.losses import LossWeights
-
     budget_n = _check_inputs(model_dir, output, budget, strategy, calib, validate, overwrite)
     _check_gate(color_fix, validate, protocol, validate_metrics)
     model, dev = _load(model_dir, device, precision, base, seed, full_vae)
     # calibration and validation prompts follow the model's rule (Eq. 12), flags change it with a warning
     rule = po.asked_prompt_rule(model.description.prompt, tagger, tagger_weights, tagger_model, tag_vocab, template)
     gate = None if validate is None else PruneGate(
-        validate, max_drop, tuple(validate_metrics.split(",")), protocol, color_fix
+        validate, max_drop, tuple(validate_metrics.split(",")), protocol, color_fix, keep_text_encoder
     )  # fmt: skip
     tagger_obj = po.build_tagger(rule, dev, tag_cache)
     job = PruneJob(output, str(model_dir), list(calib or []), crop, ema, overwrite, gate, rule, tagger_obj)

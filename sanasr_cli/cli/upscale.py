@@ -107,12 +107,13 @@ def upscale(
     precision: str = opt.PRECISION,
     seed: int = opt.seed("Seed of random-weight presets (tiny); inference is deterministic."),
     full_vae: bool = opt.FULL_VAE,
+    keep_text_encoder: bool = opt.KEEP_TEXT_ENCODER,
+    vae_decoder: str = opt.VAE_DECODER,
 ):
     """Super-resolve INPUT (a file or a folder) into OUTDIR.
 
-    The image is upsampled bicubically x4, encoded by the DC-AE, restored by one
-    LinearDiT step (Eq. 4), decoded, colour-fixed and resized to the asked scale.
-    Large images are tiled in latent space.
+    The image is upsampled bicubically x4, encoded by the DC-AE, restored by one LinearDiT step (Eq. 4),
+    decoded, colour-fixed and resized to the asked scale. Large images are tiled in latent space.
 
     Finished outputs are skipped, so rerunning an interrupted command resumes it.
     Under `accelerate launch` the files are split across processes.
@@ -200,7 +201,7 @@ def _load_model(f):
     quiet_libraries()
     is_main = f.rank == 0
     status = f"loading model {f.model} on {f.dev} ..." if is_main else None
-    sr_model = load_model_or_fail(f.model, f.dev, f.dtype, f.base, f.seed, status, f.full_vae)
+    sr_model = load_model_or_fail(f.model, f.dev, f.dtype, f.base, f.seed, status, f.full_vae, f.vae_decoder)
     if sr_model.description.random_weights and is_main:
         console.print(
             f"[yellow]note:[/] '{f.model}' has random (untrained) weights: outputs show the pipeline, "
@@ -221,7 +222,7 @@ def _options(f, sr_model):
         scale=f.scale, prompt_rule=rule, user_prompt=f.prompt, tile=f.tile_spec, color_fix=f.color_fix,
         batch_size=f.batch_size, ext=f.ext, suffix=f.suffix, overwrite=f.overwrite,
         max_pixels=int(f.max_pixels * 1e6), save_prompts=f.save_prompts, quality=f.quality,
-        tagger=po.build_tagger(rule, f.dev, f.tag_cache),
+        tagger=po.build_tagger(rule, f.dev, f.tag_cache), keep_text_encoder=f.keep_text_encoder,
     )  # fmt: skip
 
 
@@ -242,7 +243,9 @@ def _finish(f, state, records, not_images, interrupted: bool, start: float) -> N
                 "input": str(f.input), "output": str(f.output), "model": f.model, "scale": f.scale, "tile": f.tile,
                 "color_fix": f.color_fix, "precision": str(f.dtype).replace("torch.", ""), "device": str(f.dev),
                 "processes": f.nproc, "shard": f.shard or "0/1", "seconds": round(time.perf_counter() - start, 3),
-                "interrupted": interrupted,
+                "interrupted": interrupted, "vae_decoder": f.vae_decoder or "as the model records",
+                "text_encoder": "kept on the device" if f.keep_text_encoder or f.dev.type == "cpu"
+                else "moved to the CPU once the prompts were encoded",
             }  # fmt: skip
             write_report(f.report, all_records, meta)
         _print_summary(all_records, f.output, f.report)

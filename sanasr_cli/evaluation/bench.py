@@ -22,6 +22,9 @@ How each number is obtained (and stated in every report):
   one-off cost per process is its own line (`text_encoder_prefix`); its transformer attends over the text
   positions that prompt needs (`trim_text_positions`). `--compare full-prompt` is the full-length encode
   (`SanaPipeline.encode_prompt`'s padded sequence) with all max_length text positions, on the same modules.
+- `--vae-decoder lite` measures DC-AE-Lite's decoder; `--compare decoder-full` puts the full DC-AE decoder beside
+  it on the same encoder, transformer and text encoder (at 512x512: 939 against 1046 GMACs, so the gain is mostly
+  GPU wall time, which only a latency run shows).
 
 The pieces: `measure` (counting and timing, shared with prune and the taggers), `peers` (the pipelines as
 parts: SANA-SR, full-prompt, the OSEDiff-shaped SD-2.1 one), `bench_plot` (the --plot figure). This module
@@ -46,6 +49,7 @@ from sanasr_cli.evaluation.peers import (
     build_sanasr,
     osediff_pipeline,
     sana_pipeline,
+    with_decoder,
 )
 
 SUM_OF_PARTS_TOLERANCE = 0.25  # end_to_end vs the sum of its parts' latencies: warn beyond this
@@ -201,6 +205,7 @@ class BenchOptions:
     tagger: str = "none"  # none | clip: the prompt tagger Pi, reported as its own line
     tagger_model: str | None = None  # CLIP hub id or local folder (default: the clip tagger's default)
     full_vae: bool = False  # ignore distilled students: count the teacher VAE
+    vae_decoder: str | None = None  # full | lite | a folder; None: what the model records
 
 
 def tagger_cost(options: BenchOptions, device: torch.device) -> dict | None:
@@ -272,7 +277,7 @@ def _latency_decision(mode: str, device: torch.device, gmacs_per_image: float) -
     )
 
 
-COMPARABLE = ("osediff", "full-prompt", "full-vae")
+COMPARABLE = ("osediff", "full-prompt", "full-vae", "decoder-full")
 
 
 def comparable_models() -> tuple[str, ...]:
@@ -292,12 +297,17 @@ def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] |
         raise ValueError(f"unknown --compare {', '.join(unknown)}; known: {', '.join(known)}")
     step("building the pipelines on the meta device")
     meta_model = build_sanasr(
-        spec, "meta", random_weights=True, base=options.base, seed=options.seed, full_vae=options.full_vae
+        spec, "meta", random_weights=True, base=options.base, seed=options.seed, full_vae=options.full_vae,
+        vae_decoder=options.vae_decoder,
     )
+    if "decoder-full" in options.compare and meta_model.info.get("full_decoder") is None:
+        raise ValueError("--compare decoder-full measures the full decoder beside another one: add --vae-decoder lite")
 
     def build(name: str, device, model=None) -> Pipeline:
         if name == "osediff":
             return osediff_pipeline(device, options.dtype, options.seed)
+        if name == "decoder-full":
+            return sana_pipeline(with_decoder(model, model.info["full_decoder"]), name=name)
         if name == "sanasr" or name in COMPARABLE:  # the measured model itself, or a variant of it
             return sana_pipeline(model, full_prompt=name == "full-prompt", full_vae=name == "full-vae")
         meta = torch.device(device).type == "meta"  # another SANA-SR model by name (e.g. the unpruned preset)
@@ -337,8 +347,8 @@ def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] |
                 if name != "osediff" and real_model is None:
                     real_model = build_sanasr(
                         spec, device, options.dtype, options.random_weights, options.base, options.seed,
-                        options.full_vae,
-                    )
+                        options.full_vae, options.vae_decoder,
+                    )  # fmt: skip
                 real[name] = build(name, device, real_model)
         if timed:
             measure_latency_paired(

@@ -8,6 +8,7 @@ t = 999; random weights (the cost does not depend on them).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -93,7 +94,7 @@ class Pipeline:
 
 
 def sana_pipeline(model, full_prompt: bool = False, full_vae: bool = False, name: str | None = None) -> Pipeline:
-    """Parts of a SanaSR (see sanasr_cli.models.sanasr.SanaSR.restore, which end_to_end follows).
+    """Parts of a SanaSR; end_to_end is `pipeline.upscale.restore_upsampled`, the inference path itself.
 
     Distilled students (models/students.py) replace the VAE parts: the student encoder reads the LQ image
     (size / 4), the light decoder decodes. full_vae: the teacher VAE instead (`--compare full-vae`).
@@ -136,10 +137,16 @@ def sana_pipeline(model, full_prompt: bool = False, full_vae: bool = False, name
             return codec.encode_lq(codec.pad_lq(i["lq"]))
         return codec.encode_padded(i["image"])
 
-    def end_to_end(i):
-        h, w = i["image"].shape[-2:]
-        return codec.crop(codec.decode(restorer(encode(i), i["embeds"], i["mask"])), h, w)
+    run_model = model if codec is model.codec else dataclasses.replace(model, codec=codec)
 
+    def end_to_end(i):  # the path every command runs (the prompt encoded apart, as its own part)
+        from sanasr_cli.pipeline.upscale import restore_upsampled
+
+        return restore_upsampled(run_model, i["image"], i["embeds"], i["mask"], lq=i["lq"])
+
+    decoder = {"full": "DC-AE", "lite": "DC-AE-Lite"}.get(model.description.vae_decoder) or (
+        f"DC-AE ({model.description.vae_decoder}'s decoder)"
+    )
     prefix = f"instruction prefix reused, {len(prompts.prefix_ids)} tokens once per process" if (
         reuse and prompts.complex_human_instruction
     ) else "full-length padded encode"
@@ -167,7 +174,7 @@ def sana_pipeline(model, full_prompt: bool = False, full_vae: bool = False, name
         size_multiple=f,
         description=f"SANA-SR ({model.description.base_preset}"
         f"{', distilled ' + ' and '.join(students) if students else ''}): DC-AE encode, LinearDiT one step (Eq. 4), "
-        f"DC-AE decode; text encoder separate, per distinct prompt of 30 words ({prefix}; the transformer "
+        f"{decoder} decode; text encoder separate, per distinct prompt of 30 words ({prefix}; the transformer "
         f"attends over {'the text positions the prompt needs' if reuse else f'all {prompts.max_length}'})",
         once={"text_encoder_prefix": lambda: prompts.prefix_state(refresh=True)} if reuse else {},
     )
@@ -245,11 +252,13 @@ def build_sanasr(
     base: str | None = None,
     seed: int = 0,
     full_vae: bool = False,
+    vae_decoder: str | None = None,
 ):
     """A SanaSR for measuring. On the meta device, or with random weights, the modules are built directly on
     `device` with the same builders `load_model` uses (no CPU detour for a real-size model, no download); the
     transformer follows the model directory (its own config when it has one, e.g. pruned; its LoRA adapter
-    unmerged). Otherwise `load_model` loads the real weights.
+    unmerged). Otherwise `load_model` loads the real weights. vae_decoder: as `load_model`'s; the decoder it
+    replaced (the full one, for `--compare decoder-full`) is kept in `model.info["full_decoder"]`.
     """
     from sanasr_cli.models.presets import PRESETS
     from sanasr_cli.models.sanasr import (
@@ -260,16 +269,23 @@ def build_sanasr(
         build_students,
         load_model,
         resolve_model,
+        use_decoder,
     )
 
     device = torch.device(device)
     description, folder = resolve_model(spec, base=base, random_weights=random_weights, seed=seed)
+    preset = PRESETS[description.base_preset]
     if device.type != "meta" and not (random_weights or description.random_weights):
-        return load_model(spec, device=device, dtype=dtype, base=base, seed=seed, full_vae=full_vae)
+        choice = vae_decoder or description.vae_decoder
+        model = load_model(
+            spec, device=device, dtype=dtype, base=base, seed=seed, full_vae=full_vae, vae_decoder="full"
+        )
+        model.info["full_decoder"] = use_decoder(model.codec.vae, model.description, choice, preset, dtype)
+        model.codec.vae.to(device=device, dtype=dtype)
+        return model
 
     from diffusers import SanaTransformer2DModel
 
-    preset = PRESETS[description.base_preset]
     seed_ = int(description.random_seed or seed)
     with torch.device(device):
         if description.transformer != "base":
@@ -282,8 +298,27 @@ def build_sanasr(
 
             transformer.add_adapter(LoraConfig.from_pretrained(str(folder / description.adapter)))
         vae = build_random_vae(preset, seed_)
+        full_decoder = use_decoder(vae, description, vae_decoder, preset, dtype, build_only=True)
         tokenizer, text_encoder = build_random_text(preset, seed_)
     students = build_students(description, folder, preset, vae, dtype, full_vae, device=device, random_weights=True)
-    for m in (transformer, vae, text_encoder):
-        m.to(dtype=dtype).eval().requires_grad_(False)
-    return assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder, students)
+    for m in (transformer, vae, text_encoder, full_decoder):
+        if m is not None:
+            m.to(dtype=dtype).eval().requires_grad_(False)
+    model = assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder, students)
+    model.info["full_decoder"] = full_decoder
+    return model
+
+
+def with_decoder(model, decoder: torch.nn.Module, label: str = "full"):
+    """The same SanaSR (shared transformer, text encoder, VAE encoder) decoding with `decoder`: the variant that
+    `--compare decoder-full` measures beside a lite-decoder model. The model's own VAE is left as it is."""
+    import copy
+
+    from sanasr_cli.models.vae import LatentCodec
+
+    vae = copy.copy(model.codec.vae)
+    vae._modules = dict(vae._modules)  # its own module table: the swap below does not reach the model's VAE
+    vae.decoder = decoder
+    description = dataclasses.replace(model.description, vae_decoder=label)
+    codec = LatentCodec(vae, model.codec.lq_encoder, model.codec.light_decoder)  # the students stay
+    return dataclasses.replace(model, codec=codec, description=description, info={})

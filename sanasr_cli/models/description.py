@@ -10,7 +10,9 @@ A model directory holds everything a command needs, so no architecture flag is e
       decoder/         optional: a light student of the VAE decoder (`sanasr distill decoder`)
 
 The VAE and text encoder are always the frozen base components named in `base_*`; the students, when recorded in
-`encoder` / `decoder`, replace the VAE's encoder / decoder at inference (`--full-vae` falls back to the VAE).
+`encoder` / `decoder`, replace the VAE's encoder / decoder at inference (`--full-vae` falls back to the VAE);
+`vae_decoder` may swap the VAE's own decoder for DC-AE-Lite's (`--vae-decoder lite`, models/sanasr.py
+`load_vae_decoder`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class ModelDescription:
     distill: dict | None = None  # how the students were distilled (steps, loss, data)
     # what the transformer is fed for tau: "sigma*1000" (SANA's own); "raw-tau" in folders written before it
     timestep_convention: str = TIMESTEP_CONVENTION
+    # the VAE decoder that runs: "full" (the base DC-AE's), "lite" (DC-AE-Lite's), or a local AutoencoderDC folder
+    vae_decoder: str = "full"
 
     @property
     def random_weights(self) -> bool:
@@ -135,6 +139,7 @@ _FIELD_TYPES = {
     "encoder": (str, type(None)),
     "decoder": (str, type(None)),
     "distill": (dict, type(None)),
+    "vae_decoder": (str,),
 }
 _PROMPT_TYPES = {
     "tagger": (str,),

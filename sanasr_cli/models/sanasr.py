@@ -22,6 +22,7 @@ from sanasr_cli.models.description import ModelDescription, is_model_dir
 from sanasr_cli.models.lora import load_adapter, save_adapter
 from sanasr_cli.models.presets import (
     BASE_ENV_VAR,
+    DC_AE_LITE_HUB_ID,
     PRESETS,
     SHIPPED_BASE_PREFIX,
     SHIPPED_MODELS,
@@ -29,6 +30,7 @@ from sanasr_cli.models.presets import (
     Preset,
     build_local_tokenizer,
     default_base_source,
+    lite_vae_config,
     resolve_base_source,
 )
 from sanasr_cli.models.restorer import OneStepRestorer
@@ -63,24 +65,26 @@ class SanaSR:
             module.to(device=device, dtype=dtype)
         return self
 
+    def release_text_encoder(self, to: torch.device | str = "cpu") -> None:
+        """Move the text encoder off the accelerator once the run's prompts are encoded (`PromptEncoder.release`;
+        "meta" frees its weights). The device the model reports, and restores on, is the transformer's."""
+        self.prompts.release(to)
+
     @torch.no_grad()
     def restore(self, lq_upsampled: torch.Tensor, prompts: list[str], lq: torch.Tensor | None = None) -> torch.Tensor:
-        """The inference path: x_hat = D(z_L - sigma f_theta(z_L, tau_g, c, m)), z_L = E(x_L).
+        """The inference path: x_hat = D(z_L - sigma f_theta(z_L, tau_g, c, m)), z_L = E(x_L), untiled
+        (`pipeline.upscale.restore_upsampled`, the path every command runs).
 
         lq_upsampled: (B, 3, H, W) float in [0, 1], already at the target size (bicubic from the LQ image).
         lq: the LQ batch (B, 3, H/4, W/4) it came from; a student encoder reads it (without it, the teacher
         encodes lq_upsampled). Returns (B, 3, H, W) float32 in [0, 1], on the model's device. Any H, W (padded,
         then cropped back).
         """
-        h, w = lq_upsampled.shape[-2:]
-        x = lq_upsampled.to(self.device)
-        if lq is not None and self.codec.encodes_lq:
-            z_lq = self.codec.encode_lq(self.codec.pad_lq(lq.to(self.device)))
-        else:
-            z_lq = self.codec.encode_padded(x)
-        embeds, mask = self.prompts.encode_for_transformer(prompts)  # prefix reused, text positions trimmed
-        z_hat = self.restorer(z_lq, embeds, mask)
-        return self.codec.crop(self.codec.decode(z_hat), h, w)
+        from sanasr_cli.pipeline.upscale import restore_upsampled
+
+        embeds, mask = self.prompts.encode_for_transformer(prompts, device=self.device)
+        lq = lq.to(self.device) if lq is not None else None
+        return restore_upsampled(self, lq_upsampled.to(self.device), embeds, mask, lq=lq)
 
 
 # ---------------------------------------------------------------- building components
@@ -123,6 +127,69 @@ def build_random_text(preset: Preset, seed: int):
     with _seeded(seed + 2):
         model = Gemma2Model(Gemma2Config(**cfg))
     return tokenizer, model
+
+
+def load_vae_decoder(
+    choice: str,
+    preset: Preset,
+    description: ModelDescription,
+    dtype: torch.dtype = torch.float32,
+    random_weights: bool = False,
+    seed: int = 0,
+    build_only: bool = False,
+):
+    """The VAE decoder module `choice` names, or None for "full" (the VAE's own).
+
+    "lite": DC-AE-Lite's decoder (`presets.lite_vae_config`): seeded random weights for a random-weight model;
+    else from `vae_lite/` in the base folder when the base is a local folder, else from the hub id
+    `DC_AE_LITE_HUB_ID` (the Hugging Face cache, HF_HUB_OFFLINE honoured). Any other value: a local
+    AutoencoderDC folder (config.json + safetensors) whose decoder is taken. Its latent space must be the
+    VAE's (channels and spatial factor), else ModelDirError; weights that cannot be found: MissingWeightsError.
+    build_only: no weights are read at all, a folder's config is built with random weights (bench's counting).
+    """
+    from diffusers import AutoencoderDC
+
+    if choice == "full":
+        return None
+    if choice == "lite" and (random_weights or build_only):
+        with _seeded(seed + 4):
+            return AutoencoderDC(**lite_vae_config(preset)).decoder.to(dtype)
+    if build_only:
+        with _seeded(seed + 4):
+            return AutoencoderDC.from_config(AutoencoderDC.load_config(str(_decoder_folder(choice)))).decoder.to(dtype)
+    if choice == "lite":
+        base = resolve_base_source(description.base_source)
+        local = Path(base) / "vae_lite" if base else None
+        source = str(local) if local is not None and local.is_dir() else DC_AE_LITE_HUB_ID
+    else:
+        source = str(_decoder_folder(choice))
+    try:
+        vae = AutoencoderDC.from_pretrained(source, torch_dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise MissingWeightsError(
+            "vae decoder (DC-AE-Lite)",
+            source if Path(source).exists() else f"the hub repo '{source}' and the Hugging Face cache",
+            f"Download it once where there is network (`hf download {DC_AE_LITE_HUB_ID}`), or put a copy in "
+            "vae_lite/ beside the base's vae/, or pass --vae-decoder /path/to/its/folder",
+            _first_line(e),
+        ) from None
+    want = (int(preset.vae["latent_channels"]), 2 ** (len(preset.vae["decoder_block_out_channels"]) - 1))
+    got = (int(vae.config.latent_channels), int(vae.spatial_compression_ratio))
+    if got != want:
+        raise ModelDirError(
+            f"--vae-decoder {choice}: its latents are {got[0]} channels at 1/{got[1]}, the model's VAE uses "
+            f"{want[0]} at 1/{want[1]}"
+        )
+    return vae.decoder
+
+
+def _decoder_folder(choice: str) -> Path:
+    path = Path(choice).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelDirError(
+            f"--vae-decoder takes full, lite or a local AutoencoderDC folder with config.json, not '{choice}'"
+        )
+    return path
 
 
 def _how_to_fix(preset: Preset) -> str:
@@ -327,10 +394,12 @@ def load_model(
     random_weights: bool = False,
     seed: int = 0,
     full_vae: bool = False,
+    vae_decoder: str | None = None,
 ) -> SanaSR:
     """Build a SanaSR from a preset name or a model directory, on `device` in `dtype`.
 
     full_vae: ignore the model's distilled students (encoder/, decoder/) and run the teacher VAE (`--full-vae`).
+    vae_decoder: "full", "lite" or a folder (see `load_vae_decoder`); None: what the description records.
     """
     from diffusers import SanaTransformer2DModel
 
@@ -384,11 +453,32 @@ def load_model(
                 f"{folder}: adapter folder '{description.adapter}/' cannot be loaded ({_first_line(e)})"
             ) from None
     transformer.eval().requires_grad_(False)
+    use_decoder(vae, description, vae_decoder, preset, dtype)
     students = build_students(description, folder, preset, vae, dtype, full_vae)
     if full_vae:
         description.encoder = description.decoder = None  # what runs is what the description says
     model = assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder, students)
     return model.to(device=device, dtype=dtype)
+
+
+def use_decoder(
+    vae,
+    description: ModelDescription,
+    choice: str | None,
+    preset: Preset,
+    dtype: torch.dtype,
+    build_only: bool = False,
+):
+    """Put the decoder `choice` (None: the recorded one) in the VAE and record it in the description; returns
+    the decoder it replaced (None when the VAE keeps its own). build_only: random weights, nothing read."""
+    choice = choice or description.vae_decoder
+    seed = int(description.random_seed or 0)
+    decoder = load_vae_decoder(choice, preset, description, dtype, description.random_weights, seed, build_only)
+    description.vae_decoder = choice
+    if decoder is None:
+        return None
+    replaced, vae.decoder = vae.decoder, decoder
+    return replaced
 
 
 def _first_line(e: BaseException) -> str:

@@ -23,18 +23,27 @@ Two ways to run the encoder, same layout:
   per-token caption layers, so they cannot reach its output (tested: transformer outputs agree).
 `trim_text_positions` then drops the trailing masked positions: the transformer attends over as many text
 positions as the longest real prompt of the batch needs, not max_length.
+
+A run that knows all its prompts up front (upscale, eval --model, prune's gate) encodes them first inside
+`pinned(prompts)` (kept for the whole run, whatever the LRU cache's size) and then calls `release()`: the text
+encoder (2.6 B parameters in SANA) leaves the accelerator before any restoring, and the prompts are served from
+the pinned embeddings without running it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import torch
 
 from sanasr_cli.prompts.template import degradation_spans
+
+PIN_CHUNK = 16  # prompts encoded together by `PromptEncoder.pinned`
 
 
 @functools.cache
@@ -72,6 +81,7 @@ class PromptEncoder:
         self._cache: OrderedDict[tuple[bool, str], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._cache_size = cache_size
         self._prefix: dict | None = None  # the CHI prefix run once: ids, hidden states, KV cache (per device/dtype)
+        self._pinned: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # prefix-reuse encodings of the run, CPU
 
     @property
     def hidden_size(self) -> int:
@@ -181,17 +191,27 @@ class PromptEncoder:
         return hidden[:, keep], tok["mask"][:, keep].to(device)
 
     @torch.no_grad()
-    def encode(self, prompts: list[str], reuse_prefix: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(c, m): embeddings (B, max_length, D) in the encoder's dtype on its device, and mask (B, max_length)
-        int64 on that device, laid out as `SanaPipeline.encode_prompt` returns them (see `run_encoder`)."""
-        device, _ = self._encoder_device_dtype()
+    def encode(
+        self, prompts: list[str], reuse_prefix: bool = False, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c, m): embeddings (B, max_length, D) in the encoder's dtype, and mask (B, max_length) int64, on
+        `device` (default: the encoder's), laid out as `SanaPipeline.encode_prompt` returns them (see
+        `run_encoder`). Pinned and cached prompts never run the encoder."""
+        device = torch.device(device) if device is not None else self._encoder_device_dtype()[0]
         found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for p in dict.fromkeys(prompts):
-            if (reuse_prefix, p) in self._cache:
+            if reuse_prefix and p in self._pinned:
+                found[p] = self._pinned[p]
+            elif (reuse_prefix, p) in self._cache:
                 self._cache.move_to_end((reuse_prefix, p))
                 found[p] = self._cache[(reuse_prefix, p)]
         missing = [p for p in dict.fromkeys(prompts) if p not in found]
         if missing:
+            if self.released:
+                raise RuntimeError(
+                    f"the text encoder was released (on {self._encoder_device_dtype()[0]}) and "
+                    f"{len(missing)} prompt(s) were not encoded before, e.g. {missing[0]!r}"
+                )
             embeds, mask = self.run_encoder(missing, reuse_prefix)
             for i, p in enumerate(missing):
                 found[p] = (embeds[i].detach().cpu(), mask[i].cpu())
@@ -202,9 +222,41 @@ class PromptEncoder:
         mask = torch.stack([found[p][1] for p in prompts]).to(device)
         return embeds, mask
 
-    def encode_for_transformer(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The inference path: `encode(reuse_prefix=True)` cut to the text positions the batch needs."""
-        return trim_text_positions(*self.encode(prompts, reuse_prefix=True))
+    def encode_for_transformer(
+        self, prompts: list[str], device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inference path: `encode(reuse_prefix=True)` cut to the text positions the batch needs, on
+        `device` (default: the encoder's; the restorer's once the encoder is released)."""
+        return trim_text_positions(*self.encode(prompts, reuse_prefix=True, device=device))
+
+    @contextlib.contextmanager
+    def pinned(self, prompts: list[str]) -> Iterator[None]:
+        """Encode `prompts` now (inference layout, see `encode_for_transformer`) and keep them, on the CPU, until
+        the block ends: inside it they never run the encoder, however many there are (the LRU cache holds
+        `cache_size`). Nested blocks keep what an outer one pinned."""
+        added = [p for p in dict.fromkeys(prompts) if p not in self._pinned]
+        try:
+            for start in range(0, len(added), PIN_CHUNK):  # chunks: the encoder's output buffer stays small
+                chunk = added[start : start + PIN_CHUNK]
+                embeds, mask = self.encode(chunk, reuse_prefix=True, device="cpu")
+                for i, p in enumerate(chunk):
+                    self._pinned[p] = (embeds[i].clone(), mask[i].clone())
+            yield
+        finally:
+            for p in added:
+                self._pinned.pop(p, None)
+
+    @property
+    def released(self) -> bool:
+        """True after `release(to="meta")`: the encoder holds no weights and can only serve encoded prompts."""
+        return self._encoder_device_dtype()[0].type == "meta"
+
+    def release(self, to: torch.device | str = "cpu") -> None:
+        """Move the text encoder off the accelerator (to the CPU; "meta" frees its weights for good) and drop
+        the prefix's hidden states and KV cache held there. Encoding afterwards runs on `to` (CPU: slow but
+        correct; meta: a RuntimeError naming the prompt), so encode the run's prompts first (`pinned`)."""
+        self.text_encoder.to(to)
+        self._prefix = None
 
 
 def _cache_kwarg(module: torch.nn.Module) -> str:

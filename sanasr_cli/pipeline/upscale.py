@@ -2,7 +2,8 @@
 
 Per image, in stages:
   1. probe the header -> output path; skip when a complete output is already there (resume)
-  2. read (any mode / bit depth, see data/io.py) and build the prompt (tagger + user prompt + template)
+  2. tag every file in one pass and build the prompts (tagger + user prompt + template); on an accelerator,
+     encode them all, then the text encoder leaves it (unless keep_text_encoder) before anything is restored
   3. restore at x4: bicubic x4 -> [tiled] DC-AE encode -> [tiled] LinearDiT step (Eq. 4) -> [tiled] decode,
      (a distilled student encoder reads the LQ instead, a student decoder decodes: models/students.py)
      halving the tiles on out-of-memory
@@ -14,11 +15,12 @@ A file that fails is recorded with a one-line error and the run goes on; each in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -89,6 +91,7 @@ class UpscaleOptions:
     save_prompts: bool = False
     quality: int = 95  # JPEG / WebP
     tagger: Tagger | None = None  # built from prompt_rule (with the tag cache) when None
+    keep_text_encoder: bool = False  # True: the text encoder stays on the accelerator while restoring
 
 
 @dataclass
@@ -117,6 +120,42 @@ class UpscaleRecord:
 # ---------------------------------------------------------------- the tensor path
 
 
+def restore_upsampled(
+    model: SanaSR,
+    x: torch.Tensor,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    plan: TilePlan | None = None,
+    batch_size: int = 1,
+    lq: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The one inference path, x_hat = D(z_L - sigma f_theta(z_L, tau_g, c, m)), z_L = E(x_L), that `upscale`,
+    `eval --model`, prune's validation gate, `SanaSRPipeline`, `SanaSR.restore` and bench's end-to-end all run.
+
+    x: (B, 3, H, W) in [0, 1] already at the output size (bicubic x4 of the LQ), on the model's device;
+    embeds, mask: the encoded prompts, one row per image (`PromptEncoder.encode_for_transformer`).
+    Returns (B, 3, H, W) float32 in [0, 1]: padded to the VAE factor, [tiled] encode, [tiled] LinearDiT step
+    (Eq. 4), [tiled] decode, cropped back; plan None (or untiled) runs each stage once over the whole image.
+    lq: the LQ batch x came from, on the same device: a distilled student encoder reads it instead of x
+    (models/students.py); without it the teacher encodes x.
+    """
+    codec = model.codec
+    h, w = x.shape[-2:]
+    vae_tile = plan.vae_tile if plan is not None else None
+    dit_tile = plan.dit_tile if plan is not None else None
+    if lq is not None and codec.encodes_lq:  # a distilled student encoder reads the LQ at its own resolution
+        z_lq = tiled_encode_lq(codec, codec.pad_lq(lq), vae_tile, batch_size)
+    else:
+        z_lq = tiled_encode(codec, codec.pad(x), vae_tile, batch_size)
+
+    def step(z: torch.Tensor) -> torch.Tensor:
+        n = z.shape[0] // embeds.shape[0]  # tiles of all images stacked: repeat the conditions to match
+        return model.restorer(z, embeds.repeat(n, 1, 1), mask.repeat(n, 1))
+
+    z_hat = tiled_latent_apply(step, z_lq, dit_tile, batch_size)
+    return codec.crop(tiled_decode(codec, z_hat, vae_tile, batch_size), h, w)
+
+
 def restore_x4(
     model: SanaSR,
     lq: torch.Tensor,
@@ -125,23 +164,45 @@ def restore_x4(
     color_fix: str = "wavelet",
     batch_size: int = 1,
 ) -> torch.Tensor:
-    """(B, 3, h, w) LQ in [0, 1] -> (B, 3, 4h, 4w) float32 in [0, 1] on the model's device, per `plan`."""
-    codec = model.codec
+    """(B, 3, h, w) LQ in [0, 1] -> (B, 3, 4h, 4w) float32 in [0, 1] on the model's device, per `plan`.
+
+    The prompts come from the pinned encodings when the run encoded them first (`prompts_first`), so the text
+    encoder may already be off the accelerator."""
     x = upsample_bicubic(lq.to(model.device), MODEL_SCALE)
-    h, w = x.shape[-2:]
-    if codec.encodes_lq:  # a distilled student encoder reads the LQ at its own resolution
-        z_lq = tiled_encode_lq(codec, codec.pad_lq(lq.to(model.device)), plan.vae_tile, batch_size)
-    else:
-        z_lq = tiled_encode(codec, codec.pad(x), plan.vae_tile, batch_size)
-    embeds, mask = model.prompts.encode_for_transformer(prompts)  # prefix reused, text positions trimmed
-
-    def step(z: torch.Tensor) -> torch.Tensor:
-        n = z.shape[0] // embeds.shape[0]  # tiles of all images stacked: repeat the conditions to match
-        return model.restorer(z, embeds.repeat(n, 1, 1), mask.repeat(n, 1))
-
-    z_hat = tiled_latent_apply(step, z_lq, plan.dit_tile, batch_size)
-    sr = codec.crop(tiled_decode(codec, z_hat, plan.vae_tile, batch_size), h, w)
+    # prefix reused, text positions trimmed; on the restorer's device (the text encoder may be released)
+    embeds, mask = model.prompts.encode_for_transformer(prompts, device=model.device)
+    sr = restore_upsampled(model, x, embeds, mask, plan, batch_size, lq=lq.to(model.device))
     return apply_color_fix(sr, x, color_fix)
+
+
+def offloads_text_encoder(model: SanaSR, keep_text_encoder: bool = False) -> bool:
+    """Whether a run moves the text encoder off its device after the prompt stage: only from an accelerator,
+    and not with `keep_text_encoder`."""
+    return not keep_text_encoder and next(model.prompts.text_encoder.parameters()).device.type != "cpu"
+
+
+@contextlib.contextmanager
+def prompts_first(model: SanaSR, prompts: Iterable[str], keep_text_encoder: bool = False) -> Iterator[None]:
+    """When the text encoder sits on an accelerator and is not kept there (`offloads_text_encoder`): encode every
+    prompt of the run now (pinned for the block, `PromptEncoder.pinned`), then move the encoder to the CPU, so
+    that restoring has the accelerator without it (SANA's Gemma-2: 2.6 B parameters, about 5 GB in bf16); it
+    stays there after the block (`model.to(device)` brings it back). Otherwise nothing happens here and each
+    batch encodes its prompts as it comes, as before (on the CPU nothing would move, and a real-size encoder
+    then runs while the progress bar moves). Outputs are the same either way. When encoding them all fails
+    (e.g. out of memory), nothing moves and each batch encodes its own prompts, failing alone."""
+    with contextlib.ExitStack() as stack:
+        pinned = False
+        if offloads_text_encoder(model, keep_text_encoder):
+            try:
+                stack.enter_context(model.prompts.pinned(list(prompts)))
+                pinned = True
+            except (RuntimeError, ValueError):
+                pass
+        if pinned:
+            model.release_text_encoder("cpu")
+            if model.device.type == "cuda":
+                torch.cuda.empty_cache()
+        yield
 
 
 def upscale_tensor(
@@ -360,32 +421,60 @@ def upscale_files(
             continue
         todo.append((rec, path, out))
 
-    # stage 2: tag the files to do in one pass (fills the tag cache, then frees the tagger's GPU memory)
+    # stage 2: tag the files to do in one pass (fills the tag cache, then frees the tagger's GPU memory), build
+    # their prompts and encode them all, then move the text encoder off the accelerator (see prompts_first)
     tagger = options.tagger or tagger_from_rule(options.prompt_rule, device=model.device)
-    tag_files(tagger, [path for _, path, _ in todo])
+    prompted = prompts_for_files(tagger, [path for _, path, _ in todo], options)
 
-    # stages 3-5: read, prompt, restore (batched by size when untiled), write
-    for rec, path, out in todo:
-        start = time.perf_counter()
-        try:
-            lq, info = read_image(path, options.max_pixels)
-            rec.mode = info.mode + (f" {info.bit_depth}-bit" if info.bit_depth != 8 else "")
-            if info.frames > 1:
-                rec.note = f"{info.frames} frames (animated): the first frame was upscaled"
-            tags = clean_tags(tagger.tags(lq, path), limit=options.prompt_rule.tag_limit)
-            rec.prompt = build_prompt(tags, options.prompt_rule.template, options.user_prompt)
-        except (SanaSRError, RuntimeError, ValueError, OSError) as e:
-            failed(rec, path, e, start)
-            continue
-        item = _Item(rec, path, out, lq, info, tags, start)
-        if pending and (pending[0].lq.shape != lq.shape or len(pending) >= options.batch_size):
-            flush()
-        pending.append(item)
-        plan = plan_tiles(model, lq.shape[-2] * MODEL_SCALE, lq.shape[-1] * MODEL_SCALE, options.tile)
-        if options.batch_size <= 1 or plan.dit_tile is not None or plan.vae_tile is not None:
-            flush()
-    flush()
+    # stages 3-5: read, restore (batched by size when untiled), write
+    with prompts_first(model, [p for _, p in prompted.values()], options.keep_text_encoder):
+        for rec, path, out in todo:
+            start = time.perf_counter()
+            try:
+                lq, info = read_image(path, options.max_pixels)
+                rec.mode = info.mode + (f" {info.bit_depth}-bit" if info.bit_depth != 8 else "")
+                if info.frames > 1:
+                    rec.note = f"{info.frames} frames (animated): the first frame was upscaled"
+                if path in prompted:
+                    tags, rec.prompt = prompted[path]
+                else:  # not tagged in stage 2 (e.g. the tagger failed there): tagged here, as before
+                    tags = clean_tags(tagger.tags(lq, path), limit=options.prompt_rule.tag_limit)
+                    rec.prompt = build_prompt(tags, options.prompt_rule.template, options.user_prompt)
+            except (SanaSRError, RuntimeError, ValueError, OSError) as e:
+                failed(rec, path, e, start)
+                continue
+            item = _Item(rec, path, out, lq, info, tags, start)
+            if pending and (pending[0].lq.shape != lq.shape or len(pending) >= options.batch_size):
+                flush()
+            pending.append(item)
+            plan = plan_tiles(model, lq.shape[-2] * MODEL_SCALE, lq.shape[-1] * MODEL_SCALE, options.tile)
+            if options.batch_size <= 1 or plan.dit_tile is not None or plan.vae_tile is not None:
+                flush()
+        flush()
     return records
+
+
+def prompts_for_files(
+    tagger: Tagger, paths: list[Path], options: UpscaleOptions
+) -> dict[Path, tuple[list[str], str]]:
+    """Tag `paths` in one pass (`tag_files`: fills the tag cache, then releases the tagger), and return the
+    (clean tags, prompt) of each file whose tags are then known: from that pass, or from a tagger that needs
+    no image (none, file). A file missing here (unreadable, or the tagger failed on it) is tagged, or reported,
+    in `upscale_files`' restoring loop."""
+    tagged = tag_files(tagger, paths)
+    out: dict[Path, tuple[list[str], str]] = {}
+    rule = options.prompt_rule
+    for path in paths:
+        try:
+            raw = tagged[str(path)] if str(path) in tagged else None
+            if raw is None and tagger.identity is None:
+                raw = tagger.tags(None, path)
+        except (SanaSRError, RuntimeError, ValueError, OSError):
+            raw = None  # met again, and reported, in the restoring loop
+        if raw is not None:
+            tags = clean_tags(raw, limit=rule.tag_limit)
+            out[path] = (tags, build_prompt(tags, rule.template, options.user_prompt))
+    return out
 
 
 def _restore_and_write(

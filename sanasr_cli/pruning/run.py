@@ -33,6 +33,7 @@ class PruneGate:
     metrics: tuple[str, ...] = ("psnr", "ssim")
     protocol: str = "full"
     color_fix: str = "none"
+    keep_text_encoder: bool = False  # True: the text encoder stays on the accelerator during the gate
 
 
 @dataclass
@@ -127,6 +128,7 @@ def _validate(model, pruned, report, job: PruneJob, hooks: PruneHooks):
             result = validate_pruning(
                 model, pruned, gate.pairs, max_drop=gate.max_drop, rule=job.rule, tagger=job.tagger,
                 metrics=list(gate.metrics), protocol=gate.protocol, color_fix=gate.color_fix,
+                keep_text_encoder=gate.keep_text_encoder,
             )  # fmt: skip
     except SanaSRError as e:  # the gate cannot decide: say why, still write OUT, exit 1
         report.validation = {"error": str(e), "passed": False}

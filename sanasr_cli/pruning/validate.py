@@ -77,17 +77,20 @@ def validate_pruning(
     scale: float = 4.0,
     on_image: Callable | None = None,
     color_fix: str = "none",
+    keep_text_encoder: bool = False,
 ) -> ValidationResult:
     """Score `model` as it is, then with `pruned_transformer` in place of its transformer, on the same pairs.
 
     rule / tagger: the prompt rule and its built tagger (default: the model's rule); the LQ input is tagged, as
     at inference. color_fix: "none" by default, the paper's pipeline (as `sanasr eval --model`). The model's own
-    transformer is put back afterwards. Raises PairsError for a folder without pairs, and SanaSRError when an
-    image fails or a metric cannot be built (the gate cannot decide without every score).
+    transformer is put back afterwards. On an accelerator the validation prompts are encoded once, first, and the
+    text encoder moves to the CPU for both runs, unless `keep_text_encoder`. Raises PairsError for a folder
+    without pairs, and SanaSRError when an image fails or a metric cannot be built (the gate cannot decide
+    without every score).
     """
     from sanasr_cli.evaluation.metrics import build_metric, evaluate_pairs, parse_metrics
     from sanasr_cli.evaluation.model_eval import upscale_pairs
-    from sanasr_cli.pipeline.upscale import UpscaleOptions
+    from sanasr_cli.pipeline.upscale import UpscaleOptions, prompts_first, prompts_for_files
     from sanasr_cli.prompts.rule import tagger_from_rule
 
     pairs = list_pairs(pairs_dir)
@@ -95,11 +98,19 @@ def validate_pruning(
     built = {s.name: build_metric(s, "cpu") for s in specs}  # MetricUnavailable now, before any restoring
     rule = rule or model.description.prompt
     options = UpscaleOptions(
-        scale=scale, prompt_rule=rule, tagger=tagger or tagger_from_rule(rule), color_fix=color_fix
+        scale=scale,
+        prompt_rule=rule,
+        tagger=tagger or tagger_from_rule(rule),
+        color_fix=color_fix,
+        keep_text_encoder=keep_text_encoder,
     )
     original = model.restorer.transformer
     means = {}
-    with tempfile.TemporaryDirectory(prefix="sanasr-validate-") as tmp:
+    # both models restore with the same encoded prompts, encoded once before the text encoder leaves the GPU
+    prompts = prompts_for_files(options.tagger, [p.sr for p in pairs], options)
+    with tempfile.TemporaryDirectory(prefix="sanasr-validate-") as tmp, prompts_first(
+        model, [p for _, p in prompts.values()], keep_text_encoder
+    ):
         for name, transformer in (("unpruned", original), ("pruned", pruned_transformer)):
             model.restorer.transformer = transformer.to(device=model.device)
             try:
