@@ -67,30 +67,36 @@ def test_one_cell_scored_like_nano_quality_then_skipped(ablations, tmp_path):
         ablations.main([*argv[:-2], "--out", str(out), "--steps", "7"])
 
 
-def _cell(psnr):
-    return dict(psnr_y=psnr, ssim=0.5, gain_psnr_y=0.0, gain_ssim=0.0, build_seconds=1.0, eval_seconds=1.0)
+def _cell(gain, kept=None):
+    cell = dict(psnr_y=25.0 + gain, ssim=0.5, gain_psnr_y=gain, gain_ssim=0.0, build_seconds=1.0, eval_seconds=1.0)
+    if kept:
+        cell.update(kept=kept, params_after=4, params_before=6, calibration_steps=0)
+    return cell
 
 
-def test_verdicts_report_the_measured_ordering(ablations):
+def test_verdicts_rank_by_the_median_gain_and_report_the_measured_ordering(ablations):
     results = {"seed": 0, "cells": {}}
     assert "not all cells measured yet" in ablations.verdict(results, "objective")
     results["cells"].update({
-        "objective/full": _cell(24.0), "objective/no-cons": _cell(23.5), "objective/no-align": _cell(23.0),
-        "objective/pixel-only": _cell(22.0),
+        "objective/full": _cell(-0.2), "objective/no-cons": _cell(-0.4), "objective/no-align": _cell(-0.6),
+        "objective/pixel-only": _cell(-0.8),
     })  # fmt: skip
     assert "ordering holds" in ablations.verdict(results, "objective")
-    results["cells"]["objective/no-align"] = _cell(24.5)
+    results["cells"]["objective/no-align"] = _cell(0.1)
     text = ablations.verdict(results, "objective")
-    assert "does not hold" in text and text.index("no-align (24.50)") < text.index("full (24.00)")
+    assert "does not hold" in text and text.index("no-align (+0.10)") < text.index("full (-0.20)")
     # tau_g 900 and the template-only prompt are the full-objective run, listed again in their groups
-    results["cells"].update({f"tau_g/{t}": _cell(v) for t, v in ((500, 23.0), (700, 23.5), (999, 24.2))})
+    results["cells"].update({f"tau_g/{t}": _cell(v) for t, v in ((500, -1.0), (700, -0.5), (999, -0.1))})
     assert "ordering holds" in ablations.verdict(results, "tau_g")
-    # pruning: random is the mean of its seeds; Fisher's place is named
+    # pruning: random is the mean of its seeds; Fisher's place is named, and so are strategies that agree
     results["cells"].update({
-        "prune/fisher": _cell(23.0), "prune/tail": _cell(23.2), "prune/magnitude": _cell(22.0),
-        **{f"prune/random-seed{s}": _cell(22.0 + s) for s in (0, 1, 2)},
+        "prune/fisher": _cell(-0.3, [0, 3, 4, 5]), "prune/tail": _cell(-0.2, [0, 1, 2, 5]),
+        "prune/magnitude": _cell(-0.3, [0, 3, 4, 5]),
+        **{f"prune/random-seed{s}": _cell(-0.6 + 0.3 * s, [0, 1, 4, 5]) for s in (0, 1, 2)},
     })  # fmt: skip
     text = ablations.verdict(results, "prune")
-    assert "random (23.00)" in text and "does not hold" in text and "Fisher is not the best" in text
+    assert "random (-0.30)" in text and "does not hold" in text and "Fisher is not the best" in text
+    assert "fisher and magnitude keep the same blocks" in text
     table = ablations.markdown(results)
-    assert "| tau_g | 900 | 24.00 |" in table and "same run as objective/full" in table
+    assert "| tau_g | 900 | 24.80 |" in table and "same run as objective/full" in table
+    assert "kept blocks [0, 3, 4, 5]" in table
