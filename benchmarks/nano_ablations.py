@@ -34,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +76,6 @@ class Cell:
     flags: tuple[str, ...] = ()  # extra CLI flags (prune: --strategy ...; train: the one change)
     same_as: str | None = None  # listed in this group, measured once under another id
     notes: str = ""
-    settings: dict = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -222,6 +221,16 @@ def evaluate(model_path: str, pairs, threads: int) -> dict:
     )
 
 
+def cell_settings(cell: Cell, args) -> dict:
+    """What a cell's result depends on beyond the run's model, base, seed and pairs: a finished cell is skipped
+    on rerun only when these match (a rerun with another --steps retrains the training cells, never mixes)."""
+    if cell.kind == "train":
+        return dict(steps=args.steps)
+    if "fisher" in cell.flags:
+        return dict(calib_steps=args.calib_steps, crop=args.crop)
+    return {}
+
+
 def run_cell(cell: Cell, work: Path, train_dir: Path, pairs, args) -> dict:
     out = work / "models" / cell.id.replace("/", "_")
     load_before = os.getloadavg()[0]
@@ -243,6 +252,7 @@ def run_cell(cell: Cell, work: Path, train_dir: Path, pairs, args) -> dict:
         cell=cell.name,
         flags=list(cell.flags),
         notes=cell.notes,
+        settings=cell_settings(cell, args),
         **info,
         **scored,
         build_seconds=round(build_s, 1),
@@ -341,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pairs", type=Path, default=None, help="a folder with lq/ and hq/ instead of the held-out photos")
     ap.add_argument("--cells", default="all", help="comma-separated cell ids or groups (references always run)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=120, help="training steps of every retrained cell")
+    ap.add_argument("--steps", type=int, default=200, help="training steps of every retrained cell")
     ap.add_argument("--calib-steps", type=int, default=200, help="Fisher calibration steps (the paper: K = 400)")
     ap.add_argument("--crop", type=int, default=64, help="calibration HQ crop (nano's training crop)")
     ap.add_argument("--threads", type=int, default=1)
@@ -349,8 +359,8 @@ def main(argv: list[str] | None = None) -> dict:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    settings = dict(model=args.model, base=args.base, seed=args.seed, steps=args.steps, calib_steps=args.calib_steps,
-                    crop=args.crop, pairs=str(args.pairs) if args.pairs else "nano held-out photos")  # fmt: skip
+    pairs_name = str(args.pairs) if args.pairs else "nano held-out photos"
+    settings = dict(model=args.model, base=args.base, seed=args.seed, pairs=pairs_name)
     if results.get("settings") not in (None, settings):
         raise SystemExit(f"{args.out} was made with other settings ({results['settings']}); use another --out")
     results.update(
@@ -365,7 +375,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_dir, pairs = stage(work, args.pairs, args.seed)
     wanted = set(args.cells.split(","))
     for cell in cells(args.seed):
-        if cell.same_as or cell.id in results["cells"]:
+        done = results["cells"].get(cell.id)
+        if cell.same_as or (done and done.get("settings") == cell_settings(cell, args)):
             continue
         if cell.group != "reference" and "all" not in wanted and not ({cell.id, cell.group} & wanted):
             continue

@@ -62,9 +62,10 @@ def test_one_cell_scored_like_nano_quality_then_skipped(ablations, tmp_path):
     stamp = model_dir.stat().st_mtime_ns
     again = ablations.main(argv)
     assert again["cells"] == saved["cells"] and model_dir.stat().st_mtime_ns == stamp
-    # other settings into the same JSON are refused, not mixed
+    assert saved["cells"]["prune/fisher"]["settings"] == {"calib_steps": 2, "crop": 64}
+    # another model, base, seed or set of pairs into the same JSON is refused, not mixed
     with pytest.raises(SystemExit, match="other settings"):
-        ablations.main([*argv[:-2], "--out", str(out), "--steps", "7"])
+        ablations.main([*argv, "--seed", "1"])
 
 
 def _cell(gain, kept=None):
