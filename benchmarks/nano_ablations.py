@@ -186,6 +186,10 @@ def build_prune(cell: Cell, model: str, out: Path, train_dir: Path, args) -> dic
 def build_train(cell: Cell, out: Path, work: Path, train_dir: Path, args) -> dict:
     prior = write_prior_dir(work / "prior_model", args.base)
     run = work / "runs" / cell.id.replace("/", "_")
+    config = run / "train_config.json"
+    if config.exists() and json.loads(config.read_text()).get("max_steps") != args.steps:
+        log(f"{run} was another schedule: trained again from the start")  # --resume would mix schedules
+        shutil.rmtree(run)
     cmd = sr_train_command(
         prior, train_dir, run, args.steps, args.seed, save_every=max(1, args.steps // 2),
         extra=("--validation-images", "0", "--resume", "auto", *cell.flags),
