@@ -58,18 +58,21 @@ def quantise(x: torch.Tensor) -> torch.Tensor:
 
 
 def score_pairs(model, pairs, color_fixes=("none", "wavelet")) -> list[dict]:
-    """Per image: Y-PSNR and SSIM of bicubic and of nano (one entry per colour fix) against the HQ."""
+    """Per image: Y-PSNR and SSIM of bicubic and of nano (one entry per colour fix) against the HQ. The prompt is
+    the model's prompt rule applied to the LQ file, as `sanasr eval` does (nano's rule: the template alone)."""
     from sanasr_cli.data.io import read_image
     from sanasr_cli.data.resample import upsample_bicubic
     from sanasr_cli.evaluation.metrics import METRICS, build_metric
     from sanasr_cli.pipeline.upscale import upscale_tensor
-    from sanasr_cli.prompts.template import build_prompt
+    from sanasr_cli.prompts.rule import prompt_for_image, tagger_from_rule
 
     psnr, ssim = build_metric(METRICS["psnr"]), build_metric(METRICS["ssim"])
-    prompt = build_prompt([], model.description.prompt.template)
+    rule = model.description.prompt
+    tagger = tagger_from_rule(rule, cache_dir="off")
     rows = []
     for key, lq_path, hq_path in pairs:
         lq, hq = read_image(lq_path)[0], read_image(hq_path)[0][None]
+        prompt = prompt_for_image(rule, lq, lq_path, tagger)
         outputs = {"bicubic": quantise(upsample_bicubic(lq[None], 4))}
         start = time.perf_counter()
         for fix in color_fixes:

@@ -390,21 +390,31 @@ def stage_prior(work: Path, seed: int, steps: int, batch: int = 32, crop: int = 
 SR_ARGS = dict(crop=64, batch=4, lora_rank=32, lr=5e-4, ema=0.99)
 
 
-def stage_sr(
-    work: Path, seed: int, steps: int, threads: int, lr: float = SR_ARGS["lr"], tau_g: float | None = None
-) -> dict:
-    from sanasr_cli.models.description import ModelDescription
+def write_prior_dir(prior_dir: Path, base_source: str) -> Path:
+    """The nano base as a model directory that `sanasr train --model` adapts: sanasr.json pointing at the base
+    (no adapter: the prior's transformer)."""
     from sanasr_cli.models.sanasr import describe_preset
 
-    start = time.time()
-    # the base as a model directory: sanasr.json pointing at work/base (no adapter, the prior's transformer)
-    prior_dir = work / "prior_model"
-    prior_dir.mkdir(exist_ok=True)
-    desc: ModelDescription = describe_preset("nano")
-    desc.base_source = str((work / "base").resolve())
+    prior_dir.mkdir(parents=True, exist_ok=True)
+    desc = describe_preset("nano")
+    desc.base_source = base_source
     desc.save(prior_dir)
-    run = work / "sr_run"
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    return prior_dir
+
+
+def sr_train_command(
+    prior_dir: Path,
+    hq: Path,
+    run: Path,
+    steps: int,
+    seed: int,
+    lr: float = SR_ARGS["lr"],
+    tau_g: float | None = None,
+    save_every: int = 250,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """The `sanasr train` command of the SR stage (SR_ARGS, the paper's objective with lambda_p = 0); `extra`
+    flags come last (the ablations change one thing each)."""
     cmd = [
         sys.executable,
         "-m",
@@ -413,7 +423,7 @@ def stage_sr(
         "--model",
         str(prior_dir),
         "--hq",
-        str(work / "photos" / "train"),
+        str(hq),
         "-o",
         str(run),
         "--crop",
@@ -423,7 +433,7 @@ def stage_sr(
         "--max-steps",
         str(steps),
         "--save-every",
-        "250",
+        str(save_every),
         "--validate-every",
         str(steps),
         "--validation-images",
@@ -457,6 +467,17 @@ def stage_sr(
     ]
     if tau_g is not None:
         cmd += ["--tau-g", str(tau_g)]
+    return cmd + list(extra)
+
+
+def stage_sr(
+    work: Path, seed: int, steps: int, threads: int, lr: float = SR_ARGS["lr"], tau_g: float | None = None
+) -> dict:
+    start = time.time()
+    prior_dir = write_prior_dir(work / "prior_model", str((work / "base").resolve()))
+    run = work / "sr_run"
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    cmd = sr_train_command(prior_dir, work / "photos" / "train", run, steps, seed, lr, tau_g)
     last = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if run.exists() else []
     if last:
         cmd += ["--resume", "latest"]
