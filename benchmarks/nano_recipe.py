@@ -135,18 +135,10 @@ def load_split(work: Path, split: str) -> list[torch.Tensor]:
 
 
 def random_crops(images: list[torch.Tensor], crop: int, n: int, g: torch.Generator) -> torch.Tensor:
-    """n random crops (with random flips) from the images, float in [0, 1], (n, 3, crop, crop)."""
-    out = []
-    for _ in range(n):
-        img = images[int(torch.randint(len(images), (1,), generator=g))]
-        _, h, w = img.shape
-        y = int(torch.randint(h - crop + 1, (1,), generator=g))
-        x = int(torch.randint(w - crop + 1, (1,), generator=g))
-        c = img[:, y : y + crop, x : x + crop]
-        if torch.rand(1, generator=g) < 0.5:
-            c = c.flip(-1)
-        out.append(c)
-    return torch.stack(out).float() / 255
+    """n random crops (with random flips) from the images, float in [0, 1], (n, 3, crop, crop): distill's sampler."""
+    from sanasr_cli.training.distill import random_crops as sample
+
+    return sample(images, crop, n, g)
 
 
 # ---------------------------------------------------------------- training helper (resumable loop)
