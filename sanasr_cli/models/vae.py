@@ -18,6 +18,17 @@ import torch.nn.functional as F
 from diffusers import AutoencoderDC
 
 
+def pad_to_multiple(images: torch.Tensor, f: int) -> torch.Tensor:
+    """Pad (B, C, H, W) on the bottom/right to multiples of f: reflection where the image is large enough, else edge
+    replication (reflect cannot pad by more than the side)."""
+    h, w = images.shape[-2:]
+    ph, pw = -(-h // f) * f, -(-w // f) * f
+    if (ph, pw) == (h, w):
+        return images
+    mode = "reflect" if (ph - h) < h and (pw - w) < w else "replicate"
+    return F.pad(images, (0, pw - w, 0, ph - h), mode=mode)
+
+
 class LatentCodec:
     def __init__(self, vae: AutoencoderDC, lq_encoder=None, light_decoder=None):
         self.vae = vae.eval().requires_grad_(False)
@@ -51,13 +62,7 @@ class LatentCodec:
 
     def pad_lq(self, lq: torch.Tensor) -> torch.Tensor:
         """Pad an LQ batch on the bottom/right to a multiple of `lq_factor` (so 4x it is a multiple of factor)."""
-        h, w = lq.shape[-2:]
-        f = self.lq_factor
-        ph, pw = -(-h // f) * f, -(-w // f) * f
-        if (ph, pw) == (h, w):
-            return lq
-        mode = "reflect" if (ph - h) < h and (pw - w) < w else "replicate"
-        return F.pad(lq, (0, pw - w, 0, ph - h), mode=mode)
+        return pad_to_multiple(lq, self.lq_factor)
 
     def encode_lq(self, lq: torch.Tensor) -> torch.Tensor:
         """z_L from the LQ batch (B, 3, h, w) in [0, 1], h and w multiples of `lq_factor`: the student encoder's
@@ -77,12 +82,7 @@ class LatentCodec:
 
     def pad(self, images: torch.Tensor) -> torch.Tensor:
         """Pad (B, C, H, W) on the bottom/right to a multiple of the factor."""
-        h, w = images.shape[-2:]
-        ph, pw = self.padded_size(h, w)
-        if (ph, pw) == (h, w):
-            return images
-        mode = "reflect" if (ph - h) < h and (pw - w) < w else "replicate"
-        return F.pad(images, (0, pw - w, 0, ph - h), mode=mode)
+        return pad_to_multiple(images, self.factor)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """E(x): (B, 3, H, W) in [0, 1], H and W multiples of the factor -> scaled latents."""
