@@ -317,3 +317,24 @@ def test_older_single_process_checkpoints_resume_and_every_process_needs_an_imag
     assert _shard(["a", "b", "c"], Second) == ["b"]
     with pytest.raises(DatasetError, match="1 usable image"):
         _shard(["a"], Second)
+
+
+def test_an_unreadable_hq_file_is_skipped_and_named_as_train_does(tmp_path):
+    """One broken file in --hq does not stop a distillation: it is left out with a DatasetWarning naming it (like
+    `train`'s dataset); a folder of only broken files is still one line, exit 2."""
+    from sanasr_cli.data.datasets import DatasetWarning
+    from sanasr_cli.errors import DatasetError
+    from sanasr_cli.training.distill import load_hq_images
+
+    write_photo_like(tmp_path / "hq" / "good.png", 40, 48)
+    (tmp_path / "hq" / "broken.png").write_bytes(b"not a png")
+    with pytest.warns(DatasetWarning, match="broken.png"):
+        images = load_hq_images([str(tmp_path / "hq")], crop=32)
+    assert [tuple(x.shape) for x in images] == [(3, 40, 48)]
+    r = _cli("distill", "encoder", "tiny", "-o", tmp_path / "out", "--hq", tmp_path / "hq", "--steps", "1",
+             "--batch-size", "2", "--crop", "32")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.png").write_bytes(b"not a png")
+    with pytest.warns(DatasetWarning), pytest.raises(DatasetError, match="no usable image"):
+        load_hq_images([str(tmp_path / "bad")], crop=32)

@@ -120,9 +120,14 @@ class DistillResult:
 
 
 def load_hq_images(folders: list[str], crop: int) -> list[torch.Tensor]:
-    """Every image under the folders (recursively) as (3, H, W) uint8; those smaller than the crop are left out.
-    DatasetError when a folder is missing or nothing usable is found."""
+    """Every image under the folders (recursively) as (3, H, W) uint8. As `train`'s dataset does, images smaller
+    than the crop and unreadable ones are left out, each with one DatasetWarning naming it. DatasetError when a
+    folder is missing or nothing usable is found."""
+    import warnings
+
+    from sanasr_cli.data.datasets import DatasetWarning
     from sanasr_cli.data.io import list_images, read_image
+    from sanasr_cli.errors import ImageReadError
 
     images, small = [], []
     for folder in folders:
@@ -130,7 +135,11 @@ def load_hq_images(folders: list[str], crop: int) -> list[torch.Tensor]:
         if not root.is_dir():
             raise DatasetError(f"--hq {folder}: not a folder")
         for path in list_images(root, recursive=True):
-            x, _ = read_image(path)
+            try:
+                x, _ = read_image(path)
+            except ImageReadError as error:
+                warnings.warn(DatasetWarning(f"skipped unreadable image {path}: {error}"), stacklevel=2)
+                continue
             if min(x.shape[-2:]) < crop:
                 small.append(path.name)
                 continue
