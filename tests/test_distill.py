@@ -336,5 +336,5 @@ def test_an_unreadable_hq_file_is_skipped_and_named_as_train_does(tmp_path):
     assert r.exit_code == 0, r.output
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "broken.png").write_bytes(b"not a png")
-    with pytest.warns(DatasetWarning), pytest.raises(DatasetError, match="no usable image"):
+    with pytest.warns(DatasetWarning), pytest.raises(DatasetError, match="no usable image.*1 unreadable image"):
         load_hq_images([str(tmp_path / "bad")], crop=32)

@@ -129,7 +129,7 @@ def load_hq_images(folders: list[str], crop: int) -> list[torch.Tensor]:
     from sanasr_cli.data.io import list_images, read_image
     from sanasr_cli.errors import ImageReadError
 
-    images, small = [], []
+    images, small, unreadable = [], [], []
     for folder in folders:
         root = Path(folder)
         if not root.is_dir():
@@ -139,13 +139,17 @@ def load_hq_images(folders: list[str], crop: int) -> list[torch.Tensor]:
                 x, _ = read_image(path)
             except ImageReadError as error:
                 warnings.warn(DatasetWarning(f"skipped unreadable image {path}: {error}"), stacklevel=2)
+                unreadable.append(path.name)
                 continue
             if min(x.shape[-2:]) < crop:
                 small.append(path.name)
                 continue
             images.append((x.clamp(0, 1) * 255).round().to(torch.uint8))
     if not images:
-        what = f" ({len(small)} smaller than --crop {crop})" if small else ""
+        left_out = [f"{len(small)} smaller than --crop {crop}"] if small else []
+        if unreadable:
+            left_out.append(f"{len(unreadable)} unreadable image(s): {', '.join(unreadable[:3])}")
+        what = f" ({'; '.join(left_out)})" if left_out else ""
         raise DatasetError(f"--hq {' '.join(folders)}: no usable image found{what}")
     return images
 
