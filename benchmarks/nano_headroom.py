@@ -3,8 +3,9 @@
     python benchmarks/nano_headroom.py ae                                  # autoencoder ceiling, train vs held-out
     python benchmarks/nano_headroom.py cnn --degradation default --steps 3000
     python benchmarks/nano_headroom.py restorer --degradation bicubic --tau-g 100 --steps 300
+    python benchmarks/nano_headroom.py filters                             # classical filters, nano_quality's pairs
 
-Three probes, each appending one entry to benchmarks/results/nano_headroom.json:
+Four probes, each appending one entry to benchmarks/results/nano_headroom.json:
 
 - `ae`: Y-PSNR of D(E(x)) on the centre 256x256 of every nano photo (train and held-out): the best any SR model
   that decodes through nano's DC-AE can reach; and D(E(bicubic)) against bicubic on held-out crops for each
@@ -15,7 +16,13 @@ Three probes, each appending one entry to benchmarks/results/nano_headroom.json:
 - `restorer`: nano's own restore step (Eq. 4 at --tau-g, LoRA rank 32 on attention + FFN from the nano prior),
   adapted with pixel MSE only, on the same pairs: the method's learning curve without the alignment terms.
 
-Data, identical for the three: each nano training photo degraded whole 3 times (seeded) and cut into aligned
+- `filters`: on nano_quality.py's own evaluation pairs (the held-out photos, degraded whole, seed per file), the
+  gain over bicubic of classical restorers with nothing learned: OpenCV non-local-means denoising of the LQ before
+  the bicubic upsampling (h = 3, 6, 10, 15), Gaussian blur (sigma 1, 2) and unsharp masking (amount 0.5, 1) of the
+  bicubic image; and the oracle that picks the best of them for each image. How much of the issue's +0.5 dB a model
+  could get by denoising or sharpening alone, on exactly the images nano is scored on.
+
+Data of the first three: each nano training photo degraded whole 3 times (seeded) and cut into aligned
 random crops; validation = 6 aligned 128px crops of each held-out photo, degraded whole with its own seed.
 Degradations: `default` (Real-ESRGAN x4plus, `sanasr degrade`'s default), `light` (one order, blur sigma <= 1.5,
 noise sigma <= 10, JPEG >= 60), `bicubic` (anti-aliased bicubic x1/4 only: the classical SR setting).
@@ -30,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -206,6 +214,64 @@ def probe_restorer(model, pairs: Pairs, tau_g: float, steps: int, every: int, lr
     )
 
 
+FILTERS = ("nlm3", "nlm6", "nlm10", "nlm15", "blur1", "blur2", "unsharp0.5", "unsharp1")
+
+
+def classical(name: str, lq: np.ndarray) -> np.ndarray:
+    """One classical restorer: (h, w, 3) uint8 RGB LQ -> (4h, 4w, 3) uint8 RGB, bicubic upsampling inside."""
+    import cv2
+
+    from sanasr_cli.data.resample import upsample_bicubic
+
+    def up(x):
+        t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1).float() / 255
+        return (upsample_bicubic(t, 4).permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+
+    if name.startswith("nlm"):  # OpenCV works in BGR; h for luma and colour alike, 5px patches, 15px search
+        h = float(name[3:])
+        return up(cv2.fastNlMeansDenoisingColored(np.ascontiguousarray(lq[..., ::-1]), None, h, h, 5, 15)[..., ::-1])
+    base = up(lq)
+    if name.startswith("blur"):
+        return cv2.GaussianBlur(base, (0, 0), float(name[4:]))
+    if name.startswith("unsharp"):
+        detail = base.astype(np.float64) - cv2.GaussianBlur(base, (0, 0), 1.5)
+        return (base + float(name[7:]) * detail).round().clip(0, 255).astype(np.uint8)
+    if name == "bicubic":
+        return base
+    raise ValueError(name)
+
+
+def probe_filters(pairs: list[tuple[str, Path, Path]]) -> dict:
+    from sanasr_cli.data.io import read_image
+
+    def u8(path):
+        return (read_image(path)[0].permute(1, 2, 0) * 255).round().byte().numpy()
+
+    def score(img, hq):
+        t = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+        return float(y_psnr(t, hq[None]))
+
+    rows = []
+    for key, lq_path, hq_path in pairs:
+        lq, hq = u8(lq_path), read_image(hq_path)[0]
+        bicubic = score(classical("bicubic", lq), hq)
+        gains = {f: round(score(classical(f, lq), hq) - bicubic, 3) for f in FILTERS}
+        best = max(gains, key=gains.get)
+        rows.append(dict(image=key, bicubic=round(bicubic, 3), gains=gains, oracle=best, oracle_gain=gains[best]))
+        print(json.dumps(rows[-1]), flush=True)
+    mid = len(rows) // 2
+
+    def med(values):
+        v = sorted(values)
+        return round(v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2, 3)
+
+    return dict(
+        images=rows,
+        median_gain_db={f: med([r["gains"][f] for r in rows]) for f in FILTERS},
+        oracle_median_gain_db=med([r["oracle_gain"] for r in rows]),
+    )
+
+
 def load_prior():
     """nano's base (the flow-matching prior, no SR adaptation) as a model."""
     import tempfile
@@ -219,16 +285,19 @@ def load_prior():
         return load_model(folder)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=("ae", "cnn", "restorer"))
+    ap.add_argument("probe", choices=("ae", "cnn", "restorer", "filters"))
     ap.add_argument("--degradation", choices=DEGRADATIONS, default="default")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--tau-g", type=float, default=900.0)
     ap.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate of the `restorer` probe's LoRA")
+    ap.add_argument("--pairs", type=Path, default=None, help="`filters`: a folder with lq/ and hq/ (default: make "
+                    "nano_quality.py's pairs under --work)")
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "nano_quality")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "nano_headroom.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from sanasr_cli.models.sanasr import load_model
 
@@ -236,6 +305,16 @@ def main() -> None:
     entry: dict = dict(probe=args.probe)
     if args.probe == "ae":
         entry.update(probe_ae(load_model("nano")))
+    elif args.probe == "filters":
+        if args.pairs is None:
+            from nano_quality import make_pairs
+
+            pairs = make_pairs(args.work, seed=0)
+            entry.update(pairs="nano_quality.py's held-out pairs (seed 0)")
+        else:
+            pairs = [(p.stem, p, args.pairs / "hq" / p.name) for p in sorted((args.pairs / "lq").glob("*.png"))]
+            entry.update(pairs=str(args.pairs))
+        entry.update(probe_filters(pairs))
     else:
         entry.update(degradation=args.degradation, steps=args.steps)
         pairs = Pairs(args.degradation)
@@ -250,7 +329,8 @@ def main() -> None:
     results.append(entry)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in entry.items() if k != "curve"}, indent=2))
+    print(json.dumps({k: v for k, v in entry.items() if k not in ("curve", "images")}, indent=2))
+    return entry
 
 
 if __name__ == "__main__":

@@ -1,0 +1,53 @@
+"""benchmarks/nano_headroom.py's `filters` probe cannot rot: run on the three shipped held-out CI pairs, its bicubic
+baseline is the one nano_quality.py scored with pyiqa when nano was shipped, and its oracle is the best of its
+filters for each image.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+PAIRS = REPO_ROOT / "tests" / "data" / "nano_heldout"
+
+
+@pytest.fixture(scope="module")
+def headroom():
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import nano_headroom
+
+    return nano_headroom
+
+
+def test_filters_probe_scores_like_nano_quality(headroom, tmp_path):
+    out = tmp_path / "headroom.json"
+    entry = headroom.main(["filters", "--pairs", str(PAIRS), "--out", str(out)])
+
+    assert json.loads(out.read_text())[-1]["probe"] == "filters"
+    shipped = json.loads((REPO_ROOT / "benchmarks" / "results" / "nano_quality.json").read_text())["ci_pairs"]
+    pyiqa_bicubic = {r["image"]: r["bicubic_psnr_y"] for r in shipped["images"]}
+    rows = {r["image"]: r for r in entry["images"]}
+    assert set(rows) == set(pyiqa_bicubic) == {"chelsea", "coffee", "flower"}
+    for name, row in rows.items():
+        assert row["bicubic"] == pytest.approx(pyiqa_bicubic[name], abs=0.01)  # same bicubic, same Y-PSNR as pyiqa
+        assert set(row["gains"]) == set(headroom.FILTERS)
+        assert row["oracle_gain"] == max(row["gains"].values()) == row["gains"][row["oracle"]]
+    # the filters do change the image: a strong denoiser moves every crop by more than 0.05 dB one way or the other
+    assert all(abs(r["gains"]["nlm15"]) > 0.05 for r in rows.values())
+    gains = sorted(r["oracle_gain"] for r in rows.values())
+    assert entry["oracle_median_gain_db"] == pytest.approx(gains[1], abs=1e-9)
+
+
+def test_classical_upsamples_by_four(headroom):
+    import numpy as np
+
+    lq = (np.random.default_rng(0).random((8, 12, 3)) * 255).astype(np.uint8)
+    for name in (*headroom.FILTERS, "bicubic"):
+        out = headroom.classical(name, lq)
+        assert out.shape == (32, 48, 3) and out.dtype == np.uint8
+    with pytest.raises(ValueError):
+        headroom.classical("median", lq)
