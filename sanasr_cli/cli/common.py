@@ -5,19 +5,24 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import typer
 from rich.console import Console
 
+if TYPE_CHECKING:  # torch is imported where a command runs, so that `sanasr --help` answers at once
+    import torch
+
 console = Console(stderr=True)
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = ("fp32", "fp16", "bf16")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def resolve_device(device: str) -> torch.device:
     """'auto' -> cuda when available, else cpu; anything else as torch understands it."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -33,11 +38,13 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """'auto' -> bf16 on CUDA, fp32 on CPU."""
+    import torch
+
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if precision not in PRECISIONS:
         raise typer.BadParameter(f"use one of auto, {', '.join(PRECISIONS)}", param_hint="--precision")
-    return PRECISIONS[precision]
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:

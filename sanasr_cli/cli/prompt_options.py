@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import typer
 
 from sanasr_cli.cli.common import EXIT_FAILED, EXIT_USAGE, console, fail
+
+if TYPE_CHECKING:
+    import torch
 
 TAGGER = typer.Option(
     None,
