@@ -315,7 +315,7 @@ def test_older_single_process_checkpoints_resume_and_every_process_needs_an_imag
         num_processes, process_index = 2, 1
 
     assert _shard(["a", "b", "c"], Second) == ["b"]
-    with pytest.raises(DatasetError, match="1 usable image"):
+    with pytest.raises(DatasetError, match="1 image file"):
         _shard(["a"], Second)
 
 
@@ -338,3 +338,45 @@ def test_an_unreadable_hq_file_is_skipped_and_named_as_train_does(tmp_path):
     (tmp_path / "bad" / "broken.png").write_bytes(b"not a png")
     with pytest.warns(DatasetWarning), pytest.raises(DatasetError, match="no usable image.*1 unreadable image"):
         load_hq_images([str(tmp_path / "bad")], crop=32)
+
+
+def test_each_process_decodes_only_its_share_and_all_stop_together(tmp_path):
+    """A folder of large photos is not held whole by every process: process r decodes only every N-th file from r
+    (a broken file of process 0 is never opened by process 1). When one process's share has nothing usable, every
+    process raises the same line (the counts are gathered first), rather than the others waiting for it."""
+    import warnings
+
+    from sanasr_cli.data.datasets import DatasetWarning
+    from sanasr_cli.errors import DatasetError
+    from sanasr_cli.training.distill import DistillConfig, _load_shard
+
+    hq = tmp_path / "hq"
+    hq.mkdir()
+    (hq / "a.png").write_bytes(b"not a png")  # process 0's
+    write_photo_like(hq / "b.png", 40, 48)  # process 1's
+    write_photo_like(hq / "c.png", 40, 40)  # process 0's
+
+    class Process:
+        device = "cpu"
+
+        def __init__(self, index, counts):
+            self.num_processes, self.process_index, self.counts = 2, index, counts
+
+        def gather(self, local):
+            assert int(local) == self.counts[self.process_index]
+            return torch.tensor(self.counts)
+
+    config = DistillConfig(kind="encoder", model="tiny", hq=[str(hq)], output=str(tmp_path / "out"), crop=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DatasetWarning)  # process 1 never touches a.png
+        shard, total = _load_shard(config, Process(1, [1, 1]))
+    assert [tuple(x.shape) for x in shard] == [(3, 40, 48)] and total == 2
+    with pytest.warns(DatasetWarning, match="a.png"):
+        shard, total = _load_shard(config, Process(0, [1, 1]))
+    assert [tuple(x.shape) for x in shard] == [(3, 40, 40)]
+    (hq / "c.png").unlink()  # now process 0 has nothing usable: both processes stop with one line
+    for rank in (0, 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(DatasetError, match="1 usable image.*2 processes"):
+                _load_shard(config, Process(rank, [0, 1]))

@@ -119,38 +119,61 @@ class DistillResult:
 # ---------------------------------------------------------------- data
 
 
-def load_hq_images(folders: list[str], crop: int) -> list[torch.Tensor]:
-    """Every image under the folders (recursively) as (3, H, W) uint8. As `train`'s dataset does, images smaller
-    than the crop and unreadable ones are left out, each with one DatasetWarning naming it. DatasetError when a
-    folder is missing or nothing usable is found."""
-    import warnings
+def hq_files(folders: list[str]) -> list[Path]:
+    """Every image file under the folders (recursively), in a fixed order; DatasetError for a missing folder."""
+    from sanasr_cli.data.io import list_images
 
-    from sanasr_cli.data.datasets import DatasetWarning
-    from sanasr_cli.data.io import list_images, read_image
-    from sanasr_cli.errors import ImageReadError
-
-    images, small, unreadable = [], [], []
+    files = []
     for folder in folders:
         root = Path(folder)
         if not root.is_dir():
             raise DatasetError(f"--hq {folder}: not a folder")
-        for path in list_images(root, recursive=True):
-            try:
-                x, _ = read_image(path)
-            except ImageReadError as error:
-                warnings.warn(DatasetWarning(f"skipped unreadable image {path}: {error}"), stacklevel=2)
-                unreadable.append(path.name)
-                continue
-            if min(x.shape[-2:]) < crop:
-                small.append(path.name)
-                continue
-            images.append((x.clamp(0, 1) * 255).round().to(torch.uint8))
+        files += list_images(root, recursive=True)
+    return files
+
+
+def decode_hq(
+    files: list[Path], crop: int, limit: int | None = None
+) -> tuple[list[torch.Tensor], list[str], list[str]]:
+    """The usable files as (3, H, W) uint8 (at most `limit`), and the names of those left out: smaller than the
+    crop, and unreadable (each of these with one DatasetWarning naming it, as `train`'s dataset does)."""
+    import warnings
+
+    from sanasr_cli.data.datasets import DatasetWarning
+    from sanasr_cli.data.io import read_image
+    from sanasr_cli.errors import ImageReadError
+
+    images, small, unreadable = [], [], []
+    for path in files:
+        if limit is not None and len(images) >= limit:
+            break
+        try:
+            x, _ = read_image(path)
+        except ImageReadError as error:
+            warnings.warn(DatasetWarning(f"skipped unreadable image {path}: {error}"), stacklevel=2)
+            unreadable.append(path.name)
+            continue
+        if min(x.shape[-2:]) < crop:
+            small.append(path.name)
+            continue
+        images.append((x.clamp(0, 1) * 255).round().to(torch.uint8))
+    return images, small, unreadable
+
+
+def no_usable_image(folders: list[str], crop: int, small: list[str], unreadable: list[str]) -> DatasetError:
+    left_out = [f"{len(small)} smaller than --crop {crop}"] if small else []
+    if unreadable:
+        left_out.append(f"{len(unreadable)} unreadable image(s): {', '.join(unreadable[:3])}")
+    what = f" ({'; '.join(left_out)})" if left_out else ""
+    return DatasetError(f"--hq {' '.join(folders)}: no usable image found{what}")
+
+
+def load_hq_images(folders: list[str], crop: int) -> list[torch.Tensor]:
+    """Every usable image under the folders (see `decode_hq`); DatasetError when a folder is missing or nothing
+    usable is found."""
+    images, small, unreadable = decode_hq(hq_files(folders), crop)
     if not images:
-        left_out = [f"{len(small)} smaller than --crop {crop}"] if small else []
-        if unreadable:
-            left_out.append(f"{len(unreadable)} unreadable image(s): {', '.join(unreadable[:3])}")
-        what = f" ({'; '.join(left_out)})" if left_out else ""
-        raise DatasetError(f"--hq {' '.join(folders)}: no usable image found{what}")
+        raise no_usable_image(folders, crop, small, unreadable)
     return images
 
 
@@ -352,12 +375,35 @@ def _data_generator(config: DistillConfig, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(config.seed + 1_000_003 * rank)
 
 
-def _shard(images: list, accelerator) -> list:
-    """Each process its own images (every num_processes-th, from its rank)."""
+def _shard(files: list, accelerator) -> list:
+    """Each process its own image files (every num_processes-th, from its rank)."""
     n = accelerator.num_processes
-    if len(images) < n:
-        raise DatasetError(f"--hq: {len(images)} usable image(s) for {n} processes; each needs at least one")
-    return images[accelerator.process_index :: n]
+    if len(files) < n:
+        raise DatasetError(f"--hq: {len(files)} image file(s) for {n} processes; each needs at least one")
+    return files[accelerator.process_index :: n]
+
+
+def _load_shard(config: DistillConfig, accelerator) -> tuple[list[torch.Tensor], int]:
+    """This process's HQ images, decoded by it alone (memory per process: its share of the folder, not all of it),
+    and the number of usable images over all processes. Every process learns the counts before any raises, so
+    that a shard with nothing usable stops all processes with the same line instead of leaving them waiting."""
+    n = accelerator.num_processes
+    shard, small, unreadable = decode_hq(_shard(hq_files(config.hq), accelerator), config.crop)
+    counts = [len(shard)] if n == 1 else accelerator.gather(torch.tensor([len(shard)], device=accelerator.device))
+    total = int(sum(int(c) for c in counts))
+    if total == 0:
+        raise no_usable_image(config.hq, config.crop, small, unreadable)
+    if min(int(c) for c in counts) == 0:
+        raise DatasetError(f"--hq: {total} usable image(s) for {n} processes; each needs at least one")
+    return shard, total
+
+
+def _first_usable(config: DistillConfig) -> list[torch.Tensor]:
+    import warnings
+
+    with warnings.catch_warnings():  # each unreadable file was named once already, by the process that owns it
+        warnings.simplefilter("ignore")
+        return decode_hq(hq_files(config.hq), config.crop, limit=VALIDATION_CROPS)[0]
 
 
 def distill(
@@ -398,14 +444,15 @@ def _distill(config: DistillConfig, accelerator, ckpt, say, on_step, on_start) -
     model = load_model(config.model, device=device, base=config.base)
     if config.crop % model.codec.factor:
         raise DistillConfigError(f"--crop must be a multiple of the VAE factor {model.codec.factor}, not {config.crop}")
-    images = load_hq_images(config.hq, config.crop)
-    shard = _shard(images, accelerator)
+    shard, total = _load_shard(config, accelerator)
     teacher = Teacher(model, config.kind)
     degrader = RealESRGANDegrader()
     g = _data_generator(config, rank)
     val_hq = val_lq = None
     if main:
-        val_hq = centre_crops(images, config.crop, VALIDATION_CROPS).to(device)
+        # the first usable images of the whole folder, whatever the number of processes
+        first = shard if accelerator.num_processes == 1 else _first_usable(config)
+        val_hq = centre_crops(first, config.crop, VALIDATION_CROPS).to(device)
         val_lq = degrader(val_hq, torch.Generator().manual_seed(config.seed + 1))
     # 2. student: fresh or resumed
     run = config.run
@@ -432,7 +479,7 @@ def _distill(config: DistillConfig, accelerator, ckpt, say, on_step, on_start) -
         optimizer.load_state_dict(opt_state)
     params = sum(p.numel() for p in student.parameters())
     say(
-        f"{config.kind} student: {params / 1e6:.3f} M parameters; {len(images)} HQ images "
+        f"{config.kind} student: {params / 1e6:.3f} M parameters; {total} HQ images "
         f"({len(shard)} on each of {accelerator.num_processes} process(es)); run folder {run}"
     )
     ddp, optimizer = accelerator.prepare(student, optimizer)
