@@ -4,8 +4,9 @@
     python benchmarks/nano_headroom.py cnn --degradation default --steps 3000
     python benchmarks/nano_headroom.py restorer --degradation bicubic --tau-g 100 --steps 300
     python benchmarks/nano_headroom.py filters                             # classical filters, nano_quality's pairs
+    python benchmarks/nano_headroom.py blur --degradation default           # what a global blur gains, train vs val
 
-Four probes, each appending one entry to benchmarks/results/nano_headroom.json:
+Five probes, each appending one entry to benchmarks/results/nano_headroom.json:
 
 - `ae`: Y-PSNR of D(E(x)) on the centre 256x256 of every nano photo (train and held-out): the best any SR model
   that decodes through nano's DC-AE can reach; and D(E(bicubic)) against bicubic on held-out crops for each
@@ -22,8 +23,13 @@ Four probes, each appending one entry to benchmarks/results/nano_headroom.json:
   bicubic image; and the oracle that picks the best of them for each image. How much of the issue's +0.5 dB a model
   could get by denoising or sharpening alone, on exactly the images nano is scored on.
 
-Data of the first three: each nano training photo degraded whole 3 times (seeded) and cut into aligned
-random crops; validation = 6 aligned 128px crops of each held-out photo, degraded whole with its own seed.
+- `blur`: the gain of a fixed Gaussian blur (sigma 0.8, 1.2, 2) of the bicubic image on 400 random 128px training
+  crops and on the validation crops of the `cnn` probe's data: whether the training photos ask for the same simple
+  correction the held-out ones do (a learner fits the training distribution).
+
+Data of `ae`, `cnn`, `restorer` and `blur`: each nano training photo degraded whole 3 times (seeded; --copies) and
+cut into aligned random crops; validation = 6 aligned 128px crops of each held-out photo, degraded whole with its
+own seed.
 Degradations: `default` (Real-ESRGAN x4plus, `sanasr degrade`'s default), `light` (one order, blur sigma <= 1.5,
 noise sigma <= 10, JPEG >= 60), `bicubic` (anti-aliased bicubic x1/4 only: the classical SR setting).
 Runs on one thread; numbers are medians over the validation crops (Y of YCbCr, no border crop).
@@ -241,6 +247,26 @@ def classical(name: str, lq: np.ndarray) -> np.ndarray:
     raise ValueError(name)
 
 
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    t = torch.arange(-4, 5).float()
+    k = torch.exp(-(t**2) / (2 * sigma * sigma))
+    k = k / k.sum()
+    return F.conv2d(F.pad(x, (4, 4, 4, 4), mode="reflect"), (k[:, None] * k[None]).expand(3, 1, 9, 9), groups=3)
+
+
+def probe_blur(pairs: Pairs, crops: int = 400) -> dict:
+    torch.manual_seed(0)
+    out = {}
+    for name, (x, hq) in (("train", pairs.batch(crops, crop=128)), ("validation", (pairs.val_lq_up, pairs.val_hq))):
+        bicubic = y_psnr(x, hq)
+        out[name] = dict(crops=len(x), bicubic_median=median(bicubic))
+        for sigma in (0.8, 1.2, 2.0):
+            gain = y_psnr(gaussian_blur(x, sigma), hq) - bicubic
+            out[name][f"blur{sigma}"] = dict(median_gain_db=median(gain), mean_gain_db=round(float(gain.mean()), 3))
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def probe_filters(pairs: list[tuple[str, Path, Path]]) -> dict:
     from sanasr_cli.data.io import read_image
 
@@ -287,10 +313,11 @@ def load_prior():
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=("ae", "cnn", "restorer", "filters"))
+    ap.add_argument("probe", choices=("ae", "cnn", "restorer", "filters", "blur"))
     ap.add_argument("--degradation", choices=DEGRADATIONS, default="default")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--every", type=int, default=100)
+    ap.add_argument("--copies", type=int, default=3, help="degradations of each training photo in the pool")
     ap.add_argument("--tau-g", type=float, default=900.0)
     ap.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate of the `restorer` probe's LoRA")
     ap.add_argument("--pairs", type=Path, default=None, help="`filters`: a folder with lq/ and hq/ (default: make "
@@ -316,10 +343,14 @@ def main(argv: list[str] | None = None) -> dict:
             entry.update(pairs=str(args.pairs))
         entry.update(probe_filters(pairs))
     else:
-        entry.update(degradation=args.degradation, steps=args.steps)
-        pairs = Pairs(args.degradation)
+        entry.update(degradation=args.degradation, copies=args.copies)
+        if args.probe != "blur":
+            entry.update(steps=args.steps)
+        pairs = Pairs(args.degradation, copies=args.copies)
         if args.probe == "cnn":
             entry.update(probe_cnn(pairs, args.steps, args.every))
+        elif args.probe == "blur":
+            entry.update(probe_blur(pairs))
         else:
             entry.update(
                 tau_g=args.tau_g, **probe_restorer(load_prior(), pairs, args.tau_g, args.steps, args.every, args.lr)

@@ -51,3 +51,14 @@ def test_classical_upsamples_by_four(headroom):
         assert out.shape == (32, 48, 3) and out.dtype == np.uint8
     with pytest.raises(ValueError):
         headroom.classical("median", lq)
+
+
+def test_blur_probe_on_classical_bicubic_pairs(headroom):
+    """The `blur` probe on the classical setting (bicubic x1/4 only, nothing to denoise): every blur loses, on the
+    training crops and on the held-out crops alike, and more the stronger it is."""
+    pairs = headroom.Pairs("bicubic", copies=1)
+    out = headroom.probe_blur(pairs, crops=16)
+    assert out["train"]["crops"] == 16 and out["validation"]["crops"] == 24
+    for split in ("train", "validation"):
+        gains = [out[split][f"blur{s}"]["median_gain_db"] for s in (0.8, 1.2, 2.0)]
+        assert gains[0] < 0 and gains[0] > gains[1] > gains[2], (split, gains)
