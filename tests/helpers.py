@@ -3,7 +3,9 @@ CLI in-process. Fixtures stay in conftest.py (which re-exports REPO_ROOT and mak
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# three crops of nano's held-out photos, Real-ESRGAN-degraded (seed 0): lq/ and hq/ (benchmarks/nano_quality.py)
+NANO_HELDOUT_PAIRS = REPO_ROOT / "tests" / "data" / "nano_heldout"
 
 # `sanasr train` on the tiny preset, small and offline: 16 px crops, rank-4 LoRA, a random LPIPS backbone, no
 # data workers, fp32. Add the run's own flags (--hq, -o, --max-steps, ...).
@@ -20,6 +24,15 @@ TINY_TRAIN = [
 ]  # fmt: skip
 
 runner = CliRunner()
+
+
+def benchmark_module(name: str):
+    """A script of benchmarks/ as a module (the scripts import each other by bare name, so the folder goes on the
+    path): the tests run the scripts' own code."""
+    folder = str(REPO_ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
 
 
 def make_photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -5,22 +5,18 @@ code path on the tiny preset, scored on the nano CI pairs exactly as nano_qualit
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import NANO_HELDOUT_PAIRS as PAIRS
+from tests.helpers import benchmark_module
 
 TORCH_THREADS = 1
-PAIRS = REPO_ROOT / "tests" / "data" / "nano_heldout"
 
 
 @pytest.fixture(scope="module")
 def ablations():
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    import nano_ablations
-
-    return nano_ablations
+    return benchmark_module("nano_ablations")
 
 
 def test_one_cell_scored_like_nano_quality_then_skipped(ablations, tmp_path):

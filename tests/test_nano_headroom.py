@@ -6,21 +6,17 @@ filters for each image.
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
 from tests.conftest import REPO_ROOT
-
-PAIRS = REPO_ROOT / "tests" / "data" / "nano_heldout"
+from tests.helpers import NANO_HELDOUT_PAIRS as PAIRS
+from tests.helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def headroom():
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    import nano_headroom
-
-    return nano_headroom
+    return benchmark_module("nano_headroom")
 
 
 def test_filters_probe_scores_like_nano_quality(headroom, tmp_path):
