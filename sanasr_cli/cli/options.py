@@ -63,7 +63,8 @@ VAE_DECODER = typer.Option(
     help="The VAE decoder: full (the base DC-AE's), lite (DC-AE-Lite's ResBlock-only decoder, same latent space: "
     "from vae_lite/ in a local base folder, else mit-han-lab/dc-ae-lite-f32c32-sana-1.1-diffusers from the "
     "Hugging Face cache; random for random-weight presets) or a local AutoencoderDC folder. Default: what the "
-    "model records (full). Lite's gain is mostly GPU wall time: 939 vs 1046 GMACs at 512x512.",
+    "model records (full). Lite's gain is mostly GPU wall time: 939 vs 1046 GMACs at 512x512. A model with a "
+    "distilled decoder student (nano-fast) decodes with the student: add --full-vae to choose the VAE's decoder.",
 )
 KEEP_TEXT_ENCODER = typer.Option(
     False,
