@@ -64,6 +64,7 @@ ROWS = [
     (["upscale", "{t}/in", "-o", "{t}/out", "--model", "{t}/escape"], 2, "'transformer'"),
     # a distilled decoder student decodes in place of the VAE's decoder: --vae-decoder would be ignored
     (["upscale", "{t}/in", "-o", "{t}/out", "--model", "nano-fast", "--vae-decoder", "full"], 2, "decoder student"),
+    (["bench", "--model", "nano-fast", "--latency", "off", "--vae-decoder", "lite"], 2, "decoder student"),
     (["degrade", "{t}/in", "-o", "{t}/d", "--config", "{t}/jpeg.json"], 2, "jpeg_range"),
     (["degrade", "{t}/in", "-o", "{t}/d", "--config", "{t}/prob_neg.json"], 2, "gaussian_noise_prob"),
     (["degrade", "{t}/in", "-o", "{t}/d", "--config", "{t}/prob_big.json"], 2, "sinc_prob"),
