@@ -6,7 +6,9 @@
 Stages (each writes a folder under --work; a finished stage is skipped on rerun, an interrupted one resumes from
 its last checkpoint):
   1. data         photos that ship inside scikit-image, scikit-learn and matplotlib, split by file into train
-                  and held-out before anything is trained (manifest.json: package, path, SHA-256, split)
+                  and held-out before anything is trained (manifest.json: package, path, SHA-256, split);
+                  --train-photos DIR adds a folder of training photos (the package ones teach little: see
+                  sanasr_cli/models/nano/findings.md)
   2. autoencoder  the nano DC-AE (diffusers AutoencoderDC, f4c16) trained as an autoencoder on HQ crops with a
                   pixel loss (L1 + MSE; no pretrained perceptual network is available offline); its
                   scaling_factor is set to 1 / std of its latents, as SANA's DC-AE config carries one
@@ -101,21 +103,39 @@ def write_json(path: Path, data) -> None:
 # ---------------------------------------------------------------- 1. data
 
 
-def stage_data(work: Path) -> list[dict]:
+def stage_data(work: Path, train_photos: Path | None = None) -> list[dict]:
+    """The package photos, split as PHOTOS says, as PNG under work/photos/{train,heldout}/, and manifest.json.
+
+    train_photos: a folder of more training photos (recursively; e.g. DIV2K on a machine that has it), added to the
+    train split as local-NNNNN-STEM.png. A file byte-identical to a held-out photo is refused: held-out photos are
+    never trained on (a re-encoded copy cannot be caught by its SHA-256: keep such sets apart by hand)."""
     from PIL import Image
 
     out = work / "photos"
     manifest = []
-    for package, rel, split in PHOTOS:
-        src = package_data_dir(package) / rel
-        dst = out / split / (Path(rel).stem + ".png")
+
+    def add(src: Path, package: str, rel: str, split: str, name: str) -> None:
+        dst = out / split / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         if not dst.exists():
             Image.open(src).convert("RGB").save(dst)
         w, h = Image.open(dst).size
-        manifest.append(
-            dict(package=package, path=rel, sha256=sha256(src), split=split, file=f"{split}/{dst.name}", size=[w, h])
-        )
+        entry = dict(package=package, path=rel, sha256=sha256(src), split=split, file=f"{split}/{name}", size=[w, h])
+        manifest.append(entry)
+
+    for package, rel, split in PHOTOS:
+        add(package_data_dir(package) / rel, package, rel, split, Path(rel).stem + ".png")
+    if train_photos is not None:
+        from sanasr_cli.data.io import list_images
+
+        heldout = {m["sha256"]: m["path"] for m in manifest if m["split"] == "heldout"}
+        files = list_images(train_photos, recursive=True)
+        if not files:
+            raise SystemExit(f"--train-photos {train_photos}: no image found")
+        for i, src in enumerate(files):
+            if sha256(src) in heldout:
+                raise SystemExit(f"--train-photos: {src} is the held-out photo {heldout[sha256(src)]}")
+            add(src, "local", str(src.relative_to(train_photos)), "train", f"local-{i:05d}-{src.stem}.png")
     write_json(work / "manifest.json", manifest)
     log(
         f"data: {sum(m['split'] == 'train' for m in manifest)} train, "
@@ -603,6 +623,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--stage", default="all", choices=["all", "data", "autoencoder", "text", "prior", "sr", "ship"])
+    ap.add_argument(
+        "--train-photos", type=Path, default=None,
+        help="a folder of more training photos (e.g. DIV2K), added to the package ones; use a new --work",
+    )
     ap.add_argument("--ae-steps", type=int, default=3000)
     ap.add_argument("--prior-steps", type=int, default=400)
     ap.add_argument("--sr-steps", type=int, default=1000)
@@ -624,7 +648,7 @@ def main() -> None:
         reports[stage] = fn()
         write_json(reports_file, reports)
 
-    run("data", lambda: dict(photos=len(stage_data(work))), work / "manifest.json")
+    run("data", lambda: dict(photos=len(stage_data(work, args.train_photos))), work / "manifest.json")
     run("autoencoder", lambda: stage_autoencoder(work, args.seed, args.ae_steps), work / "base" / "vae")
     run("text", lambda: stage_text(work, args.seed), work / "base" / "text_encoder")
     run("prior", lambda: stage_prior(work, args.seed, args.prior_steps), work / "base" / "transformer")
