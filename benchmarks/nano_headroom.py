@@ -326,11 +326,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "nano_headroom.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    from sanasr_cli.models.sanasr import load_model
-
     start = time.time()
     entry: dict = dict(probe=args.probe)
     if args.probe == "ae":
+        from sanasr_cli.models.sanasr import load_model
+
         entry.update(probe_ae(load_model("nano")))
     elif args.probe == "filters":
         if args.pairs is None:
