@@ -118,3 +118,24 @@ def test_real_size_lite_decoder_macs_on_meta():
     )
     assert r["parts"]["vae_decode"]["macs"] / 1e9 == pytest.approx(939.3, rel=0.01)
     assert r["compare"]["decoder-full"]["parts"]["vae_decode"]["macs"] / 1e9 == pytest.approx(1046.1, rel=0.01)
+
+
+def test_a_decoder_asked_for_beside_a_decoder_student_is_refused_by_the_library():
+    """nano-fast decodes with its distilled decoder student: load_model refuses a --vae-decoder that would never run
+    (the description would record it), for the Python API as for the CLI; with full_vae the choice applies, and
+    bench still measures nano-fast, students included, when no decoder is asked for."""
+    for choice in ("full", "lite"):  # refused before any decoder is looked for (nano has no lite weights)
+        with pytest.raises(ModelDirError, match="decoder student"):
+            load_model("nano-fast", vae_decoder=choice)
+    model = load_model("nano-fast", vae_decoder="full", full_vae=True)
+    assert model.codec.light_decoder is None and model.description.vae_decoder == "full"
+    assert load_model("nano-fast").codec.light_decoder is not None
+    with pytest.raises(ModelDirError, match="decoder student"):
+        run_bench("nano-fast", BenchOptions(sizes=(64,), latency="off", vae_decoder="lite"))
+    from sanasr_cli.evaluation.peers import build_sanasr
+
+    for device in ("meta", "cpu"):  # bench's two ways of building a model: counted on meta, timed on the device
+        with pytest.raises(ModelDirError, match="decoder student"):
+            build_sanasr("nano-fast", device, vae_decoder="full")
+        built = build_sanasr("nano-fast", device)
+        assert built.codec.light_decoder is not None and built.info["full_decoder"] is None

@@ -300,11 +300,6 @@ def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] |
         spec, "meta", random_weights=True, base=options.base, seed=options.seed, full_vae=options.full_vae,
         vae_decoder=options.vae_decoder,
     )
-    if options.vae_decoder is not None and meta_model.codec.light_decoder is not None:
-        raise ValueError(
-            f"--vae-decoder {options.vae_decoder}: {spec} decodes with its distilled decoder student; add --full-vae "
-            "to decode with the VAE (then --vae-decoder chooses its decoder)"
-        )
     if "decoder-full" in options.compare and meta_model.info.get("full_decoder") is None:
         raise ValueError("--compare decoder-full measures the full decoder beside another one: add --vae-decoder lite")
 

@@ -268,6 +268,7 @@ def build_sanasr(
         build_random_vae,
         build_students,
         load_model,
+        refuse_unused_decoder,
         resolve_model,
         use_decoder,
     )
@@ -277,8 +278,12 @@ def build_sanasr(
     preset = PRESETS[description.base_preset]
     if device.type != "meta" and not (random_weights or description.random_weights):
         choice = vae_decoder or description.vae_decoder
+        # the full decoder first (kept for --compare decoder-full), then `choice` swapped in; the user's flag is
+        # checked against a decoder student here, as load_model would check it
+        refuse_unused_decoder(spec, vae_decoder, None if full_vae else description.decoder)
         model = load_model(
-            spec, device=device, dtype=dtype, base=base, seed=seed, full_vae=full_vae, vae_decoder="full"
+            spec, device=device, dtype=dtype, base=base, seed=seed, full_vae=full_vae,
+            vae_decoder=None if description.vae_decoder == "full" else "full",
         )
         model.info["full_decoder"] = use_decoder(model.codec.vae, model.description, choice, preset, dtype)
         model.codec.vae.to(device=device, dtype=dtype)
@@ -301,6 +306,7 @@ def build_sanasr(
         full_decoder = use_decoder(vae, description, vae_decoder, preset, dtype, build_only=True)
         tokenizer, text_encoder = build_random_text(preset, seed_)
     students = build_students(description, folder, preset, vae, dtype, full_vae, device=device, random_weights=True)
+    refuse_unused_decoder(spec, vae_decoder, students[1])
     for m in (transformer, vae, text_encoder, full_decoder):
         if m is not None:
             m.to(dtype=dtype).eval().requires_grad_(False)

@@ -453,12 +453,23 @@ def load_model(
                 f"{folder}: adapter folder '{description.adapter}/' cannot be loaded ({_first_line(e)})"
             ) from None
     transformer.eval().requires_grad_(False)
-    use_decoder(vae, description, vae_decoder, preset, dtype)
     students = build_students(description, folder, preset, vae, dtype, full_vae)
+    refuse_unused_decoder(spec, vae_decoder, students[1])  # before a decoder is looked for
+    use_decoder(vae, description, vae_decoder, preset, dtype)
     if full_vae:
         description.encoder = description.decoder = None  # what runs is what the description says
     model = assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder, students)
     return model.to(device=device, dtype=dtype)
+
+
+def refuse_unused_decoder(spec, vae_decoder: str | None, decoder_student) -> None:
+    """A decoder asked for while a distilled decoder student decodes instead would never run: refused, so that
+    what the description records is what decodes (with full_vae there is no student and the choice applies)."""
+    if vae_decoder is not None and decoder_student is not None:
+        raise ModelDirError(
+            f"--vae-decoder {vae_decoder}: {spec} decodes with its distilled decoder student; add --full-vae to "
+            "decode with the VAE (then --vae-decoder chooses its decoder)"
+        )
 
 
 def use_decoder(
