@@ -26,6 +26,22 @@ TINY_TRAIN = [
 runner = CliRunner()
 
 
+def assert_tiles_like_the_whole_image(model, min_psnr: float = 30.0) -> None:
+    """Upscale a 29x31 crop of a held-out LQ photo whole and tiled (48 and 64 px, odd latent sides and tile edges):
+    the tiled outputs have the whole one's shape and agree with it above `min_psnr` dB."""
+    import torch
+
+    from sanasr_cli.data.io import read_image
+    from sanasr_cli.pipeline.upscale import upscale_tensor
+
+    lq = read_image(NANO_HELDOUT_PAIRS / "lq" / "coffee.png")[0][:, :29, :31]
+    whole = upscale_tensor(model, lq, "clean", tile="none", color_fix="none")
+    for tile in (48, 64):
+        tiled = upscale_tensor(model, lq, "clean", tile=tile, color_fix="none")
+        assert tiled.shape == whole.shape == (3, 116, 124)
+        assert float(10 * torch.log10(1 / torch.mean((tiled - whole) ** 2))) > min_psnr, tile
+
+
 def benchmark_module(name: str):
     """A script of benchmarks/ as a module (the scripts import each other by bare name, so the folder goes on the
     path): the tests run the scripts' own code."""

@@ -149,17 +149,10 @@ def test_readme_first_command_with_nano_is_near_bicubic_not_stripes(tmp_path):
 def test_nano_tiles_odd_sized_images_like_the_whole_image():
     """Large images are tiled: with nano's patch-2 transformer, odd latent sides and tile edges are padded by the
     restorer. Tiled and whole-image outputs agree (measured 33.8 dB PSNR at tile 48, 36.4 dB at 64)."""
-    from sanasr_cli.data.io import read_image
     from sanasr_cli.models.sanasr import load_model
-    from sanasr_cli.pipeline.upscale import upscale_tensor
+    from tests.helpers import assert_tiles_like_the_whole_image
 
-    model = load_model("nano")
-    lq = read_image(PAIRS / "lq" / "coffee.png")[0][:, :29, :31]
-    whole = upscale_tensor(model, lq, "clean", tile="none", color_fix="none")
-    for tile in (48, 64):
-        tiled = upscale_tensor(model, lq, "clean", tile=tile, color_fix="none")
-        assert tiled.shape == whole.shape == (3, 116, 124)
-        assert float(10 * torch.log10(1 / torch.mean((tiled - whole) ** 2))) > 30
+    assert_tiles_like_the_whole_image(load_model("nano"))
 
 
 def test_a_damaged_shipped_base_names_the_fix(tmp_path):

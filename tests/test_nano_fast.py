@@ -15,9 +15,8 @@ import json
 import statistics
 
 import pytest
-import torch
 
-from tests.test_nano import PAIRS, gains
+from tests.test_nano import gains
 
 TORCH_THREADS = 1
 LOOSE_GAP_DB = 0.4  # the issue's 0.3 dB, loosened for CI
@@ -88,16 +87,9 @@ def test_heldout_measurement_meets_the_issue():
 def test_nano_fast_tiles_like_the_whole_image(models):
     """The student encoder tiles in LQ pixels on nano's latent grid: tiled and whole outputs agree as nano's do
     (tests/test_nano.py: > 30 dB at tiles 48 and 64)."""
-    from sanasr_cli.data.io import read_image
-    from sanasr_cli.pipeline.upscale import upscale_tensor
+    from tests.helpers import assert_tiles_like_the_whole_image
 
-    fast = models[1]
-    lq = read_image(PAIRS / "lq" / "coffee.png")[0][:, :29, :31]
-    whole = upscale_tensor(fast, lq, "clean", tile="none", color_fix="none")
-    for tile in (48, 64):
-        tiled = upscale_tensor(fast, lq, "clean", tile=tile, color_fix="none")
-        assert tiled.shape == whole.shape == (3, 116, 124)
-        assert float(10 * torch.log10(1 / torch.mean((tiled - whole) ** 2))) > 30
+    assert_tiles_like_the_whole_image(models[1])
 
 
 def test_sana_fast_preset_costs_at_most_500_gmacs_at_512():
