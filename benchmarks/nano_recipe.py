@@ -114,18 +114,20 @@ def stage_data(work: Path, train_photos: Path | None = None) -> list[dict]:
     out = work / "photos"
     manifest = []
 
-    def add(src: Path, package: str, rel: str, split: str, name: str) -> None:
+    def add(src: Path, package: str, rel: str, split: str, name: str, digest: str) -> None:
         dst = out / split / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         if not dst.exists():
             Image.open(src).convert("RGB").save(dst)
         w, h = Image.open(dst).size
-        entry = dict(package=package, path=rel, sha256=sha256(src), split=split, file=f"{split}/{name}", size=[w, h])
-        manifest.append(entry)
+        manifest.append(dict(package=package, path=rel, sha256=digest, split=split, file=f"{split}/{name}", size=[w, h]))
 
     for package, rel, split in PHOTOS:
-        add(package_data_dir(package) / rel, package, rel, split, Path(rel).stem + ".png")
+        src = package_data_dir(package) / rel
+        add(src, package, rel, split, Path(rel).stem + ".png", sha256(src))
     if train_photos is not None:
+        from PIL import UnidentifiedImageError
+
         from sanasr_cli.data.io import list_images
 
         heldout = {m["sha256"]: m["path"] for m in manifest if m["split"] == "heldout"}
@@ -133,9 +135,13 @@ def stage_data(work: Path, train_photos: Path | None = None) -> list[dict]:
         if not files:
             raise SystemExit(f"--train-photos {train_photos}: no image found")
         for i, src in enumerate(files):
-            if sha256(src) in heldout:
-                raise SystemExit(f"--train-photos: {src} is the held-out photo {heldout[sha256(src)]}")
-            add(src, "local", str(src.relative_to(train_photos)), "train", f"local-{i:05d}-{src.stem}.png")
+            digest = sha256(src)
+            if digest in heldout:
+                raise SystemExit(f"--train-photos: {src} is the held-out photo {heldout[digest]}")
+            try:
+                add(src, "local", str(src.relative_to(train_photos)), "train", f"local-{i:05d}-{src.stem}.png", digest)
+            except (OSError, UnidentifiedImageError) as e:  # a broken file stops the stage by name, not a traceback
+                raise SystemExit(f"--train-photos: {src} cannot be read ({e}); remove it and rerun") from None
     write_json(work / "manifest.json", manifest)
     log(
         f"data: {sum(m['split'] == 'train' for m in manifest)} train, "

@@ -49,3 +49,11 @@ def test_a_held_out_photo_among_the_train_photos_is_refused(recipe, tmp_path):
     shutil.copyfile(recipe.package_data_dir(package) / rel, extra / "renamed.png")
     with pytest.raises(SystemExit, match="renamed.png is the held-out photo"):
         recipe.stage_data(tmp_path / "b", extra)
+
+
+def test_a_broken_train_photo_stops_the_stage_naming_it(recipe, tmp_path):
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(SystemExit, match="broken.png cannot be read"):
+        recipe.stage_data(tmp_path / "work", extra)
