@@ -319,25 +319,42 @@ def test_older_single_process_checkpoints_resume_and_every_process_needs_an_imag
         _shard(["a"], Second)
 
 
+class Process:
+    """Process `index` of len(counts) as distill's data stage sees it: the usable-image counts every process would
+    gather (a real multi-process run is tests/test_distill.py's accelerate launch test)."""
+
+    device = "cpu"
+
+    def __init__(self, index, counts):
+        self.num_processes, self.process_index, self.counts = len(counts), index, counts
+
+    def gather(self, local):
+        assert int(local) == self.counts[self.process_index]
+        return torch.tensor(self.counts)
+
+
 def test_an_unreadable_hq_file_is_skipped_and_named_as_train_does(tmp_path):
     """One broken file in --hq does not stop a distillation: it is left out with a DatasetWarning naming it (like
     `train`'s dataset); a folder of only broken files is still one line, exit 2."""
     from sanasr_cli.data.datasets import DatasetWarning
     from sanasr_cli.errors import DatasetError
-    from sanasr_cli.training.distill import load_hq_images
+    from sanasr_cli.training.distill import DistillConfig, _load_shard
+
+    def config(hq):
+        return DistillConfig(kind="encoder", model="tiny", hq=[str(hq)], output=str(tmp_path / "o"), crop=32)
 
     write_photo_like(tmp_path / "hq" / "good.png", 40, 48)
     (tmp_path / "hq" / "broken.png").write_bytes(b"not a png")
     with pytest.warns(DatasetWarning, match="broken.png"):
-        images = load_hq_images([str(tmp_path / "hq")], crop=32)
-    assert [tuple(x.shape) for x in images] == [(3, 40, 48)]
+        images, total = _load_shard(config(tmp_path / "hq"), Process(0, [1]))
+    assert [tuple(x.shape) for x in images] == [(3, 40, 48)] and total == 1
     r = _cli("distill", "encoder", "tiny", "-o", tmp_path / "out", "--hq", tmp_path / "hq", "--steps", "1",
              "--batch-size", "2", "--crop", "32")  # fmt: skip
     assert r.exit_code == 0, r.output
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "broken.png").write_bytes(b"not a png")
     with pytest.warns(DatasetWarning), pytest.raises(DatasetError, match="no usable image.*1 unreadable image"):
-        load_hq_images([str(tmp_path / "bad")], crop=32)
+        _load_shard(config(tmp_path / "bad"), Process(0, [0]))
 
 
 def test_each_process_decodes_only_its_share_and_all_stop_together(tmp_path):
@@ -355,16 +372,6 @@ def test_each_process_decodes_only_its_share_and_all_stop_together(tmp_path):
     (hq / "a.png").write_bytes(b"not a png")  # process 0's
     write_photo_like(hq / "b.png", 40, 48)  # process 1's
     write_photo_like(hq / "c.png", 40, 40)  # process 0's
-
-    class Process:
-        device = "cpu"
-
-        def __init__(self, index, counts):
-            self.num_processes, self.process_index, self.counts = 2, index, counts
-
-        def gather(self, local):
-            assert int(local) == self.counts[self.process_index]
-            return torch.tensor(self.counts)
 
     config = DistillConfig(kind="encoder", model="tiny", hq=[str(hq)], output=str(tmp_path / "out"), crop=32)
     with warnings.catch_warnings():

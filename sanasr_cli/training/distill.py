@@ -168,15 +168,6 @@ def no_usable_image(folders: list[str], crop: int, small: list[str], unreadable:
     return DatasetError(f"--hq {' '.join(folders)}: no usable image found{what}")
 
 
-def load_hq_images(folders: list[str], crop: int) -> list[torch.Tensor]:
-    """Every usable image under the folders (see `decode_hq`); DatasetError when a folder is missing or nothing
-    usable is found."""
-    images, small, unreadable = decode_hq(hq_files(folders), crop)
-    if not images:
-        raise no_usable_image(folders, crop, small, unreadable)
-    return images
-
-
 def random_crops(images: list[torch.Tensor], crop: int, n: int, g: torch.Generator) -> torch.Tensor:
     """n random crops (random horizontal flips) of the images, float (n, 3, crop, crop) in [0, 1]."""
     out = []
