@@ -117,8 +117,10 @@ def stage_data(work: Path, train_photos: Path | None = None) -> list[dict]:
     def add(src: Path, package: str, rel: str, split: str, name: str, digest: str) -> None:
         dst = out / split / name
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if not dst.exists():
-            Image.open(src).convert("RGB").save(dst)
+        if not dst.exists():  # written whole or not at all: an interrupted stage never leaves half a PNG to reuse
+            tmp = dst.with_name(dst.name + ".tmp")
+            Image.open(src).convert("RGB").save(tmp, format="PNG")
+            os.replace(tmp, dst)
         w, h = Image.open(dst).size
         manifest.append(dict(package=package, path=rel, sha256=digest, split=split, file=f"{split}/{name}", size=[w, h]))
 

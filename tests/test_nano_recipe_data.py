@@ -38,6 +38,7 @@ def test_train_photos_are_added_to_the_train_split(recipe, tmp_path):
         assert (tmp_path / "work" / "photos" / m["file"]).is_file()
     trained = {p.name for p in (tmp_path / "work" / "photos" / "train").iterdir()}
     assert {"local-00000-0001.png", "local-00001-0002.png"} <= trained
+    assert not [name for name in trained if not name.endswith(".png")]  # written via a temporary name, renamed
     assert len(recipe.load_split(tmp_path / "work", "train")) == len(trained)
 
 
