@@ -191,24 +191,24 @@ from the encoder stage's model, so its z_hat is nano's restoration of the *stude
 The encoder's validation PSNR compares the teacher decoder's images of the student and the teacher latents; the
 decoder's compares the student's and the teacher's images of the same latents. No LPIPS (no VGG weights offline).
 
-## Measured on nano's 4 held-out photos ({report['machine']})
+## Measured on nano's 4 held-out photos ({report["machine"]})
 
 Degraded with the Real-ESRGAN pipeline (fixed seed per file), upscaled x4 without colour fix, 8-bit, Y-PSNR by
 pyiqa, exactly as `benchmarks/nano_quality.py` scores nano. MACs: FlopCounterMode on the meta device, batch 1, as
-`sanasr bench` counts, at {report['macs_size']}x{report['macs_size']} output.
+`sanasr bench` counts, at {report["macs_size"]}x{report["macs_size"]} output.
 
 {markdown(report)}
-- median gain over bicubic: nano {s['nano_gain_db']:+.3f} dB, nano-fast {s['nano_fast_gain_db']:+.3f} dB: gap
-  **{s['gain_gap_db']:+.3f} dB** (with upscale's wavelet colour fix: {s['gain_gap_wavelet_db']:+.3f} dB); the issue
+- median gain over bicubic: nano {s["nano_gain_db"]:+.3f} dB, nano-fast {s["nano_fast_gain_db"]:+.3f} dB: gap
+  **{s["gain_gap_db"]:+.3f} dB** (with upscale's wavelet colour fix: {s["gain_gap_wavelet_db"]:+.3f} dB); the issue
   asks for the gap to be within 0.3 dB
-- encode + decode MACs: **{s['encode_decode_macs_ratio']:.2f}x lower** than nano's (the issue asks for 4x)
-- {'both targets met' if ok else 'NOT MET: see the numbers above'}; on the CI test's three held-out crops
-  (tests/data/nano_heldout) the gap is {s['ci_gain_gap_db']:+.3f} dB, nano-fast's gain
-  {s['nano_fast_ci_gain_db']:+.3f} dB (tests/test_nano_fast.py holds it to 0.4 dB and reproduces it to 0.05 dB)
+- encode + decode MACs: **{s["encode_decode_macs_ratio"]:.2f}x lower** than nano's (the issue asks for 4x)
+- {"both targets met" if ok else "NOT MET: see the numbers above"}; on the CI test's three held-out crops
+  (tests/data/nano_heldout) the gap is {s["ci_gain_gap_db"]:+.3f} dB, nano-fast's gain
+  {s["nano_fast_ci_gain_db"]:+.3f} dB (tests/test_nano_fast.py holds it to 0.4 dB and reproduces it to 0.05 dB)
 
 The median hides the spread: per image, nano-fast's Y-PSNR differs from nano's by {gaps[0][0]:+.2f} dB
 ({gaps[0][1]}) to {gaps[-1][0]:+.2f} dB ({gaps[-1][1]}). The student decoder reproduces the teacher's image to
-{distill['decoder']['validation_psnr_vs_teacher']:.1f} dB on the validation crops, not exactly: where it errs most
+{distill["decoder"]["validation_psnr_vs_teacher"]:.1f} dB on the validation crops, not exactly: where it errs most
 ({gaps[0][1]}) its error adds to nano's.
 
 Neither model beats bicubic yet (nano's own status, its model card): nano-fast keeps nano's quality at a

@@ -320,8 +320,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--copies", type=int, default=3, help="degradations of each training photo in the pool")
     ap.add_argument("--tau-g", type=float, default=900.0)
     ap.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate of the `restorer` probe's LoRA")
-    ap.add_argument("--pairs", type=Path, default=None, help="`filters`: a folder with lq/ and hq/ (default: make "
-                    "nano_quality.py's pairs under --work)")
+    ap.add_argument(
+        "--pairs",
+        type=Path,
+        default=None,
+        help="`filters`: a folder with lq/ and hq/ (default: make nano_quality.py's pairs under --work)",
+    )
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "nano_quality")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "nano_headroom.json")
     args = ap.parse_args(argv)

@@ -122,7 +122,9 @@ def stage_data(work: Path, train_photos: Path | None = None) -> list[dict]:
             Image.open(src).convert("RGB").save(tmp, format="PNG")
             os.replace(tmp, dst)
         w, h = Image.open(dst).size
-        manifest.append(dict(package=package, path=rel, sha256=digest, split=split, file=f"{split}/{name}", size=[w, h]))
+        manifest.append(
+            dict(package=package, path=rel, sha256=digest, split=split, file=f"{split}/{name}", size=[w, h])
+        )
 
     for package, rel, split in PHOTOS:
         src = package_data_dir(package) / rel
@@ -592,7 +594,7 @@ shipped SR run was resumed once, from its step-750 checkpoint, with 2 threads):
 
 | stage | what | settings | seconds |
 | --- | --- | --- | --- |
-| 1 data | {len(manifest)} photos from scikit-image, scikit-learn, matplotlib ({sum(m['split'] == 'train' for m in manifest)} train, {sum(m['split'] == 'heldout' for m in manifest)} held-out), split by file before training | table below | - |
+| 1 data | {len(manifest)} photos from scikit-image, scikit-learn, matplotlib ({sum(m["split"] == "train" for m in manifest)} train, {sum(m["split"] == "heldout" for m in manifest)} held-out), split by file before training | table below | - |
 | 2 autoencoder | nano DC-AE f4c32 (16/32/64 channels), pixel loss only: no pretrained perceptual network offline | {ae.get("steps")} steps, batch {ae.get("batch")}, {ae.get("crop")}px crops, AdamW {ae.get("lr")}, {ae.get("loss")} | {ae.get("seconds")} |
 | 3 text | 2-layer Gemma-2 (width 64, random, frozen, seed 0) + local word-level tokenizer; scheduler (shift 3) | - | - |
 | 4 prior | LinearDiT (6 blocks, width 128, patch 2) by flow matching on nano latents; {prior.get("t_sampling")} then shift 3; fed 1000 sigma; prompt: the quality template through the real prompt path | {prior.get("steps")} steps, batch {prior.get("batch")}, {prior.get("crop")}px crops ({prior.get("latent_pool")} encoded), AdamW {prior.get("lr")} | {prior.get("seconds")} |
@@ -632,7 +634,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--stage", default="all", choices=["all", "data", "autoencoder", "text", "prior", "sr", "ship"])
     ap.add_argument(
-        "--train-photos", type=Path, default=None,
+        "--train-photos",
+        type=Path,
+        default=None,
         help="a folder of more training photos (e.g. DIV2K), added to the package ones; use a new --work",
     )
     ap.add_argument("--ae-steps", type=int, default=3000)

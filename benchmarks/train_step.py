@@ -65,9 +65,7 @@ def measure_train_step(
     ).validate()
     accelerator = loop.create_accelerator(config)
     dev = accelerator.device
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-        accelerator.mixed_precision, torch.float32
-    )
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
     transformer = build_random_transformer(p, seed).to(dev, weight_dtype)
     vae = build_random_vae(p, seed).to(dev, weight_dtype)
@@ -96,9 +94,7 @@ def measure_train_step(
         torch.nn.functional.interpolate(hq, scale_factor=0.25, mode="area"), scale_factor=4, mode="bicubic"
     ).clamp(0, 1)
     text_len = p.max_text_length
-    embeds = torch.randn(batch_size, text_len, p.transformer["caption_channels"], generator=g).to(
-        dev, weight_dtype
-    )
+    embeds = torch.randn(batch_size, text_len, p.transformer["caption_channels"], generator=g).to(dev, weight_dtype)
     mask = torch.ones(batch_size, text_len, dtype=torch.long, device=dev)
 
     def sync():

@@ -17,7 +17,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _module_torch_threads(request):
     """A test module that sets TORCH_THREADS runs with that many intra-op threads. Tiny tensors on the shared
@@ -94,7 +93,5 @@ def tiny_clip(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_clip")
     CLIPModel(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        folder
-    )
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder

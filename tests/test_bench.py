@@ -53,9 +53,7 @@ def test_real_size_macs_match_the_design_table():
     assert parts["transformer"]["params"] / M == pytest.approx(591.7, rel=0.001)
     assert parts["vae_encode"]["params"] / M == pytest.approx(153.0, rel=0.001)
     assert parts["vae_decode"]["params"] / M == pytest.approx(159.2, rel=0.001)
-    assert parts["text_encoder"]["params"] / M == pytest.approx(
-        2614.3, rel=0.001
-    )  # Gemma-2 2B, counted apart
+    assert parts["text_encoder"]["params"] / M == pytest.approx(2614.3, rel=0.001)  # Gemma-2 2B, counted apart
     e2e = r["end_to_end"]
     assert e2e["macs"] == pytest.approx(
         sum(parts[p]["macs"] for p in ("vae_encode", "transformer", "vae_decode")), rel=1e-6
@@ -128,9 +126,7 @@ def test_cli_json_shape_latency_and_plot_on_tiny(tmp_path):
         assert {"size", "batch_size", "device", "parts", "end_to_end"} <= ose.keys()
         assert set(ose["parts"]) == set(r["parts"]) and set(ose["end_to_end"]) == PART_KEYS
         assert ose["end_to_end"]["latency_ms"] is None and "not measured" in ose["notes"]["latency"]
-        assert ose["ratios"]["end_to_end"]["macs"] == pytest.approx(
-            ose["end_to_end"]["macs"] / r["end_to_end"]["macs"]
-        )
+        assert ose["ratios"]["end_to_end"]["macs"] == pytest.approx(ose["end_to_end"]["macs"] / r["end_to_end"]["macs"])
     # Cost grows with resolution (the tiny DiT is linear attention; VAEs are convolutional: ~4x for 2x size).
     assert reports[1]["end_to_end"]["macs"] / reports[0]["end_to_end"]["macs"] == pytest.approx(4, rel=0.1)
     assert reports[0]["parts"]["text_encoder"]["macs"] == reports[1]["parts"]["text_encoder"]["macs"]

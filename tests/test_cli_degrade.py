@@ -33,9 +33,7 @@ def test_pairs_sizes_determinism_and_manifest(tmp_path):
     args = ["degrade", str(src), "--crop", "64", "--seed", "3"]
     r1 = runner.invoke(app, [*args, "-o", str(tmp_path / "a")])
     assert r1.exit_code == 1, r1.output  # odd.png is smaller than the crop: named, the others still run
-    assert (
-        "odd.png" in r1.output and "smaller than the 64px crop" in r1.output and "Traceback" not in r1.output
-    )
+    assert "odd.png" in r1.output and "smaller than the 64px crop" in r1.output and "Traceback" not in r1.output
     a = _bytes(tmp_path / "a")
     assert sorted(a) == ["hq/cat.png", "hq/coffee.png", "lq/cat.png", "lq/coffee.png"]
     assert Image.open(tmp_path / "a" / "hq" / "cat.png").size == (64, 64)
@@ -51,9 +49,7 @@ def test_pairs_sizes_determinism_and_manifest(tmp_path):
 
     r2 = runner.invoke(app, [*args, "-o", str(tmp_path / "b")])
     assert r2.exit_code == 1 and _bytes(tmp_path / "b") == a
-    assert (tmp_path / "a" / "degradation.json").read_bytes() == (
-        tmp_path / "b" / "degradation.json"
-    ).read_bytes()
+    assert (tmp_path / "a" / "degradation.json").read_bytes() == (tmp_path / "b" / "degradation.json").read_bytes()
     r3 = runner.invoke(app, ["degrade", str(src), "--crop", "64", "--seed", "4", "-o", str(tmp_path / "c")])
     c = _bytes(tmp_path / "c")
     assert c["hq/cat.png"] == a["hq/cat.png"] and c["lq/cat.png"] != a["lq/cat.png"]
@@ -66,9 +62,7 @@ def test_no_crop_scale_2_and_a_broken_file(tmp_path):
     out = tmp_path / "o"
     result = runner.invoke(app, ["degrade", str(src), "-o", str(out), "--no-crop", "--scale", "2"])
     assert result.exit_code == 1 and "broken.jpg" in result.output and "Traceback" not in result.output
-    assert Image.open(out / "hq" / "odd.png").size == (50, 70) and Image.open(
-        out / "lq" / "odd.png"
-    ).size == (25, 35)
+    assert Image.open(out / "hq" / "odd.png").size == (50, 70) and Image.open(out / "lq" / "odd.png").size == (25, 35)
     assert Image.open(out / "lq" / "cat.png").size == (128, 128)
     assert "3 of 4 pairs written" in result.output
 

@@ -71,18 +71,11 @@ def test_json_and_csv_schema(folders, tmp_path):
         "unavailable_metrics",
     } <= doc.keys()
     assert doc["protocol"] == "patch" and doc["num_images"] == 3 and doc["model"] is None
-    assert (
-        doc["metrics"]["ssim"]["variant"]
-        == "pyiqa.create_metric('ssim', color_space='ycbcr', downsample=False)"
-    )
-    assert (
-        set(doc["versions"]) == {"sanasr", "torch", "pyiqa"} and doc["versions"]["torch"] == torch.__version__
-    )
+    assert doc["metrics"]["ssim"]["variant"] == "pyiqa.create_metric('ssim', color_space='ycbcr', downsample=False)"
+    assert set(doc["versions"]) == {"sanasr", "torch", "pyiqa"} and doc["versions"]["torch"] == torch.__version__
     assert [i["key"] for i in doc["images"]] == [f.stem for f in HQ[:3]]
     for img in doc["images"]:
-        assert (
-            set(img["values"]) == {"psnr", "ssim"} and img["error"] is None and img["sr_size"] == [256, 256]
-        )
+        assert set(img["values"]) == {"psnr", "ssim"} and img["error"] is None and img["sr_size"] == [256, 256]
     mean_psnr = sum(i["values"]["psnr"] for i in doc["images"]) / 3
     assert doc["means"]["psnr"] == pytest.approx(mean_psnr)
     to_stdout = runner.invoke(
@@ -121,9 +114,7 @@ def test_usage_errors_are_one_line_with_exit_2(folders, tmp_path):
         (["--model", "tiny", "--hr", str(hr)], "--model needs --lq"),
     ]
     (sr / HQ[0].name.replace(".png", "_sr.png")).unlink()
-    cases.append(
-        (["--sr", str(sr), "--hr", str(hr), "--metrics", "psnr"], f"without a sr partner: {HQ[0].name}")
-    )
+    cases.append((["--sr", str(sr), "--hr", str(hr), "--metrics", "psnr"], f"without a sr partner: {HQ[0].name}"))
     for args, expected in cases:
         result = runner.invoke(app, ["eval", *args])
         assert result.exit_code == 2, (args, result.output)
@@ -136,9 +127,7 @@ def test_an_unreadable_image_fails_alone_with_exit_1(folders, tmp_path):
     (sr / HQ[0].name).write_bytes(b"not an image")  # an unreadable file in place of the first output
     (sr / f"{HQ[0].stem}_sr.png").unlink()
     js = tmp_path / "r.json"
-    result = runner.invoke(
-        app, ["eval", "--sr", str(sr), "--hr", str(hr), "--metrics", "psnr", "--json", str(js)]
-    )
+    result = runner.invoke(app, ["eval", "--sr", str(sr), "--hr", str(hr), "--metrics", "psnr", "--json", str(js)])
     assert result.exit_code == 1, result.output
     assert "not a recognised image file" in result.output and "Traceback" not in result.output
     doc = json.loads(js.read_text())
@@ -243,10 +232,7 @@ def test_end_to_end_model_eval_reuses_upscale(tmp_path):
     assert sorted(p.name for p in save.glob("*.png")) == [f"{f.stem}_lr.png" for f in HQ[:1]]
     doc = json.loads(js.read_text())
     assert doc["model"]["spec"] == "tiny" and doc["model"]["description"]["base_preset"] == "tiny"
-    assert (
-        doc["model"]["prompt_rule"]["template"] == "sharp, detailed"
-        and doc["model"]["user_prompt"] == "a face"
-    )
+    assert doc["model"]["prompt_rule"]["template"] == "sharp, detailed" and doc["model"]["user_prompt"] == "a face"
     # The saved outputs are exactly what `sanasr upscale --color-fix none` writes for the same inputs (eval runs
     # the paper's pipeline: no colour fix by default; upscale's default wavelet fix gives other pixels), and
     # `eval --sr` on them gives the same scores.
@@ -275,9 +261,7 @@ def test_end_to_end_model_eval_reuses_upscale(tmp_path):
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "again.json").read_text())["means"] == doc["means"]
     # Outputs may never overwrite inputs.
-    clash = runner.invoke(
-        app, ["eval", "--model", "tiny", "--lq", str(lq), "--hr", str(hr), "--save-dir", str(lq)]
-    )
+    clash = runner.invoke(app, ["eval", "--model", "tiny", "--lq", str(lq), "--hr", str(hr), "--save-dir", str(lq)])
     assert clash.exit_code == 2 and "overlaps the input folder" in clash.output
 
 
@@ -397,8 +381,19 @@ def three_checkpoints(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     trained = runner.invoke(
-        app, ["train", "--hq", str(root / "hq"), "-o", str(root / "run"), "--max-steps", "3", "--save-every", "1",
-              *tiny]  # fmt: skip
+        app,
+        [
+            "train",
+            "--hq",
+            str(root / "hq"),
+            "-o",
+            str(root / "run"),
+            "--max-steps",
+            "3",
+            "--save-every",
+            "1",
+            *tiny,
+        ],  # fmt: skip
     )
     torch.set_num_threads(n)
     assert trained.exit_code == 0, trained.output
@@ -419,15 +414,27 @@ def _break_adapter(ckpt):
         (_break_adapter, "adapter"),
         (lambda c: (c / "adapter" / "adapter_model.safetensors").write_bytes(b"\xff" * 64), "adapter"),
         (lambda c: (c / "adapter" / "adapter_config.json").write_text('{"r": "wide"}'), "adapter"),
-        (lambda c: (c / "adapter" / "adapter_config.json").write_text(
-            (c / "adapter" / "adapter_config.json").read_text().replace('"r": 4', '"r": 8')), "adapter"),
+        (
+            lambda c: (c / "adapter" / "adapter_config.json").write_text(
+                (c / "adapter" / "adapter_config.json").read_text().replace('"r": 4', '"r": 8')
+            ),
+            "adapter",
+        ),
         (lambda c: (c / "sanasr.json").write_text("[]"), "not a sanasr model description"),
         (lambda c: (c / "sanasr.json").write_text("{"), "sanasr.json"),
         (lambda c: (c / "sanasr.json").unlink(), "has no sanasr.json"),
         (lambda c: shutil.rmtree(c / "adapter"), "adapter"),
     ],
-    ids=["truncated_adapter", "corrupt_adapter", "bad_adapter_config", "other_rank", "array_description",
-         "torn_description", "no_description", "no_adapter"],  # fmt: skip
+    ids=[
+        "truncated_adapter",
+        "corrupt_adapter",
+        "bad_adapter_config",
+        "other_rank",
+        "array_description",
+        "torn_description",
+        "no_description",
+        "no_adapter",
+    ],  # fmt: skip
 )
 def test_rank_checkpoints_with_one_broken_checkpoint_ranks_the_others(three_checkpoints, tmp_path, damage, words):
     """That checkpoint's row fails with its reason (JSON and the console), the other two are ranked; exit 1
@@ -438,9 +445,23 @@ def test_rank_checkpoints_with_one_broken_checkpoint_ranks_the_others(three_chec
     js = tmp_path / "rank.json"
     result = runner.invoke(
         app,
-        ["eval", "--rank-checkpoints", str(run), "--lq", str(three_checkpoints / "lq"), "--hr",
-         str(three_checkpoints / "hr"), "--metric", "psnr", "--json", str(js), "--device", "cpu", "--tag-cache",
-         "off"],  # fmt: skip
+        [
+            "eval",
+            "--rank-checkpoints",
+            str(run),
+            "--lq",
+            str(three_checkpoints / "lq"),
+            "--hr",
+            str(three_checkpoints / "hr"),
+            "--metric",
+            "psnr",
+            "--json",
+            str(js),
+            "--device",
+            "cpu",
+            "--tag-cache",
+            "off",
+        ],  # fmt: skip
     )
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and "bug in sanasr" not in result.output, result.output

@@ -158,11 +158,7 @@ def test_report_summary_shard_and_pixel_limit(image_folder, tmp_path):
     assert result.exit_code == 1, result.output
     doc = json.loads(report.read_text())
     by = {r["input"].split("/")[-1]: r for r in doc["records"]}
-    assert (
-        set(by) == {"a.png", "c.jpg"}
-        and by["a.png"]["status"] == "failed"
-        and "MP limit" in by["a.png"]["error"]
-    )
+    assert set(by) == {"a.png", "c.jpg"} and by["a.png"]["status"] == "failed" and "MP limit" in by["a.png"]["error"]
     assert by["c.jpg"]["status"] == "ok" and by["c.jpg"]["tile_plan"]["dit_tiles"] > 1
     assert doc["meta"]["shard"] == "0/2" and doc["meta"]["color_fix"] == "adain"
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["c_x4.png"]

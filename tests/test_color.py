@@ -17,9 +17,7 @@ def _scene(seed=0, size=64):
 def test_wavelet_removes_a_colour_shift_and_keeps_detail():
     smooth, detail = _scene()
     reference = smooth  # the bicubic input: right colours, no detail
-    restored = (smooth + detail + torch.tensor([0.15, -0.1, 0.05]).view(3, 1, 1)).clamp(
-        0, 1
-    )  # detail + shift
+    restored = (smooth + detail + torch.tensor([0.15, -0.1, 0.05]).view(3, 1, 1)).clamp(0, 1)  # detail + shift
     fixed = wavelet_color_fix(restored, reference)
     assert fixed.shape == restored.shape and fixed.dtype == torch.float32
     shift_before = (restored.mean((1, 2)) - reference.mean((1, 2))).abs().max()

@@ -79,7 +79,15 @@ def test_alignment_branch_feeds_1000_sigma_t():
     lq = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     embeds, mask = model.prompts.encode(["a cat"])
     terms = compute_task_losses(
-        restorer, model.codec, lq, lq, embeds, mask, LossWeights(perceptual=0), PromptProtocol(), None,
+        restorer,
+        model.codec,
+        lq,
+        lq,
+        embeds,
+        mask,
+        LossWeights(perceptual=0),
+        PromptProtocol(),
+        None,
         generator=torch.Generator().manual_seed(3),
     )
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)

@@ -57,9 +57,7 @@ def test_hq_items_shape_range_and_reproducible_crops(hq_pool):
         again = HQImageDataset(hq_pool, crop=64, seed=3)
     assert all(torch.equal(ds[i]["hq"], again[i]["hq"]) for i in range(len(ds)))
     # the crop is a real window of the file (possibly flipped)
-    full = (
-        torch.from_numpy(np.array(Image.open(ds.items[0][0]).convert("RGB"))).permute(2, 0, 1).float() / 255
-    )
+    full = torch.from_numpy(np.array(Image.open(ds.items[0][0]).convert("RGB"))).permute(2, 0, 1).float() / 255
     crop = ds[0]["hq"]
     windows = full.unfold(1, 64, 1).unfold(2, 64, 1)  # (3, nh, nw, 64, 64)
     hit = any(

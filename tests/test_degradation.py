@@ -24,10 +24,7 @@ from tests.helpers import make_photo_like
 
 def photo_batch(n=2, size=64, seed=0):
     return torch.stack(
-        [
-            torch.from_numpy(make_photo_like(size, size, seed + i)).permute(2, 0, 1).float() / 255
-            for i in range(n)
-        ]
+        [torch.from_numpy(make_photo_like(size, size, seed + i)).permute(2, 0, 1).float() / 255 for i in range(n)]
     )
 
 
@@ -75,24 +72,15 @@ def test_bad_inputs_are_refused():
 
 def test_config_defaults_are_the_x4plus_values():
     c = DegradationConfig()
-    assert (
-        c.kernel_prob == (0.45, 0.25, 0.12, 0.03, 0.12, 0.03) and c.sinc_prob == 0.1 and c.sinc_prob2 == 0.1
-    )
+    assert c.kernel_prob == (0.45, 0.25, 0.12, 0.03, 0.12, 0.03) and c.sinc_prob == 0.1 and c.sinc_prob2 == 0.1
     assert c.blur_sigma == (0.2, 3.0) and c.blur_sigma2 == (0.2, 1.5) and c.betag_range == (0.5, 4.0)
     assert c.betap_range == (1.0, 2.0) and c.blur_kernel_size == tuple(range(7, 22, 2))
     assert c.resize_prob == (0.2, 0.7, 0.1) and c.resize_range == (0.15, 1.5)
     assert c.resize_prob2 == (0.3, 0.4, 0.3) and c.resize_range2 == (0.3, 1.2)
     assert c.noise_range == (1.0, 30.0) and c.noise_range2 == (1.0, 25.0)
     assert c.poisson_scale_range == (0.05, 3.0) and c.poisson_scale_range2 == (0.05, 2.5)
-    assert (
-        c.gaussian_noise_prob == c.gaussian_noise_prob2 == 0.5
-        and c.gray_noise_prob == c.gray_noise_prob2 == 0.4
-    )
-    assert (
-        c.jpeg_range == c.jpeg_range2 == (30.0, 95.0)
-        and c.second_blur_prob == 0.8
-        and c.final_sinc_prob == 0.8
-    )
+    assert c.gaussian_noise_prob == c.gaussian_noise_prob2 == 0.5 and c.gray_noise_prob == c.gray_noise_prob2 == 0.4
+    assert c.jpeg_range == c.jpeg_range2 == (30.0, 95.0) and c.second_blur_prob == 0.8 and c.final_sinc_prob == 0.8
     assert DegradationConfig.from_dict(c.to_dict()) == c
 
 
@@ -103,9 +91,7 @@ def _moments(k):
     ax = torch.arange(k.shape[-1], dtype=torch.float64) - (k.shape[-1] - 1) / 2
     yy, xx = torch.meshgrid(ax, ax, indexing="ij")
     mx, my = (k * xx).sum(), (k * yy).sum()
-    cov = torch.tensor(
-        [[(k * xx * xx).sum(), (k * xx * yy).sum()], [(k * xx * yy).sum(), (k * yy * yy).sum()]]
-    )
+    cov = torch.tensor([[(k * xx * xx).sum(), (k * xx * yy).sum()], [(k * xx * yy).sum(), (k * yy * yy).sum()]])
     return float(mx), float(my), cov
 
 
@@ -116,9 +102,7 @@ def test_gaussian_kernels_have_the_requested_covariance():
     assert torch.allclose(cov, torch.diag(torch.tensor([4.0, 4.0], dtype=torch.float64)), rtol=0.01)
     sx, sy, theta = 2.5, 1.0, 0.6
     _, _, cov = _moments(gaussian_kernel(21, sx, sy, theta))
-    r = torch.tensor(
-        [[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]], dtype=torch.float64
-    )
+    r = torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]], dtype=torch.float64)
     want = r @ torch.diag(torch.tensor([sx**2, sy**2], dtype=torch.float64)) @ r.T
     assert torch.allclose(cov, want, atol=0.03 * sx**2)
     evals = torch.linalg.eigvalsh(cov)
@@ -196,9 +180,7 @@ def test_filter2d_is_a_convolution():
     out = filter2d(x, k)
     # an impulse reproduces the kernel (point-symmetric, like every kernel of the pipeline)
     assert torch.allclose(out[0, 0, 5:10, 5:10].double(), k, atol=1e-6)
-    assert torch.allclose(
-        filter2d(torch.full((1, 3, 8, 8), 0.3), k), torch.full((1, 3, 8, 8), 0.3), atol=1e-6
-    )
+    assert torch.allclose(filter2d(torch.full((1, 3, 8, 8), 0.3), k), torch.full((1, 3, 8, 8), 0.3), atol=1e-6)
     assert filter2d(torch.rand(2, 3, 4, 4), gaussian_kernel(21, 2.0)).shape == (2, 3, 4, 4)  # smaller than k
     # the FFT path (used on the CPU for large kernels) is the same convolution as the direct one
     asym = torch.rand(2, 11, 11, dtype=torch.float64)
@@ -317,9 +299,7 @@ def _blockiness(y):
     """Mean |step| across 8x8 block borders over mean |step| inside blocks (1 for an image without blocks)."""
     dh, dv = (y[..., 1:] - y[..., :-1]).abs(), (y[..., 1:, :] - y[..., :-1, :]).abs()
     eh, ev = torch.arange(dh.shape[-1]) % 8 == 7, torch.arange(dv.shape[-2]) % 8 == 7
-    return float(
-        (dh[..., eh].mean() + dv[..., ev, :].mean()) / (dh[..., ~eh].mean() + dv[..., ~ev, :].mean())
-    )
+    return float((dh[..., eh].mean() + dv[..., ev, :].mean()) / (dh[..., ~eh].mean() + dv[..., ~ev, :].mean()))
 
 
 def _photo(name):
@@ -339,9 +319,7 @@ def test_lower_jpeg_quality_gives_more_blockiness_and_error():
     outs = [jpeg_compress(x, q) for q in qualities]
     blk = [_blockiness(o) for o in outs]
     err = [_psnr(o, x) for o in outs]
-    assert (
-        blk == sorted(blk, reverse=True) and blk[0] > 2.5 and blk[-1] < 1.2 and abs(_blockiness(x) - 1) < 0.05
-    )
+    assert blk == sorted(blk, reverse=True) and blk[0] > 2.5 and blk[-1] < 1.2 and abs(_blockiness(x) - 1) < 0.05
     assert err == sorted(err)
     for o in outs:
         assert torch.equal(o * 255, (o * 255).round())
@@ -388,9 +366,6 @@ def test_half_precision_input_and_generator_kinds():
 
     def strip(plan):  # drop tensors and the sizes that depend on the image
         drop = ("kernel", "size")
-        return {
-            k: {a: b for a, b in v.items() if a not in drop} if isinstance(v, dict) else v
-            for k, v in plan.items()
-        }
+        return {k: {a: b for a, b in v.items() if a not in drop} if isinstance(v, dict) else v for k, v in plan.items()}
 
     assert strip(plans_a[0]) == strip(plans_b[0])

@@ -96,9 +96,7 @@ def test_psnr_ssim_match_a_hand_computation_on_a_tiny_pair(tmp_path):
     Image.fromarray(hr).save(tmp_path / "hr" / "x.png")
     result = evaluate_pairs(pair_folders(tmp_path / "sr", tmp_path / "hr"), parse_metrics("psnr,ssim"))
     ys, yh = _y(sr), _y(hr)
-    assert result.images[0].values["psnr"] == pytest.approx(
-        10 * np.log10(1 / np.mean((ys - yh) ** 2)), abs=1e-4
-    )
+    assert result.images[0].values["psnr"] == pytest.approx(10 * np.log10(1 / np.mean((ys - yh) ** 2)), abs=1e-4)
     ssim = _ssim_by_hand(np.round(ys * 255), np.round(yh * 255))  # SSIM's Y is rounded to integers 0..255
     assert result.images[0].values["ssim"] == pytest.approx(ssim, abs=1e-9)
 
@@ -131,9 +129,7 @@ def test_patch_protocol_scores_only_the_centre_crop(tmp_path):
     def score(img, protocol):
         Image.fromarray(img).save(tmp_path / "sr" / "p.png")
         return (
-            evaluate_pairs(
-                pair_folders(tmp_path / "sr", tmp_path / "hr"), parse_metrics("psnr"), protocol=protocol
-            )
+            evaluate_pairs(pair_folders(tmp_path / "sr", tmp_path / "hr"), parse_metrics("psnr"), protocol=protocol)
             .images[0]
             .values["psnr"]
         )

@@ -48,9 +48,7 @@ def test_16bit_rgb_png_and_tiff_keep_16_bits(tmp_path):
         img, info = read_image(tmp_path / f"in.{ext}")
         assert info.bit_depth == 16 and img.shape == (3, 6, 5)
         # values finer than 1/255 survive: 16-bit precision, not Pillow's 8-bit reduction
-        assert torch.allclose(
-            img, torch.from_numpy(arr.astype(np.float32) / 65535).permute(2, 0, 1), atol=1e-6
-        )
+        assert torch.allclose(img, torch.from_numpy(arr.astype(np.float32) / 65535).permute(2, 0, 1), atol=1e-6)
         write_image(tmp_path / f"out.{ext}", img, bit_depth=16)
         back = cv2.imread(str(tmp_path / f"out.{ext}"), cv2.IMREAD_UNCHANGED)
         assert back.dtype == np.uint16 and np.array_equal(back[:, :, ::-1], arr)
@@ -63,9 +61,7 @@ def test_16bit_gray_stays_16bit_gray(tmp_path):
     assert info.grayscale and info.bit_depth == 16 and img.shape == (3, 7, 4)
     write_image(tmp_path / "o.png", img, bit_depth=16, grayscale=True)
     back = cv2.imread(str(tmp_path / "o.png"), cv2.IMREAD_UNCHANGED)
-    assert (
-        back.dtype == np.uint16 and back.ndim == 2 and np.abs(back.astype(int) - arr.astype(int)).max() <= 1
-    )
+    assert back.dtype == np.uint16 and back.ndim == 2 and np.abs(back.astype(int) - arr.astype(int)).max() <= 1
 
 
 def test_grayscale_8bit_written_back_as_grayscale(tmp_path):
@@ -152,10 +148,7 @@ def _png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height (a decompression bomb's header, without the bomb)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", ihdr)
-        + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + _chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
     )
 
 

@@ -83,9 +83,7 @@ def test_calibration_weight_scales_by_omega(tiny_model):
 
     lq, hq = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
     embeds, mask = tiny_model.prompts.encode(["tree"])
-    kw = dict(
-        weights=LossWeights(perceptual=0), protocol=PromptProtocol(), perceptual=None, with_consistency=False
-    )
+    kw = dict(weights=LossWeights(perceptual=0), protocol=PromptProtocol(), perceptual=None, with_consistency=False)
     with torch.no_grad():
         plain = compute_task_losses(
             tiny_model.restorer,

@@ -33,9 +33,7 @@ def _velocity(transformer, seed=0):
     g = torch.Generator().manual_seed(seed)
     x, text = torch.randn(2, 8, 2, 3, generator=g), torch.randn(2, 6, 32, generator=g)
     with torch.no_grad():
-        return transformer(
-            x, encoder_hidden_states=text, timestep=torch.tensor([900.0, 300.0]), return_dict=False
-        )[0]
+        return transformer(x, encoder_hidden_states=text, timestep=torch.tensor([900.0, 300.0]), return_dict=False)[0]
 
 
 def test_merged_outputs_equal_adapted_and_load_in_diffusers(adapted_dir, tmp_path):

@@ -59,9 +59,7 @@ def test_adapter_round_trip_and_peft_folder(fresh_tiny_model, tmp_path):
     from sanasr_cli.models.presets import get_preset
     from sanasr_cli.models.sanasr import build_random_transformer
 
-    peft_model = PeftModel.from_pretrained(
-        build_random_transformer(get_preset("tiny"), 0), str(out / "adapter")
-    )
+    peft_model = PeftModel.from_pretrained(build_random_transformer(get_preset("tiny"), 0), str(out / "adapter"))
     names = [n for n, _ in peft_model.named_parameters() if "lora_A" in n]
     assert names and any("attn2.to_out.0" in n for n in names)
 

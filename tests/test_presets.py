@@ -25,8 +25,12 @@ def test_one_real_size_block_runs_on_cpu():
     torch.manual_seed(0)
     t = SanaTransformer2DModel(**cfg).eval()
     with torch.no_grad():
-        out = t(torch.randn(1, 32, 16, 16), encoder_hidden_states=torch.randn(1, 8, 2304),
-                timestep=torch.tensor([900.0]), return_dict=False)[0]
+        out = t(
+            torch.randn(1, 32, 16, 16),
+            encoder_hidden_states=torch.randn(1, 8, 2304),
+            timestep=torch.tensor([900.0]),
+            return_dict=False,
+        )[0]
     assert out.shape == (1, 32, 16, 16) and torch.isfinite(out).all()
 
 

@@ -36,9 +36,7 @@ def test_fisher_prune_end_to_end(fresh_tiny_model, tmp_path):
     model = fresh_tiny_model
     seen = []
     options = PruneOptions(budget=THREE_BLOCKS, budget_text="75K", strategy="fisher", steps=2, seed=1)
-    pruned, report = prune_model(
-        model, options, _batches(), PerceptualLoss(random_backbone=True), on_step=seen.append
-    )
+    pruned, report = prune_model(model, options, _batches(), PerceptualLoss(random_backbone=True), on_step=seen.append)
     assert [s.step for s in seen] == [1, 2]
     cal = report.calibration
     assert all(70 <= t <= 650 for t in cal["timesteps"]) and cal["steps"] == 2
@@ -104,17 +102,13 @@ def test_cli_bad_inputs(tmp_path, tiny_model):
         assert not out.exists()
     pairs = _pairs(tmp_path / "pairs", n=1)
     for bad in (["--protocol", "crop"], ["--validate-metrics", "psnr,sharpness"]):
-        r = invoke(
-            "prune", "tiny", "-o", out, "--budget", "75K", "--strategy", "tail", "--validate", pairs, *bad
-        )
+        r = invoke("prune", "tiny", "-o", out, "--budget", "75K", "--strategy", "tail", "--validate", pairs, *bad)
         assert r.exit_code == 2 and "unknown" in r.output and not out.exists(), r.output
     r = invoke("prune", tmp_path / "missing", "-o", out, "--budget", "75K", "--strategy", "tail")
     assert r.exit_code == 2 and "does not exist" in r.output
     from sanasr_cli.models.sanasr import save_model_dir
 
-    desc = type(tiny_model.description).from_dict(
-        tiny_model.description.to_dict()
-    )  # the fixture stays intact
+    desc = type(tiny_model.description).from_dict(tiny_model.description.to_dict())  # the fixture stays intact
     no_weights = save_model_dir(tiny_model, tmp_path / "no_weights", description=desc)
     for f in (no_weights / "transformer").glob("*.safetensors"):
         f.unlink()
@@ -310,9 +304,7 @@ def test_prune_merges_an_adapter_first(fresh_tiny_model, tmp_path):
     reference = load_model(adapted)
     merge_model(reference)
     expected = remove_blocks(reference.transformer, [0, 1, 3])
-    for (name, a), (_, b) in zip(
-        pruned.transformer.named_parameters(), expected.named_parameters(), strict=True
-    ):
+    for (name, a), (_, b) in zip(pruned.transformer.named_parameters(), expected.named_parameters(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
 
 

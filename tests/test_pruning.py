@@ -239,9 +239,7 @@ def test_calibrated_fisher_weights_by_omega_in_the_loss_and_in_the_sum(fresh_tin
         hq = torch.rand(1, 3, 16, 16, generator=g)
         up = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(hq, 4), scale_factor=4).clamp(0, 1)
         batches.append(CalibrationBatch(up, hq, [prompt]))
-    fisher, steps = calibrate_fisher(
-        model, iter(batches), 2, weights, protocol, None, torch.Generator().manual_seed(7)
-    )
+    fisher, steps = calibrate_fisher(model, iter(batches), 2, weights, protocol, None, torch.Generator().manual_seed(7))
 
     # by hand: the same draws (t_k, eps) from the same seed, the gradient g of the unweighted loss
     names = [n for n, _ in transformer.named_parameters()]

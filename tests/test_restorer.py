@@ -15,8 +15,11 @@ def test_eq4_against_hand_computation(tiny_model):
     embeds, mask = tiny_model.prompts.encode(["a tree", "sky, clean"])
     with torch.no_grad():
         v = transformer(
-            hidden_states=z, encoder_hidden_states=embeds, encoder_attention_mask=mask,
-            timestep=torch.tensor([1000 * 2.7 / 2.8] * 2), return_dict=False,
+            hidden_states=z,
+            encoder_hidden_states=embeds,
+            encoder_attention_mask=mask,
+            timestep=torch.tensor([1000 * 2.7 / 2.8] * 2),
+            return_dict=False,
         )[0]
         z_hat = restorer(z, embeds, mask)
     sigma = 3 * 0.9 / (1 + 2 * 0.9)

@@ -42,9 +42,7 @@ def test_timestep_weight_eq22():
 
 
 def test_read_flow_shift(tmp_path):
-    (tmp_path / "scheduler_config.json").write_text(
-        '{"_class_name": "DPMSolverMultistepScheduler", "flow_shift": 3.0}'
-    )
+    (tmp_path / "scheduler_config.json").write_text('{"_class_name": "DPMSolverMultistepScheduler", "flow_shift": 3.0}')
     assert read_flow_shift(tmp_path) == 3.0
     (tmp_path / "scheduler_config.json").write_text('{"shift": 2.5}')
     assert read_flow_shift(tmp_path) == 2.5

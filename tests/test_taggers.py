@@ -124,9 +124,7 @@ def test_same_post_processing_for_clip_tags(tiny_clip, photo, tmp_path):
     assert sorted(raw) == sorted(["Tree", "blurry", "jpeg artifacts", "sky", "none"])
     prompt = prompt_for_image(rule, _read(photo), photo, tagger=tagger)
     kept = [t for t in raw if t.lower() in ("tree", "sky")]
-    assert prompt == ", ".join(
-        [t.lower() for t in kept] + ["clean"]
-    )  # confidence order, degradation words gone
+    assert prompt == ", ".join([t.lower() for t in kept] + ["clean"])  # confidence order, degradation words gone
 
 
 def test_clip_missing_model_is_one_clear_error(tmp_path, photo):
@@ -308,9 +306,7 @@ def test_rule_mismatch_one_line_per_field():
     assert any("tagger option model: 'm1' vs 'm2'" in line for line in lines)
     assert any("tagger option threshold: 0.01 vs 0.2" in line for line in lines)
     lines = rule_mismatch(model, PromptRule(tagger="none"))
-    assert len(lines) == 1 and lines[0].startswith(
-        "tagger: 'clip' vs 'none'"
-    )  # other taggers' options: not compared
+    assert len(lines) == 1 and lines[0].startswith("tagger: 'clip' vs 'none'")  # other taggers' options: not compared
     assert PromptRule.from_dict(
         PromptRule(tagger="dape", tagger_options={"weights": "w"}).to_dict()
     ).tagger_options == {"weights": "w"}
@@ -380,9 +376,23 @@ def test_cli_upscale_with_clip_tagger_fills_the_cache_once(tiny_clip, image_fold
 
 
 def test_cli_clip_model_not_found_is_one_line_exit_1(image_folder, tmp_path):
-    result = runner.invoke(app, ["upscale", str(image_folder), "-o", str(tmp_path / "o"), "--model", "tiny",
-                                 "--tagger", "clip", "--tagger-model", str(tmp_path / "no_clip"),
-                                 "--tag-cache", "off"])
+    result = runner.invoke(
+        app,
+        [
+            "upscale",
+            str(image_folder),
+            "-o",
+            str(tmp_path / "o"),
+            "--model",
+            "tiny",
+            "--tagger",
+            "clip",
+            "--tagger-model",
+            str(tmp_path / "no_clip"),
+            "--tag-cache",
+            "off",
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert "could not be loaded" in result.output and "Traceback" not in result.output
 
@@ -399,8 +409,9 @@ def test_upscale_prompts_come_from_the_same_rule_and_cache(tiny_model, tiny_clip
     from sanasr_cli.pipeline.upscale import UpscaleOptions, upscale_files
     from sanasr_cli.prompts.rule import tagger_from_rule
 
-    rule = PromptRule(tagger="clip", template="clean", tagger_options={"model": str(tiny_clip), "top_k": 3,
-                                                                       "threshold": 0.0})
+    rule = PromptRule(
+        tagger="clip", template="clean", tagger_options={"model": str(tiny_clip), "top_k": 3, "threshold": 0.0}
+    )
     cache = tmp_path / "cache"
     paths = sorted(image_folder.iterdir())[:2]
     options = UpscaleOptions(scale=1.0, prompt_rule=rule, tagger=tagger_from_rule(rule, cache_dir=cache))

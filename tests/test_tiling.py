@@ -80,9 +80,7 @@ def test_plans():
 def test_auto_plan_follows_free_memory(tiny_model):
     """The CUDA branch of --tile auto, fed a free-memory figure: more memory never means smaller tiles, the
     VAE (per-pixel cost) is tiled before the transformer, and plenty of memory means the whole image."""
-    plans = [
-        plan_tiles(tiny_model, 640, 640, "auto", free_bytes=b) for b in (2**40, 2**26, 10**7, 10**6, 10**4)
-    ]
+    plans = [plan_tiles(tiny_model, 640, 640, "auto", free_bytes=b) for b in (2**40, 2**26, 10**7, 10**6, 10**4)]
     assert plans[0].dit_tile is None and plans[0].vae_tile is None and "MiB free" in plans[0].reason
     vae = [p.vae_tile or 80 for p in plans]
     assert vae == sorted(vae, reverse=True) and vae[-1] == MIN_LATENT_TILE

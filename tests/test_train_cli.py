@@ -64,9 +64,7 @@ def _losses(run: Path) -> list[float]:
 
 def test_short_run_writes_the_expected_files(short_run):
     ckpt = short_run / "checkpoint-2"
-    assert sorted(p.name for p in short_run.glob("checkpoint-*")) == [
-        "checkpoint-2"
-    ]  # limit 1: step 1 pruned
+    assert sorted(p.name for p in short_run.glob("checkpoint-*")) == ["checkpoint-2"]  # limit 1: step 1 pruned
     for rel in (
         "sanasr.json",
         "adapter/adapter_config.json",
@@ -242,15 +240,51 @@ def test_two_processes_with_accelerate_launch_on_paired_data(tmp_path):
     for p in hq.iterdir():
         Image.open(p).resize((10, 8), Image.BICUBIC).save(lq / p.name)
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "ACCELERATE_USE_CPU": "1",
+        "OMP_NUM_THREADS": "1",
+    }
 
     def launch(*extra):
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), "-m", "sanasr_cli", "train",
-               "--pairs", str(lq), str(hq), "-o", str(run), "--max-steps", "2", "--save-every", "1",
-               "--validate-every", "2", "--validation-images", "1", *TINY, "--batch-size", "1", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(_free_port()),
+            "-m",
+            "sanasr_cli",
+            "train",
+            "--pairs",
+            str(lq),
+            str(hq),
+            "-o",
+            str(run),
+            "--max-steps",
+            "2",
+            "--save-every",
+            "1",
+            "--validate-every",
+            "2",
+            "--validation-images",
+            "1",
+            *TINY,
+            "--batch-size",
+            "1",
+            *extra,
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc
@@ -266,6 +300,7 @@ def test_two_processes_with_accelerate_launch_on_paired_data(tmp_path):
     proc = launch("--resume", str(run / "checkpoint-1"))
     assert "resumed from" in proc.stderr
     assert _losses(run) == first
+
 
 def test_a_full_disk_while_saving_is_one_line_exit_1_and_keeps_the_last_checkpoint(short_run, hq_dir, tmp_path):
     """README: a full disk while saving a checkpoint is exit 1 and one line. The disk is made to refuse writes

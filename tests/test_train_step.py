@@ -237,12 +237,8 @@ def test_checkpoint_is_a_model_dir_and_restores_training_state(step_setup, tmp_p
         ("adapter", {n: p.detach() for n, p in live.items()}),
         ("adapter_ema", ema_named),
     ):
-        peft_model = PeftModel.from_pretrained(
-            build_random_transformer(PRESETS["tiny"], 0), str(ckpt / folder)
-        )
-        got = {
-            n.removeprefix("base_model.model."): p for n, p in peft_model.named_parameters() if "lora_" in n
-        }
+        peft_model = PeftModel.from_pretrained(build_random_transformer(PRESETS["tiny"], 0), str(ckpt / folder))
+        got = {n.removeprefix("base_model.model."): p for n, p in peft_model.named_parameters() if "lora_" in n}
         assert got and all(torch.equal(p, expected[n]) for n, p in got.items()), folder
     assert not all(torch.equal(ema_named[n], live[n].detach()) for n in ema_named)  # they differ after a step
     # resume: weights, EMA, optimizer, scheduler, RNG, data position
@@ -343,11 +339,7 @@ def test_validation_grid_layout():
     lq, sr, hq = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.5), torch.ones(2, 3, 4, 4)
     grid = make_grid(lq, sr, hq, gap=2)
     assert grid.shape == (3, 2 * 4 + 2, 3 * 4 + 4)
-    assert (
-        grid[:, 0:4, 0:4].max() == 0
-        and (grid[:, 0:4, 6:10] == 0.5).all()
-        and (grid[:, 6:10, 12:16] == 1).all()
-    )
+    assert grid[:, 0:4, 0:4].max() == 0 and (grid[:, 0:4, 6:10] == 0.5).all() and (grid[:, 6:10, 12:16] == 1).all()
 
 
 def test_validation_grid_marks_the_tagged_column():
@@ -416,14 +408,10 @@ def test_benchmark_script_measures_the_training_step():
 
     from tests.helpers import REPO_ROOT
 
-    spec = importlib.util.spec_from_file_location(
-        "train_step_bench", REPO_ROOT / "benchmarks" / "train_step.py"
-    )
+    spec = importlib.util.spec_from_file_location("train_step_bench", REPO_ROOT / "benchmarks" / "train_step.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    rec = bench.measure_train_step(
-        "tiny", batch_size=1, crop=16, steps=1, warmup=1, precision="fp32", lora_rank=4
-    )
+    rec = bench.measure_train_step("tiny", batch_size=1, crop=16, steps=1, warmup=1, precision="fp32", lora_rank=4)
     assert rec["steps_timed"] == 1 and len(rec["losses"]) == 1 and math.isfinite(rec["losses"][0])
     assert rec["step_seconds_median"] > 0 and rec["device"] == "cpu"
     assert 0 < rec["trainable_params"] < rec["transformer_params"]

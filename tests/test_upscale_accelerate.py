@@ -44,9 +44,7 @@ def test_two_processes_split_the_work_and_merge_one_report(image_folder, tmp_pat
     assert proc.returncode != 0, proc.stderr  # one input failed -> exit 1 (after all others ran)
     doc = json.loads(report.read_text())
     inputs = [r["input"] for r in doc["records"]]
-    assert sorted(inputs) == sorted(str(p) for p in image_folder.iterdir()) and len(inputs) == len(
-        set(inputs)
-    )
+    assert sorted(inputs) == sorted(str(p) for p in image_folder.iterdir()) and len(inputs) == len(set(inputs))
     assert {r["process"] for r in doc["records"]} == {0, 1}
     assert doc["meta"]["processes"] == 2 and doc["summary"] == {"inputs": 4, "ok": 3, "failed": 1}
     assert {p.name: Image.open(p).size for p in out.glob("*.png")} == {

@@ -36,9 +36,7 @@ def test_every_mode_round_trips_with_size_mode_and_depth(tiny_model, tmp_path):
     Image.fromarray(make_photo_like(6, 5, 1)).save(src / "rgb.png", icc_profile=icc)
     Image.fromarray(make_photo_like(6, 5, 2)[:, :, 0], "L").save(src / "gray.png")
     cv2.imwrite(str(src / "deep.png"), (np.random.default_rng(0).random((5, 7, 3)) * 65535).astype(np.uint16))
-    cv2.imwrite(
-        str(src / "deepgray.tif"), (np.random.default_rng(1).random((5, 7)) * 65535).astype(np.uint16)
-    )
+    cv2.imwrite(str(src / "deepgray.tif"), (np.random.default_rng(1).random((5, 7)) * 65535).astype(np.uint16))
     rgba = np.dstack([make_photo_like(7, 6, 3), np.full((7, 6), 128, np.uint8)])
     Image.fromarray(rgba, "RGBA").save(src / "alpha.png")
     p = Image.new("P", (5, 5))
@@ -49,9 +47,7 @@ def test_every_mode_round_trips_with_size_mode_and_depth(tiny_model, tmp_path):
         src / "webalpha.webp", lossless=True
     )
     out = tmp_path / "out"
-    recs = {
-        r.input.split("/")[-1]: r for r in upscale_files(tiny_model, sorted(src.iterdir()), src, out, _opts())
-    }
+    recs = {r.input.split("/")[-1]: r for r in upscale_files(tiny_model, sorted(src.iterdir()), src, out, _opts())}
     assert all(r.status == "ok" for r in recs.values()), [r.error for r in recs.values()]
 
     def opened(name):
@@ -65,9 +61,7 @@ def test_every_mode_round_trips_with_size_mode_and_depth(tiny_model, tmp_path):
     deepgray = cv2.imread(str(out / "deepgray.png"), cv2.IMREAD_UNCHANGED)
     assert deepgray.dtype == np.uint16 and deepgray.shape == (20, 28)
     a = opened("alpha.png")
-    assert (
-        a.mode == "RGBA" and a.size == (24, 28) and abs(np.asarray(a)[:, :, 3].astype(int) - 128).max() <= 1
-    )
+    assert a.mode == "RGBA" and a.size == (24, 28) and abs(np.asarray(a)[:, :, 3].astype(int) - 128).max() <= 1
     assert opened("pal.png").mode == "RGBA" and np.asarray(opened("pal.png"))[:, :, 3].max() == 0
     assert opened("cmyk.png").mode == "RGB" and opened("cmyk.png").size == (20, 24)
     assert opened("webalpha.png").mode == "RGBA"
@@ -129,9 +123,7 @@ def test_interrupt_leaves_only_complete_files_and_rerun_resumes(tiny_model, imag
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        upscale_files(
-            tiny_model, sorted(image_folder.iterdir()), image_folder, out, _opts(), on_done=stop_after_first
-        )
+        upscale_files(tiny_model, sorted(image_folder.iterdir()), image_folder, out, _opts(), on_done=stop_after_first)
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a.png"]
     again = upscale_files(tiny_model, sorted(image_folder.iterdir()), image_folder, out, _opts())
     assert [r.status for r in again] == ["skipped", "ok", "ok"]
@@ -158,9 +150,7 @@ def test_ext_suffix_recursive_layout_and_save_prompts(tiny_model, tmp_path):
     assert all(r.status == "ok" for r in recs)
     assert (out / "top_x4.jpg").is_file() and (out / "sub" / "deeper" / "low_x4.png").is_file()
     assert Image.open(out / "top_x4.jpg").format == "JPEG"
-    assert (
-        out / "top_x4.txt"
-    ).read_text().strip() == "tree, sky"  # tags only; 'blurry' is a degradation word
+    assert (out / "top_x4.txt").read_text().strip() == "tree, sky"  # tags only; 'blurry' is a degradation word
     assert recs[1].prompt.startswith("park, tree, sky, clean")
     # read back with --tagger file: the same prompt
     from sanasr_cli.prompts.taggers import FileTagger
@@ -238,9 +228,7 @@ def test_report_has_one_record_per_input_with_plan_seconds_memory(tiny_model, im
     for r in ok:
         assert r["tile_plan"]["factor"] == 8 and r["seconds"] > 0 and r["peak_memory_mb"] > 0
         assert r["output"] and r["output_size"] and r["input_size"] and r["prompt"]
-    assert [r["error"] for r in doc["records"] if r["status"] == "failed"][0].startswith(
-        str(image_folder / "bad.png")
-    )
+    assert [r["error"] for r in doc["records"] if r["status"] == "failed"][0].startswith(str(image_folder / "bad.png"))
     img, _ = read_image(ok[0]["output"])
     assert list(img.shape[1:][::-1]) == ok[0]["output_size"]
 

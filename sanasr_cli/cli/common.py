@@ -66,8 +66,16 @@ def quiet_libraries() -> None:
     tlog.disable_progress_bar()
 
 
-def load_model_or_fail(spec: str, device: torch.device, dtype: torch.dtype, base=None, seed: int = 0,
-                       status: str | None = None, full_vae: bool = False, vae_decoder: str | None = None):
+def load_model_or_fail(
+    spec: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    base=None,
+    seed: int = 0,
+    status: str | None = None,
+    full_vae: bool = False,
+    vae_decoder: str | None = None,
+):
     """load_model behind a spinner (`status`, None: no spinner, e.g. on other processes); a bad model directory
     is one line and exit 2, missing weights one line and exit 1."""
     import contextlib

@@ -32,9 +32,7 @@ def _print_metrics_list() -> None:
     out = type(console)(soft_wrap=True, highlight=False)  # stdout, one line per field (no table wrapping)
     for m in METRICS.values():
         default = ", default" if m.name in DEFAULT_METRICS else ""
-        out.print(
-            f"[bold]{m.name}[/] ({m.mode}, {'lower' if m.lower_better else 'higher'} is better{default})"
-        )
+        out.print(f"[bold]{m.name}[/] ({m.mode}, {'lower' if m.lower_better else 'higher'} is better{default})")
         out.print(f"    {m.variant}")
         out.print(f"    {m.description}")
     out.print(
@@ -73,8 +71,7 @@ SAVE_DIR = typer.Option(
 RANK_CHECKPOINTS = typer.Option(
     None,
     "--rank-checkpoints",
-    help="Score every RUN_DIR/checkpoint-*/ of a training run on --lq (and --hr) and print them ranked, best "
-    "first.",
+    help="Score every RUN_DIR/checkpoint-*/ of a training run on --lq (and --hr) and print them ranked, best first.",
 )
 METRIC = typer.Option("musiq", "--metric", help="The one metric that ranks checkpoints.")
 METRICS = typer.Option(

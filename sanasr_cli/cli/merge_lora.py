@@ -18,16 +18,10 @@ from sanasr_cli.cli.common import (
 
 
 def merge_lora(
-    model_dir: Path = typer.Argument(
-        ..., help="A model directory with an adapter/ (written by `sanasr train`)."
-    ),
+    model_dir: Path = typer.Argument(..., help="A model directory with an adapter/ (written by `sanasr train`)."),
     output: Path = typer.Option(..., "-o", "--output", help="The merged model directory to write."),
-    ema: bool = typer.Option(
-        False, "--ema", help="Merge the EMA adapter (adapter_ema/) instead of the last weights."
-    ),
-    scale: float = typer.Option(
-        1.0, "--scale", help="Adapter strength: W + scale * (alpha/r) B A (1 = as trained)."
-    ),
+    ema: bool = typer.Option(False, "--ema", help="Merge the EMA adapter (adapter_ema/) instead of the last weights."),
+    scale: float = typer.Option(1.0, "--scale", help="Adapter strength: W + scale * (alpha/r) B A (1 = as trained)."),
     base: str = opt.BASE,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ):
@@ -52,9 +46,7 @@ def merge_lora(
             raise fail(str(e), EXIT_USAGE) from None
         except MissingWeightsError as e:
             raise fail(str(e), EXIT_FAILED) from None
-    model.description.history.append(
-        {"command": "merge-lora", "input": str(model_dir), "ema": ema, "scale": scale}
-    )
+    model.description.history.append({"command": "merge-lora", "input": str(model_dir), "ema": ema, "scale": scale})
     with console.status(f"writing {output} ..."):
         save_model_dir(model, output, overwrite=overwrite)
     console.print(f"merged {record['merged_from']}/ (scale {scale:g}) into {output}/transformer")

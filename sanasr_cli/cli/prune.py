@@ -64,9 +64,7 @@ CROP = typer.Option(512, "--crop", min=8, help="Calibration HQ crop size in pixe
 LAMBDA_P = typer.Option(2.0, "--lambda-p", min=0.0, help="LPIPS weight in L_rec (0 turns LPIPS off).")
 PRECISION = opt.precision("auto (bf16 on CUDA as in the paper, fp32 on CPU).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace OUT if it exists.")
-EMA = typer.Option(
-    False, "--ema", help="Merge the EMA adapter (adapter_ema/ of a training checkpoint) before pruning."
-)
+EMA = typer.Option(False, "--ema", help="Merge the EMA adapter (adapter_ema/ of a training checkpoint) before pruning.")
 
 
 def prune(
@@ -114,6 +112,7 @@ def prune(
     from sanasr_cli.pruning.prune import PruneOptions
     from sanasr_cli.pruning.run import PruneGate, PruneJob
     from sanasr_cli.training.losses import LossWeights
+
     budget_n = _check_inputs(model_dir, output, budget, strategy, calib, validate, overwrite)
     _check_gate(color_fix, validate, protocol, validate_metrics)
     model, dev = _load(model_dir, device, precision, base, seed, full_vae)

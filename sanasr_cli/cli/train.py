@@ -76,8 +76,7 @@ EMA_DECAY = _flag(
     "ema_decay", panel=_OPT, help="EMA of the LoRA weights (0: off), saved as adapter_ema/ in each checkpoint."
 )
 PRECISION = opt.precision(
-    "auto (fp16 with loss scaling on CUDA, as App. B trains; fp32 on CPU), fp32, bf16, fp16 (loss scaling, CUDA "
-    "only).",
+    "auto (fp16 with loss scaling on CUDA, as App. B trains; fp32 on CPU), fp32, bf16, fp16 (loss scaling, CUDA only).",
     _DEFAULTS.precision,
     rich_help_panel=_OPT,
 )
@@ -115,9 +114,7 @@ NO_CHI = typer.Option(
     help="Encode prompts without SANA's complex human instruction (recorded in the model's prompt rule). "
     "Default: prompts are encoded exactly as SanaPipeline.encode_prompt does, as SANA was trained.",
 )  # fmt: skip
-OFFLOAD = _flag(
-    "offload_text_encoder", panel="Prompt", help="Keep the text encoder on the CPU (prompts are cached)."
-)
+OFFLOAD = _flag("offload_text_encoder", panel="Prompt", help="Keep the text encoder on the CPU (prompts are cached).")
 
 # flags that are not TrainConfig fields of the same name and value
 _NOT_FIELDS = {"ctx", "config_file", "hq", "pairs", "tagger", "tagger_weights", "tagger_model", "tag_vocab",
@@ -291,9 +288,7 @@ class _TrainProgress:
 
     def _step(self, step: int, metrics: dict) -> None:
         rate = 1.0 / metrics["step_time_s"] if metrics.get("step_time_s") else 0.0
-        self._progress.update(
-            self._task, completed=step, description=f"loss {metrics['loss']:.4f}  {rate:.2f} it/s"
-        )
+        self._progress.update(self._task, completed=step, description=f"loss {metrics['loss']:.4f}  {rate:.2f} it/s")
 
     def _message(self, text: str) -> None:
         self.is_main = True

@@ -27,9 +27,7 @@ from sanasr_cli.cli.common import (
 EXIT_INTERRUPTED = 130
 
 
-INPUT = typer.Argument(
-    ..., help="An image file or a folder of images (png, jpg, webp, tif, bmp, gif: first frame)."
-)
+INPUT = typer.Argument(..., help="An image file or a folder of images (png, jpg, webp, tif, bmp, gif: first frame).")
 OUTPUT = typer.Option(..., "-o", "--output", help="Folder for the results (never inside INPUT).")
 MODEL = typer.Option(
     "sana-600m-512",
@@ -204,8 +202,7 @@ def _load_model(f):
     sr_model = load_model_or_fail(f.model, f.dev, f.dtype, f.base, f.seed, status, f.full_vae, f.vae_decoder)
     if sr_model.description.random_weights and is_main:
         console.print(
-            f"[yellow]note:[/] '{f.model}' has random (untrained) weights: outputs show the pipeline, "
-            "not SR quality."
+            f"[yellow]note:[/] '{f.model}' has random (untrained) weights: outputs show the pipeline, not SR quality."
         )
     return sr_model
 
@@ -277,9 +274,7 @@ def _distributed_state():
 
     # accelerate 1.15 picks gloo on CPU only when told cpu=True (its `--cpu` launch flag starts one process
     # without MPI, so CPU-only runs are launched with `--multi_gpu` and land here without CUDA)
-    use_cpu = (
-        os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
-    )
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
     return PartialState(cpu=use_cpu)
 
 
@@ -352,12 +347,8 @@ def _print_summary(records: list[dict], output: Path, report: Path | None) -> No
         f"{max(peaks):.0f}" if peaks else "-",
     )
     console.print(table)
-    for r in [r for r in records if r["status"] == "failed" and r["process"] != 0][
-        :20
-    ]:  # others printed live
-        console.print(
-            f"[red]failed (process {r['process']}):[/] {r['error']}", highlight=False, soft_wrap=True
-        )
+    for r in [r for r in records if r["status"] == "failed" and r["process"] != 0][:20]:  # others printed live
+        console.print(f"[red]failed (process {r['process']}):[/] {r['error']}", highlight=False, soft_wrap=True)
     if counts["ignored"]:
         console.print(
             f"ignored {counts['ignored']} file(s) that are not images (each listed in the report with why)",

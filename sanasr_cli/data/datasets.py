@@ -211,9 +211,7 @@ class HQImageDataset(Dataset):
             path, key = self.items[(index + attempt) % len(self.items)]
             try:
                 array, _ = read_image_uint8(path, self.max_pixels)
-            except (
-                ImageReadError
-            ) as e:  # the header was fine but the data is not: name it, use the next image
+            except ImageReadError as e:  # the header was fine but the data is not: name it, use the next image
                 warnings.warn(DatasetWarning(f"skipped at load time: {e}"), stacklevel=2)
                 continue
             h, w = array.shape[:2]
@@ -274,9 +272,7 @@ class PairedImageDataset(Dataset):
                 for p, err in ((lp, lerr), (hp, herr)):
                     if err:
                         self.summary.unreadable.append((str(p), err))
-                        warnings.warn(
-                            DatasetWarning(f"skipped pair '{stem}': unreadable {p}: {err}"), stacklevel=2
-                        )
+                        warnings.warn(DatasetWarning(f"skipped pair '{stem}': unreadable {p}: {err}"), stacklevel=2)
                 continue
             if (hsize[0], hsize[1]) != (lsize[0] * self.scale, lsize[1] * self.scale):
                 bad_sizes.append(f"{stem} (LQ {lsize[0]}x{lsize[1]}, HQ {hsize[0]}x{hsize[1]})")
@@ -292,13 +288,9 @@ class PairedImageDataset(Dataset):
                 continue
             self.items.append((lp, hp, stem))
         if bad_sizes:
-            problems.append(
-                f"{len(bad_sizes)} pair(s) where HQ is not {self.scale}x LQ: {_listing(bad_sizes)}"
-            )
+            problems.append(f"{len(bad_sizes)} pair(s) where HQ is not {self.scale}x LQ: {_listing(bad_sizes)}")
         if problems:
-            raise PairedDataError(
-                f"LQ {self.lq_dir} and HQ {self.hq_dir} do not match: " + "; ".join(problems)
-            )
+            raise PairedDataError(f"LQ {self.lq_dir} and HQ {self.hq_dir} do not match: " + "; ".join(problems))
         self.summary.used = len(self.items)
         if not self.items:
             raise DatasetError(f"no usable pairs in {self.lq_dir} + {self.hq_dir} ({self.summary})")
@@ -364,9 +356,7 @@ def make_training_batch(
         lq = degrader(hq, generator)
     up = upsample_bicubic(lq.float(), scale)
     if up.shape[-2:] != hq.shape[-2:]:
-        raise ValueError(
-            f"LQ {tuple(lq.shape[-2:])} x {scale} does not give the HQ size {tuple(hq.shape[-2:])}"
-        )
+        raise ValueError(f"LQ {tuple(lq.shape[-2:])} x {scale} does not give the HQ size {tuple(hq.shape[-2:])}")
     return up, hq.float()
 
 

@@ -229,9 +229,7 @@ def _normalised(k: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(k / k.sum())
 
 
-def gaussian_kernel(
-    size: int, sigma_x: float, sigma_y: float | None = None, theta: float = 0.0
-) -> torch.Tensor:
+def gaussian_kernel(size: int, sigma_x: float, sigma_y: float | None = None, theta: float = 0.0) -> torch.Tensor:
     """Bivariate Gaussian, (size, size) float64 summing to 1; isotropic when sigma_y is None."""
     q = _quadratic_form(size, sigma_x, sigma_x if sigma_y is None else sigma_y, theta)
     return _normalised(np.exp(-0.5 * q))

@@ -118,9 +118,7 @@ def _is_16bit(im: Image.Image) -> bool:
     return im.format in _SIXTEEN_BIT_FORMATS and any(";16" in r for r in rawmodes)
 
 
-def probe_image(
-    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> tuple[tuple[int, int], str | None, bool]:
+def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[tuple[int, int], str | None, bool]:
     """Header only (no pixel decoding): ((width, height) after EXIF orientation, format, has transparency).
     Raises the same one-line ImageReadError as read_image for files it can already tell are bad."""
     path = Path(path)
@@ -135,9 +133,7 @@ def probe_image(
                     f"(raise it with --max-pixels if the file is trusted)"
                 )
             orientation = im.getexif().get(0x0112, 1)
-            alpha = im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (
-                im.mode == "P" and "transparency" in im.info
-            )
+            alpha = im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (im.mode == "P" and "transparency" in im.info)
             fmt = im.format
     except ImageReadError:
         raise
@@ -175,9 +171,7 @@ def _decode(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
                     "wrapped); convert it to 16-bit first"
                 )
             if mode not in _SUPPORTED_MODES or (mode == "I" and not sixteen):
-                raise ImageReadError(
-                    f"{path}: unsupported image mode '{mode}' (use 8/16-bit gray, RGB, RGBA, CMYK)"
-                )
+                raise ImageReadError(f"{path}: unsupported image mode '{mode}' (use 8/16-bit gray, RGB, RGBA, CMYK)")
             frames = int(getattr(im, "n_frames", 1) or 1)
             orientation = im.getexif().get(0x0112, 1)
             icc = im.info.get("icc_profile") or None
@@ -393,9 +387,7 @@ def write_image(
     if alpha is not None:
         image = torch.cat([image, alpha.to(image)], 0)
     sixteen = bit_depth == 16 and fmt in _SIXTEEN_BIT_FORMATS
-    data = (
-        _encode_16bit(image, fmt, icc_profile) if sixteen else _encode_8bit(image, fmt, icc_profile, quality)
-    )
+    data = _encode_16bit(image, fmt, icc_profile) if sixteen else _encode_8bit(image, fmt, icc_profile, quality)
     _write_image_bytes(path, data, before_replace)
 
 
@@ -439,12 +431,7 @@ def _encode_16bit(image: torch.Tensor, fmt: str, icc: bytes | None) -> bytes:
 def _png_with_iccp(png: bytes, icc: bytes) -> bytes:
     """Insert an iCCP chunk right after IHDR (PNG spec: before PLTE and IDAT)."""
     body = b"icc\x00\x00" + zlib.compress(icc)
-    chunk = (
-        struct.pack(">I", len(body))
-        + b"iCCP"
-        + body
-        + struct.pack(">I", zlib.crc32(b"iCCP" + body) & 0xFFFFFFFF)
-    )
+    chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body) & 0xFFFFFFFF)
     ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
     return png[:ihdr_end] + chunk + png[ihdr_end:]
 

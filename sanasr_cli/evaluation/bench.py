@@ -90,6 +90,7 @@ def measure_macs(pipeline: Pipeline, size: int, batch: int) -> PipelineCost:
         cost.once[name] = {"macs": count_macs(fn), "latency_ms": None}
     return cost
 
+
 @torch.no_grad()
 def measure_latency_paired(
     pipelines: dict[str, Pipeline],
@@ -297,7 +298,12 @@ def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] |
         raise ValueError(f"unknown --compare {', '.join(unknown)}; known: {', '.join(known)}")
     step("building the pipelines on the meta device")
     meta_model = build_sanasr(
-        spec, "meta", random_weights=True, base=options.base, seed=options.seed, full_vae=options.full_vae,
+        spec,
+        "meta",
+        random_weights=True,
+        base=options.base,
+        seed=options.seed,
+        full_vae=options.full_vae,
         vae_decoder=options.vae_decoder,
     )
     if "decoder-full" in options.compare and meta_model.info.get("full_decoder") is None:
@@ -311,9 +317,7 @@ def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] |
         if name == "sanasr" or name in COMPARABLE:  # the measured model itself, or a variant of it
             return sana_pipeline(model, full_prompt=name == "full-prompt", full_vae=name == "full-vae")
         meta = torch.device(device).type == "meta"  # another SANA-SR model by name (e.g. the unpruned preset)
-        other = build_sanasr(
-            name, device, options.dtype, meta or options.random_weights, options.base, options.seed
-        )
+        other = build_sanasr(name, device, options.dtype, meta or options.random_weights, options.base, options.seed)
         return sana_pipeline(other, name=name)
 
     meta_ours = sana_pipeline(meta_model)
@@ -364,9 +368,7 @@ def run_bench(spec: str, options: BenchOptions, on_step: Callable[[str], None] |
         report = _report(size, options, device, ours, notes[size]["sanasr"], meta_ours.description)
         warnings = [w for w in [sum_of_parts_warning("sanasr", ours)] if w]
         for name in meta_other:
-            sub = _report(
-                size, options, device, costs[size][name], notes[size][name], meta_other[name].description
-            )
+            sub = _report(size, options, device, costs[size][name], notes[size][name], meta_other[name].description)
             sub.pop("compare")
             sub["ratios"] = ratios(ours, costs[size][name])
             report["compare"][name] = sub
@@ -404,7 +406,6 @@ def _report(size, options, device, cost: PipelineCost, latency_note: str, descri
             "ratios": "other / ours; latency: median of per-round ratios, rounds timed interleaved in one process",
             "once": "once-per-process costs (SANA-SR: the instruction prefix through the text encoder; "
             "latency: one run)",
-            "end_to_end": "vae_encode + transformer + vae_decode; text encoder reported separately, "
-            "tagger not counted",
+            "end_to_end": "vae_encode + transformer + vae_decode; text encoder reported separately, tagger not counted",
         },
     }

@@ -21,9 +21,7 @@ def plot_reports(reports: list[dict], path: str | Path) -> None:
     fig, (ax_m, ax_l) = plt.subplots(1, 2, figsize=(10, 4))
     for label, points in series.items():
         ax_m.plot(sizes, [p["macs"] / 1e9 for p in points], marker="o", label=label)
-        lat = [
-            (s, p["latency_ms"]) for s, p in zip(sizes, points, strict=True) if p["latency_ms"] is not None
-        ]
+        lat = [(s, p["latency_ms"]) for s, p in zip(sizes, points, strict=True) if p["latency_ms"] is not None]
         if lat:
             ax_l.plot([s for s, _ in lat], [v for _, v in lat], marker="o", label=label)
     ax_m.set(

@@ -178,15 +178,11 @@ def check_sizes(pairs: list[ImagePair], protocol: str) -> None:
         if protocol == "patch":
             for path, (w, h) in ((p.sr, sr_size), (p.hr, hr_size)):
                 if path is not None and (w < PATCH_SIZE or h < PATCH_SIZE):
-                    problems.append(
-                        f"{path.name} is {w}x{h}, smaller than the {PATCH_SIZE}x{PATCH_SIZE} patch"
-                    )
+                    problems.append(f"{path.name} is {w}x{h}, smaller than the {PATCH_SIZE}x{PATCH_SIZE} patch")
     if problems:
         shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
         hint = " (use --protocol patch to compare centre crops)" if protocol == "full" else ""
-        raise ProtocolError(
-            f"{len(problems)} image(s) cannot be compared under --protocol {protocol}: {shown}{hint}"
-        )
+        raise ProtocolError(f"{len(problems)} image(s) cannot be compared under --protocol {protocol}: {shown}{hint}")
 
 
 # ---------------------------------------------------------------- building metrics

@@ -57,9 +57,7 @@ def check_save_dir(save_dir: Path, *inputs: Path | None) -> None:
             continue
         d = Path(d).resolve()
         if s == d or d.is_relative_to(s) or s.is_relative_to(d):
-            raise SanaSRError(
-                f"--save-dir {save_dir} overlaps the input folder {d}; choose a separate folder"
-            )
+            raise SanaSRError(f"--save-dir {save_dir} overlaps the input folder {d}; choose a separate folder")
 
 
 @dataclass

@@ -62,9 +62,7 @@ def _keyed(files: list[Path], suffixes: tuple[str, ...], folder: Path) -> dict[s
         keyed.setdefault(pairing_key(f.stem, suffixes), []).append(f)
     dupes = {k: v for k, v in keyed.items() if len(v) > 1}
     if dupes:
-        listed = "; ".join(
-            " and ".join(p.name for p in v) + f" (key '{k}')" for k, v in sorted(dupes.items())
-        )
+        listed = "; ".join(" and ".join(p.name for p in v) + f" (key '{k}')" for k, v in sorted(dupes.items()))
         raise PairingError(f"{folder}: several files share a pairing key: {listed}")
     return {k: v[0] for k, v in keyed.items()}
 
@@ -104,8 +102,6 @@ def pair_folders(
         if only_sr:
             parts.append(f"{len(only_sr)} in {sr_dir} without a reference: {_names(only_sr)}")
         if only_hr:
-            parts.append(
-                f"{len(only_hr)} in {hr_dir} without a {sr_what.strip('-')} partner: {_names(only_hr)}"
-            )
+            parts.append(f"{len(only_hr)} in {hr_dir} without a {sr_what.strip('-')} partner: {_names(only_hr)}")
         raise PairingError("unmatched files (paired by file stem): " + "; ".join(parts))
     return [ImagePair(k, sr[k], hr[k]) for k in sorted(sr)]

@@ -147,9 +147,11 @@ def sana_pipeline(model, full_prompt: bool = False, full_vae: bool = False, name
     decoder = {"full": "DC-AE", "lite": "DC-AE-Lite"}.get(model.description.vae_decoder) or (
         f"DC-AE ({model.description.vae_decoder}'s decoder)"
     )
-    prefix = f"instruction prefix reused, {len(prompts.prefix_ids)} tokens once per process" if (
-        reuse and prompts.complex_human_instruction
-    ) else "full-length padded encode"
+    prefix = (
+        f"instruction prefix reused, {len(prompts.prefix_ids)} tokens once per process"
+        if (reuse and prompts.complex_human_instruction)
+        else "full-length padded encode"
+    )
     students = [
         what
         for what, m in (("student encoder (reads the LQ)", codec.lq_encoder), ("light decoder", codec.light_decoder))
@@ -212,9 +214,7 @@ def osediff_pipeline(
 
     def denoise(z, embeds):
         t = torch.full((z.shape[0],), 999, device=z.device, dtype=torch.long)
-        return (
-            z - unet(z, t, encoder_hidden_states=embeds).sample
-        )  # one step; the update itself is negligible
+        return z - unet(z, t, encoder_hidden_states=embeds).sample  # one step; the update itself is negligible
 
     def decode(z):
         return ((vae.decode(z / sf).sample.float() + 1) / 2).clamp(0, 1)
@@ -282,7 +282,12 @@ def build_sanasr(
         # checked against a decoder student here, as load_model would check it
         refuse_unused_decoder(spec, vae_decoder, None if full_vae else description.decoder)
         model = load_model(
-            spec, device=device, dtype=dtype, base=base, seed=seed, full_vae=full_vae,
+            spec,
+            device=device,
+            dtype=dtype,
+            base=base,
+            seed=seed,
+            full_vae=full_vae,
             vae_decoder=None if description.vae_decoder == "full" else "full",
         )
         model.info["full_decoder"] = use_decoder(model.codec.vae, model.description, choice, preset, dtype)

@@ -71,9 +71,7 @@ class ModelDescription:
             raise ModelDirError(f"not a sanasr model description (format={d.get('format')!r})")
         _check_types(d)
         if int(d.get("version", 0)) > FORMAT_VERSION:
-            raise ModelDirError(
-                f"model description version {d['version']} is newer than this sanasr understands"
-            )
+            raise ModelDirError(f"model description version {d['version']} is newer than this sanasr understands")
         fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         fields["prompt"] = PromptRule.from_dict(d.get("prompt"))
         if "timestep_convention" not in d:

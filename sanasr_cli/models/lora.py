@@ -30,9 +30,7 @@ EMA_ADAPTER_DIR = "adapter_ema"
 _PEFT_PREFIX = "base_model.model."
 
 
-def lora_config(
-    rank: int = 64, alpha: float = 64, dropout: float = 0.0, targets=DEFAULT_LORA_TARGETS
-) -> LoraConfig:
+def lora_config(rank: int = 64, alpha: float = 64, dropout: float = 0.0, targets=DEFAULT_LORA_TARGETS) -> LoraConfig:
     return LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), init_lora_weights=True
     )
@@ -78,6 +76,4 @@ def load_adapter_weights(transformer: torch.nn.Module, folder: str | Path) -> No
     result = set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER_NAME)
     unexpected = getattr(result, "unexpected_keys", None) or []
     if unexpected:
-        raise ValueError(
-            f"adapter in {folder} does not fit this transformer: unexpected keys {unexpected[:3]}..."
-        )
+        raise ValueError(f"adapter in {folder} does not fit this transformer: unexpected keys {unexpected[:3]}...")

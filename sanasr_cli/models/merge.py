@@ -42,16 +42,13 @@ def merge_model(model, scale: float = 1.0, ema: bool = False) -> dict:
     desc = model.description
     if not has_adapter(model.transformer):
         raise ModelDirError(
-            f"{model.source_dir or desc.base_preset}: no LoRA adapter to merge "
-            "(the transformer is already plain)"
+            f"{model.source_dir or desc.base_preset}: no LoRA adapter to merge (the transformer is already plain)"
         )
     source = desc.adapter
     if ema:
         folder = ema_adapter_dir(model.source_dir) if model.source_dir else None
         if folder is None:
-            raise ModelDirError(
-                f"{model.source_dir}: no EMA adapter ({EMA_ADAPTER_DIR}/) to merge; drop --ema"
-            )
+            raise ModelDirError(f"{model.source_dir}: no EMA adapter ({EMA_ADAPTER_DIR}/) to merge; drop --ema")
         load_adapter_weights(model.transformer, folder)
         source = EMA_ADAPTER_DIR
     merge_adapter(model.transformer, scale)

@@ -220,9 +220,7 @@ def _from_pretrained(component: str, preset: Preset, source: str, loader, subfol
         return loader(source, subfolder=subfolder, **kwargs)
     except (OSError, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MissingWeightsError(
-            component, _looked_in(source, subfolder), _how_to_fix(preset), first_line
-        ) from None
+        raise MissingWeightsError(component, _looked_in(source, subfolder), _how_to_fix(preset), first_line) from None
 
 
 def load_pretrained_base(preset: Preset, source: str, dtype: torch.dtype, need_transformer: bool = True):
@@ -247,9 +245,7 @@ def load_pretrained_base(preset: Preset, source: str, dtype: torch.dtype, need_t
     text_encoder = _from_pretrained(
         "text_encoder", preset, source, AutoModel.from_pretrained, "text_encoder", dtype=dtype
     )
-    sched = _from_pretrained(
-        "scheduler", preset, source, FlowMatchEulerDiscreteScheduler.load_config, "scheduler"
-    )
+    sched = _from_pretrained("scheduler", preset, source, FlowMatchEulerDiscreteScheduler.load_config, "scheduler")
     shift = sched.get("flow_shift") or sched.get("shift") or preset.flow_shift
     return transformer, vae, tokenizer, text_encoder, float(shift)
 
@@ -346,8 +342,16 @@ def student_folder(value: str, folder: Path | None) -> Path:
     return Path(folder) / value
 
 
-def build_students(description: ModelDescription, folder: Path | None, preset: Preset, vae, dtype, full_vae: bool,
-                   device=None, random_weights: bool = False) -> tuple:
+def build_students(
+    description: ModelDescription,
+    folder: Path | None,
+    preset: Preset,
+    vae,
+    dtype,
+    full_vae: bool,
+    device=None,
+    random_weights: bool = False,
+) -> tuple:
     """(student encoder or None, student decoder or None) as the description (or a preset with students) says.
 
     full_vae: none (the teacher VAE runs). random_weights: built from the saved configs without loading weights
@@ -416,9 +420,7 @@ def load_model(
     if own_transformer:
         tdir = folder / description.transformer
         if not (tdir / "config.json").is_file():
-            raise ModelDirError(
-                f"{folder}: transformer folder '{description.transformer}' has no config.json"
-            )
+            raise ModelDirError(f"{folder}: transformer folder '{description.transformer}' has no config.json")
         try:
             transformer = SanaTransformer2DModel.from_pretrained(str(tdir), torch_dtype=dtype)
         except Exception as e:  # noqa: BLE001 - a corrupt/truncated safetensors or a bad config: one line
@@ -443,9 +445,7 @@ def load_model(
     if description.adapter:
         adapter_dir = folder / description.adapter
         if not (adapter_dir / "adapter_config.json").is_file():
-            raise ModelDirError(
-                f"{folder}: adapter folder '{description.adapter}' has no adapter_config.json"
-            )
+            raise ModelDirError(f"{folder}: adapter folder '{description.adapter}' has no adapter_config.json")
         try:
             load_adapter(transformer, adapter_dir)
         except Exception as e:  # noqa: BLE001 - bad target_modules, a corrupt header, keys that do not fit
@@ -593,9 +593,7 @@ def _save_base_transformer(transformer, folder: Path) -> None:
         from diffusers import SanaTransformer2DModel
 
         clean = SanaTransformer2DModel.from_config(transformer.config).to(transformer.dtype)
-        state = {
-            k.replace(".base_layer", ""): v for k, v in transformer.state_dict().items() if "lora_" not in k
-        }
+        state = {k.replace(".base_layer", ""): v for k, v in transformer.state_dict().items() if "lora_" not in k}
         clean.load_state_dict(state, strict=True)
         transformer = clean
     transformer.save_pretrained(str(folder), safe_serialization=True)

@@ -145,12 +145,18 @@ STUDENT_CONFIGS: dict[str, dict[str, dict]] = {
     # tiny f8c8 (tests): LQ factor 2
     "tiny": {
         "encoder": dict(
-            block_out_channels=(8, 16), layers_per_block=(1, 1), block_types=("ResBlock", "ResBlock"),
-            qkv_multiscales=((), ()), attention_head_dim=8,
+            block_out_channels=(8, 16),
+            layers_per_block=(1, 1),
+            block_types=("ResBlock", "ResBlock"),
+            qkv_multiscales=((), ()),
+            attention_head_dim=8,
         ),
         "decoder": dict(
-            out_shuffle=2, block_out_channels=(8, 16, 16), layers_per_block=(1, 1, 1),
-            block_types=("ResBlock", "ResBlock", "EfficientViTBlock"), qkv_multiscales=((), (), (5,)),
+            out_shuffle=2,
+            block_out_channels=(8, 16, 16),
+            layers_per_block=(1, 1, 1),
+            block_types=("ResBlock", "ResBlock", "EfficientViTBlock"),
+            qkv_multiscales=((), (), (5,)),
             attention_head_dim=8,
         ),
     },

@@ -174,9 +174,7 @@ class PromptEncoder:
             return out[0][:, keep], tok["mask"][:, keep].to(device)
         state = self.prefix_state()
         n_prefix = len(state["hidden"][0]) if state else 0
-        hidden = torch.zeros(
-            len(prompts), tok["input_ids"].shape[1], self.hidden_size, device=device, dtype=dtype
-        )
+        hidden = torch.zeros(len(prompts), tok["input_ids"].shape[1], self.hidden_size, device=device, dtype=dtype)
         for b in range(len(prompts)):
             n = int(tok["attention_mask"][b].sum())  # right padding: the real tokens are the first n
             ids = tok["input_ids"][b, :n]

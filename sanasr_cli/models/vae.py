@@ -88,9 +88,7 @@ class LatentCodec:
         """E(x): (B, 3, H, W) in [0, 1], H and W multiples of the factor -> scaled latents."""
         h, w = images.shape[-2:]
         if h % self.factor or w % self.factor:
-            raise ValueError(
-                f"encode needs sizes that are multiples of {self.factor}, got {h}x{w}; call pad() first"
-            )
+            raise ValueError(f"encode needs sizes that are multiples of {self.factor}, got {h}x{w}; call pad() first")
         x = images.to(self.vae.dtype) * 2 - 1
         return self.vae.encode(x).latent * self.scaling_factor
 

@@ -216,9 +216,7 @@ def _from_tensor(t: torch.Tensor, where: str) -> list[torch.Tensor]:
 def _checked_unit(t: torch.Tensor, where: str) -> torch.Tensor:
     # values outside [0, 1] mean another convention ([-1, 1], 0..255): refused, not silently clamped
     if t.numel() and not (torch.isfinite(t).all() and t.min() >= 0 and t.max() <= 1):
-        raise ValueError(
-            f"{where}: float values must lie in [0, 1] (got {float(t.min()):.3g} .. {float(t.max()):.3g})"
-        )
+        raise ValueError(f"{where}: float values must lie in [0, 1] (got {float(t.min()):.3g} .. {float(t.max()):.3g})")
     return t.contiguous()
 
 

@@ -32,13 +32,9 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 MIN_LATENT_TILE = 4  # below this the overlap is a single latent pixel and tiles stop being useful
-CPU_WHOLE_IMAGE_PIXELS = (
-    4096 * 4096
-)  # on CPU, x4 images up to this are restored whole (RAM, not VRAM, limits)
+CPU_WHOLE_IMAGE_PIXELS = 4096 * 4096  # on CPU, x4 images up to this are restored whole (RAM, not VRAM, limits)
 CPU_TILE_PIXELS = 2048  # tile side (x4 pixels) used on CPU above that
-MEMORY_FRACTION = (
-    0.6  # share of the free CUDA memory a plan may use (allocator fragmentation, colour fix, ...)
-)
+MEMORY_FRACTION = 0.6  # share of the free CUDA memory a plan may use (allocator fragmentation, colour fix, ...)
 # Peak-activation estimates (NOT measured on a GPU; conservative guesses from the layer widths): bytes per
 # image pixel per channel of the decoder's widest full-resolution stage, and per latent token per hidden unit.
 ESTIMATES = {"vae_buffers_per_channel": 12, "dit_buffers_per_hidden": 16}
@@ -152,9 +148,7 @@ def plan_tiles(
             return plan
         t = CPU_TILE_PIXELS // f
         plan.dit_tile = plan.vae_tile = t if t < longest else None
-        plan.reason = (
-            f"auto on CPU: image above {CPU_WHOLE_IMAGE_PIXELS / 1e6:.1f} MP, {CPU_TILE_PIXELS} px tiles"
-        )
+        plan.reason = f"auto on CPU: image above {CPU_WHOLE_IMAGE_PIXELS / 1e6:.1f} MP, {CPU_TILE_PIXELS} px tiles"
         return plan
     free = free_bytes if free_bytes is not None else torch.cuda.mem_get_info(device)[0]
     budget = free * MEMORY_FRACTION
@@ -275,14 +269,10 @@ def tiled_decode(codec, z: torch.Tensor, tile: int | None, batch_size: int = 1) 
 
 
 def is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or (
-        isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
-    )
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
-def run_with_oom_retry(
-    fn: Callable[[TilePlan], torch.Tensor], plan: TilePlan
-) -> tuple[torch.Tensor, TilePlan]:
+def run_with_oom_retry(fn: Callable[[TilePlan], torch.Tensor], plan: TilePlan) -> tuple[torch.Tensor, TilePlan]:
     """fn(plan); on out-of-memory halve the tiles and retry until they cannot shrink (then re-raise)."""
     while True:
         try:

@@ -221,9 +221,7 @@ def upscale_tensor(
     """
     h, w = lq.shape[-2:]
     plan = plan_tiles(model, h * MODEL_SCALE, w * MODEL_SCALE, tile)
-    sr, plan = run_with_oom_retry(
-        lambda p: restore_x4(model, lq[None], [prompt], p, color_fix, batch_size), plan
-    )
+    sr, plan = run_with_oom_retry(lambda p: restore_x4(model, lq[None], [prompt], p, color_fix, batch_size), plan)
     ow, oh = output_size(w, h, scale)
     sr = resize_to(sr, oh, ow)[0].cpu()
     return (sr, plan) if return_plan else sr
@@ -376,9 +374,7 @@ def upscale_files(
             for it in batch:
                 if it.rec.status == "pending":
                     it.rec.status = "failed"
-                    it.rec.error = (
-                        it.rec.error or f"{it.path}: {e if isinstance(e, SanaSRError) else _one_line(e)}"
-                    )
+                    it.rec.error = it.rec.error or f"{it.path}: {e if isinstance(e, SanaSRError) else _one_line(e)}"
         for it in batch:
             finish(it.rec, it.start)
 
@@ -454,9 +450,7 @@ def upscale_files(
     return records
 
 
-def prompts_for_files(
-    tagger: Tagger, paths: list[Path], options: UpscaleOptions
-) -> dict[Path, tuple[list[str], str]]:
+def prompts_for_files(tagger: Tagger, paths: list[Path], options: UpscaleOptions) -> dict[Path, tuple[list[str], str]]:
     """Tag `paths` in one pass (`tag_files`: fills the tag cache, then releases the tagger), and return the
     (clean tags, prompt) of each file whose tags are then known: from that pass, or from a tagger that needs
     no image (none, file). A file missing here (unreadable, or the tagger failed on it) is tagged, or reported,
@@ -548,9 +542,7 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     return i, n
 
 
-def split_work(
-    files: list[Path], shard: tuple[int, int] = (0, 1), process: tuple[int, int] = (0, 1)
-) -> list[Path]:
+def split_work(files: list[Path], shard: tuple[int, int] = (0, 1), process: tuple[int, int] = (0, 1)) -> list[Path]:
     """This shard's and this process's share of a sorted file list: every file in exactly one share."""
     si, sn = shard
     pi, pn = process

@@ -31,9 +31,7 @@ def read_vocabulary_text(path: str | Path | None = None) -> str:
         return resources.files("sanasr_cli.prompts").joinpath(BUILTIN_VOCAB).read_text(encoding="utf-8")
     p = Path(path).expanduser()
     if not p.is_file():
-        raise TaggerUnavailableError(
-            f"tag vocabulary {p} not found (--tag-vocab takes a text file, one tag a line)"
-        )
+        raise TaggerUnavailableError(f"tag vocabulary {p} not found (--tag-vocab takes a text file, one tag a line)")
     return p.read_text(encoding="utf-8", errors="replace")
 
 

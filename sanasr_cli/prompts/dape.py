@@ -125,8 +125,7 @@ class DapeTagger:
     @property
     def identity(self) -> str:
         stats = [
-            (f.resolve().as_posix(), f.stat().st_size, f.stat().st_mtime_ns)
-            for f in (self.ram_file, self.dape_file)
+            (f.resolve().as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in (self.ram_file, self.dape_file)
         ]
         digest = hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
         return f"dape|weights={digest}|size={IMAGE_SIZE}|upsample={TAGGER_UPSAMPLE}"

@@ -60,9 +60,7 @@ DEGRADATION_WORDS: tuple[str, ...] = (
 )
 
 _PATTERN = re.compile(
-    r"(?<![\w])("
-    + "|".join(re.escape(w) for w in sorted(DEGRADATION_WORDS, key=len, reverse=True))
-    + r")(?![\w])",
+    r"(?<![\w])(" + "|".join(re.escape(w) for w in sorted(DEGRADATION_WORDS, key=len, reverse=True)) + r")(?![\w])",
     re.IGNORECASE,
 )
 
@@ -91,9 +89,7 @@ def clean_tags(tags: Iterable[str], limit: int | None = None) -> list[str]:
     return out
 
 
-def build_prompt(
-    tags: Iterable[str], template: str = DEFAULT_TEMPLATE, user_prompt: str | None = None
-) -> str:
+def build_prompt(tags: Iterable[str], template: str = DEFAULT_TEMPLATE, user_prompt: str | None = None) -> str:
     """Pi(x_L) (+) p_tpl (Eq. 12): '<user prompt>, <tag>, <tag>, ..., <template>'. Empty parts are skipped."""
     parts = [p.strip() for p in [user_prompt or "", *tags, template] if p and p.strip()]
     return ", ".join(parts)

@@ -15,9 +15,7 @@ def parse_budget(text: str | int) -> int:
     else:
         m = _PATTERN.match(str(text))
         if not m:
-            raise ValueError(
-                f"cannot read budget '{text}': use a parameter count such as 0.35B, 344M or 350000000"
-            )
+            raise ValueError(f"cannot read budget '{text}': use a parameter count such as 0.35B, 344M or 350000000")
         value = round(float(m.group(1)) * _SUFFIX[m.group(2).upper()])
     if value <= 0:
         raise ValueError(f"budget must be a positive parameter count, got '{text}'")

@@ -9,9 +9,7 @@ from __future__ import annotations
 import torch
 
 
-def transformer_macs(
-    config: dict, latent_height: int, latent_width: int, text_length: int, batch: int = 1
-) -> int:
+def transformer_macs(config: dict, latent_height: int, latent_width: int, text_length: int, batch: int = 1) -> int:
     """MACs of one forward of a `SanaTransformer2DModel` built from `config` (a dict or a FrozenDict).
 
     Inputs: latents (batch, in_channels, latent_height, latent_width), caption embeddings (batch, text_length,

@@ -40,9 +40,7 @@ class PruneOptions:
     steps: int = 400  # K
     seed: int = 0
     eps_p: float = DEFAULT_EPS_P
-    weights: LossWeights = field(
-        default_factory=LossWeights
-    )  # lambda_2, lambda_p, lambda_a (consistency unused)
+    weights: LossWeights = field(default_factory=LossWeights)  # lambda_2, lambda_p, lambda_a (consistency unused)
     mac_image_size: int = 512  # MACs are reported for one forward at this square image size
     calib_source: str | None = None  # recorded in the report
     # the image calibration prompts were made from ("hq" / "lq"); None: the model's protocol (protocol_name)
@@ -163,10 +161,7 @@ def prune_model(
         seed=options.seed,
         kept=list(selection.kept),
         removed=[i for i in range(sizes.num_blocks) if i not in selection.kept],
-        blocks=[
-            BlockRecord(i, sizes.block[i], float(scores[i]), i in selection.kept)
-            for i in range(sizes.num_blocks)
-        ],
+        blocks=[BlockRecord(i, sizes.block[i], float(scores[i]), i in selection.kept) for i in range(sizes.num_blocks)],
         params_fixed=sizes.fixed,
         params_before=sizes.total,
         params_after=selection.params,

@@ -108,8 +108,9 @@ def validate_pruning(
     means = {}
     # both models restore with the same encoded prompts, encoded once before the text encoder leaves the GPU
     prompts = prompts_for_files(options.tagger, [p.sr for p in pairs], options)
-    with tempfile.TemporaryDirectory(prefix="sanasr-validate-") as tmp, prompts_first(
-        model, [p for _, p in prompts.values()], keep_text_encoder
+    with (
+        tempfile.TemporaryDirectory(prefix="sanasr-validate-") as tmp,
+        prompts_first(model, [p for _, p in prompts.values()], keep_text_encoder),
     ):
         for name, transformer in (("unpruned", original), ("pruned", pruned_transformer)):
             model.restorer.transformer = transformer.to(device=model.device)

@@ -281,6 +281,7 @@ def check_state(state, where: str) -> dict:
 
 def _check_rng_meta(meta, where: str) -> None:
     """One rank's numpy / python RNG states as capture_rng records them."""
+
     def number(v, kinds=(int,)) -> bool:
         return isinstance(v, kinds) and not isinstance(v, bool)
 

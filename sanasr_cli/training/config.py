@@ -119,9 +119,7 @@ class TrainConfig:
         if self.scale != 4:
             raise ConfigError("--scale", "SANA-SR is trained for x4 only")
         if not self.hq and self.pairs is None:
-            raise ConfigError(
-                "--hq", "give training images with --hq DIR (repeatable) or --pairs LQ_DIR HQ_DIR"
-            )
+            raise ConfigError("--hq", "give training images with --hq DIR (repeatable) or --pairs LQ_DIR HQ_DIR")
         for d in self.hq:
             if not Path(d).is_dir():
                 raise ConfigError("--hq", f"{d} is not a folder")
@@ -138,9 +136,7 @@ class TrainConfig:
         if self.max_grad_norm < 0:
             raise ConfigError("--max-grad-norm", "must be >= 0 (0 turns clipping off)")
         if self.precision not in PRECISION_CHOICES:
-            raise ConfigError(
-                "--precision", f"use one of {', '.join(PRECISION_CHOICES)}, got '{self.precision}'"
-            )
+            raise ConfigError("--precision", f"use one of {', '.join(PRECISION_CHOICES)}, got '{self.precision}'")
         if self.lora_targets not in LORA_TARGET_CHOICES:
             raise ConfigError("--lora-targets", f"use one of {', '.join(LORA_TARGET_CHOICES)}")
         if not 0 <= self.lora_dropout < 1:
@@ -162,9 +158,7 @@ class TrainConfig:
             if value < 0:
                 raise ConfigError(flag, f"must be >= 0, got {value}")
         if self.perceptual_backbone not in ("vgg", "random"):
-            raise ConfigError(
-                "--perceptual-backbone", "use vgg (pretrained LPIPS) or random (offline tests only)"
-            )
+            raise ConfigError("--perceptual-backbone", "use vgg (pretrained LPIPS) or random (offline tests only)")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ConfigError("--checkpoints-total-limit", "must be at least 1")
         if self.validation_images < 0:

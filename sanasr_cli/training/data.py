@@ -25,9 +25,7 @@ _EPOCH_SEED_STRIDE = 1_000_003
 class ShardedBatchSampler(Sampler[list[int]]):
     """Batches of dataset indices for one process: epoch `epoch`, starting at batch `start` of its shard."""
 
-    def __init__(
-        self, num_items: int, batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool = True
-    ):
+    def __init__(self, num_items: int, batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool = True):
         self.num_items, self.batch_size = num_items, batch_size
         self.rank, self.world_size = rank, world_size
         self.seed, self.shuffle = seed, shuffle
@@ -110,12 +108,8 @@ def build_dataset(config: TrainConfig):
     try:
         if config.pairs is not None:
             lq_dir, hq_dir = config.pairs
-            return datasets.PairedImageDataset(
-                lq_dir, hq_dir, crop=config.crop, scale=config.scale, seed=config.seed
-            )
-        return datasets.HQImageDataset(
-            list(config.hq), crop=config.crop, seed=config.seed, scale=config.scale
-        )
+            return datasets.PairedImageDataset(lq_dir, hq_dir, crop=config.crop, scale=config.scale, seed=config.seed)
+        return datasets.HQImageDataset(list(config.hq), crop=config.crop, seed=config.seed, scale=config.scale)
     except (SanaSRError, ValueError, OSError) as e:
         raise ConfigError(_dataset_flag(config), str(e)) from None
 
@@ -220,9 +214,7 @@ def batch_prompts(
     # file's key and hand them to upscale / eval of that file.
     paths: list[Path | None] = [None] * images.shape[0]
     if rule.tagger == "file":
-        paths = [
-            None if f is None else (f.hq if source == "hq" or f.lq is None else f.lq) for f in files
-        ]
+        paths = [None if f is None else (f.hq if source == "hq" or f.lq is None else f.lq) for f in files]
     return [prompt_for_image(rule, images[i].detach().cpu(), paths[i], tagger) for i in range(images.shape[0])]
 
 
@@ -236,9 +228,7 @@ def make_validation_batch(data: TrainingData, config: TrainConfig, device) -> di
     if count == 0:
         return None
     items = [data.dataset[i] for i in range(count)]
-    batch = {
-        k: torch.stack([it[k] for it in items]) for k in items[0] if isinstance(items[0][k], torch.Tensor)
-    }
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if isinstance(items[0][k], torch.Tensor)}
     batch["key"] = [it.get("key") for it in items]
     g = torch.Generator().manual_seed(config.seed + 424242)  # CPU draws, as in training
     lq, lq_up, hq, files = to_model_inputs(data, batch, g, device)

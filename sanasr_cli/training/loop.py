@@ -77,9 +77,7 @@ def prepare_run_dir(config: TrainConfig, accelerator) -> Path | None:
         except (TypeError, ValueError) as e:
             from sanasr_cli.training.checkpoint import CheckpointReadError
 
-            raise CheckpointReadError(
-                f"cannot resume from {resume_from}: train/train_config.json: {e}"
-            ) from None
+            raise CheckpointReadError(f"cannot resume from {resume_from}: train/train_config.json: {e}") from None
         diffs = config.differences(saved)
         if diffs:
             raise ConfigError(
@@ -98,28 +96,25 @@ def load_model_with_lora(config: TrainConfig, accelerator):
     from sanasr_cli.models.lora import DEFAULT_LORA_TARGETS, FFN_LORA_TARGETS, add_lora, lora_config
     from sanasr_cli.models.sanasr import load_model
 
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-        accelerator.mixed_precision, torch.float32
-    )
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     # the paper's objective is defined on the teacher DC-AE: distilled students (encoder/, decoder/) are not used
     model = load_model(
-        config.model, device=accelerator.device, dtype=weight_dtype, base=config.base, seed=config.seed,
+        config.model,
+        device=accelerator.device,
+        dtype=weight_dtype,
+        base=config.base,
+        seed=config.seed,
         full_vae=True,
     )
     if model.description.adapter or getattr(model.transformer, "_hf_peft_config_loaded", False):
         raise ConfigError(
             "--model",
-            "the model already carries a LoRA adapter; merge it first "
-            "(sanasr merge-lora) or train from the base",
+            "the model already carries a LoRA adapter; merge it first (sanasr merge-lora) or train from the base",
         )
     if config.crop % model.codec.factor:
-        raise ConfigError(
-            "--crop", f"must be a multiple of the VAE factor {model.codec.factor}, got {config.crop}"
-        )
+        raise ConfigError("--crop", f"must be a multiple of the VAE factor {model.codec.factor}, got {config.crop}")
     targets = DEFAULT_LORA_TARGETS + (FFN_LORA_TARGETS if config.lora_targets == "attn+ffn" else ())
-    add_lora(
-        model.transformer, lora_config(config.lora_rank, config.lora_alpha, config.lora_dropout, targets)
-    )
+    add_lora(model.transformer, lora_config(config.lora_rank, config.lora_alpha, config.lora_dropout, targets))
     for name, p in model.transformer.named_parameters():
         if "lora_" in name:
             p.data = p.data.float()  # trainable weights in float32 under any mixed precision
@@ -146,9 +141,7 @@ def build_objective(config: TrainConfig, model, device):
     if config.tau_g is not None:  # an explicit generation timestep (Fig. 4c's ablation) overrides the protocol's
         protocol.tau_g = float(config.tau_g)
     model.restorer.tau_g = protocol.tau_g  # the model being trained restores at the protocol's tau_g
-    weights = LossWeights(
-        config.lambda_pixel, config.lambda_perceptual, config.lambda_align, config.lambda_consistency
-    )
+    weights = LossWeights(config.lambda_pixel, config.lambda_perceptual, config.lambda_align, config.lambda_consistency)
     perceptual = None
     if weights.perceptual:
         try:
@@ -364,9 +357,7 @@ def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
         f"{data.stream.sampler.batches_per_epoch} batches of {config.batch_size} per "
         f"process and epoch, {accelerator.num_processes} process(es)",
     )
-    validation = (
-        make_validation_batch(data, config, accelerator.device) if accelerator.is_main_process else None
-    )
+    validation = make_validation_batch(data, config, accelerator.device) if accelerator.is_main_process else None
     objective, optimizer = accelerator.prepare(objective, optimizer)
     params = [p for p in objective.parameters() if p.requires_grad]
     generators = make_generators(config, accelerator)
@@ -388,9 +379,7 @@ def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
         t0 = time.perf_counter()
         while step < config.max_steps:
             lq, lq_up, hq, files = next_training_batch(data, generators["degrade"], accelerator.device)
-            embeds, mask = encode_prompts(
-                model, rule, tagger, config.protocol, lq, hq, files, accelerator.device
-            )
+            embeds, mask = encode_prompts(model, rule, tagger, config.protocol, lq, hq, files, accelerator.device)
             metrics, stepped = run_training_step(
                 objective,
                 (lq_up, hq),
@@ -420,9 +409,7 @@ def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
             record = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
             window = []
             now = time.perf_counter()
-            record.update(
-                step=step, lr=scheduler.get_last_lr()[0], epoch=data.stream.epoch, step_time_s=now - t0
-            )
+            record.update(step=step, lr=scheduler.get_last_lr()[0], epoch=data.stream.epoch, step_time_s=now - t0)
             t0 = now
             result.last_metrics = record
             if accelerator.is_main_process:
@@ -432,9 +419,7 @@ def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
                     hooks.on_step(step, record)
             if validation is not None and step % config.validate_every == 0:
                 with accelerator.autocast():
-                    grid = save_validation_grid(
-                        model, rule, tagger, validation, run_dir, step, source=config.protocol
-                    )
+                    grid = save_validation_grid(model, rule, tagger, validation, run_dir, step, source=config.protocol)
                 logger.image("validation", grid, step)
             if step % config.save_every == 0 or step == config.max_steps:
                 path = save_training_checkpoint(

@@ -22,9 +22,7 @@ def read_log(run_dir: Path) -> list[dict]:
 
 
 class RunLogger:
-    def __init__(
-        self, run_dir: Path, enabled: bool, resume_step: int | None = None, tensorboard: bool = True
-    ):
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None = None, tensorboard: bool = True):
         self.enabled = enabled
         self.path = Path(run_dir) / LOG_FILE
         self._tb = None
@@ -49,9 +47,7 @@ class RunLogger:
             step = int(record["step"])
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
-                    group = (
-                        "loss" if key in ("loss", "pixel", "perceptual", "align", "consistency") else "train"
-                    )
+                    group = "loss" if key in ("loss", "pixel", "perceptual", "align", "consistency") else "train"
                     self._tb.add_scalar(f"{group}/{key}", value, step)
 
     def image(self, tag: str, image, step: int) -> None:
