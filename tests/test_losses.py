@@ -108,3 +108,38 @@ def test_calibration_weight_scales_by_omega(tiny_model):
         )
     assert cal.timestep == plain.timestep
     assert cal.total.item() == pytest.approx(timestep_weight(plain.timestep) * plain.total.item(), rel=1e-5)
+
+
+def test_zero_weighted_prior_terms_are_not_computed(fresh_tiny_model):
+    """lambda_a = lambda_c = 0 (a pixel-only run): one transformer pass and one encode, not three passes and two
+    encodes; the total is the pixel term; the run's random stream is the same as with the prior terms on."""
+    from sanasr_cli.models.lora import add_lora, lora_config
+
+    model = fresh_tiny_model
+    add_lora(model.transformer, lora_config(rank=4, alpha=4))
+    lq, hq = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    embeds, mask = model.prompts.encode(["tree", "sky"])
+    calls = {"transformer": 0, "encode": 0}
+    hooks = [
+        model.transformer.register_forward_hook(lambda *a: calls.__setitem__("transformer", calls["transformer"] + 1)),
+        model.codec.vae.encoder.register_forward_hook(lambda *a: calls.__setitem__("encode", calls["encode"] + 1)),
+    ]
+
+    def run(weights):
+        g = torch.Generator().manual_seed(1)
+        terms = compute_task_losses(
+            model.restorer, model.codec, lq, hq, embeds, mask, weights, PromptProtocol(), None, generator=g
+        )
+        return terms, g.initial_seed(), torch.randn(1, generator=g)
+
+    full, _, after_full = run(LossWeights(perceptual=0))
+    assert calls == {"transformer": 4, "encode": 2}
+    calls.update(transformer=0, encode=0)
+    pixel, _, after_pixel = run(LossWeights(perceptual=0, align=0, consistency=0))
+    for h in hooks:
+        h.remove()
+    assert calls == {"transformer": 1, "encode": 1}
+    assert pixel.align.item() == 0 and pixel.consistency.item() == 0
+    torch.testing.assert_close(pixel.total, pixel.pixel)
+    torch.testing.assert_close(pixel.pixel, full.pixel)
+    torch.testing.assert_close(after_pixel, after_full)  # same draws consumed

@@ -174,9 +174,14 @@ def compute_task_losses(
     Returns L = L_rec + lambda_a L_align + lambda_c L_cons (without the last term when with_consistency=False),
     times omega(t) when calibration_weight (Eq. 21).
     """
+    # the frozen-prior terms cost two or three more transformer passes and an HQ encode: skipped at weight 0
+    # (a pixel-only run, e.g. nano's ablation); the timestep and noise are drawn anyway, so the random stream of
+    # a run does not depend on the weights
+    need_align = bool(weights.align)
+    need_prior = need_align or (with_consistency and bool(weights.consistency))
     with torch.no_grad():
         z_lq = codec.encode(lq_upsampled)
-        z_hq = codec.encode(hq)
+        z_hq = codec.encode(hq) if need_align else None
     z_hat = z_lq.float() - restorer.sigma_g * restorer.velocity(z_lq, restorer.tau_g, embeds, mask).float()
     x_hat = codec.decode(z_hat, clamp=False)
     zero = x_hat.new_zeros(())
@@ -186,16 +191,18 @@ def compute_task_losses(
     t = sample_alignment_timestep(protocol, generator)
     sigma_t = float(flow_sigma(t, restorer.flow_shift))
     eps = torch.randn(z_hat.shape, generator=generator, device=z_hat.device, dtype=torch.float32)
-    zt_hat, zt_hq = perturb(z_hat, eps, sigma_t), perturb(z_hq.float(), eps, sigma_t)
-    with restorer.frozen_prior():
-        with torch.no_grad():
-            q_hq = restorer.velocity(zt_hq, t, embeds, mask)
-        q_hat = restorer.velocity(zt_hat, t, embeds, mask)
-    l_align = channel_gaussian_kl(q_hat, q_hq)
-    l_cons = zero
-    if with_consistency and weights.consistency:
-        q_adapt = restorer.velocity(zt_hat, t, embeds, mask)
-        l_cons = consistency_mse(q_adapt, q_hat)
+    l_align = l_cons = zero
+    if need_prior:
+        zt_hat = perturb(z_hat, eps, sigma_t)
+        with restorer.frozen_prior():
+            q_hat = restorer.velocity(zt_hat, t, embeds, mask)
+            if need_align:
+                with torch.no_grad():
+                    q_hq = restorer.velocity(perturb(z_hq.float(), eps, sigma_t), t, embeds, mask)
+                l_align = channel_gaussian_kl(q_hat, q_hq)
+        if with_consistency and weights.consistency:
+            q_adapt = restorer.velocity(zt_hat, t, embeds, mask)
+            l_cons = consistency_mse(q_adapt, q_hat)
     total = weights.pixel * l_pix + weights.perceptual * l_lp + weights.align * l_align
     if with_consistency:
         total = total + weights.consistency * l_cons
