@@ -113,7 +113,7 @@ def model_method(model, prompt: str) -> Method:
     quality template alone, the same for every image), no colour fix: the paper's pipeline."""
     from sanasr_cli.pipeline.upscale import restore_upsampled
 
-    embeds = model.encode_prompts([prompt])
+    embeds = model.prompts.encode_for_transformer([prompt], device=model.device)
 
     def method(lq: torch.Tensor, bicubic: torch.Tensor) -> torch.Tensor:
         e, m = (t.expand(len(lq), *t.shape[1:]) for t in embeds)

@@ -76,8 +76,10 @@ def train_reference(
     seed: int = 0,
     save_every: int = 500,
     log=print,
+    stop_at: int | None = None,
 ) -> ReferenceCNN:
-    """Train (or resume) the reference learner on a uint8 pool (lq, hq); returns it in eval mode."""
+    """Train (or resume) the reference learner on a uint8 pool (lq, hq) for `steps` (the cosine schedule's length),
+    stopping early at `stop_at` (a point of the learning curve: call again to go on); returns it in eval mode."""
     from sanasr_cli.data.resample import upsample_bicubic
 
     lq_pool, hq_pool = pool
@@ -94,7 +96,7 @@ def train_reference(
         start = int(state["step"])
         log(f"reference: resumed at step {start}")
     t0, recent = time.time(), []
-    for step in range(start, steps):
+    for step in range(start, min(steps, stop_at or steps)):
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         x, y = aligned_crops(lq_pool, hq_pool, batch, CROP, g)
@@ -107,7 +109,7 @@ def train_reference(
             log(f"reference: step {step + 1}/{steps} mse {sum(recent) / len(recent):.5f} "
                 f"({(time.time() - t0) / (step + 1 - start):.3f} s/step)")  # fmt: skip
             recent = []
-        if (step + 1) % save_every == 0 or step + 1 == steps:
+        if (step + 1) % save_every == 0 or step + 1 in (steps, stop_at):
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             state = dict(model=model.state_dict(), optimizer=opt.state_dict(), rng=g.get_state(), step=step + 1)
             torch.save(state, str(ckpt) + ".tmp")

@@ -1,0 +1,243 @@
+"""nano v2's recipe, one command; every stage resumable by rerunning the same command.
+
+    python -m recipes.nano --work /data/nano_v2                    # every stage in order
+    python -m recipes.nano --work /data/nano_v2 --stage ladder     # one stage (the ones before must have run)
+
+Stages (a finished stage is skipped on rerun; an interrupted one resumes from its last file or checkpoint):
+  data       photos from Debian's packages and the Python ones, split by file (recipes/nano/data.py)
+  pairs      held-out evaluation pairs (EVAL_SEEDS draws per photo) and the training pool (--draws per photo),
+             each a whole region degraded at once (recipes/nano/pairs.py)
+  reference  the LQ-resolution reference learner on the pool, scored on the held-out pairs (reference.py)
+  sr         `sanasr train --pairs` on the pool from nano's base (the v1 autoencoder, text encoder and prior:
+             benchmarks/nano_recipe.py builds them), SR_FLAGS; a checkpoint every 250 steps
+  ladder     bicubic, D(E(bicubic)), D(E(HQ)), the reference learner, every nano checkpoint (EMA adapter): the
+             same pairs, pyiqa Y-PSNR / SSIM; WORK/ladder.json and WORK/ladder.md
+  ship       `sanasr merge-lora --ema` of the chosen checkpoint (--ship-step, default the last) into the package
+             (sanasr_cli/models/nano/sr), the manifest, the ladder and the CI pairs (tests/data/nano_heldout)
+Held-out photos are read only by `pairs` (to make the evaluation pairs) and by the scoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+# the SR stage: `sanasr train` flags (the ablation that chose them: WORK/ladder.json, the model card)
+SR_FLAGS = [
+    "--crop", "128", "--batch-size", "4", "--lora-rank", "32", "--lora-alpha", "32", "--lora-targets", "attn+ffn",
+    "--lr", "5e-4", "--lr-warmup-steps", "50", "--ema-decay", "0.995", "--lambda-perceptual", "0",
+    "--lambda-align", "0", "--lambda-consistency", "0", "--precision", "fp32", "--num-workers", "0", "--seed", "0",
+    "--protocol", "hq", "--tag-cache", "off", "--save-every", "250", "--checkpoints-total-limit", "4",
+    "--validate-every", "100000", "--validation-images", "0", "--log-every", "25",
+]  # fmt: skip
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def write_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def stage_pairs(work: Path, draws: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from recipes.nano.pairs import EVAL_SEEDS, write_pairs
+
+    def photos(split):
+        files = sorted((work / "photos" / split).glob("*.png"))
+        return [(p.stem, np.asarray(Image.open(p).convert("RGB"))) for p in files]
+
+    write_pairs(photos("heldout"), work / "eval_pairs", EVAL_SEEDS, seed=1)
+    write_pairs(photos("train"), work / "train_pairs", draws, seed=0, progress=lambda i, n: log(f"pairs: {i}/{n}"))
+
+
+def prior_dir(work: Path) -> Path:
+    """nano's base as a model directory without an adapter: what `sanasr train --model` adapts."""
+    from sanasr_cli.models.sanasr import describe_preset
+
+    folder = work / "prior_model"
+    if not (folder / "sanasr.json").exists():
+        desc = describe_preset("nano")
+        desc.base_source = "shipped:nano"
+        desc.save(folder)
+    return folder
+
+
+def sr_command(work: Path, steps: int) -> list[str]:
+    pairs = work / "train_pairs"
+    return [
+        sys.executable, "-m", "sanasr_cli", "train", "--model", str(prior_dir(work)),
+        "--pairs", str(pairs / "lq"), str(pairs / "hq"), "-o", str(work / "sr_run"), "--max-steps", str(steps),
+        *SR_FLAGS, "--resume", "auto",
+    ]  # fmt: skip
+
+
+def checkpoints(run: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
+
+
+class Ladder:
+    """WORK/ladder.json: per-pair scores of each rung (cached: a rung is scored once) and their summaries."""
+
+    def __init__(self, work: Path):
+        from recipes.nano import ladder as L
+
+        self.L, self.work, self.file = L, work, work / "ladder.json"
+        self.stems, self.lq, self.hq = L.load_eval_pairs(work)
+        self.data = json.loads(self.file.read_text()) if self.file.exists() else {"raw": {}, "rows": {}}
+        self._scorer = None
+
+    @property
+    def scorer(self):
+        self._scorer = self._scorer or self.L.Scorer()
+        return self._scorer
+
+    def rung(self, name: str, method=None, outputs=None) -> dict:
+        if name not in self.data["raw"]:
+            if outputs is not None:
+                p, s = [], []
+                for i in range(0, len(outputs), 16):
+                    a, b = self.scorer(outputs[i : i + 16], self.hq[i : i + 16])
+                    p, s = p + a, s + b
+                self.data["raw"][name] = dict(psnr_y=p, ssim=s)
+            else:
+                self.data["raw"][name] = self.L.score_method(method, self.stems, self.lq, self.hq, self.scorer)
+        if "bicubic" not in self.data["raw"]:
+            self.data["raw"]["bicubic"] = self.L.score_method(self.L.bicubic_method, self.stems, self.lq, self.hq)
+        self.data["rows"][name] = self.L.summary(self.data["raw"][name], self.data["raw"]["bicubic"], self.stems)
+        write_json(self.file, dict(self.data, stems=self.stems))
+        (self.work / "ladder.md").write_text(self.L.markdown(self.data["rows"]))
+        row = self.data["rows"][name]
+        log(f"ladder: {name}: median gain {row['median_gain_psnr_y']:+.3f} dB, mean {row['mean_gain_psnr_y']:+.3f} dB")
+        return row
+
+
+def stage_ladder(work: Path) -> None:
+    import torch
+
+    from recipes.nano import reference as R
+    from sanasr_cli.models.merge import merge_model
+    from sanasr_cli.models.sanasr import load_model
+    from sanasr_cli.prompts.template import DEFAULT_TEMPLATE, build_prompt
+
+    ladder = Ladder(work)
+    ladder.rung("bicubic", ladder.L.bicubic_method)
+    base = load_model(prior_dir(work))
+    methods, recon = ladder.L.autoencoder_methods(base.codec)
+    ladder.rung("D(E(bicubic))", methods["autoencoder(bicubic)"])
+    if "D(E(HQ))" not in ladder.data["raw"]:
+        with torch.no_grad():
+            outs = torch.cat([recon(ladder.hq[i : i + 8]) for i in range(0, len(ladder.hq), 8)])
+        ladder.rung("D(E(HQ))", outputs=outs)
+    ref = work / "ckpt" / "reference.pt"
+    if ref.exists():
+        model = R.ReferenceCNN()
+        model.load_state_dict(torch.load(ref, weights_only=True)["model"])
+        step = int(torch.load(ref, weights_only=True)["step"])
+        ladder.rung(f"reference learner, step {step}", lambda a, b: model.eval()(a, b))
+    prompt = build_prompt([], DEFAULT_TEMPLATE)
+    for step in checkpoints(work / "sr_run"):
+        name = f"nano SR, step {step} (EMA)"
+        if name in ladder.data["raw"]:
+            ladder.rung(name)
+            continue
+        model = load_model(work / "sr_run" / f"checkpoint-{step}")
+        merge_model(model, ema=True)
+        ladder.rung(name, ladder.L.model_method(model, prompt))
+
+
+def stage_ship(work: Path, step: int | None) -> None:
+    from sanasr_cli.models.presets import NANO_DIR
+
+    run = work / "sr_run"
+    step = step or checkpoints(run)[-1]
+    merged = work / "sr"
+    if merged.exists():
+        shutil.rmtree(merged)
+    subprocess.run(
+        [sys.executable, "-m", "sanasr_cli", "merge-lora", str(run / f"checkpoint-{step}"), "-o", str(merged), "--ema"],
+        check=True,
+        cwd=REPO,
+    )
+    if (NANO_DIR / "sr").exists():
+        shutil.rmtree(NANO_DIR / "sr")
+    shutil.copytree(merged, NANO_DIR / "sr", ignore=shutil.ignore_patterns("*.tmp"))
+    desc = json.loads((NANO_DIR / "sr" / "sanasr.json").read_text())
+    desc["base_source"] = "shipped:nano"  # the package's own base, wherever it is installed
+    for record in desc.get("history", []):
+        record.pop("source", None)  # absolute paths of this machine
+    (NANO_DIR / "sr" / "sanasr.json").write_text(json.dumps(desc, indent=2) + "\n")
+    manifest = json.loads((work / "manifest.json").read_text())
+    write_json(NANO_DIR / "manifest.json", manifest)
+    write_ci_pairs(work)
+    log(f"ship: checkpoint-{step} (EMA) -> {NANO_DIR / 'sr'}")
+
+
+CI_PAIRS = REPO / "tests" / "data" / "nano_heldout"
+
+
+def write_ci_pairs(work: Path, count: int = 8) -> list[str]:
+    """tests/data/nano_heldout: the seed-0 evaluation pair of `count` held-out photos, evenly spaced in name order
+    (a rule, not a pick), for tests/test_nano.py."""
+    photos = sorted({p.stem.rsplit("-s", 1)[0] for p in (work / "eval_pairs" / "hq").glob("*-s0.png")})
+    chosen = [photos[round(i * (len(photos) - 1) / (count - 1))] for i in range(count)]
+    for sub in ("lq", "hq"):
+        folder = CI_PAIRS / sub
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        for name in chosen:
+            shutil.copyfile(work / "eval_pairs" / sub / f"{name}-s0.png", folder / f"{name}.png")
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True, help="work folder (outside the repository)")
+    ap.add_argument("--stage", default="all", choices=["all", "data", "pairs", "reference", "sr", "ladder", "ship"])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--draws", type=int, default=32, help="training pairs per train photo")
+    ap.add_argument("--reference-steps", type=int, default=4000)
+    ap.add_argument("--sr-steps", type=int, default=6000)
+    ap.add_argument("--ship-step", type=int, default=None, help="checkpoint to ship (default: the last)")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    todo = lambda stage: args.stage in ("all", stage)  # noqa: E731
+    if todo("data"):
+        from recipes.nano.data import stage_data
+
+        stage_data(work, log=log)
+    if todo("pairs"):
+        stage_pairs(work, args.draws)
+    if todo("reference"):
+        from recipes.nano.reference import load_pool, train_reference
+
+        train_reference(load_pool(work / "train_pairs"), work / "ckpt" / "reference.pt", args.reference_steps, log=log)
+    if todo("sr"):
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        subprocess.run(sr_command(work, args.sr_steps), check=True, env=env, cwd=REPO)
+    if todo("ladder"):
+        stage_ladder(work)
+    if todo("ship"):
+        stage_ship(work, args.ship_step)
+
+
+if __name__ == "__main__":
+    main()
