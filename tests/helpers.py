@@ -42,6 +42,19 @@ def assert_tiles_like_the_whole_image(model, min_psnr: float = 30.0) -> None:
         assert float(10 * torch.log10(1 / torch.mean((tiled - whole) ** 2))) > min_psnr, tile
 
 
+def assert_images_close(got: Path, want: Path, max_levels: int, mean_levels: float) -> None:
+    """Two image files hold the same picture up to float rounding: the same size, no pixel more than `max_levels`
+    8-bit levels apart, and the mean difference below `mean_levels` (far below one level). A kernel, thread count
+    or CPU that rounds one ulp otherwise flips a few pixels by a level; a real change moves most of them."""
+    a = np.asarray(Image.open(got).convert("RGB"), dtype=np.int16)
+    b = np.asarray(Image.open(want).convert("RGB"), dtype=np.int16)
+    assert a.shape == b.shape, f"{got.name}: {a.shape} != reference {b.shape}"
+    diff = np.abs(a - b)
+    assert diff.max() <= max_levels and diff.mean() < mean_levels, (
+        f"{got.name}: max {diff.max()} levels (limit {max_levels}), mean {diff.mean():.4f} (limit {mean_levels})"
+    )
+
+
 def benchmark_module(name: str):
     """A script of benchmarks/ as a module (the scripts import each other by bare name, so the folder goes on the
     path): the tests run the scripts' own code."""

@@ -106,6 +106,7 @@ def test_distill_writes_a_model_dir_that_records_and_loads_its_students(distille
     assert torch.equal(last(lq), model.codec.lq_encoder(lq))
 
 
+@pytest.mark.numerics
 def test_upscale_runs_the_students_on_the_lq_and_tiles_in_lq_pixels(distilled):
     from sanasr_cli.models.sanasr import load_model
     from sanasr_cli.pipeline.upscale import upscale_tensor
@@ -134,6 +135,7 @@ def test_upscale_runs_the_students_on_the_lq_and_tiles_in_lq_pixels(distilled):
     assert not torch.allclose(full, whole, atol=1e-3)  # --full-vae really runs the teacher
 
 
+@pytest.mark.numerics
 def test_cli_upscale_and_python_api_use_the_students_full_vae_does_not(distilled, tmp_path):
     from sanasr_cli import SanaSRPipeline
     from sanasr_cli.data.io import read_image

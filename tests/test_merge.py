@@ -36,6 +36,7 @@ def _velocity(transformer, seed=0):
         return transformer(x, encoder_hidden_states=text, timestep=torch.tensor([900.0, 300.0]), return_dict=False)[0]
 
 
+@pytest.mark.numerics
 def test_merged_outputs_equal_adapted_and_load_in_diffusers(adapted_dir, tmp_path):
     from diffusers import SanaTransformer2DModel
 
@@ -58,6 +59,7 @@ def test_merged_outputs_equal_adapted_and_load_in_diffusers(adapted_dir, tmp_pat
     torch.testing.assert_close(reloaded.restore(images, ["tree"]), expected_sr, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.numerics
 def test_merge_scale_and_ema(adapted_dir):
     base = load_model("tiny").transformer.state_dict()
     weights = {}

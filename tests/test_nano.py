@@ -87,16 +87,19 @@ def test_three_heldout_pairs_ship():
     assert len(list((PAIRS / "hq").glob("*.png"))) == 3
 
 
+@pytest.mark.numerics
 def test_nano_holds_its_measured_gain_on_heldout_photos(nano, metrics):
     psnr_gain = statistics.median(g for g, _ in gains(nano, metrics))
     assert psnr_gain > _margin(), f"median Y-PSNR gain {psnr_gain:.2f} dB <= margin {_margin():.2f} dB"
     assert abs(psnr_gain - _measured()) < 0.05  # deterministic on CPU: the shipped measurement is reproduced
 
 
+@pytest.mark.numerics
 def test_nano_with_upscales_default_wavelet_colour_fix_holds_the_margin(nano, metrics):
     assert median_gain(nano, metrics, "wavelet") > _margin()
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("breakage", ["restore sign", "no prompt prefix"])
 def test_each_breakage_of_the_method_fails_the_margin(breakage, metrics):
     """Sabotage one convention at a time on a fresh nano: the gain falls below the margin."""
@@ -122,6 +125,7 @@ def test_nano_loads_offline_from_the_package_and_records_its_base():
     assert total < 25 * 2**20  # the issue's size limit for everything shipped
 
 
+@pytest.mark.numerics
 def test_readme_first_command_with_nano_is_near_bicubic_not_stripes(tmp_path):
     """The README's first command on the bundled examples: every output within 0.5 dB Y-PSNR of bicubic against
     its HQ (measured: 0.12-0.25 dB below), where the untrained `tiny` was 6-8 dB below (stripes)."""
@@ -146,6 +150,7 @@ def test_readme_first_command_with_nano_is_near_bicubic_not_stripes(tmp_path):
         assert float(psnr(sr, hq)) > float(psnr(bicubic, hq)) - 0.5, name
 
 
+@pytest.mark.numerics
 def test_nano_tiles_odd_sized_images_like_the_whole_image():
     """Large images are tiled: with nano's patch-2 transformer, odd latent sides and tile edges are padded by the
     restorer. Tiled and whole-image outputs agree (measured 33.8 dB PSNR at tile 48, 36.4 dB at 64)."""

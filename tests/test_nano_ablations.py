@@ -19,6 +19,7 @@ def ablations():
     return benchmark_module("nano_ablations")
 
 
+@pytest.mark.numerics
 def test_one_cell_scored_like_nano_quality_then_skipped(ablations, tmp_path):
     out = tmp_path / "ablations.json"
     argv = ["--model", "tiny", "--pairs", str(PAIRS), "--cells", "prune/fisher", "--calib-steps", "2",
@@ -38,13 +39,15 @@ def test_one_cell_scored_like_nano_quality_then_skipped(ablations, tmp_path):
     ]  # fmt: skip
     assert fisher["bicubic_psnr_y"] == full["bicubic_psnr_y"] == bicubic["psnr_y"]
     assert fisher["psnr_y"] != full["psnr_y"]
-    # scored as nano_quality.py scored these pairs when nano shipped (recipe_report.json: same bicubic numbers)
+    # scored as nano_quality.py scored these pairs when nano shipped (recipe_report.json: the same bicubic numbers,
+    # stored rounded to 3 and 4 decimals; on another CPU a float rounding may flip that last digit)
     from sanasr_cli.models.presets import NANO_DIR
 
     shipped = json.loads((NANO_DIR / "recipe_report.json").read_text())["ci_pairs"]["images"]
-    assert [(r["bicubic_psnr_y"], r["bicubic_ssim"]) for r in bicubic["images"]] == [
-        (r["bicubic_psnr_y"], r["bicubic_ssim"]) for r in shipped
-    ]
+    assert len(bicubic["images"]) == len(shipped)
+    for ours, theirs in zip(bicubic["images"], shipped, strict=True):
+        assert ours["bicubic_psnr_y"] == pytest.approx(theirs["bicubic_psnr_y"], abs=0.01), ours["image"]
+        assert ours["bicubic_ssim"] == pytest.approx(theirs["bicubic_ssim"], abs=5e-4), ours["image"]
     # the held-out tags are written beside copies of the pairs, never into the test data
     assert (tmp_path / "work" / "pairs" / "lq" / "chelsea.txt").read_text().startswith("cat")
     assert not list(PAIRS.rglob("*.txt"))

@@ -65,6 +65,7 @@ def test_encode_decode_macs_are_at_least_4x_lower_than_nanos():
     assert abs(ratio - _report()["summary"]["encode_decode_macs_ratio"]) < 1e-2  # the model card's number
 
 
+@pytest.mark.numerics
 def test_nano_fast_keeps_nanos_gain_on_heldout_crops(models, metrics):
     nano, fast = models
     g_nano = statistics.median(g for g, _ in gains(nano, metrics))
@@ -84,6 +85,7 @@ def test_heldout_measurement_meets_the_issue():
     assert s["gain_gap_db"] >= -0.3 and s["encode_decode_macs_ratio"] >= 4
 
 
+@pytest.mark.numerics
 def test_nano_fast_tiles_like_the_whole_image(models):
     """The student encoder tiles in LQ pixels on nano's latent grid: tiled and whole outputs agree as nano's do
     (tests/test_nano.py: > 30 dB at tiles 48 and 64)."""

@@ -19,6 +19,7 @@ def headroom():
     return benchmark_module("nano_headroom")
 
 
+@pytest.mark.numerics
 def test_filters_probe_scores_like_nano_quality(headroom, tmp_path):
     out = tmp_path / "headroom.json"
     entry = headroom.main(["filters", "--pairs", str(PAIRS), "--out", str(out)])

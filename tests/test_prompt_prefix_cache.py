@@ -55,6 +55,7 @@ def _model(chi: bool, sliding_window: int | None = None):
     return model
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     "chi, window", [(True, None), (False, None), (True, 16)], ids=["chi", "no-chi", "chi-window16"]
 )
@@ -104,6 +105,7 @@ def test_prompt_whose_tokens_do_not_start_with_the_prefix_runs_whole(monkeypatch
     torch.testing.assert_close(embeds[real], ref_embeds[real], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("chi", [True, False])
 def test_trimmed_cross_attention_equals_full_length_transformer_output(chi):
     model = _model(chi)

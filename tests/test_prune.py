@@ -28,6 +28,7 @@ def _batches(seed=0):
         yield CalibrationBatch(up, hq, [["tree", "sky, blurry"][i % 2] + ", clean, sharp"])
 
 
+@pytest.mark.numerics
 def test_fisher_prune_end_to_end(fresh_tiny_model, tmp_path):
     from diffusers import SanaTransformer2DModel
 
@@ -284,6 +285,7 @@ def test_real_size_prune_report_matches_saved_transformer(tiny_model, tmp_path):
     assert config["num_layers"] == 16 and numel == saved["params_after"] == report.params_after
 
 
+@pytest.mark.numerics
 def test_prune_merges_an_adapter_first(fresh_tiny_model, tmp_path):
     from sanasr_cli.models.lora import add_lora, lora_config
     from sanasr_cli.models.merge import merge_model
@@ -308,6 +310,7 @@ def test_prune_merges_an_adapter_first(fresh_tiny_model, tmp_path):
         torch.testing.assert_close(a, b, msg=name)
 
 
+@pytest.mark.numerics
 def test_prune_ema_merges_the_ema_adapter(fresh_tiny_model, tmp_path):
     from sanasr_cli.models.lora import EMA_ADAPTER_DIR, add_lora, lora_config, save_adapter
     from sanasr_cli.models.merge import merge_model

@@ -106,6 +106,7 @@ def _seam_ratio(img: torch.Tensor, borders: list[int], factor: int, size: int) -
     return max(ratios)
 
 
+@pytest.mark.numerics
 def test_tiled_output_has_no_seams(tiny_model):
     """40x40 -> 160x160 (20x20 latents), 96 px tiles (12 latents, overlap 3): tiles at 0 and 8 on each axis,
     borders at pixels 64 and 96. Colour fix off, so nothing smooths the seams afterwards."""
@@ -130,6 +131,7 @@ def test_tiled_output_has_no_seams(tiny_model):
     assert (tiled - whole).abs().mean() < 0.05
 
 
+@pytest.mark.numerics
 def test_out_of_memory_halves_the_tile_and_retries(tiny_model):
     """A forward pre-hook on the real transformer raises torch.OutOfMemoryError above 8 latents per side
     (what a too-small GPU does); the pipeline must retry with halved tiles and give the tiled result."""
