@@ -101,7 +101,8 @@ def test_cli_upscale_and_the_api_run_the_onnx_folder(tiny_onnx, tmp_path):
     for name in ("a.png", "g.png"):
         a, b = Image.open(tmp_path / "onnx" / name), Image.open(tmp_path / "torch" / name)
         assert a.mode == b.mode and a.size == b.size
-        assert np.abs(np.asarray(a).astype(np.int64) - np.asarray(b).astype(np.int64)).max() <= 1
+        levels = 8 if name == "g.png" else 1  # 16-bit: 8 levels of 65535 is 1.2e-4
+        assert np.abs(np.asarray(a).astype(np.int64) - np.asarray(b).astype(np.int64)).max() <= levels
     out = SanaSRPipeline.from_pretrained(tiny_onnx)(Image.fromarray(rgb), output_type="np")
     assert out.images[0].shape == (48, 40, 3) and np.isfinite(out.images[0]).all()
 
@@ -145,7 +146,7 @@ def _without(module: str, *argv) -> subprocess.CompletedProcess:
         "sys.argv = ['sanasr', *sys.argv[1:]]; main()"
     )
     return subprocess.run(
-        [sys.executable, "-c", code, *map(str, argv)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code, *map(str, argv)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
     )
 
 

@@ -54,7 +54,7 @@ class ExportResult:
 
 def require_export_tools() -> None:
     """onnx, onnxscript and onnxruntime (quantization, checks) importable, else one line saying how."""
-    for name in ("onnx", "onnxscript", "onnxruntime"):
+    for name in ("onnxruntime", "onnx", "onnxscript"):
         try:
             __import__(name)
         except ImportError:
@@ -154,7 +154,7 @@ def weights_sha256(model) -> str:
         for key, t in sorted(module.state_dict().items()):
             t = t.detach().cpu().contiguous()
             h.update(f"{name}.{key}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
