@@ -34,11 +34,8 @@ def export(
     Exit code: 0 written, 2 bad MODEL or OUT (exists and is not empty, without --overwrite), 1 failed
     (e.g. the ONNX extra is not installed).
     """
-    import torch
-
-    from sanasr_cli.errors import MissingWeightsError, ModelDirError, SanaSRError, UnsafeOutputError
+    from sanasr_cli.errors import SanaSRError, UnsafeOutputError
     from sanasr_cli.export.onnx_export import QUANTIZATIONS, check_export_target, export_onnx, require_export_tools
-    from sanasr_cli.models.sanasr import load_model
 
     if quantize not in QUANTIZATIONS:
         raise fail(f"--quantize takes {', '.join(QUANTIZATIONS)}, not '{quantize}'", EXIT_USAGE)
@@ -50,17 +47,7 @@ def export(
         require_export_tools()
     except SanaSRError as e:
         raise fail(str(e), EXIT_FAILED) from None
-    quiet_libraries()
-    with console.status(f"loading {model} ..."):
-        try:
-            sr_model = load_model(
-                model, device="cpu", dtype=torch.float32, base=base, random_weights=random_weights, seed=seed,
-                full_vae=full_vae,
-            )  # fmt: skip
-        except ModelDirError as e:
-            raise fail(str(e), EXIT_USAGE) from None
-        except MissingWeightsError as e:
-            raise fail(str(e), EXIT_FAILED) from None
+    sr_model = _load(model, base, random_weights, seed, full_vae)
     if not hasattr(sr_model, "transformer"):
         raise fail(f"{model} is already an ONNX export", EXIT_USAGE)
     with console.status(f"exporting {model} to {output} (each stage traced and translated: minutes) ..."):
@@ -71,6 +58,26 @@ def export(
         f"quantization {quantize}, prompt '{result.contract['prompt']['text']}'",
         highlight=False,
     )
+
+
+def _load(model: str, base, random_weights: bool, seed: int, full_vae: bool):
+    """The model to export, fp32 on the CPU; a bad MODEL is one line and exit 2, missing weights exit 1."""
+    import torch
+
+    from sanasr_cli.errors import MissingWeightsError, ModelDirError
+    from sanasr_cli.models.sanasr import load_model
+
+    quiet_libraries()
+    with console.status(f"loading {model} ..."):
+        try:
+            return load_model(
+                model, device="cpu", dtype=torch.float32, base=base, random_weights=random_weights, seed=seed,
+                full_vae=full_vae,
+            )  # fmt: skip
+        except ModelDirError as e:
+            raise fail(str(e), EXIT_USAGE) from None
+        except MissingWeightsError as e:
+            raise fail(str(e), EXIT_FAILED) from None
 
 
 def register(app: typer.Typer) -> None:
