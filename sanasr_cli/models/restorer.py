@@ -16,6 +16,16 @@ from diffusers import SanaTransformer2DModel
 from sanasr_cli.models.schedule import LEGACY_TIMESTEP_CONVENTION, TIMESTEP_CONVENTION, flow_sigma, model_timestep
 
 
+def pad_to_patch(latents: torch.Tensor, patch: int) -> torch.Tensor:
+    """Pad (B, C, h, w) latents on the bottom/right (edge replication) to multiples of the transformer's patch;
+    callers crop the output back to (h, w). Shared by the PyTorch restorer and the ONNX backend."""
+    h, w = latents.shape[-2:]
+    ph, pw = (-h) % patch, (-w) % patch
+    if ph or pw:
+        latents = torch.nn.functional.pad(latents, (0, pw, 0, ph), mode="replicate")
+    return latents
+
+
 class OneStepRestorer(torch.nn.Module):
     def __init__(
         self,
@@ -29,6 +39,11 @@ class OneStepRestorer(torch.nn.Module):
         self.tau_g = float(tau_g)
         self.flow_shift = float(flow_shift)
         self.timestep_convention = timestep_convention  # LEGACY: model folders trained feeding the raw tau
+
+    @property
+    def patch_size(self) -> int:
+        """The transformer's patch size: latent sides are padded to multiples of it (`pad_to_patch`)."""
+        return int(getattr(self.transformer.config, "patch_size", 1) or 1)
 
     @property
     def sigma_g(self) -> float:
@@ -47,10 +62,7 @@ class OneStepRestorer(torch.nn.Module):
         t = tau if self.timestep_convention == LEGACY_TIMESTEP_CONVENTION else model_timestep(tau, self.flow_shift)
         # a transformer with patch size p > 1 (nano) needs latent sides that are multiples of p: pad, then crop
         h, w = latents.shape[-2:]
-        p = int(getattr(self.transformer.config, "patch_size", 1) or 1)
-        ph, pw = (-h) % p, (-w) % p
-        if ph or pw:
-            latents = torch.nn.functional.pad(latents, (0, pw, 0, ph), mode="replicate")
+        latents = pad_to_patch(latents, self.patch_size)
         out = self.transformer(
             hidden_states=latents.to(dtype),
             encoder_hidden_states=embeds.to(dtype),

@@ -400,11 +400,18 @@ def load_model(
     full_vae: bool = False,
     vae_decoder: str | None = None,
 ) -> SanaSR:
-    """Build a SanaSR from a preset name or a model directory, on `device` in `dtype`.
+    """Build a SanaSR from a preset name or a model directory, on `device` in `dtype` (a folder written by
+    `sanasr export` loads as the ONNX Runtime backend instead: CPU, float32, the other arguments unused).
 
     full_vae: ignore the model's distilled students (encoder/, decoder/) and run the teacher VAE (`--full-vae`).
     vae_decoder: "full", "lite" or a folder (see `load_vae_decoder`); None: what the description records.
     """
+    from sanasr_cli.export.contract import is_onnx_dir
+
+    if is_onnx_dir(spec):  # a folder written by `sanasr export`: the ONNX Runtime backend (pipeline/onnx_backend.py)
+        from sanasr_cli.pipeline.onnx_backend import load_onnx_model
+
+        return load_onnx_model(spec)
     from diffusers import SanaTransformer2DModel
 
     description, folder = resolve_model(spec, base=base, random_weights=random_weights, seed=seed)

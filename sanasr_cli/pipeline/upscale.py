@@ -178,7 +178,8 @@ def restore_x4(
 def offloads_text_encoder(model: SanaSR, keep_text_encoder: bool = False) -> bool:
     """Whether a run moves the text encoder off its device after the prompt stage: only from an accelerator,
     and not with `keep_text_encoder`."""
-    return not keep_text_encoder and next(model.prompts.text_encoder.parameters()).device.type != "cpu"
+    encoder = model.prompts.text_encoder  # None: an ONNX export (its prompt is baked in)
+    return not keep_text_encoder and encoder is not None and next(encoder.parameters()).device.type != "cpu"
 
 
 @contextlib.contextmanager

@@ -1,0 +1,375 @@
+"""`sanasr export`: a loaded SanaSR -> an ONNX folder (contract in export/contract.py).
+
+Each stage is exported on its own with `torch.onnx.export(dynamo=True, optimize=False)`, dynamic in batch,
+height and width; model.onnx is their composition (onnx.compose), so the graph a deployer runs is made of the
+very files sanasr's host path runs and tests.
+
+Why optimize=False: the exporter's onnxscript optimizer has a rewrite rule "x + 0 -> x" that matches constants
+with math.isclose(..., abs_tol=1e-8), so SANA's linear attention `num / (den + 1e-15)` (diffusers'
+SanaMultiscaleLinearAttention in the DC-AE decoder, and the LinearDiT's SanaLinearAttnProcessor2_0) loses its
+eps. Where a token's ReLU'd query meets only zero keys, den is exactly 0 and PyTorch's 0 / 1e-15 = 0 becomes
+0 / 0 = NaN in ONNX: 3876 of 12288 values of nano's decoded 64x64 image were NaN. Unoptimised, the graph keeps
+the eps and matches PyTorch (ONNX Runtime still optimises it when it loads it).
+Why heights and widths are multiples: the restorer pads latents to the transformer's patch with a Python `if`
+that torch.export would specialise, so the graphs take latent sides that are multiples of the patch (sanasr's
+host path pads; a deployer feeding model.onnx keeps LQ sides multiples of the contract's `multiple_of`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sanasr_cli.errors import UnsafeOutputError
+from sanasr_cli.export.contract import (
+    CONTRACT_FORMAT,
+    CONTRACT_NAME,
+    CONTRACT_VERSION,
+    MODEL_NAME,
+    PROMPT_FILE,
+    STAGE_FILES,
+    OnnxRuntimeMissingError,
+)
+
+QUANTIZATIONS = ("none", "int8")
+EXPORT_ENTRIES = {CONTRACT_NAME, MODEL_NAME, PROMPT_FILE, "README.md", *STAGE_FILES.values()}
+MODEL_SCALE = 4
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    contract: dict
+    seconds: float
+
+
+def require_export_tools() -> None:
+    """onnx, onnxscript and onnxruntime (quantization, checks) importable, else one line saying how."""
+    for name in ("onnxruntime", "onnx", "onnxscript"):
+        try:
+            __import__(name)
+        except ImportError:
+            raise OnnxRuntimeMissingError(
+                f"{name} is not installed; exporting needs the ONNX extra: pip install 'sanasr[onnx]'"
+            ) from None
+
+
+def check_export_target(out: Path, overwrite: bool) -> None:
+    """OUT must be new or empty; with overwrite, a folder `sanasr export` wrote (nothing else in it)."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UnsafeOutputError(f"{out} exists and is not a folder (a file or link): it is never replaced")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise UnsafeOutputError(f"{out} exists and is not empty (pass --overwrite to replace an earlier export)")
+    if not (out / CONTRACT_NAME).is_file():
+        raise UnsafeOutputError(f"{out} is not a folder written by `sanasr export` (no {CONTRACT_NAME}): not replaced")
+    other = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_ENTRIES)
+    if other:
+        raise UnsafeOutputError(f"{out} holds files sanasr did not write there ({', '.join(other[:5])}): not replaced")
+
+
+# ---------------------------------------------------------------- the stages as modules
+
+
+class _Head(torch.nn.Module):
+    """model.onnx's first part: the image the encoder reads (bicubic x4 of the LQ, or the LQ itself for a
+    student encoder) and, unless the prompt is an input, the baked prompt repeated over the batch."""
+
+    def __init__(self, bicubic: bool, embeds: torch.Tensor | None, mask: torch.Tensor | None):
+        super().__init__()
+        self.bicubic = bicubic
+        self.baked = embeds is not None
+        if self.baked:
+            self.register_buffer("embeds", embeds)
+            self.register_buffer("mask", mask)
+
+    def forward(self, lq: torch.Tensor):
+        from sanasr_cli.data.resample import upsample_bicubic
+
+        image = upsample_bicubic(lq, MODEL_SCALE) if self.bicubic else lq * 1.0
+        if not self.baked:
+            return image
+        b = lq.shape[0]
+        return image, self.embeds.expand(b, -1, -1), self.mask.expand(b, -1)
+
+
+class _Encode(torch.nn.Module):
+    def __init__(self, codec):
+        super().__init__()
+        self.codec = codec
+        self.vae = codec.vae  # registered, so its weights are the graph's
+        self.lq_encoder = codec.lq_encoder
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.codec.encode_lq(image) if self.codec.encodes_lq else self.codec.encode(image)
+
+
+class _Restore(torch.nn.Module):
+    def __init__(self, restorer):
+        super().__init__()
+        self.restorer = restorer
+
+    def forward(self, latent, prompt_embeds, prompt_mask):
+        return self.restorer(latent, prompt_embeds, prompt_mask)
+
+
+class _Decode(torch.nn.Module):
+    def __init__(self, codec):
+        super().__init__()
+        self.codec = codec
+        self.vae = codec.vae
+        self.light_decoder = codec.light_decoder
+
+    def forward(self, restored_latent):
+        return self.codec.decode(restored_latent)
+
+
+# ---------------------------------------------------------------- export
+
+
+def lq_multiple_of(model) -> int:
+    """LQ sides model.onnx takes are multiples of this: 4x them is a multiple of the VAE factor x patch."""
+    grid = model.codec.factor * model.restorer.patch_size
+    return grid // math.gcd(MODEL_SCALE, grid)
+
+
+def weights_sha256(model) -> str:
+    """sha256 over every parameter and buffer the graphs bake in (name, dtype, shape, bytes), in name order."""
+    h = hashlib.sha256()
+    modules = {"transformer": model.transformer, "vae": model.codec.vae}
+    for kind, module in (("lq_encoder", model.codec.lq_encoder), ("light_decoder", model.codec.light_decoder)):
+        if module is not None:
+            modules[kind] = module
+    for name, module in modules.items():
+        for key, t in sorted(module.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}.{key}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _export(module, args, path: Path, input_names, output_names, dynamic_shapes) -> None:
+    import warnings
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        # torch.export first: torch.onnx.export's own call of it fails on the transformer's cross-attention
+        # mask with dynamic sizes ("size of tensor a (s15*s73) must match ..."), the plain export does not
+        exported = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
+        program = torch.onnx.export(
+            exported,
+            args,
+            dynamo=True,
+            optimize=False,  # see the module docstring: the optimizer drops SANA's 1e-15 eps (NaN)
+            input_names=input_names,
+            output_names=output_names,
+            verbose=False,
+        )
+    program.save(str(path))
+
+
+def export_stages(model, folder: Path, embeds: torch.Tensor, mask: torch.Tensor, prompt_input: bool) -> None:
+    """encoder.onnx, restorer.onnx, decoder.onnx and head.onnx (model.onnx's first part) into folder."""
+    from torch.export import Dim as _Dim
+
+    def Dim(name: str, min: int = 1, max: int = 4096):  # noqa: N802 - torch's name
+        return _Dim(name, min=min, max=max)
+
+    def times(k: int, dim):  # a side that is a multiple of k (k == 1: the dimension itself)
+        return dim if k == 1 else k * dim
+
+    codec, restorer = model.codec, model.restorer
+    p, f = restorer.patch_size, codec.factor
+    b = Dim("batch", max=1024)
+    # example sizes: batch 2 and unequal sides, so that nothing specialises to 1 or to h == w; 42 latent tokens
+    # and more, so that the DC-AE's EfficientViT blocks trace their linear attention (diffusers switches to a
+    # quadratic one when h * w <= attention_head_dim, 32 for SANA's DC-AE): the graphs always run the linear one
+    lh, lw = 6 * p, 7 * p  # latent sides
+    if codec.encodes_lq:
+        lqf = codec.lq_factor
+        enc_in = torch.rand(2, 3, lh * lqf, lw * lqf)
+        enc_dims = {0: b, 2: times(lqf * p, Dim("h")), 3: times(lqf * p, Dim("w"))}
+    else:
+        enc_in = torch.rand(2, 3, lh * f, lw * f)
+        enc_dims = {0: b, 2: times(f * p, Dim("h")), 3: times(f * p, Dim("w"))}
+    _export(_Encode(codec), (enc_in,), folder / STAGE_FILES["encoder"], ["image"], ["latent"], (enc_dims,))
+
+    z = _Encode(codec)(enc_in).detach()
+    lat_dims = {0: b, 2: times(p, Dim("lh")), 3: times(p, Dim("lw"))}
+    e2, m2 = embeds.expand(2, -1, -1).contiguous(), mask.expand(2, -1).contiguous()
+    _export(
+        _Restore(restorer),
+        (z, e2, m2),
+        folder / STAGE_FILES["restorer"],
+        ["latent", "prompt_embeds", "prompt_mask"],
+        ["restored_latent"],
+        (lat_dims, {0: b}, {0: b}),  # the token count is fixed: a dynamic one fails torch.export in the mask
+    )
+    dec_dims = {0: b, 2: Dim("dh"), 3: Dim("dw")}
+    _export(_Decode(codec), (z,), folder / STAGE_FILES["decoder"], ["restored_latent"], ["sr"], (dec_dims,))
+
+    k = lq_multiple_of(model)
+    lq = torch.rand(2, 3, 3 * k, 4 * k)
+    head_dims = {0: b, 2: times(k, Dim("lqh")), 3: times(k, Dim("lqw"))}
+    head = _Head(not codec.encodes_lq, None if prompt_input else embeds, None if prompt_input else mask)
+    outputs = ["image"] if prompt_input else ["image", "prompt_embeds", "prompt_mask"]
+    _export(head, (lq,), folder / "head.onnx", ["lq"], outputs, (head_dims,))
+
+
+def compose_model(folder: Path, stage_files: dict[str, str], out_name: str = MODEL_NAME) -> None:
+    """model.onnx = head -> encoder -> restorer -> decoder (onnx.compose; each part's inner names prefixed)."""
+    import onnx
+    from onnx import compose
+
+    def part(name: str, prefix: str):
+        m = onnx.load(str(folder / name))
+        return compose.add_prefix(m, prefix, rename_inputs=False, rename_outputs=False)
+
+    head = part("head.onnx", "head/")
+    enc = part(stage_files["encoder"], "encoder/")
+    res = part(stage_files["restorer"], "restorer/")
+    dec = part(stage_files["decoder"], "decoder/")
+    baked = len(head.graph.output) == 3
+    passed = ["prompt_embeds", "prompt_mask"] if baked else []
+    m = compose.merge_models(
+        head, enc, io_map=[("image", "image")], outputs=["latent", *passed], prefix1=None, prefix2=None
+    )
+    m = compose.merge_models(
+        m, res, io_map=[("latent", "latent"), *[(n, n) for n in passed]], outputs=["restored_latent"]
+    )
+    m = compose.merge_models(m, dec, io_map=[("restored_latent", "restored_latent")], outputs=["sr"])
+    onnx.save(m, str(folder / out_name))
+
+
+def quantize_int8(folder: Path) -> dict[str, str]:
+    """ONNX Runtime's dynamic int8 quantization of the restorer (the LinearDiT's MatMul weights; activations
+    quantised per call). The VAE stages stay fp32: see docs/export.md for what each choice measured."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = folder / STAGE_FILES["restorer"]
+    tmp = folder / "restorer.int8.onnx"
+    quantize_dynamic(str(src), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+    os.replace(tmp, src)
+    return {"restorer": "int8 dynamic (ONNX Runtime quantize_dynamic, MatMul/Gemm weights QInt8)"}
+
+
+def model_card(contract: dict) -> str:
+    c = contract
+    inp = c["input"]
+    quantized = "".join(f"; {k}: {v}" for k, v in c["quantization"]["stages"].items())
+    return f"""# {c["source_model"]} (ONNX, {c["quantization"]["mode"]})
+
+Exported by `sanasr export` (sanasr {c["sanasr_version"]}) from `{c["source_model"]}`
+(weights sha256 `{c["source_weights_sha256"][:16]}...`), ONNX opset {c["opset"]}.
+
+- `model.onnx`: input `lq`, float32 RGB, NCHW, values in [0, 1], dynamic batch / height / width with
+  height and width multiples of {inp["multiple_of"]}; output `sr`, (N, 3, {c["scale"]}h, {c["scale"]}w) in [0, 1].
+  Inside: bicubic x4 (when the encoder reads the x4 image) -> DC-AE encoder -> one LinearDiT step (Eq. 4)
+  -> decoder. No colour fix (sanasr applies it on the host; the paper's pipeline has none).
+- Prompt: {"an input (`prompt_embeds`, `prompt_mask`)" if c["prompt"]["input"] else "baked in"}:
+  "{c["prompt"]["text"]}" ({c["prompt"]["tokens"]} tokens of width {c["prompt"]["width"]}).
+- `encoder.onnx`, `restorer.onnx`, `decoder.onnx`: the same three stages alone (sanasr's own runner tiles them).
+- Quantization: {c["quantization"]["mode"]}{quantized}.
+
+Run it with sanasr (tiling, colour fix, alpha, 16-bit as for the PyTorch model):
+`sanasr upscale photos/ -o out/ --model THIS_FOLDER`, or with ONNX Runtime alone (see docs/export.md).
+"""
+
+
+def export_onnx(
+    model,
+    out: str | Path,
+    source: str,
+    prompt: str | None = None,
+    quantize: str = "none",
+    prompt_input: bool = False,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Export `model` (a loaded SanaSR, fp32 on the CPU) into the ONNX folder `out` (written atomically: a
+    staging folder renamed into place). prompt: the text baked in (default: the model's template, what
+    `upscale` builds for an image with no tags and no --prompt). quantize: none | int8."""
+    import numpy as np
+    import onnx
+
+    from sanasr_cli import __version__
+    from sanasr_cli.prompts.template import build_prompt
+    from sanasr_cli.safe_files import atomic_write, make_temp_dir
+
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"--quantize takes {', '.join(QUANTIZATIONS)}, not '{quantize}'")
+    require_export_tools()
+    out = Path(out)
+    check_export_target(out, overwrite)
+    start = time.perf_counter()
+    rule = model.description.prompt
+    # the text `upscale` then builds for every image (no tagger, no --prompt: the template alone)
+    text = build_prompt([], prompt if prompt is not None else rule.template)
+    with torch.no_grad():
+        embeds, mask = model.prompts.encode_for_transformer([text], device="cpu")
+    embeds, mask = embeds.float(), mask.to(torch.int64)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(out.parent, f".{out.name}.")
+    try:
+        export_stages(model, tmp, embeds, mask, prompt_input)
+        stages = {}
+        if quantize == "int8":
+            stages = quantize_int8(tmp)
+        compose_model(tmp, STAGE_FILES)
+        (tmp / "head.onnx").unlink()
+        np.savez(tmp / PROMPT_FILE, embeds=embeds.numpy(), mask=mask.numpy())
+        opset = next(o.version for o in onnx.load(str(tmp / MODEL_NAME), load_external_data=False).opset_import
+                     if o.domain in ("", "ai.onnx"))  # fmt: skip
+        codec = model.codec
+        contract = {
+            "format": CONTRACT_FORMAT,
+            "version": CONTRACT_VERSION,
+            "sanasr_version": __version__,
+            "source_model": source,
+            "source_weights_sha256": weights_sha256(model),
+            "scale": MODEL_SCALE,
+            "input": {
+                "name": "lq", "layout": "NCHW", "channels": "RGB", "dtype": "float32", "range": [0.0, 1.0],
+                "multiple_of": lq_multiple_of(model), "dynamic": ["batch", "height", "width"],
+            },
+            "output": {"name": "sr", "layout": "NCHW", "channels": "RGB", "dtype": "float32", "range": [0.0, 1.0]},
+            "prompt": {
+                "text": text, "input": prompt_input, "tokens": int(embeds.shape[1]), "width": int(embeds.shape[2]),
+                "complex_human_instruction": rule.complex_human_instruction,
+                "mask_degradation_words": rule.mask_degradation_words,
+            },
+            "opset": opset,
+            "quantization": {"mode": quantize, "stages": stages},
+            "stages": dict(STAGE_FILES),
+            "encoder_reads": "lq" if codec.encodes_lq else "x4",
+            "factor": codec.factor,
+            "lq_factor": codec.lq_factor,
+            "patch_size": model.restorer.patch_size,
+            "tau_g": model.restorer.tau_g,
+            "color_fix": "none inside the graph (sanasr applies --color-fix on the host)",
+            "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=True, optimize=False)",
+            "files": {},
+        }  # fmt: skip
+        contract["files"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.suffix in (".onnx", ".npz")}
+        atomic_write(tmp / CONTRACT_NAME, json.dumps(contract, indent=2) + "\n")
+        atomic_write(tmp / "README.md", model_card(contract))
+        if out.exists():  # checked above: empty, or an earlier export; set it aside, then rename
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out, contract, time.perf_counter() - start)

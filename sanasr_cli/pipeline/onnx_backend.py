@@ -1,0 +1,183 @@
+"""The ONNX Runtime backend: an exported folder (`sanasr export`) loaded as a model the one inference path runs.
+
+`OnnxSanaSR` offers what `pipeline.upscale.restore_upsampled` and its callers use of a SanaSR: a codec
+(pad, encode, decode, crop at the VAE's factor), a restorer (z, embeds, mask -> z_hat) and prompt encodings.
+So `upscale` (tiling with overlap, alpha, grayscale, 16-bit, the colour fix) and `SanaSRPipeline` run the
+ONNX stages with the very host code they run around PyTorch; only the three stage calls differ.
+The prompt is baked in at export: prompts other than the baked one are refused with one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sanasr_cli.errors import SanaSRError
+from sanasr_cli.export.contract import (
+    MODEL_NAME,
+    PROMPT_FILE,
+    OnnxInputError,
+    load_contract,
+    require_onnxruntime,
+)
+
+
+def make_session(path: Path, threads: int | None = None):
+    """An ONNX Runtime CPU session; threads default to torch's (so both backends get the same cores)."""
+    ort = require_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _run(session, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+    arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in feeds.items()}
+    return torch.from_numpy(session.run(None, arrays)[0])
+
+
+class OnnxCodec:
+    """LatentCodec's inference face over encoder.onnx / decoder.onnx (padding and cropping are LatentCodec's)."""
+
+    def __init__(self, encoder, decoder, contract: dict):
+        self._encoder, self._decoder = encoder, decoder
+        self.factor = int(contract["factor"])
+        self.lq_factor = int(contract["lq_factor"])
+        self.encodes_lq = contract["encoder_reads"] == "lq"
+        self.lq_encoder = self.light_decoder = None  # no PyTorch modules here
+
+    def pad(self, images: torch.Tensor) -> torch.Tensor:
+        from sanasr_cli.models.vae import pad_to_multiple
+
+        return pad_to_multiple(images, self.factor)
+
+    def pad_lq(self, lq: torch.Tensor) -> torch.Tensor:
+        from sanasr_cli.models.vae import pad_to_multiple
+
+        return pad_to_multiple(lq, self.lq_factor)
+
+    crop = staticmethod(lambda images, height, width: images[..., :height, :width])
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        if self.encodes_lq:
+            raise ValueError("this ONNX export's encoder reads the LQ image (encode_lq)")
+        return _run(self._encoder, {"image": images.float()})
+
+    def encode_lq(self, lq: torch.Tensor) -> torch.Tensor:
+        if not self.encodes_lq:
+            from sanasr_cli.data.resample import upsample_bicubic
+
+            return self.encode(self.pad(upsample_bicubic(lq, 4)))
+        return _run(self._encoder, {"image": lq.float()})
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return _run(self._decoder, {"restored_latent": latents.float()})
+
+
+class OnnxRestorer:
+    """Eq. 4's step over restorer.onnx: latents padded to the transformer's patch as the PyTorch restorer does."""
+
+    def __init__(self, session, contract: dict):
+        self._session = session
+        self.patch_size = int(contract["patch_size"])
+        self.tau_g = float(contract["tau_g"])
+
+    def __call__(self, z: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        from sanasr_cli.models.restorer import pad_to_patch
+
+        h, w = z.shape[-2:]
+        feeds = {"latent": pad_to_patch(z.float(), self.patch_size), "prompt_embeds": embeds, "prompt_mask": mask}
+        return _run(self._session, feeds)[..., :h, :w]
+
+
+class BakedPrompts:
+    """The prompt encodings of an export: the baked prompt only (no text encoder ships with the graphs)."""
+
+    text_encoder = None
+
+    def __init__(self, text: str, embeds: torch.Tensor, mask: torch.Tensor):
+        self.text, self.embeds, self.mask = text, embeds, mask
+
+    def encode_for_transformer(self, prompts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        other = [p for p in prompts if p != self.text]
+        if other:
+            raise SanaSRError(
+                f"this ONNX model has the prompt '{self.text}' baked in, not '{other[0]}' (drop --prompt / "
+                "--tagger / --template, or export again with `sanasr export --prompt`)"
+            )
+        n = len(prompts)
+        return self.embeds.repeat(n, 1, 1), self.mask.repeat(n, 1)
+
+    def release(self, to=None) -> None:
+        pass
+
+
+@dataclass
+class OnnxSanaSR:
+    """An exported folder, loaded: runs where `restore_upsampled` runs a SanaSR (on the CPU, in float32)."""
+
+    codec: OnnxCodec
+    restorer: OnnxRestorer
+    prompts: BakedPrompts
+    description: object
+    contract: dict
+    source_dir: Path
+    info: dict = field(default_factory=dict)
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+    def to(self, device=None, dtype=None) -> OnnxSanaSR:
+        return self
+
+    def release_text_encoder(self, to="cpu") -> None:
+        pass
+
+
+def load_onnx_model(folder: str | Path, threads: int | None = None) -> OnnxSanaSR:
+    """An ONNX folder -> OnnxSanaSR. Its prompt rule: no tagger, the baked prompt as the template, so that
+    `upscale` builds exactly the baked prompt for every image."""
+    from sanasr_cli.models.description import ModelDescription
+    from sanasr_cli.prompts.rule import PromptRule
+
+    folder = Path(folder).expanduser()
+    contract = load_contract(folder)
+    require_onnxruntime()
+    stages = {k: make_session(folder / v, threads) for k, v in contract["stages"].items()}
+    with np.load(folder / PROMPT_FILE) as npz:
+        embeds, mask = torch.from_numpy(npz["embeds"]), torch.from_numpy(npz["mask"])
+    text = contract["prompt"]["text"]
+    rule = PromptRule(
+        tagger="none",
+        template=text,
+        mask_degradation_words=contract["prompt"]["mask_degradation_words"],
+        complex_human_instruction=contract["prompt"]["complex_human_instruction"],
+    )
+    description = ModelDescription(base_preset=contract["source_model"], base_source=str(folder), prompt=rule)
+    return OnnxSanaSR(
+        codec=OnnxCodec(stages["encoder"], stages["decoder"], contract),
+        restorer=OnnxRestorer(stages["restorer"], contract),
+        prompts=BakedPrompts(text, embeds, mask),
+        description=description,
+        contract=contract,
+        source_dir=folder,
+    )
+
+
+def run_model_onnx(folder: str | Path, lq: torch.Tensor, session=None) -> torch.Tensor:
+    """model.onnx alone, as a deployer runs it: (N, 3, h, w) in [0, 1] -> (N, 3, 4h, 4w). OnnxInputError when
+    h or w is not a multiple of the contract's `multiple_of` (sanasr's own path pads instead)."""
+    folder = Path(folder).expanduser()
+    contract = load_contract(folder)
+    k = int(contract["input"]["multiple_of"])
+    h, w = lq.shape[-2:]
+    if h % k or w % k:
+        raise OnnxInputError(
+            f"{folder / MODEL_NAME} takes heights and widths that are multiples of {k}, not {h}x{w} (pad the "
+            "image, or run it with `sanasr upscale --model FOLDER`, which pads)"
+        )
+    session = session or make_session(folder / MODEL_NAME)
+    return _run(session, {"lq": lq.float()})

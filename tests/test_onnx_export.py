@@ -1,0 +1,164 @@
+"""Issue 24: `sanasr export` (ONNX), and the ONNX Runtime backend behind the one inference path.
+
+The tiny preset is exported once per session (each stage is traced by torch.export: tens of seconds).
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.helpers import REPO_ROOT, make_photo_like, one_error_line, run, snapshot
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
+TOLERANCE = 1e-4  # max abs error of the fp32 graphs against PyTorch, on [0, 1] images
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory):
+    """The tiny preset (seed 0) exported by the CLI, fp32, default prompt."""
+    out = tmp_path_factory.mktemp("onnx") / "tiny_onnx"
+    result = run("export", "tiny", "-o", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _pytorch_sr(model, lq: torch.Tensor, prompt: str) -> torch.Tensor:
+    from sanasr_cli.data.resample import upsample_bicubic
+    from sanasr_cli.pipeline.upscale import restore_upsampled
+
+    embeds, mask = model.prompts.encode_for_transformer([prompt] * lq.shape[0])
+    with torch.no_grad():
+        return restore_upsampled(model, upsample_bicubic(lq, 4), embeds, mask)
+
+
+def test_the_folder_holds_the_contract_and_the_model_card(tiny_onnx, tiny_model):
+    from sanasr_cli.export.onnx_export import weights_sha256
+
+    contract = json.loads((tiny_onnx / "sanasr-onnx.json").read_text())
+    assert contract["scale"] == 4 and contract["input"]["range"] == [0.0, 1.0]
+    assert contract["input"]["layout"] == "NCHW" and contract["input"]["multiple_of"] == 2  # 4 * 2 = VAE factor 8
+    assert contract["prompt"]["text"] == tiny_model.description.prompt.template and not contract["prompt"]["input"]
+    assert contract["quantization"]["mode"] == "none" and contract["opset"] >= 17
+    assert contract["source_weights_sha256"] == weights_sha256(tiny_model)
+    assert {"model.onnx", "encoder.onnx", "restorer.onnx", "decoder.onnx"} <= set(contract["files"])
+    assert "multiples of 2" in (tiny_onnx / "README.md").read_text()
+
+
+def test_model_onnx_equals_pytorch_at_sizes_it_was_not_exported_at(tiny_onnx, tiny_model):
+    """The deployable graph alone (bicubic inside, prompt baked): two batch sizes and shapes, none the export's
+    (2 x 6 x 8), no NaN / inf, within 1e-4 of the PyTorch model."""
+    from sanasr_cli.pipeline.onnx_backend import run_model_onnx
+
+    prompt = json.loads((tiny_onnx / "sanasr-onnx.json").read_text())["prompt"]["text"]
+    torch.manual_seed(1)
+    for shape in [(1, 3, 10, 14), (3, 3, 16, 4)]:
+        lq = torch.rand(*shape)
+        sr = run_model_onnx(tiny_onnx, lq)
+        ref = _pytorch_sr(tiny_model, lq, prompt)
+        assert sr.shape == ref.shape == (shape[0], 3, 4 * shape[2], 4 * shape[3])
+        assert torch.isfinite(sr).all()
+        assert float((sr - ref).abs().max()) < TOLERANCE, shape
+
+
+def test_upscale_through_onnx_tiles_as_pytorch_does(tiny_onnx, tiny_model):
+    """The host path (padding, overlapping tiles, colour fix, resize) around the ONNX stages: an odd-sized image
+    (padded), tiled, equals the PyTorch model's through the same code."""
+    from sanasr_cli.models.sanasr import load_model
+    from sanasr_cli.pipeline.upscale import upscale_tensor
+
+    onnx_model = load_model(tiny_onnx)
+    lq = torch.from_numpy(make_photo_like(13, 19, 4)).permute(2, 0, 1).float() / 255
+    prompt = onnx_model.description.prompt.template
+    sr, plan = upscale_tensor(onnx_model, lq, prompt, tile=32, scale=3.0, return_plan=True)
+    ref, ref_plan = upscale_tensor(tiny_model, lq, prompt, tile=32, scale=3.0, return_plan=True)
+    assert plan.dit_tiles > 1 and plan.to_dict() == ref_plan.to_dict()
+    assert sr.shape == ref.shape == (3, 39, 57) and torch.isfinite(sr).all()
+    assert float((sr - ref).abs().max()) < TOLERANCE
+
+
+def test_cli_upscale_and_the_api_run_the_onnx_folder(tiny_onnx, tmp_path):
+    """`sanasr upscale --model ONNX_DIR` keeps alpha and 16 bits as for PyTorch; the outputs agree (8/16-bit
+    quantisation aside); `SanaSRPipeline.from_pretrained(ONNX_DIR)` runs it too."""
+    from sanasr_cli import SanaSRPipeline
+
+    (tmp_path / "in").mkdir()
+    rgb = make_photo_like(12, 10, 5)
+    alpha = np.linspace(0, 255, 120, dtype=np.uint8).reshape(12, 10, 1)
+    Image.fromarray(np.concatenate([rgb, alpha], -1), "RGBA").save(tmp_path / "in" / "a.png")
+    gray16 = (make_photo_like(10, 8, 6)[..., 0].astype(np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(gray16).save(tmp_path / "in" / "g.png")
+    for model, out in ((tiny_onnx, "onnx"), ("tiny", "torch")):
+        result = run("upscale", tmp_path / "in", "-o", tmp_path / out, "--model", model, "--tile", "32")
+        assert result.exit_code == 0, result.output
+    for name in ("a.png", "g.png"):
+        a, b = Image.open(tmp_path / "onnx" / name), Image.open(tmp_path / "torch" / name)
+        assert a.mode == b.mode and a.size == b.size
+        levels = 8 if name == "g.png" else 1  # 16-bit: 8 levels of 65535 is 1.2e-4
+        assert np.abs(np.asarray(a).astype(np.int64) - np.asarray(b).astype(np.int64)).max() <= levels
+    out = SanaSRPipeline.from_pretrained(tiny_onnx)(Image.fromarray(rgb), output_type="np")
+    assert out.images[0].shape == (48, 40, 3) and np.isfinite(out.images[0]).all()
+
+
+def test_a_prompt_other_than_the_baked_one_is_one_line(tiny_onnx, tmp_path):
+    Image.fromarray(make_photo_like(8, 8, 0)).save(tmp_path / "a.png")
+    result = run("upscale", tmp_path / "a.png", "-o", tmp_path / "out", "--model", tiny_onnx, "--prompt", "a cat")
+    assert result.exit_code == 1
+    assert "baked in" in result.output and "Traceback" not in result.output
+
+
+def test_bad_export_targets_are_one_line(tiny_onnx, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("the user's")
+    before = snapshot(tmp_path)
+    for args, code, words in [
+        (["tiny", "-o", tmp_path / "full"], 2, "not empty"),
+        (["tiny", "-o", tmp_path / "full", "--overwrite"], 2, "not a folder written by `sanasr export`"),
+        (["no-such-model", "-o", tmp_path / "new"], 2, "neither a preset"),
+        (["tiny", "-o", tmp_path / "new", "--quantize", "int4"], 2, "--quantize"),
+        ([tiny_onnx, "-o", tmp_path / "new"], 2, "already an ONNX export"),
+    ]:
+        result = run("export", *args)
+        assert result.exit_code == code, (args, result.output)
+        assert words in one_error_line(result), args
+    assert snapshot(tmp_path) == before
+
+
+def test_a_size_the_graph_cannot_take_is_one_line(tiny_onnx):
+    from sanasr_cli.export.contract import OnnxInputError
+    from sanasr_cli.pipeline.onnx_backend import run_model_onnx
+
+    with pytest.raises(OnnxInputError, match="multiples of 2, not 9x8"):
+        run_model_onnx(tiny_onnx, torch.rand(1, 3, 9, 8))
+
+
+def _without(module: str, *argv) -> subprocess.CompletedProcess:
+    """`sanasr ARGV` in a fresh process of this checkout where `import module` fails as if not installed."""
+    code = (
+        f"import sys; sys.modules[{module!r}] = None; from sanasr_cli.cli import main; "
+        "sys.argv = ['sanasr', *sys.argv[1:]]; main()"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, argv)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_missing_onnxruntime_is_one_clear_line(tiny_onnx, tmp_path):
+    Image.fromarray(make_photo_like(8, 8, 0)).save(tmp_path / "a.png")
+    for argv in (
+        ["upscale", tmp_path / "a.png", "-o", tmp_path / "out", "--model", tiny_onnx],
+        ["export", "tiny", "-o", tmp_path / "exp"],
+    ):
+        proc = _without("onnxruntime", *argv)
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert proc.returncode == 1, proc.stderr
+        assert len(errors) == 1 and "pip install 'sanasr[onnx]'" in errors[0], proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "exp").exists()
