@@ -48,8 +48,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
-    """Print one clear error line and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print one clear error line and return the Exit to raise. The message is text, never rich markup (an
+    extra's name like `sanasr[onnx]` would be swallowed as a style tag)."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
