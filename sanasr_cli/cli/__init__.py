@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from sanasr_cli import __version__
-from sanasr_cli.cli import bench, degrade, distill, eval, merge_lora, prune, train, upscale
+from sanasr_cli.cli import bench, degrade, demo, distill, eval, merge_lora, prune, train, upscale
 
 app = typer.Typer(
     name="sanasr",
@@ -42,6 +42,7 @@ train.register(app)
 eval.register(app)
 bench.register(app)
 distill.register(app)
+demo.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""`sanasr demo`: a local web page (Gradio) to try a model on your own photo (`app.py`)."""
