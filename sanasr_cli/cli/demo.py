@@ -74,7 +74,9 @@ def demo(
     try:
         import_gradio()
     except GradioMissingError as e:
-        raise fail(str(e), EXIT_FAILED) from None
+        from rich.markup import escape
+
+        raise fail(escape(str(e)), EXIT_FAILED) from None  # the [demo] of the extra is not rich markup
     quiet_libraries()
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
