@@ -190,8 +190,9 @@ class DemoPage:
 
     def screenshot(self, path: Path, width: int = 1280) -> Path:
         """The whole page (window grown to its height) as a PNG at `path`."""
-        height = self.driver.execute_script("return document.documentElement.scrollHeight")
-        self.driver.set_window_size(width, min(int(height) + 40, 2400))
+        for _ in range(2):  # the page reflows at the new width: measure again
+            height = self.driver.execute_script("return document.documentElement.scrollHeight")
+            self.driver.set_window_size(width, min(int(height) + 120, 2400))
         self.driver.execute_script("window.scrollTo(0, 0)")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.driver.save_screenshot(str(path))
