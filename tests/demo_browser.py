@@ -60,7 +60,7 @@ class DemoServer:
     """`python -m sanasr_cli demo ARGS --port <free>` as a real process importing this checkout's code; waits
     until the page answers; stopped with SIGINT (Ctrl-C) on exit, `returncode` and `output` kept."""
 
-    def __init__(self, args: list[str], timeout: float = 180.0):
+    def __init__(self, args: list[str], timeout: float = 300.0):
         self.args, self.timeout, self.port = list(args), timeout, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None

@@ -20,6 +20,7 @@ from sanasr_cli.cli.common import (
     resolve_device,
     resolve_precision,
 )
+from sanasr_cli.demo import DEFAULT_MAX_MEGAPIXELS
 
 MODEL = typer.Option(
     "nano", "--model", "-m", help="The model selected when the page opens: a preset (nano, nano-fast, tiny, "
@@ -35,8 +36,8 @@ SHARE = typer.Option(
     "default: nothing leaves this machine).",
 )  # fmt: skip
 MAX_PIXELS = typer.Option(
-    0.25, "--max-pixels", help="Refuse photos above this many megapixels with a message on the page (0.25: a "
-    "500 x 500 photo, about 2 minutes with nano on one busy CPU core).",
+    DEFAULT_MAX_MEGAPIXELS, "--max-pixels", help="Refuse photos above this many megapixels with a message on the "
+    "page (0.1: a 316 x 316 photo, about a minute with nano on one busy CPU core; raise it on a GPU).",
 )  # fmt: skip
 
 

@@ -13,10 +13,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sanasr_cli.demo import DEFAULT_MAX_MEGAPIXELS
 from sanasr_cli.demo.session import MODEL_RULE, DemoInputError, DemoRequest, PipelineCache, check_photo, upscale_photo
 from sanasr_cli.errors import SanaSRError
 
-DEFAULT_MAX_MEGAPIXELS = 0.25  # a 500 x 500 photo: about 2 minutes with nano on one loaded CPU core
 QUEUE_SIZE = 16  # requests waiting beyond this are refused with Gradio's "queue full" instead of piling up
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "lq"  # in a source checkout
