@@ -58,10 +58,10 @@ def test_help_does_not_import_torch():
         "from typer.testing import CliRunner\n"
         "from sanasr_cli.cli import app\n"
         "for args in ([], ['upscale'], ['train'], ['eval'], ['prune'], ['merge-lora'], ['degrade'], ['distill'],"
-        " ['bench'], ['export']):\n"
+        " ['bench'], ['export'], ['demo']):\n"
         "    result = CliRunner().invoke(app, [*args, '--help'])\n"
         "    assert result.exit_code == 0, (args, result.output)\n"
-        "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'peft') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'peft', 'gradio') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from sanasr_cli import __version__
-from sanasr_cli.cli import bench, degrade, distill, eval, export, merge_lora, prune, train, upscale
+from sanasr_cli.cli import bench, degrade, demo, distill, eval, export, merge_lora, prune, train, upscale
 
 app = typer.Typer(
     name="sanasr",
@@ -43,6 +43,7 @@ eval.register(app)
 bench.register(app)
 distill.register(app)
 export.register(app)
+demo.register(app)
 
 
 def main() -> None:
