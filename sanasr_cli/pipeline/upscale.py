@@ -153,7 +153,18 @@ def restore_upsampled(
         return model.restorer(z, embeds.repeat(n, 1, 1), mask.repeat(n, 1))
 
     z_hat = tiled_latent_apply(step, z_lq, dit_tile, batch_size)
-    return codec.crop(tiled_decode(codec, z_hat, vae_tile, batch_size), h, w)
+    x_hat = tiled_decode(codec, z_hat, vae_tile, batch_size)
+    refuse_non_finite(z_hat, x_hat)
+    return codec.crop(x_hat, h, w)
+
+
+def refuse_non_finite(*tensors: torch.Tensor) -> None:
+    """NonFiniteOutputError when any value is NaN or infinite: never written (as a black image) as a result."""
+    from sanasr_cli.errors import NonFiniteOutputError
+
+    for t in tensors:
+        if not bool(torch.isfinite(t).all()):
+            raise NonFiniteOutputError("model produced non-finite values: check the model folder")
 
 
 def restore_x4(
