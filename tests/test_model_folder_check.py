@@ -267,3 +267,58 @@ def test_a_nan_made_mid_pipeline_never_reaches_a_file(tmp_path):
     assert not any(p.suffix == ".png" for p in (tmp_path / "out").rglob("*"))
     with pytest.raises(NonFiniteOutputError):  # the Python API: an exception, never a black image
         SanaSRPipeline(model)(torch.rand(3, 12, 12), tile="none")
+
+
+# ---------------------------------------------------------------- number flags and resumed state, up front
+
+
+@pytest.fixture(scope="module")
+def hq(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hq")
+    for i in range(2):
+        save_photo(folder / f"p{i}.png", 32, 32, seed=i)
+    return folder
+
+
+FLAG_ROWS = [
+    (["upscale", "{hq}", "-o", "{out}", "--model", "tiny", "--scale", "1e9"], "--scale must be > 0 and at most 16"),
+    (["upscale", "{hq}", "-o", "{out}", "--model", "tiny", "--seed", str(10**30)], "--seed must be from 0"),
+    (["merge-lora", str(NANO_SR), "-o", "{out}", "--scale", "nan"], "--scale must be a finite number"),
+    (["prune", "tiny", "-o", "{out}", "--budget", "1e400", "--strategy", "tail"], "finite parameter count"),
+    (["train", "--lr", "inf"], "--lr"),
+    (["train", "--lambda-pixel", "nan"], "--lambda-pixel"),
+    (["train", "--lambda-perceptual", "inf"], "--lambda-perceptual"),
+    (["train", "--max-grad-norm", "nan"], "--max-grad-norm"),
+    (["train", "--seed", str(10**22)], "--seed"),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), FLAG_ROWS, ids=[" ".join(r[0][-2:]) for r in FLAG_ROWS])
+def test_number_flags_are_checked_up_front(tmp_path, hq, args, words):
+    from tests.helpers import TINY_TRAIN
+
+    out = tmp_path / "out"
+    if args[0] == "train":
+        args = ["train", *TINY_TRAIN, "--hq", "{hq}", "-o", "{out}", "--max-steps", "1", *args[1:]]
+    result = run(*[a.format(hq=hq, out=out) for a in args])
+    assert result.exit_code == 2, result.output
+    assert words in one_error_line(result)
+    assert not out.exists()  # nothing written: refused before any work
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"scheduler": {"base_lrs": [float("nan")], "last_epoch": 1, "_step_count": 2}}, "scheduler.base_lrs"),
+        ({"scheduler": {"base_lrs": [1e-4], "last_epoch": 10**30, "_step_count": 2}}, "scheduler.last_epoch"),
+        ({"epoch": 10**30}, "'epoch' is 1000000000000000000000000000000"),
+    ],
+)
+def test_a_resumed_state_out_of_range_is_refused(change, words):
+    from sanasr_cli.training.checkpoint import CheckpointReadError, check_state
+
+    state = {"step": 2, "epoch": 0, "batch_in_epoch": 2, "num_processes": 1, "scaler": None, "rng": {}}
+    state["scheduler"] = {"base_lrs": [1e-4], "last_epoch": 2, "_step_count": 3, "_last_lr": [1e-4]}
+    check_state(dict(state), "state.json")  # what sanasr writes passes
+    with pytest.raises(CheckpointReadError, match=words.replace("[", r"\[")):
+        check_state({**state, **change}, "state.json")

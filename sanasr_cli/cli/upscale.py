@@ -143,7 +143,7 @@ def _check_args(f):
     from sanasr_cli.errors import SanaSRError
     from sanasr_cli.pipeline.color import COLOR_FIXES
     from sanasr_cli.pipeline.tiling import parse_tile
-    from sanasr_cli.pipeline.upscale import EXTENSIONS, parse_shard
+    from sanasr_cli.pipeline.upscale import EXTENSIONS, MAX_SCALE, parse_shard
     from sanasr_cli.prompts.taggers import TAGGERS
     from sanasr_cli.safe_files import check_name_part
 
@@ -152,6 +152,8 @@ def _check_args(f):
     for flag, value in (("--scale", f.scale), ("--max-pixels", f.max_pixels)):
         if not math.isfinite(value):
             raise fail(f"{flag} must be a finite number, not {value}", EXIT_USAGE)
+    if not 0 < f.scale <= MAX_SCALE:  # the model runs at x4; a x1e9 output would be resized to exhaustion
+        raise fail(f"--scale must be > 0 and at most {MAX_SCALE:g}, not {f.scale:g}", EXIT_USAGE)
     try:
         check_name_part(f.suffix, "--suffix")
     except SanaSRError as e:

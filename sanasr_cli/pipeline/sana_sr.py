@@ -137,13 +137,17 @@ class SanaSRPipeline:
 
 
 def _check_options(scale: float, color_fix: str, output_type: str, batch_size: int) -> None:
+    from sanasr_cli.pipeline.upscale import MAX_SCALE
+
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a finite number > 0, not {scale!r}")
+    if scale > MAX_SCALE:
+        raise ValueError(f"scale must be at most {MAX_SCALE:g}, not {scale!r}")
     if color_fix not in COLOR_FIXES:
         raise ValueError(f"color_fix takes {', '.join(COLOR_FIXES)}, not {color_fix!r}")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type takes {', '.join(OUTPUT_TYPES)}, not {output_type!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, not {batch_size!r}")
 
 

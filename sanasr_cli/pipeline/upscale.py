@@ -70,6 +70,9 @@ def resize_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     ).clamp_(0, 1)
 
 
+MAX_SCALE = 16.0  # --scale's upper bound: the model runs at x4, the rest is a resize of its result
+
+
 def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
     """(width, height) of the output: exactly round(scale x input size), at least 1."""
     return max(1, round(width * scale)), max(1, round(height * scale))
