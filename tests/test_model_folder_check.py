@@ -322,3 +322,48 @@ def test_a_resumed_state_out_of_range_is_refused(change, words):
     check_state(dict(state), "state.json")  # what sanasr writes passes
     with pytest.raises(CheckpointReadError, match=words.replace("[", r"\[")):
         check_state({**state, **change}, "state.json")
+
+
+# ---------------------------------------------------------------- the rest of the round
+
+
+def test_train_with_only_broken_hq_leaves_no_run_folder(tmp_path):
+    from tests.helpers import TINY_TRAIN
+
+    (tmp_path / "hq").mkdir()
+    (tmp_path / "hq" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    run_dir = tmp_path / "RUN"
+    result = run("train", *TINY_TRAIN, "--hq", tmp_path / "hq", "-o", run_dir, "--max-steps", "1")
+    assert result.exit_code == 2, result.output
+    assert "no usable HQ images" in one_error_line(result)
+    assert not run_dir.exists()
+
+
+def test_a_tag_file_that_is_not_text_is_not_used(tmp_path, caplog):
+    from sanasr_cli.prompts.taggers import FileTagger
+
+    cat = save_photo(tmp_path / "cat.png")
+    for data in (b"\xff\xfe\x00bin", b"tabby\x1b[2Jsofa"):  # invalid UTF-8; a terminal escape
+        (tmp_path / "cat.txt").write_bytes(data)
+        caplog.clear()
+        assert FileTagger().tags(None, cat) == []
+        assert len([r for r in caplog.records if "not a text file of tags" in r.getMessage()]) == 1
+    (tmp_path / "cat.txt").write_text("tabby, sofa\n")
+    assert FileTagger().tags(None, cat) == ["tabby", " sofa"]
+
+
+def test_the_python_api_names_bad_arguments(tiny_model):
+    from sanasr_cli.pipeline.sana_sr import SanaSRPipeline
+
+    pipe = SanaSRPipeline(tiny_model)
+    image = torch.rand(3, 8, 8)
+    with pytest.raises(TypeError, match="prompt must be a string"):
+        pipe(image, prompt=5)
+    with pytest.raises(ValueError, match="meta-device tensor"):
+        pipe(torch.empty(3, 8, 8, device="meta"))
+    with pytest.raises(ValueError, match="empty batch"):
+        pipe(torch.rand(0, 3, 8, 8))
+    with pytest.raises(ValueError, match="batch_size must be an integer"):
+        pipe(image, batch_size=True)
+    with pytest.raises(ValueError, match="scale must be at most 16"):
+        pipe(image, scale=1e9)
