@@ -367,3 +367,31 @@ def test_the_python_api_names_bad_arguments(tiny_model):
         pipe(image, batch_size=True)
     with pytest.raises(ValueError, match="scale must be at most 16"):
         pipe(image, scale=1e9)
+
+
+def test_eval_csv_where_nothing_can_be_written_is_refused_before_the_metrics(tmp_path):
+    """/sys passes a permission-bit check as root (os.access says yes); the write is tried up front instead."""
+    if not Path("/sys").is_dir():
+        pytest.skip("no /sys on this system")
+    save_photo(tmp_path / "in" / "a.png", 8, 8)
+    args = ["eval", "--sr", tmp_path / "in", "--hr", tmp_path / "in", "--metrics", "psnr", "--csv", "/sys/x.csv"]
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert "--csv /sys/x.csv: cannot write in /sys" in one_error_line(result)
+
+
+@pytest.mark.parametrize("command", ["merge-lora", "prune"])
+def test_a_damaged_or_misshaped_ema_adapter_is_one_line(tmp_path, lora_nano, command):
+    m = _copy(lora_nano, tmp_path)
+    ema = m / EMA_ADAPTER_DIR / "adapter_model.safetensors"
+    if command == "merge-lora":
+        ema.write_bytes(b"\xff" * 64)  # damaged
+        words = "not a readable safetensors file"
+        args = ["merge-lora", m, "-o", tmp_path / "new", "--ema"]
+    else:
+        _tensors(ema, lambda s: s.update({(k := _first_key(s, "lora_A")): torch.zeros(3, *s[k].shape[1:])}))
+        words = "has shape [3,"
+        args = ["prune", m, "-o", tmp_path / "new", "--budget", "0.9", "--strategy", "tail", "--ema"]
+    result = run(*args)
+    line = _assert_refused(result, 2, words, tmp_path / "new")
+    assert EMA_ADAPTER_DIR in line and not (tmp_path / "new").exists()
