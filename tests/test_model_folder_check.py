@@ -395,3 +395,27 @@ def test_a_damaged_or_misshaped_ema_adapter_is_one_line(tmp_path, lora_nano, com
     result = run(*args)
     line = _assert_refused(result, 2, words, tmp_path / "new")
     assert EMA_ADAPTER_DIR in line and not (tmp_path / "new").exists()
+
+
+def test_an_interrupted_upscale_accounts_for_every_input(tmp_path, fresh_tiny_model):
+    """Ctrl-C (a KeyboardInterrupt from the second transformer call): the first output is listed ok, the one in
+    flight and the one never started as interrupted; nothing half-written."""
+    from sanasr_cli.cli.upscale import _run
+    from sanasr_cli.pipeline.upscale import UpscaleOptions
+
+    images = [save_photo(tmp_path / "in" / f"p{i}.png", 8, 8, seed=i) for i in range(3)]
+    calls = []
+
+    def interrupt(_module, _args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    fresh_tiny_model.transformer.register_forward_pre_hook(interrupt)
+    records, interrupted = _run(
+        fresh_tiny_model, images, tmp_path / "in", tmp_path / "out", UpscaleOptions(tile="none"), 0, show=False
+    )
+    assert interrupted
+    status = {Path(r.input).name: r.status for r in records}
+    assert status == {"p0.png": "ok", "p1.png": "interrupted", "p2.png": "interrupted"}
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["p0.png"]

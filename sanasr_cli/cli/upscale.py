@@ -324,7 +324,21 @@ def _run(sr_model, images, input_root, output, options, rank: int, show: bool):
                 sr_model, images, input_root, output, options, on_done=on_done, process_index=rank
             ), False
         except KeyboardInterrupt:
-            return done, True
+            return with_unfinished(done, images, rank), True
+
+
+def with_unfinished(done: list, images: list[Path], rank: int = 0) -> list:
+    """The records of an interrupted run, plus one per input it did not finish (not started, or in flight when
+    Ctrl-C came), so that the report accounts for every input."""
+    from sanasr_cli.pipeline.upscale import UpscaleRecord
+
+    seen = {rec.input for rec in done}
+    rest = [
+        UpscaleRecord(input=str(p), status="interrupted", note="not finished: the run was interrupted", process=rank)
+        for p in images
+        if str(p) not in seen
+    ]
+    return [*done, *rest]
 
 
 def _print_summary(records: list[dict], output: Path, report: Path | None) -> None:
