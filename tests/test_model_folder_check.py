@@ -419,3 +419,17 @@ def test_an_interrupted_upscale_accounts_for_every_input(tmp_path, fresh_tiny_mo
     status = {Path(r.input).name: r.status for r in records}
     assert status == {"p0.png": "ok", "p1.png": "interrupted", "p2.png": "interrupted"}
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["p0.png"]
+
+
+def test_a_skipped_photo_is_one_clean_warning_line(tmp_path, hq):
+    """train with a truncated photo beside good ones: the DatasetWarning is one `warning:` line naming it."""
+    from tests.helpers import TINY_TRAIN
+
+    shutil.copytree(hq, tmp_path / "hq")
+    good = (tmp_path / "hq" / "p0.png").read_bytes()
+    (tmp_path / "hq" / "cut.png").write_bytes(good[: len(good) // 2])
+    result = run("train", *TINY_TRAIN, "--hq", tmp_path / "hq", "-o", tmp_path / "RUN", "--max-steps", "1")
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.output.splitlines() if "cut.png" in ln]
+    assert len(lines) == 1 and lines[0].startswith("warning: skipped"), result.output
+    assert "DatasetWarning" not in result.output
