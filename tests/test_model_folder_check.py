@@ -433,3 +433,13 @@ def test_a_skipped_photo_is_one_clean_warning_line(tmp_path, hq):
     lines = [ln for ln in result.output.splitlines() if "cut.png" in ln]
     assert len(lines) == 1 and lines[0].startswith("warning: skipped"), result.output
     assert "DatasetWarning" not in result.output
+
+
+def test_bench_counts_only_a_folder_whose_configs_pass(tmp_path):
+    """bench builds the folder's transformer from its config on the meta device: the same checks run first,
+    so num_layers 100000 is refused at once instead of building 100000 blocks."""
+    m = _copy(NANO_SR, tmp_path)
+    _json(m / "transformer" / "config.json", num_layers=100_000)
+    result = run("bench", "--model", m, "--latency", "off", "--size", "64")
+    assert result.exit_code == 2, result.output
+    assert "'num_layers' = 100000 is out of range" in one_error_line(result)
