@@ -443,3 +443,21 @@ def test_bench_counts_only_a_folder_whose_configs_pass(tmp_path):
     result = run("bench", "--model", m, "--latency", "off", "--size", "64")
     assert result.exit_code == 2, result.output
     assert "'num_layers' = 100000 is out of range" in one_error_line(result)
+
+
+def test_a_local_base_is_used_when_the_user_names_it(tmp_path, monkeypatch):
+    """base_source naming a local folder: refused alone, used with --base or SANASR_BASE naming it."""
+    from sanasr_cli.models.presets import BASE_ENV_VAR, resolve_base_source
+
+    base = tmp_path / "my_base"
+    shutil.copytree(resolve_base_source("shipped:nano"), base)
+    m = _copy(NANO_SR, tmp_path)
+    _json(m / "sanasr.json", base_source=str(base))
+    save_photo(tmp_path / "in" / "cat.png", 12, 12)
+    monkeypatch.delenv(BASE_ENV_VAR, raising=False)
+    up = ["upscale", tmp_path / "in", "--model", m, "--tile", "none", "-o"]
+    _assert_refused(run(*up, tmp_path / "o1"), 2, f"pass --base {base}", tmp_path / "o1")
+    assert run(*up, tmp_path / "o2", "--base", base).exit_code == 0
+    monkeypatch.setenv(BASE_ENV_VAR, str(base))
+    assert run(*up, tmp_path / "o3").exit_code == 0
+    assert (tmp_path / "o2" / "cat.png").is_file() and (tmp_path / "o3" / "cat.png").is_file()
