@@ -442,6 +442,10 @@ def load_model(
         raise ModelDirError(f"unknown base preset '{description.base_preset}' in {folder}")
     if folder is not None:
         refuse_outside_sources(folder, description, base, vae_decoder)
+        if description.adapter:  # its rank capped by its file before anything at all is loaded
+            from sanasr_cli.models.folder_check import check_adapter_config
+
+            check_adapter_config(folder / description.adapter, str(folder / description.adapter))
     own_transformer = description.transformer != "base"
     if own_transformer:
         tdir = folder / description.transformer
