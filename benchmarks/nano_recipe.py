@@ -496,9 +496,11 @@ def stage_sr(
     work: Path, seed: int, steps: int, threads: int, lr: float = SR_ARGS["lr"], tau_g: float | None = None
 ) -> dict:
     start = time.time()
-    prior_dir = write_prior_dir(work / "prior_model", str((work / "base").resolve()))
+    base = str((work / "base").resolve())
+    prior_dir = write_prior_dir(work / "prior_model", base)
     run = work / "sr_run"
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    # a model folder's local base is used only when the user names it (docs/model-folders.md): named here
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), SANASR_BASE=base)
     cmd = sr_train_command(prior_dir, work / "photos" / "train", run, steps, seed, lr, tau_g)
     last = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if run.exists() else []
     if last:

@@ -44,3 +44,8 @@ class TaggerUnavailableError(SanaSRError):
 class UnsafeOutputError(SanaSRError):
     """A write was refused because it could replace or delete something sanasr did not write, or land outside
     the output folder (the message names the path)."""
+
+
+class NonFiniteOutputError(SanaSRError):
+    """The model produced NaN or infinite values for an input: nothing is written for it (a NaN would be
+    written as a black image)."""

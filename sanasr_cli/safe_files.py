@@ -69,7 +69,20 @@ def check_output_file(path: str | Path | None, flag: str) -> None:
                 raise UnsafeOutputError(f"{flag} {p}: {parent} is a file, not a folder")
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise UnsafeOutputError(f"{flag} {p}: folder {parent} is not writable")
+            if not (p.exists() and not p.is_file()):  # a device or FIFO is written in place, not through a temp
+                _try_writing_in(parent, f"{flag} {p}")
             return
+
+
+def _try_writing_in(folder: Path, where: str) -> None:
+    """Create and remove a temp file in `folder`, as atomic_write will: permission bits do not tell everything
+    (root, read-only or pseudo file systems such as /sys), so the write is tried before the work starts."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".sanasr-check-", dir=folder)
+    except OSError as e:
+        raise UnsafeOutputError(f"{where}: cannot write in {folder} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(name)
 
 
 # ---------------------------------------------------------------- writing

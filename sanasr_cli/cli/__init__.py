@@ -31,7 +31,9 @@ def _version(value: bool):
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ):
-    pass
+    from sanasr_cli.cli.common import one_line_warnings
+
+    one_line_warnings()
 
 
 upscale.register(app)

@@ -69,6 +69,34 @@ def quiet_libraries() -> None:
     tlog.disable_progress_bar()
 
 
+def one_line_warnings() -> None:
+    """sanasr's own warnings (DatasetWarning: a skipped photo, a small one) as one `warning: ...` line, without
+    Python's file:line prefix and source echo; any other warning as Python shows it."""
+    import sys
+    import warnings
+
+    if getattr(warnings.showwarning, "_sanasr", False):
+        return
+    python_way = warnings.showwarning
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not category.__module__.startswith("sanasr_cli"):
+            return python_way(message, category, filename, lineno, file, line)
+        text = " ".join(str(message).split())
+        if text in shown:  # a file met twice (e.g. by two data passes) is still one line
+            return
+        shown.add(text)
+        stream = file or sys.stderr
+        try:
+            stream.write(f"warning: {text}\n")
+        except OSError:  # a closed stderr: a warning is not worth a crash
+            pass
+
+    show._sanasr = True
+    warnings.showwarning = show
+
+
 def load_model_or_fail(
     spec: str,
     device: torch.device,

@@ -32,9 +32,13 @@ def merge_lora(
     The merged model computes what the adapted model computes (within float tolerance), without LoRA layers.
     """
     from sanasr_cli.errors import MissingWeightsError, ModelDirError
-    from sanasr_cli.models.merge import merge_model
+    from sanasr_cli.models.merge import check_merge_scale, merge_model
     from sanasr_cli.models.sanasr import load_model, save_model_dir
 
+    try:
+        check_merge_scale(scale)  # up front, before any loading
+    except ValueError as e:
+        raise fail(str(e), EXIT_USAGE) from None
     check_model_dir(model_dir)
     check_model_output(output, overwrite, [model_dir])
     quiet_libraries()

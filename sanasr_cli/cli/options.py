@@ -43,8 +43,20 @@ def base(help: str = BASE_HELP, **kwargs):
     return typer.Option(None, "--base", help=help, **kwargs)
 
 
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit; torch.manual_seed overflows past 2^64
+
+
+def _check_seed(value: int | None) -> int | None:
+    """--seed in range, checked as the flags are read (exit 2), before any model is built."""
+    if value is not None and not 0 <= value <= MAX_SEED:
+        from sanasr_cli.cli.common import EXIT_USAGE, fail
+
+        raise fail(f"--seed must be from 0 to 2^32 - 1, not {value}", EXIT_USAGE)
+    return value
+
+
 def seed(help: str = SEED_HELP, default: int = 0, **kwargs):
-    return typer.Option(default, "--seed", help=help, **kwargs)
+    return typer.Option(default, "--seed", help=help, callback=_check_seed, **kwargs)
 
 
 def prompt(help: str = PROMPT_HELP):

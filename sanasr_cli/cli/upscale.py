@@ -143,7 +143,7 @@ def _check_args(f):
     from sanasr_cli.errors import SanaSRError
     from sanasr_cli.pipeline.color import COLOR_FIXES
     from sanasr_cli.pipeline.tiling import parse_tile
-    from sanasr_cli.pipeline.upscale import EXTENSIONS, parse_shard
+    from sanasr_cli.pipeline.upscale import EXTENSIONS, MAX_SCALE, parse_shard
     from sanasr_cli.prompts.taggers import TAGGERS
     from sanasr_cli.safe_files import check_name_part
 
@@ -152,6 +152,8 @@ def _check_args(f):
     for flag, value in (("--scale", f.scale), ("--max-pixels", f.max_pixels)):
         if not math.isfinite(value):
             raise fail(f"{flag} must be a finite number, not {value}", EXIT_USAGE)
+    if not 0 < f.scale <= MAX_SCALE:  # the model runs at x4; a x1e9 output would be resized to exhaustion
+        raise fail(f"--scale must be > 0 and at most {MAX_SCALE:g}, not {f.scale:g}", EXIT_USAGE)
     try:
         check_name_part(f.suffix, "--suffix")
     except SanaSRError as e:
@@ -322,7 +324,21 @@ def _run(sr_model, images, input_root, output, options, rank: int, show: bool):
                 sr_model, images, input_root, output, options, on_done=on_done, process_index=rank
             ), False
         except KeyboardInterrupt:
-            return done, True
+            return with_unfinished(done, images, rank), True
+
+
+def with_unfinished(done: list, images: list[Path], rank: int = 0) -> list:
+    """The records of an interrupted run, plus one per input it did not finish (not started, or in flight when
+    Ctrl-C came), so that the report accounts for every input."""
+    from sanasr_cli.pipeline.upscale import UpscaleRecord
+
+    seen = {rec.input for rec in done}
+    rest = [
+        UpscaleRecord(input=str(p), status="interrupted", note="not finished: the run was interrupted", process=rank)
+        for p in images
+        if str(p) not in seen
+    ]
+    return [*done, *rest]
 
 
 def _print_summary(records: list[dict], output: Path, report: Path | None) -> None:

@@ -296,6 +296,19 @@ def build_sanasr(
 
     from diffusers import SanaTransformer2DModel
 
+    if folder is not None:  # built from the folder's configs: checked as load_model checks them (no weights read)
+        from sanasr_cli.errors import ModelDirError
+        from sanasr_cli.models.folder_check import check_adapter_config, check_diffusers_folder
+        from sanasr_cli.models.sanasr import model_dir_problem
+
+        problem = model_dir_problem(folder)
+        if problem:
+            raise ModelDirError(problem)
+        if description.transformer != "base":
+            where = f"{folder}: transformer folder '{description.transformer}/'"
+            check_diffusers_folder(SanaTransformer2DModel, folder / description.transformer, where)
+        if description.adapter:
+            check_adapter_config(folder / description.adapter, f"{folder}: adapter folder '{description.adapter}/'")
     seed_ = int(description.random_seed or seed)
     with torch.device(device):
         if description.transformer != "base":

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sanasr_cli.errors import ModelDirError
+from sanasr_cli.models.presets import SHIPPED_BASE_PREFIX
 from sanasr_cli.models.schedule import LEGACY_TIMESTEP_CONVENTION, TIMESTEP_CONVENTION
 from sanasr_cli.prompts.rule import PromptRule
 
@@ -98,13 +99,22 @@ class ModelDescription:
 
     @classmethod
     def load(cls, folder: str | Path) -> ModelDescription:
+        from sanasr_cli.models.folder_check import MAX_CONFIG_BYTES, describe_file_kind
+
         path = Path(folder) / DESCRIPTION_FILE
-        if not path.is_file():
+        kind = describe_file_kind(path)
+        if kind == "missing":
             raise ModelDirError(f"{folder} is not a model directory: {DESCRIPTION_FILE} not found")
+        if kind is not None:  # a FIFO would block, a link to /dev/zero never ends: named, never read
+            raise ModelDirError(f"{folder}: {DESCRIPTION_FILE} is {kind}, not a file")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ModelDirError(f"{folder}: {DESCRIPTION_FILE} is {path.stat().st_size} bytes, too large to be one")
         try:
             desc = cls.from_dict(json.loads(path.read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ModelDirError(f"{path} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ModelDirError(f"{path} is nested too deeply to be a model description") from None
         except ModelDirError as e:
             raise ModelDirError(f"{folder}: {e}") from None
         if desc.legacy_timestep:
@@ -167,15 +177,52 @@ def _check_types(d: dict) -> None:
         raise ModelDirError(
             f"{DESCRIPTION_FILE}: unknown tagger {tagger!r} in 'prompt.tagger' (known: {', '.join(sorted(TAGGERS))})"
         )
+    _check_numbers(d)
     for key in ("transformer", "adapter", "encoder", "decoder"):
         value = d.get(key)
         if value is None or (key == "transformer" and value == "base"):
+            continue
+        if key in ("encoder", "decoder") and value.startswith(SHIPPED_BASE_PREFIX):
+            if value not in shipped_student_values():  # only the package's own list, never a path
+                raise ModelDirError(
+                    f"{DESCRIPTION_FILE}: '{key}' {value!r} is not one of the students shipped with sanasr "
+                    f"({', '.join(shipped_student_values())})"
+                )
             continue
         parts = Path(value).parts
         if not value or Path(value).is_absolute() or ".." in parts or "\\" in value:
             raise ModelDirError(
                 f"{DESCRIPTION_FILE}: '{key}' must name a sub-folder of the model directory, not {value!r}"
             )
+
+
+# tau is the one-step time in [0, 1000] (SANA's 1000 steps); a flow shift <= 0 divides by zero or flips the schedule
+TAU_G_MAX = 1000.0
+
+
+def _check_numbers(d: dict) -> None:
+    """Finite numbers in range: a NaN tau_g or flow_shift would restore every image to NaN (a black PNG)."""
+    from sanasr_cli.models.folder_check import check_finite_number
+
+    if "tau_g" in d:
+        check_finite_number(d["tau_g"], "tau_g", DESCRIPTION_FILE, low=0, high=TAU_G_MAX)
+    if "flow_shift" in d:
+        check_finite_number(d["flow_shift"], "flow_shift", DESCRIPTION_FILE, low=0)
+    seed = d.get("random_seed")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise ModelDirError(f"{DESCRIPTION_FILE}: 'random_seed' must be from 0 to 2^63 - 1, not {seed}")
+
+
+def shipped_student_values() -> tuple[str, ...]:
+    """The `shipped:NAME/KIND` values a description may hold: the students shipped with the package."""
+    from sanasr_cli.models.presets import SHIPPED_STUDENTS
+
+    return tuple(
+        f"{SHIPPED_BASE_PREFIX}{folder.name}/{kind}" for _, folder in SHIPPED_STUDENTS.values() for kind in _KINDS
+    )
+
+
+_KINDS = ("encoder", "decoder")
 
 
 def is_model_dir(path: str | Path) -> bool:

@@ -61,7 +61,10 @@ def save_adapter(transformer: torch.nn.Module, folder: str | Path) -> None:
 
 def load_adapter(transformer: torch.nn.Module, folder: str | Path) -> LoraConfig:
     """Add the adapter stored in a PEFT folder to `transformer` and load its weights."""
+    from sanasr_cli.models.folder_check import check_adapter_config
+
     folder = Path(folder)
+    check_adapter_config(folder, str(folder))  # numbers and rank capped by the file before PEFT builds layers
     config = LoraConfig.from_pretrained(str(folder))
     add_lora(transformer, config)
     load_adapter_weights(transformer, folder)
@@ -70,8 +73,16 @@ def load_adapter(transformer: torch.nn.Module, folder: str | Path) -> LoraConfig
 
 def load_adapter_weights(transformer: torch.nn.Module, folder: str | Path) -> None:
     """Load a PEFT folder's weights into the adapter already on `transformer` (e.g. the EMA of the same adapter)."""
+    from sanasr_cli.models.folder_check import check_adapter_fit, check_finite
+
     folder = Path(folder)
-    state = load_file(str(folder / "adapter_model.safetensors"))
+    path = folder / "adapter_model.safetensors"
+    # every key the adapter on the transformer has, of its shape, and nothing else (a partial EMA adapter would
+    # mix EMA and trained weights), read from the header before any tensor; then every value finite
+    expected = {_PEFT_PREFIX + k: tuple(v.shape) for k, v in get_peft_model_state_dict(transformer).items()}
+    check_adapter_fit(expected, path, str(folder))
+    state = load_file(str(path))
+    check_finite(state, str(folder))
     state = {k.removeprefix(_PEFT_PREFIX): v for k, v in state.items()}
     result = set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER_NAME)
     unexpected = getattr(result, "unexpected_keys", None) or []

@@ -23,8 +23,18 @@ def merge_adapter(transformer: torch.nn.Module, scale: float = 1.0) -> None:
     """Fold the active adapter into the base weights in place (times `scale`), then drop the LoRA layers."""
     if not has_adapter(transformer):
         raise ValueError("the transformer has no LoRA adapter to merge")
+    check_merge_scale(scale)
     transformer.fuse_lora(lora_scale=float(scale), safe_fusing=True)  # safe: refuses to write NaN weights
     transformer.unload_lora()
+
+
+def check_merge_scale(scale: float) -> float:
+    """ValueError unless `scale` is a finite number (a NaN scale would merge NaN into every adapted weight)."""
+    import math
+
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"--scale must be a finite number, not {scale!r}")
+    return float(scale)
 
 
 def ema_adapter_dir(model_dir: str | Path) -> Path | None:

@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 
 from sanasr_cli.errors import MissingWeightsError, ModelDirError
+from sanasr_cli.models.description import DESCRIPTION_FILE as DESCRIPTION_NAME
 from sanasr_cli.models.description import ModelDescription, is_model_dir
+from sanasr_cli.models.folder_check import check_finite, load_diffusers_folder
 from sanasr_cli.models.lora import load_adapter, save_adapter
 from sanasr_cli.models.presets import (
     BASE_ENV_VAR,
@@ -164,7 +166,7 @@ def load_vae_decoder(
     else:
         source = str(_decoder_folder(choice))
     try:
-        vae = AutoencoderDC.from_pretrained(source, torch_dtype=dtype)
+        vae = AutoencoderDC.from_pretrained(source, torch_dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as e:
         raise MissingWeightsError(
             "vae decoder (DC-AE-Lite)",
@@ -173,6 +175,7 @@ def load_vae_decoder(
             "vae_lite/ beside the base's vae/, or pass --vae-decoder /path/to/its/folder",
             _first_line(e),
         ) from None
+    check_finite(vae.decoder.state_dict(), f"vae decoder '{source}'")
     want = (int(preset.vae["latent_channels"]), 2 ** (len(preset.vae["decoder_block_out_channels"]) - 1))
     got = (int(vae.config.latent_channels), int(vae.spatial_compression_ratio))
     if got != want:
@@ -239,15 +242,24 @@ def load_pretrained_base(preset: Preset, source: str, dtype: torch.dtype, need_t
             SanaTransformer2DModel.from_pretrained,
             "transformer",
             torch_dtype=dtype,
+            use_safetensors=True,
         )
-    vae = _from_pretrained("vae", preset, source, AutoencoderDC.from_pretrained, "vae", torch_dtype=dtype)
+    vae = _from_pretrained(
+        "vae", preset, source, AutoencoderDC.from_pretrained, "vae", torch_dtype=dtype, use_safetensors=True
+    )
     tokenizer = _from_pretrained("tokenizer", preset, source, AutoTokenizer.from_pretrained, "tokenizer")
     text_encoder = _from_pretrained(
-        "text_encoder", preset, source, AutoModel.from_pretrained, "text_encoder", dtype=dtype
+        "text_encoder", preset, source, AutoModel.from_pretrained, "text_encoder", dtype=dtype, use_safetensors=True
     )
+    for name, module in (("transformer", transformer), ("vae", vae), ("text_encoder", text_encoder)):
+        if module is not None:  # each weight file once, as it is loaded (a NaN would be a black image)
+            check_finite(module.state_dict(), f"base '{source}': {name}")
     sched = _from_pretrained("scheduler", preset, source, FlowMatchEulerDiscreteScheduler.load_config, "scheduler")
     shift = sched.get("flow_shift") or sched.get("shift") or preset.flow_shift
-    return transformer, vae, tokenizer, text_encoder, float(shift)
+    from sanasr_cli.models.folder_check import check_finite_number
+
+    shift = check_finite_number(shift, "shift", f"base '{source}': scheduler config", low=0)
+    return transformer, vae, tokenizer, text_encoder, shift
 
 
 # ---------------------------------------------------------------- load / save
@@ -301,11 +313,20 @@ def model_dir_problem(folder: str | Path) -> str | None:
     A cheap check before any loading, so a folder without weights fails with one line instead of deep in
     diffusers or peft.
     """
+    from sanasr_cli.models.folder_check import check_inside
+    from sanasr_cli.models.lora import EMA_ADAPTER_DIR
+
     folder = Path(folder)
     desc = ModelDescription.load(folder)  # raises ModelDirError when sanasr.json is missing or unreadable
-    for sub in (desc.transformer if desc.transformer != "base" else None, desc.adapter, desc.encoder, desc.decoder):
-        if sub and folder.resolve() not in (folder / sub).resolve().parents:  # e.g. a link out of the folder
-            return f"{folder}: '{sub}/' leads outside the model directory (to {(folder / sub).resolve()})"
+    subs = [desc.transformer if desc.transformer != "base" else None, desc.adapter, desc.encoder, desc.decoder]
+    subs = [s for s in subs if s and not s.startswith(SHIPPED_BASE_PREFIX)]
+    if (folder / EMA_ADAPTER_DIR).exists() or (folder / EMA_ADAPTER_DIR).is_symlink():
+        subs.append(EMA_ADAPTER_DIR)
+    for sub in subs:  # the folder and every file in it, links resolved: a link out of the folder is refused
+        try:
+            check_inside(folder, folder / sub, str(folder))
+        except ModelDirError as e:
+            return str(e)
     if desc.adapter and not (folder / desc.adapter / "adapter_model.safetensors").is_file():
         pickles = sorted(p.name for p in (folder / desc.adapter).glob("*.bin"))
         if pickles:  # a pickle can run code when loaded: never loaded, whatever it is
@@ -334,8 +355,11 @@ def student_folder(value: str, folder: Path | None) -> Path:
     """Where a recorded student lives: a sub-folder of the model directory, or 'shipped:NAME/KIND' (the
     package's models/NAME/KIND)."""
     if value.startswith(SHIPPED_BASE_PREFIX):
+        from sanasr_cli.models.description import shipped_student_values
         from sanasr_cli.models.presets import NANO_DIR
 
+        if value not in shipped_student_values():  # the package's own list only, never a path
+            raise ModelDirError(f"'{value}' is not a student shipped with sanasr")
         return NANO_DIR.parent / value[len(SHIPPED_BASE_PREFIX) :]
     if folder is None:
         raise ModelDirError(f"a student '{value}' is recorded but there is no model directory to find it in")
@@ -423,17 +447,20 @@ def load_model(
     preset = PRESETS.get(description.base_preset)
     if preset is None:
         raise ModelDirError(f"unknown base preset '{description.base_preset}' in {folder}")
+    if folder is not None:
+        refuse_outside_sources(folder, description, base, vae_decoder)
+        if description.adapter:  # its rank capped by its file before anything at all is loaded
+            from sanasr_cli.models.folder_check import check_adapter_config
+
+            check_adapter_config(folder / description.adapter, str(folder / description.adapter))
     own_transformer = description.transformer != "base"
     if own_transformer:
         tdir = folder / description.transformer
         if not (tdir / "config.json").is_file():
             raise ModelDirError(f"{folder}: transformer folder '{description.transformer}' has no config.json")
-        try:
-            transformer = SanaTransformer2DModel.from_pretrained(str(tdir), torch_dtype=dtype)
-        except Exception as e:  # noqa: BLE001 - a corrupt/truncated safetensors or a bad config: one line
-            raise ModelDirError(
-                f"{folder}: transformer folder '{description.transformer}/' cannot be loaded ({_first_line(e)})"
-            ) from None
+        # config and weight headers checked before anything is built (folder_check), weights finite after
+        where = f"{folder}: transformer folder '{description.transformer}/'"
+        transformer = load_diffusers_folder(SanaTransformer2DModel, tdir, where, dtype)
     if description.random_weights:
         seed_ = int(description.random_seed or 0)
         if not own_transformer:
@@ -455,6 +482,8 @@ def load_model(
             raise ModelDirError(f"{folder}: adapter folder '{description.adapter}' has no adapter_config.json")
         try:
             load_adapter(transformer, adapter_dir)
+        except ModelDirError:  # the folder checks name the file and the key themselves
+            raise
         except Exception as e:  # noqa: BLE001 - bad target_modules, a corrupt header, keys that do not fit
             raise ModelDirError(
                 f"{folder}: adapter folder '{description.adapter}/' cannot be loaded ({_first_line(e)})"
@@ -467,6 +496,38 @@ def load_model(
         description.encoder = description.decoder = None  # what runs is what the description says
     model = assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder, students)
     return model.to(device=device, dtype=dtype)
+
+
+def refuse_outside_sources(folder: Path, description: ModelDescription, base: str | None, vae_decoder) -> None:
+    """A model folder may name weights elsewhere only as a preset's hub id, `shipped:NAME` or a hub id: a local
+    base or VAE decoder outside it is used only when the user names it (--base / $SANASR_BASE, --vae-decoder)."""
+    from sanasr_cli.models.presets import VAE_DECODERS
+
+    source = description.base_source
+    if not base and source and not source.startswith(SHIPPED_BASE_PREFIX) and _is_local_path(source):
+        env = os.environ.get(BASE_ENV_VAR)
+        if not (env and Path(env).expanduser().resolve() == Path(source).expanduser().resolve()):
+            raise ModelDirError(
+                f"{folder}: {DESCRIPTION_NAME} names the local base folder '{source}'; a model folder may not "
+                f"point at files outside it: pass --base {source} (or set {BASE_ENV_VAR}) to use it"
+            )
+    if source and source.startswith(SHIPPED_BASE_PREFIX) and source[len(SHIPPED_BASE_PREFIX) :] != "nano":
+        raise ModelDirError(f"{folder}: base_source '{source}' is not a base shipped with sanasr (shipped:nano)")
+    if vae_decoder is None and description.vae_decoder not in VAE_DECODERS:
+        raise ModelDirError(
+            f"{folder}: {DESCRIPTION_NAME} names the decoder folder '{description.vae_decoder}' outside the model "
+            f"directory; pass --vae-decoder {description.vae_decoder} to use it"
+        )
+
+
+def _is_local_path(source: str) -> bool:
+    """A base_source naming the file system rather than a hub repo ('org/name')."""
+    return (
+        source.startswith(("/", ".", "~", "\\"))
+        or Path(source).expanduser().exists()
+        or source.count("/") > 1
+        or ":" in source
+    )
 
 
 def refuse_unused_decoder(spec, vae_decoder: str | None, decoder_student) -> None:

@@ -217,11 +217,10 @@ def load_student(kind: str, folder: Path, dtype: torch.dtype = torch.float32):
     cls = STUDENT_CLASSES[kind]
     if cls_name != cls.__name__:
         raise ModelDirError(f"{folder}: a {kind} student must be a {cls.__name__}, not {cls_name!r}")
-    try:
-        module = cls.from_pretrained(str(folder), torch_dtype=dtype)
-    except Exception as e:  # noqa: BLE001 - corrupt weights, a config that does not fit: one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelDirError(f"{folder}: {kind} student cannot be loaded ({type(e).__name__}: {first})") from None
+    from sanasr_cli.models.folder_check import load_diffusers_folder
+
+    # config and header checked before anything is built, weights finite once loaded (models/folder_check.py)
+    module = load_diffusers_folder(cls, folder, f"{folder}: {kind} student", dtype)
     return module.eval().requires_grad_(False)
 
 

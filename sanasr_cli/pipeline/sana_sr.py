@@ -137,19 +137,25 @@ class SanaSRPipeline:
 
 
 def _check_options(scale: float, color_fix: str, output_type: str, batch_size: int) -> None:
+    from sanasr_cli.pipeline.upscale import MAX_SCALE
+
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a finite number > 0, not {scale!r}")
+    if scale > MAX_SCALE:
+        raise ValueError(f"scale must be at most {MAX_SCALE:g}, not {scale!r}")
     if color_fix not in COLOR_FIXES:
         raise ValueError(f"color_fix takes {', '.join(COLOR_FIXES)}, not {color_fix!r}")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type takes {', '.join(OUTPUT_TYPES)}, not {output_type!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, not {batch_size!r}")
 
 
 def _per_image(prompt: str | Sequence[str] | None, n: int) -> list[str | None]:
     if prompt is None or isinstance(prompt, str):
         return [prompt] * n
+    if not isinstance(prompt, Sequence):  # prompt=5: named, not a TypeError deep in list()
+        raise TypeError(f"prompt must be a string or a list of {n} strings, not {type(prompt).__name__}")
     prompts = list(prompt)
     if len(prompts) != n or not all(p is None or isinstance(p, str) for p in prompts):
         raise ValueError(f"prompt must be one string or a list of {n} strings (one per image), not {prompt!r}")
@@ -209,6 +215,10 @@ def _from_tensor(t: torch.Tensor, where: str) -> list[torch.Tensor]:
         raise ValueError(f"{where}: a tensor image must be (3, H, W) or (B, 3, H, W), not shape {tuple(t.shape)}")
     if not t.is_floating_point():
         raise ValueError(f"{where}: a tensor image must be float in [0, 1], not {t.dtype}")
+    if t.is_meta:  # no values to restore
+        raise ValueError(f"{where}: a meta-device tensor holds no values; pass a CPU or CUDA tensor")
+    if t.ndim == 4 and t.shape[0] == 0:
+        raise ValueError(f"{where}: an empty batch of shape {tuple(t.shape)}")
     t = _checked_unit(t.detach().to("cpu", torch.float32), where)
     return list(t) if t.ndim == 4 else [t]
 

@@ -70,6 +70,9 @@ def resize_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     ).clamp_(0, 1)
 
 
+MAX_SCALE = 16.0  # --scale's upper bound: the model runs at x4, the rest is a resize of its result
+
+
 def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
     """(width, height) of the output: exactly round(scale x input size), at least 1."""
     return max(1, round(width * scale)), max(1, round(height * scale))
@@ -153,7 +156,18 @@ def restore_upsampled(
         return model.restorer(z, embeds.repeat(n, 1, 1), mask.repeat(n, 1))
 
     z_hat = tiled_latent_apply(step, z_lq, dit_tile, batch_size)
-    return codec.crop(tiled_decode(codec, z_hat, vae_tile, batch_size), h, w)
+    x_hat = tiled_decode(codec, z_hat, vae_tile, batch_size)
+    refuse_non_finite(z_hat, x_hat)
+    return codec.crop(x_hat, h, w)
+
+
+def refuse_non_finite(*tensors: torch.Tensor) -> None:
+    """NonFiniteOutputError when any value is NaN or infinite: never written (as a black image) as a result."""
+    from sanasr_cli.errors import NonFiniteOutputError
+
+    for t in tensors:
+        if not t.is_meta and not bool(torch.isfinite(t).all()):  # meta: bench's counting, no values
+            raise NonFiniteOutputError("model produced non-finite values: check the model folder")
 
 
 def restore_x4(

@@ -15,6 +15,7 @@ resized to the tagger's own input size), so every command derives the same tags 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +26,8 @@ from sanasr_cli.data.resample import upsample_bicubic
 
 # Tagger input: LQ upsampled by the paper's SR factor, whatever scale a command uses, so that tags of one file
 # are the same in train, prune calibration, upscale and eval (and one cache entry serves them all).
+log = logging.getLogger("sanasr")
+MAX_TAG_FILE_BYTES = 1 << 16  # a tag file is a line of words; more is not read
 TAGGER_UPSAMPLE = 4.0
 
 
@@ -72,7 +75,15 @@ class FileTagger:
         txt = Path(path).with_suffix(".txt")
         if txt.is_symlink() or not txt.is_file():  # a link could lead anywhere: not followed, as image links
             return []
-        text = txt.read_text(encoding="utf-8", errors="replace")
+        data = txt.read_bytes()[:MAX_TAG_FILE_BYTES]
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is None or any(ord(c) < 32 and c not in "\t\r\n" or ord(c) == 127 for c in text):
+            # a binary file beside an image (or control bytes that could rewrite the terminal): not tags
+            log.warning("warning: %s is not a text file of tags (invalid UTF-8 or control bytes): not used", txt)
+            return []
         return [t for t in text.replace("\n", ",").split(",") if t.strip()]
 
     def release(self) -> None:

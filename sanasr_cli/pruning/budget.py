@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}
@@ -16,7 +17,10 @@ def parse_budget(text: str | int) -> int:
         m = _PATTERN.match(str(text))
         if not m:
             raise ValueError(f"cannot read budget '{text}': use a parameter count such as 0.35B, 344M or 350000000")
-        value = round(float(m.group(1)) * _SUFFIX[m.group(2).upper()])
+        number = float(m.group(1)) * _SUFFIX[m.group(2).upper()]
+        if not math.isfinite(number):  # 1e400 reads as inf
+            raise ValueError(f"budget must be a finite parameter count, got '{text}'")
+        value = round(number)
     if value <= 0:
         raise ValueError(f"budget must be a positive parameter count, got '{text}'")
     return int(value)

@@ -276,7 +276,31 @@ def check_state(state, where: str) -> dict:
             kind = f"an {kind}"
         if not ok:
             raise CheckpointReadError(f"{where}: '{name}' must be {kind}, not {json.dumps(value)[:60]}")
+        if kind.startswith("a whole number") and value >= MAX_STATE_COUNT:
+            raise CheckpointReadError(f"{where}: '{name}' is {value}, more than any run reaches")
+    _check_scheduler(state["scheduler"], where)
     return state
+
+
+# a step / epoch count no run reaches (2^40 steps at 1 ms each is 35 years): larger is an altered file
+MAX_STATE_COUNT = 2**40
+
+
+def _check_scheduler(sched: dict, where: str) -> None:
+    """The LR scheduler state (LambdaLR's): learning rates finite and >= 0, step counts in range; a NaN
+    base_lrs would train every weight to NaN."""
+    import math
+
+    for key in ("base_lrs", "_last_lr"):
+        values = sched.get(key, [])
+        if not isinstance(values, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values
+        ):
+            raise CheckpointReadError(f"{where}: 'scheduler.{key}' must be a list of finite learning rates >= 0")
+    for key in ("last_epoch", "_step_count"):
+        value = sched.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value < MAX_STATE_COUNT:
+            raise CheckpointReadError(f"{where}: 'scheduler.{key}' must be a whole number in range, not {value!r}")
 
 
 def _check_rng_meta(meta, where: str) -> None:

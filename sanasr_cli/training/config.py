@@ -10,6 +10,7 @@ flag to fix.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -101,6 +102,11 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ConfigError naming the flag for the first invalid option; return self."""
+        for name, value in self.to_dict().items():  # a NaN or inf number trains a NaN model (or never stops)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError("--" + name.replace("_", "-"), f"must be a finite number, got {value}")
+        if not 0 <= self.seed < 2**32:  # numpy's seeds are 32-bit
+            raise ConfigError("--seed", f"must be from 0 to 2^32 - 1, got {self.seed}")
         positive = {
             "--max-steps": self.max_steps,
             "--save-every": self.save_every,

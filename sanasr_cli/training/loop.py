@@ -8,6 +8,7 @@ are saved with each checkpoint, so a resumed run continues with exactly the loss
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -89,6 +90,14 @@ def prepare_run_dir(config: TrainConfig, accelerator) -> Path | None:
         config.save(run / CONFIG_FILE)
     accelerator.wait_for_everyone()
     return resume_from
+
+
+def remove_unstarted_run(run: Path) -> None:
+    """Undo stage 2 of a run that failed before its first step: the config it wrote, then the folder when
+    nothing else is in it (never anything sanasr did not write)."""
+    (run / CONFIG_FILE).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        run.rmdir()  # only when empty
 
 
 def load_model_with_lora(config: TrainConfig, accelerator):
@@ -337,18 +346,24 @@ def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     accelerator = create_accelerator(config)
     set_seed(config.seed)  # the same on every process: identical LoRA init (DDP also broadcasts it)
     # 2. run folder and resume point
-    resume_from = prepare_run_dir(config, accelerator)
     run_dir = Path(config.output)
-    # 3. model with a fresh adapter, 4. objective
-    model = load_model_with_lora(config, accelerator)
-    rule = model.description.prompt
-    tagger = tagger_from_rule(rule, device=accelerator.device, cache_dir=config.tag_cache)
-    objective = build_objective(config, model, accelerator.device)
-    # 5. optimisation
-    optimizer, scheduler = create_optimizer(config, objective)
-    ema = create_ema(config, model.transformer)
-    # 6. data (each process its own shard)
-    data = build_training_data(config, accelerator)
+    new_run_dir = not (run_dir.exists() or run_dir.is_symlink())
+    resume_from = prepare_run_dir(config, accelerator)
+    try:
+        # 3. model with a fresh adapter, 4. objective
+        model = load_model_with_lora(config, accelerator)
+        rule = model.description.prompt
+        tagger = tagger_from_rule(rule, device=accelerator.device, cache_dir=config.tag_cache)
+        objective = build_objective(config, model, accelerator.device)
+        # 5. optimisation
+        optimizer, scheduler = create_optimizer(config, objective)
+        ema = create_ema(config, model.transformer)
+        # 6. data (each process its own shard)
+        data = build_training_data(config, accelerator)
+    except Exception:
+        if new_run_dir and accelerator.is_main_process:
+            remove_unstarted_run(run_dir)  # an empty or all-broken --hq, a bad model: no RUN/ left behind
+        raise
     summary = getattr(data.dataset, "summary", None)
     _message(
         accelerator,
