@@ -75,9 +75,7 @@ def demo(
     try:
         import_gradio()
     except GradioMissingError as e:
-        from rich.markup import escape
-
-        raise fail(escape(str(e)), EXIT_FAILED) from None  # the [demo] of the extra is not rich markup
+        raise fail(str(e), EXIT_FAILED) from None  # fail() prints text: the [demo] of the extra stays
     quiet_libraries()
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
