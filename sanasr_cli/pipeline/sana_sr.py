@@ -20,8 +20,8 @@ from PIL import Image, ImageOps
 
 from sanasr_cli.data.io import to_uint8, uint8_to_tensor
 from sanasr_cli.models.sanasr import SanaSR, load_model
+from sanasr_cli.models.tiling import TilePlan, parse_tile
 from sanasr_cli.pipeline.color import COLOR_FIXES
-from sanasr_cli.pipeline.tiling import TilePlan, parse_tile
 from sanasr_cli.pipeline.upscale import upscale_tensor
 from sanasr_cli.prompts.rule import prompt_for_image, tagger_from_rule
 from sanasr_cli.prompts.taggers import Tagger

@@ -154,7 +154,7 @@ class TaggerCost:
 def measure_tagger(tagger: Tagger, image: torch.Tensor, repeats: int = 3) -> TaggerCost:
     """Time an unwrapped image tagger (ClipTagger, DapeTagger: not the cached wrapper, which would time
     the cache) on one (3, h, w) image in [0, 1], on the device it was built for. For `sanasr bench`."""
-    from sanasr_cli.evaluation.measure import timed  # one timing rule for every cost report
+    from sanasr_cli.measure import timed  # one timing rule for every cost report
 
     inner = getattr(tagger, "tagger", tagger)
     device = getattr(inner, "device", torch.device("cpu"))
