@@ -18,7 +18,7 @@ import torch
 from diffusers import AutoencoderDC
 
 from sanasr_cli.evaluation.bench import device_name, paired_ratio
-from sanasr_cli.evaluation.measure import count_macs, timed
+from sanasr_cli.measure import count_macs, timed
 from sanasr_cli.models.presets import PRESETS, lite_vae_config
 
 

@@ -41,6 +41,11 @@ class TaggerUnavailableError(SanaSRError):
     """A prompt tagger cannot be built: its package, weights or vocabulary is missing (the message says which)."""
 
 
+class PromptRuleError(SanaSRError, ValueError):
+    """A prompt-rule override cannot apply: an unknown tagger, or an option of another tagger (the message names
+    it). The CLI prints it as one line with exit 2; the Python API raises it (it is a ValueError)."""
+
+
 class UnsafeOutputError(SanaSRError):
     """A write was refused because it could replace or delete something sanasr did not write, or land outside
     the output folder (the message names the path)."""

@@ -73,7 +73,7 @@ def test_fused_attention_is_counted_on_meta_but_missed_on_cpu():
     """Why bench counts on the meta device: the SD UNet's self-attention runs through fused SDPA kernels."""
     from diffusers.models.attention_processor import Attention
 
-    from sanasr_cli.evaluation.measure import count_macs
+    from sanasr_cli.measure import count_macs
 
     attn = Attention(query_dim=64, heads=4, dim_head=16)
     x = torch.zeros(1, 256, 64)

@@ -113,3 +113,43 @@ def test_default_template_is_app_b_and_the_local_tokenizer_knows_both():
     for template in (APP_B_TEMPLATE, SEC_3_2_TEMPLATE):
         ids = tok(template)["input_ids"]
         assert tok.unk_token_id not in ids and len(ids) > len(template.split(",")), template
+
+
+def test_rule_overrides_change_only_what_is_given_and_name_what_cannot_apply():
+    import pytest
+
+    from sanasr_cli.errors import PromptRuleError
+
+    model_rule = PromptRule(tagger="clip", template="clean", tagger_options={"model": "m", "top_k": 4})
+    assert model_rule.with_overrides() == model_rule and model_rule.with_overrides() is not model_rule
+    same_tagger = model_rule.with_overrides(tagger="clip", tag_vocab="v.txt", template="crisp")
+    assert same_tagger.tagger_options == {"model": "m", "top_k": 4, "vocab": "v.txt"}
+    assert same_tagger.template == "crisp" and model_rule.tagger_options == {"model": "m", "top_k": 4}
+    dape = model_rule.with_overrides(tagger="dape", tagger_weights="w")  # clip's options do not carry over
+    assert (dape.tagger, dape.tagger_options, dape.template) == ("dape", {"weights": "w"}, "clean")
+    with pytest.raises(PromptRuleError, match="unknown tagger 'ram'; known: clip, dape, file, none"):
+        model_rule.with_overrides(tagger="ram")
+    with pytest.raises(PromptRuleError, match=r"--tagger-weights applies to the dape tagger, not 'clip'"):
+        model_rule.with_overrides(tagger_weights="w")
+    with pytest.raises(ValueError, match="--tagger-model applies to the clip tagger, not 'none'"):
+        model_rule.with_overrides(tagger="none", tagger_model="m")  # a ValueError for Python callers
+
+
+def test_the_python_api_takes_the_same_overrides(tmp_path):
+    import pytest
+    from PIL import Image
+
+    from sanasr_cli import SanaSRPipeline
+    from sanasr_cli.errors import PromptRuleError
+    from tests.helpers import make_photo_like
+
+    photo = tmp_path / "cat.png"
+    Image.fromarray(make_photo_like(8, 8, 1)).save(photo)
+    photo.with_suffix(".txt").write_text("tabby cat, sofa")
+    pipe = SanaSRPipeline.from_pretrained("tiny", tagger="file", template="crisp")
+    assert (pipe.prompt_rule.tagger, pipe.prompt_rule.template) == ("file", "crisp")
+    assert pipe.model.description.prompt.tagger == "none"  # the model's own rule is untouched
+    with Image.open(photo) as im:
+        assert pipe(im, output_type="pt").prompts == ["tabby cat, sofa, crisp"]
+    with pytest.raises(PromptRuleError, match="--tag-vocab applies to the clip tagger"):
+        SanaSRPipeline.from_pretrained("tiny", tag_vocab="tags.txt")

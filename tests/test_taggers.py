@@ -15,10 +15,11 @@ from PIL import Image
 from sanasr_cli.cli import app
 from sanasr_cli.errors import TaggerUnavailableError
 from sanasr_cli.prompts import dape
+from sanasr_cli.prompts.base import tagger_input
 from sanasr_cli.prompts.cache import CachedTagger, default_cache_dir
 from sanasr_cli.prompts.clip_tagger import ClipTagger, load_vocabulary, parse_vocabulary, select_tags
 from sanasr_cli.prompts.rule import PromptRule, measure_tagger, prompt_for_image, rule_mismatch, tag_files
-from sanasr_cli.prompts.taggers import make_tagger, tagger_input
+from sanasr_cli.prompts.taggers import make_tagger
 from sanasr_cli.prompts.template import is_degradation_word
 from tests.helpers import make_photo_like, runner
 

@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from sanasr_cli.pipeline.tiling import plan_tiles
+from sanasr_cli.models.tiling import plan_tiles
 from sanasr_cli.pipeline.upscale import (
     UpscaleOptions,
     prompts_first,

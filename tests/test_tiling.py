@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sanasr_cli.pipeline.tiling import (
+from sanasr_cli.models.tiling import (
     MIN_LATENT_TILE,
     TilePlan,
     overlap_for,

@@ -303,9 +303,10 @@ def test_two_processes_with_accelerate_launch_on_paired_data(tmp_path):
 
 
 def test_a_full_disk_while_saving_is_one_line_exit_1_and_keeps_the_last_checkpoint(short_run, hq_dir, tmp_path):
-    """README: a full disk while saving a checkpoint is exit 1 and one line. The disk is made to refuse writes
-    for real, without root: the run's process may not grow a file past 32 KiB (RLIMIT_FSIZE, write() fails with
-    EFBIG as it fails with ENOSPC on a full disk), so checkpoint-3's adapter (40 KB) cannot be written."""
+    """docs/bad-input.md: a full disk while saving a checkpoint is exit 1 and one line. The disk is made to
+    refuse writes for real, without root: the run's process may not grow a file past 32 KiB (RLIMIT_FSIZE, write()
+    fails with EFBIG as it fails with ENOSPC on a full disk), so checkpoint-3's adapter (40 KB) cannot be
+    written."""
     import resource
     import shutil
 

@@ -181,6 +181,21 @@ def one_line_errors(command):
     return guarded
 
 
+def check_model_dir(model_dir: Path) -> None:
+    """Usage errors for a MODEL_DIR that is missing, not a model directory, or lacks its weights."""
+    from sanasr_cli.errors import ModelDirError
+    from sanasr_cli.models.sanasr import model_dir_problem
+
+    if not model_dir.is_dir():
+        raise fail(f"model directory {model_dir} does not exist", EXIT_USAGE)
+    try:
+        problem = model_dir_problem(model_dir)
+    except ModelDirError as e:
+        problem = str(e)
+    if problem:
+        raise fail(problem, EXIT_USAGE)
+
+
 def check_report_paths(*flags: tuple[str, str | Path | None]) -> None:
     """Exit 2 now when a report file (--json, --csv, --report, --plot) could not be written at the end."""
     from sanasr_cli.errors import SanaSRError

@@ -10,6 +10,7 @@ from sanasr_cli.cli import options as opt
 from sanasr_cli.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
+    check_model_dir,
     check_model_output,
     console,
     fail,
@@ -54,21 +55,6 @@ def merge_lora(
     with console.status(f"writing {output} ..."):
         save_model_dir(model, output, overwrite=overwrite)
     console.print(f"merged {record['merged_from']}/ (scale {scale:g}) into {output}/transformer")
-
-
-def check_model_dir(model_dir: Path) -> None:
-    """Usage errors for a MODEL_DIR that is missing, not a model directory, or lacks its weights."""
-    from sanasr_cli.errors import ModelDirError
-    from sanasr_cli.models.sanasr import model_dir_problem
-
-    if not model_dir.is_dir():
-        raise fail(f"model directory {model_dir} does not exist", EXIT_USAGE)
-    try:
-        problem = model_dir_problem(model_dir)
-    except ModelDirError as e:
-        problem = str(e)
-    if problem:
-        raise fail(problem, EXIT_USAGE)
 
 
 def register(app: typer.Typer) -> None:

@@ -17,7 +17,6 @@ then differs from what the model was trained with (Eq. 12: one rule for train, c
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,31 +77,15 @@ def asked_prompt_rule(
     template: str | None = None,
     warn: bool = True,
 ):
-    """The rule this command is asked to use: the model's rule with the given flags applied. Usage errors
-    (unknown tagger, an option of another tagger) raise typer.Exit(2) after one line; differences from the
-    model's rule print one warning line each."""
-    from sanasr_cli.prompts.taggers import TAGGERS
+    """The rule this command is asked to use: the model's rule with the given flags applied
+    (`PromptRule.with_overrides`). Usage errors (unknown tagger, an option of another tagger) raise typer.Exit(2)
+    after one line; differences from the model's rule print one warning line each."""
+    from sanasr_cli.errors import PromptRuleError
 
-    if tagger is not None and tagger not in TAGGERS:
-        raise fail(f"unknown tagger '{tagger}'; known: {', '.join(sorted(TAGGERS))}", EXIT_USAGE)
-    rule = copy.deepcopy(model_rule)
-    if tagger is not None and tagger != rule.tagger:
-        rule.tagger, rule.tagger_options = tagger, {}  # the model's options belong to its own tagger
-    for flag, key, value, owner in (
-        ("--tagger-weights", "weights", tagger_weights, "dape"),
-        ("--tagger-model", "model", tagger_model, "clip"),
-        ("--tag-vocab", "vocab", tag_vocab, "clip"),
-    ):
-        if value is None:
-            continue
-        if rule.tagger != owner:
-            raise fail(
-                f"{flag} applies to the {owner} tagger, not '{rule.tagger}' (add --tagger {owner})",
-                EXIT_USAGE,
-            )
-        rule.tagger_options[key] = str(value)
-    if template is not None:
-        rule.template = template
+    try:
+        rule = model_rule.with_overrides(tagger, tagger_weights, tagger_model, tag_vocab, template)
+    except PromptRuleError as e:
+        raise fail(str(e), EXIT_USAGE) from None
     if warn:
         warn_rule_mismatch(model_rule, rule)
     return rule

@@ -14,6 +14,7 @@ from sanasr_cli.cli import prompt_options as po
 from sanasr_cli.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
+    check_model_dir,
     check_model_output,
     console,
     fail,
@@ -132,7 +133,6 @@ def prune(
 
 def _check_inputs(model_dir, output, budget, strategy, calib, validate, overwrite) -> int:
     """Every check that needs no model (exit 2 on a bad one); returns the budget in parameters."""
-    from sanasr_cli.cli.merge_lora import check_model_dir
     from sanasr_cli.models.presets import PRESETS
     from sanasr_cli.pruning.budget import parse_budget
     from sanasr_cli.pruning.select import STRATEGIES

@@ -141,8 +141,8 @@ def upscale(
 def _check_args(f):
     """(ext, tile spec, shard) from the flags; exit 2 on a bad one."""
     from sanasr_cli.errors import SanaSRError
+    from sanasr_cli.models.tiling import parse_tile
     from sanasr_cli.pipeline.color import COLOR_FIXES
-    from sanasr_cli.pipeline.tiling import parse_tile
     from sanasr_cli.pipeline.upscale import EXTENSIONS, MAX_SCALE, parse_shard
     from sanasr_cli.prompts.taggers import TAGGERS
     from sanasr_cli.safe_files import check_name_part

@@ -41,7 +41,6 @@ from pathlib import Path
 
 import torch
 
-from sanasr_cli.evaluation.measure import MIB, count_macs, sync, timed, weight_bytes
 from sanasr_cli.evaluation.peers import (
     END_TO_END_PARTS,
     PARTS,
@@ -51,6 +50,7 @@ from sanasr_cli.evaluation.peers import (
     sana_pipeline,
     with_decoder,
 )
+from sanasr_cli.measure import MIB, count_macs, sync, timed, weight_bytes
 
 SUM_OF_PARTS_TOLERANCE = 0.25  # end_to_end vs the sum of its parts' latencies: warn beyond this
 AUTO_LATENCY_CPU_MAX_GMACS = 5.0  # `--latency auto` on CPU: measure only pipelines this cheap per image

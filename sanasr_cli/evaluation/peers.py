@@ -94,7 +94,7 @@ class Pipeline:
 
 
 def sana_pipeline(model, full_prompt: bool = False, full_vae: bool = False, name: str | None = None) -> Pipeline:
-    """Parts of a SanaSR; end_to_end is `pipeline.upscale.restore_upsampled`, the inference path itself.
+    """Parts of a SanaSR; end_to_end is `models.sanasr.restore_upsampled`, the inference path itself.
 
     Distilled students (models/students.py) replace the VAE parts: the student encoder reads the LQ image
     (size / 4), the light decoder decodes. full_vae: the teacher VAE instead (`--compare full-vae`).
@@ -140,7 +140,7 @@ def sana_pipeline(model, full_prompt: bool = False, full_vae: bool = False, name
     run_model = model if codec is model.codec else dataclasses.replace(model, codec=codec)
 
     def end_to_end(i):  # the path every command runs (the prompt encoded apart, as its own part)
-        from sanasr_cli.pipeline.upscale import restore_upsampled
+        from sanasr_cli.models.sanasr import restore_upsampled
 
         return restore_upsampled(run_model, i["image"], i["embeds"], i["mask"], lq=i["lq"])
 

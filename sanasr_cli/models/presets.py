@@ -258,7 +258,7 @@ PRESETS: dict[str, Preset] = {
     # The cost target of `sanasr distill` at real size: SANA-600M's components with the transformer pruned to
     # 0.35B (16 of 28 blocks: all blocks are alike, so which 16 a saliency ranking keeps does not change the
     # count) and the student encoder / decoder of STUDENT_CONFIGS["sana-600m-512"]. Random weights: for counting
-    # (`sanasr bench`) only; the students' quality on the real DC-AE is unmeasured (README).
+    # (`sanasr bench`) only; the students' quality on the real DC-AE is unmeasured (docs/distill.md).
     "sana-600m-512-fast": Preset(
         name="sana-600m-512-fast",
         transformer=dict(_SANA_600M_TRANSFORMER, num_layers=16),

@@ -160,7 +160,7 @@ STUDENT_CONFIGS: dict[str, dict[str, dict]] = {
             attention_head_dim=8,
         ),
     },
-    # SANA DC-AE f32c32 (counted only, random weights: see README "Distilling the DC-AE"). The teacher's cost is
+    # SANA DC-AE f32c32 (counted only, random weights: see docs/distill.md). The teacher's cost is
     # its wide full-resolution stages (128 channels at 512^2, 256 at 256^2, 512 at 128^2, 3 layers each); the
     # students keep EfficientViT stages at 1/16 and 1/32 of the output (the decoder's at the teacher's 1024 channels)
     # and thin the high-resolution ones.

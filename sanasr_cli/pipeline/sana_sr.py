@@ -20,10 +20,10 @@ from PIL import Image, ImageOps
 
 from sanasr_cli.data.io import to_uint8, uint8_to_tensor
 from sanasr_cli.models.sanasr import SanaSR, load_model
+from sanasr_cli.models.tiling import TilePlan, parse_tile
 from sanasr_cli.pipeline.color import COLOR_FIXES
-from sanasr_cli.pipeline.tiling import TilePlan, parse_tile
 from sanasr_cli.pipeline.upscale import upscale_tensor
-from sanasr_cli.prompts.rule import prompt_for_image, tagger_from_rule
+from sanasr_cli.prompts.rule import PromptRule, prompt_for_image, tagger_from_rule
 from sanasr_cli.prompts.taggers import Tagger
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor
@@ -61,11 +61,18 @@ class SanaSRPipeline:
     (64, 48)
     """
 
-    def __init__(self, model: SanaSR, tagger: Tagger | None = None, tag_cache: str | Path | None = None):
-        """model: a loaded SanaSR (`load_model`); tagger: a built tagger to use instead of the model's rule's
-        own (built on first use, behind the tag cache `tag_cache`, see `prompts/cache.py`)."""
+    def __init__(
+        self,
+        model: SanaSR,
+        tagger: Tagger | None = None,
+        tag_cache: str | Path | None = None,
+        prompt_rule: PromptRule | None = None,
+    ):
+        """model: a loaded SanaSR (`load_model`); tagger: a built tagger to use instead of the rule's own (built
+        on first use, behind the tag cache `tag_cache`, see `prompts/cache.py`); prompt_rule: the rule to build
+        prompts with (default: the model's; `PromptRule.with_overrides` makes one)."""
         self.model = model
-        self.prompt_rule = model.description.prompt
+        self.prompt_rule = prompt_rule if prompt_rule is not None else model.description.prompt
         self._tagger = tagger
         self._tag_cache = tag_cache
 
@@ -79,14 +86,24 @@ class SanaSRPipeline:
         seed: int = 0,
         tag_cache: str | Path | None = None,
         full_vae: bool = False,
+        tagger: str | None = None,
+        tagger_weights: str | Path | None = None,
+        tagger_model: str | Path | None = None,
+        tag_vocab: str | Path | None = None,
+        template: str | None = None,
     ) -> SanaSRPipeline:
         """A preset (nano, tiny, sana-600m-512) or a model directory, loaded as `sanasr upscale --model` does.
 
         base: hub id or local folder of the SANA base the preset or model directory builds on (default
         $SANASR_BASE or the hub); seed: weights of random-weight presets (tiny); full_vae: run the teacher DC-AE
-        instead of the model's distilled students (`nano-fast`, or a model directory written by `sanasr distill`)."""
+        instead of the model's distilled students (`nano-fast`, or a model directory written by `sanasr distill`).
+        tagger, tagger_weights, tagger_model, tag_vocab, template: change the model's prompt rule as the prompt
+        flags of `sanasr upscale` do (`PromptRule.with_overrides`; PromptRuleError, a ValueError, for an unknown
+        tagger or an option of another tagger). `rule_mismatch(pipe.model.description.prompt, pipe.prompt_rule)`
+        lists what then differs from the rule the model was trained with."""
         model = load_model(model, device=device, dtype=dtype, base=base, seed=seed, full_vae=full_vae)
-        return cls(model, tag_cache=tag_cache)
+        rule = model.description.prompt.with_overrides(tagger, tagger_weights, tagger_model, tag_vocab, template)
+        return cls(model, tag_cache=tag_cache, prompt_rule=rule)
 
     @property
     def tagger(self) -> Tagger:

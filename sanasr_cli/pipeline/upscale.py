@@ -40,17 +40,9 @@ from sanasr_cli.data.io import (
 )
 from sanasr_cli.data.resample import upsample_bicubic
 from sanasr_cli.errors import ImageReadError, SanaSRError, UnsafeOutputError
-from sanasr_cli.models.sanasr import SanaSR
+from sanasr_cli.models.sanasr import SanaSR, restore_upsampled
+from sanasr_cli.models.tiling import TilePlan, plan_tiles, run_with_oom_retry
 from sanasr_cli.pipeline.color import color_fix as apply_color_fix
-from sanasr_cli.pipeline.tiling import (
-    TilePlan,
-    plan_tiles,
-    run_with_oom_retry,
-    tiled_decode,
-    tiled_encode,
-    tiled_encode_lq,
-    tiled_latent_apply,
-)
 from sanasr_cli.prompts.rule import PromptRule, tag_files, tagger_from_rule
 from sanasr_cli.prompts.taggers import Tagger
 from sanasr_cli.prompts.template import build_prompt, clean_tags
@@ -121,53 +113,6 @@ class UpscaleRecord:
 
 
 # ---------------------------------------------------------------- the tensor path
-
-
-def restore_upsampled(
-    model: SanaSR,
-    x: torch.Tensor,
-    embeds: torch.Tensor,
-    mask: torch.Tensor,
-    plan: TilePlan | None = None,
-    batch_size: int = 1,
-    lq: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The one inference path, x_hat = D(z_L - sigma f_theta(z_L, tau_g, c, m)), z_L = E(x_L), that `upscale`,
-    `eval --model`, prune's validation gate, `SanaSRPipeline`, `SanaSR.restore` and bench's end-to-end all run.
-
-    x: (B, 3, H, W) in [0, 1] already at the output size (bicubic x4 of the LQ), on the model's device;
-    embeds, mask: the encoded prompts, one row per image (`PromptEncoder.encode_for_transformer`).
-    Returns (B, 3, H, W) float32 in [0, 1]: padded to the VAE factor, [tiled] encode, [tiled] LinearDiT step
-    (Eq. 4), [tiled] decode, cropped back; plan None (or untiled) runs each stage once over the whole image.
-    lq: the LQ batch x came from, on the same device: a distilled student encoder reads it instead of x
-    (models/students.py); without it the teacher encodes x.
-    """
-    codec = model.codec
-    h, w = x.shape[-2:]
-    vae_tile = plan.vae_tile if plan is not None else None
-    dit_tile = plan.dit_tile if plan is not None else None
-    if lq is not None and codec.encodes_lq:  # a distilled student encoder reads the LQ at its own resolution
-        z_lq = tiled_encode_lq(codec, codec.pad_lq(lq), vae_tile, batch_size)
-    else:
-        z_lq = tiled_encode(codec, codec.pad(x), vae_tile, batch_size)
-
-    def step(z: torch.Tensor) -> torch.Tensor:
-        n = z.shape[0] // embeds.shape[0]  # tiles of all images stacked: repeat the conditions to match
-        return model.restorer(z, embeds.repeat(n, 1, 1), mask.repeat(n, 1))
-
-    z_hat = tiled_latent_apply(step, z_lq, dit_tile, batch_size)
-    x_hat = tiled_decode(codec, z_hat, vae_tile, batch_size)
-    refuse_non_finite(z_hat, x_hat)
-    return codec.crop(x_hat, h, w)
-
-
-def refuse_non_finite(*tensors: torch.Tensor) -> None:
-    """NonFiniteOutputError when any value is NaN or infinite: never written (as a black image) as a result."""
-    from sanasr_cli.errors import NonFiniteOutputError
-
-    for t in tensors:
-        if not t.is_meta and not bool(torch.isfinite(t).all()):  # meta: bench's counting, no values
-            raise NonFiniteOutputError("model produced non-finite values: check the model folder")
 
 
 def restore_x4(
@@ -500,7 +445,7 @@ def _restore_and_write(
         try:
             sr = restore_x4(model, lq, prompts, plan, options.color_fix, options.batch_size)
         except Exception as e:
-            from sanasr_cli.pipeline.tiling import is_oom
+            from sanasr_cli.models.tiling import is_oom
 
             if not is_oom(e):
                 raise

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from sanasr_cli.errors import TaggerUnavailableError
-from sanasr_cli.prompts.taggers import DEFAULT_CLIP_MODEL, TAGGER_UPSAMPLE, tagger_input
+from sanasr_cli.prompts.base import DEFAULT_CLIP_MODEL, TAGGER_UPSAMPLE, tagger_input
 
 BUILTIN_VOCAB = "tag_vocab.txt"
 TEXT_FORMAT = "a photo of {}"
@@ -79,7 +79,7 @@ def clip_image_macs(config=None) -> int:
     `config`: a transformers CLIPConfig (default: CLIPConfig(), i.e. ViT-B/32 at 224 x 224)."""
     from transformers import CLIPConfig, CLIPModel
 
-    from sanasr_cli.evaluation.measure import count_macs  # one counting rule for every cost report
+    from sanasr_cli.measure import count_macs  # one counting rule for every cost report
 
     config = config or CLIPConfig()
     with torch.device("meta"):

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from sanasr_cli.errors import TaggerUnavailableError
-from sanasr_cli.prompts.taggers import TAGGER_UPSAMPLE, tagger_input
+from sanasr_cli.prompts.base import TAGGER_UPSAMPLE, tagger_input
 
 RAM_WEIGHTS = "ram_swin_large_14m.pth"
 DAPE_WEIGHTS = "DAPE.pth"

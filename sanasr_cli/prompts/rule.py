@@ -1,21 +1,31 @@
 """The prompt rule (App. A.1): fixed once per run, used alike by train, prune calibration, upscale and eval.
 
-A model directory records the rule it was trained with (`ModelDescription.prompt`); a command asked to use
-another rule gets one warning line per differing field (`rule_mismatch`), and `tagger_from_rule` builds the
-one tagger every command uses, behind the shared tag cache.
+A model directory records the rule it was trained with (`ModelDescription.prompt`); `PromptRule.with_overrides`
+applies what a command's prompt flags (or `SanaSRPipeline.from_pretrained`'s arguments) ask for; a command asked
+to use another rule gets one warning line per differing field (`rule_mismatch`), and `tagger_from_rule` builds
+the one tagger every command uses, behind the shared tag cache.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from sanasr_cli.errors import PromptRuleError
 from sanasr_cli.prompts.cache import CachedTagger, default_cache_dir
-from sanasr_cli.prompts.taggers import Tagger, make_tagger, normalize_tagger_options
+from sanasr_cli.prompts.taggers import TAGGERS, Tagger, make_tagger, normalize_tagger_options
 from sanasr_cli.prompts.template import DEFAULT_TEMPLATE, build_prompt, clean_tags
+
+# The overrides of one tagger's own options: (argument, the CLI flag, key in `tagger_options`, the tagger)
+TAGGER_OPTION_OVERRIDES = (
+    ("tagger_weights", "--tagger-weights", "weights", "dape"),
+    ("tagger_model", "--tagger-model", "model", "clip"),
+    ("tag_vocab", "--tag-vocab", "vocab", "clip"),
+)
 
 
 @dataclass
@@ -41,6 +51,36 @@ class PromptRule:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         known["tagger_options"] = dict(known.get("tagger_options") or {})
         return cls(**known)
+
+    def with_overrides(
+        self,
+        tagger: str | None = None,
+        tagger_weights: str | Path | None = None,
+        tagger_model: str | Path | None = None,
+        tag_vocab: str | Path | None = None,
+        template: str | None = None,
+    ) -> PromptRule:
+        """A copy of this rule with what is given changed (None: kept), as the prompt flags `--tagger`,
+        `--tagger-weights`, `--tagger-model`, `--tag-vocab` and `--template` do. Another tagger starts without
+        this rule's tagger options (they belong to its own tagger). Raises PromptRuleError for an unknown tagger
+        or an option of a tagger the rule does not use."""
+        if tagger is not None and tagger not in TAGGERS:
+            raise PromptRuleError(f"unknown tagger '{tagger}'; known: {', '.join(sorted(TAGGERS))}")
+        rule = copy.deepcopy(self)
+        if tagger is not None and tagger != rule.tagger:
+            rule.tagger, rule.tagger_options = tagger, {}
+        given = {"tagger_weights": tagger_weights, "tagger_model": tagger_model, "tag_vocab": tag_vocab}
+        for argument, flag, key, owner in TAGGER_OPTION_OVERRIDES:
+            if given[argument] is None:
+                continue
+            if rule.tagger != owner:
+                raise PromptRuleError(
+                    f"{flag} applies to the {owner} tagger, not '{rule.tagger}' (add --tagger {owner})"
+                )
+            rule.tagger_options[key] = str(given[argument])
+        if template is not None:
+            rule.template = template
+        return rule
 
     def normalized(self) -> PromptRule:
         """The same rule with the tagger's option defaults filled in (and other taggers' options
@@ -154,7 +194,7 @@ class TaggerCost:
 def measure_tagger(tagger: Tagger, image: torch.Tensor, repeats: int = 3) -> TaggerCost:
     """Time an unwrapped image tagger (ClipTagger, DapeTagger: not the cached wrapper, which would time
     the cache) on one (3, h, w) image in [0, 1], on the device it was built for. For `sanasr bench`."""
-    from sanasr_cli.evaluation.measure import timed  # one timing rule for every cost report
+    from sanasr_cli.measure import timed  # one timing rule for every cost report
 
     inner = getattr(tagger, "tagger", tagger)
     device = getattr(inner, "device", torch.device("cpu"))

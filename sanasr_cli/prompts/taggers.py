@@ -9,8 +9,9 @@ then `build_prompt`. Built-in taggers:
 - `clip`: zero-shot CLIP over a tag vocabulary (`clip_tagger.py`);
 - `dape`: SeeSR's degradation-aware RAM through the `ram` package (`dape.py`), the paper's Pi.
 
-Image taggers see the LQ image upsampled x4 bicubically first, as SeeSR/OSEDiff feed DAPE (the image is then
-resized to the tagger's own input size), so every command derives the same tags from the same file.
+Image taggers see the LQ image upsampled x4 bicubically first (`base.tagger_input`), as SeeSR/OSEDiff feed DAPE
+(the image is then resized to the tagger's own input size), so every command derives the same tags from the same
+file.
 """
 
 from __future__ import annotations
@@ -22,13 +23,10 @@ from typing import Protocol
 
 import torch
 
-from sanasr_cli.data.resample import upsample_bicubic
+from sanasr_cli.prompts.base import DEFAULT_CLIP_MODEL
 
-# Tagger input: LQ upsampled by the paper's SR factor, whatever scale a command uses, so that tags of one file
-# are the same in train, prune calibration, upscale and eval (and one cache entry serves them all).
 log = logging.getLogger("sanasr")
 MAX_TAG_FILE_BYTES = 1 << 16  # a tag file is a line of words; more is not read
-TAGGER_UPSAMPLE = 4.0
 
 
 class Tagger(Protocol):
@@ -90,19 +88,6 @@ class FileTagger:
         pass
 
 
-def tagger_input(image: torch.Tensor, size: int | tuple[int, int] | None = None) -> torch.Tensor:
-    """(3, h, w) LQ in [0, 1] -> (1, 3, H, W) float32 in [0, 1]: bicubic x TAGGER_UPSAMPLE (as the paper's
-    pipeline feeds DAPE), then, when `size` is given, an antialiased bicubic resize to the tagger's input
-    size."""
-    import torch.nn.functional as F
-
-    x = upsample_bicubic(image.detach().float().cpu()[None], TAGGER_UPSAMPLE)
-    if size is not None:
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
-    return x
-
-
 def _clip(**options) -> Tagger:
     from sanasr_cli.prompts.clip_tagger import ClipTagger
 
@@ -121,8 +106,6 @@ TAGGERS: dict[str, Callable[..., Tagger]] = {
     "clip": _clip,
     "dape": _dape,
 }
-
-DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 
 # Options each tagger records in the prompt rule (and their defaults). Runtime-only options (device) are not
 # here.

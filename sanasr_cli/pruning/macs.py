@@ -17,7 +17,7 @@ def transformer_macs(config: dict, latent_height: int, latent_width: int, text_l
     """
     from diffusers import SanaTransformer2DModel
 
-    from sanasr_cli.evaluation.measure import count_macs  # one counting rule for bench and prune reports
+    from sanasr_cli.measure import count_macs  # one counting rule for bench and prune reports
 
     cfg = {k: v for k, v in dict(config).items() if not k.startswith("_")}
     with torch.device("meta"):
