@@ -107,8 +107,7 @@ def prune(
     pipeline (LQ input tagged, no colour fix unless --color-fix). OUT/transformer/ is a diffusers folder with
     fewer blocks; OUT/prune_report.json lists every block's saliency and size, the kept blocks, parameters and
     MACs before/after, eps_p and the share of F_i below it. Nothing is written until the end, so an
-    interrupted run leaves no OUT.
-    Exit 0 ok, 1 validation failed (OUT still written) or run failed, 2 bad input.
+    interrupted run leaves no OUT. Exit 0 ok, 1 validation failed (OUT still written) or run failed, 2 bad input.
     """
     from sanasr_cli.pruning.prune import PruneOptions
     from sanasr_cli.pruning.run import PruneGate, PruneJob

@@ -20,8 +20,8 @@ from PIL import Image
 from sanasr_cli.data.io import probe_image, read_image, to_uint8
 from sanasr_cli.data.resample import upsample_bicubic
 from sanasr_cli.errors import ImageReadError, SanaSRError
-from sanasr_cli.pipeline.sana_sr import SanaSRPipeline
 from sanasr_cli.models.tiling import TilePlan, parse_tile, plan_tiles
+from sanasr_cli.pipeline.sana_sr import SanaSRPipeline
 from sanasr_cli.pipeline.upscale import MODEL_SCALE, output_size, resize_to
 
 MODEL_RULE = "model's rule"  # the tagger choice that keeps the model's own prompt rule
