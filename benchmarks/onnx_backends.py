@@ -99,7 +99,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from sanasr_cli.models.sanasr import load_model
-    from sanasr_cli.pipeline.onnx_backend import load_onnx_model
+    from sanasr_cli.models.onnx_backend import load_onnx_model
     from sanasr_cli.prompts.template import build_prompt
 
     model = load_model(args.model, random_weights=args.random_weights)

@@ -89,7 +89,7 @@ class DemoServer:
         self._log.seek(0)
         return self._log.read()
 
-    def stop(self, timeout: float = 60.0) -> int:
+    def stop(self, timeout: float = 180.0) -> int:  # a loaded 2-core machine: Gradio closes slowly
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:

@@ -55,7 +55,7 @@ def test_the_folder_holds_the_contract_and_the_model_card(tiny_onnx, tiny_model)
 def test_model_onnx_equals_pytorch_at_sizes_it_was_not_exported_at(tiny_onnx, tiny_model):
     """The deployable graph alone (bicubic inside, prompt baked): two batch sizes and shapes, none the export's
     (2 x 6 x 8), no NaN / inf, within 1e-4 of the PyTorch model."""
-    from sanasr_cli.pipeline.onnx_backend import run_model_onnx
+    from sanasr_cli.models.onnx_backend import run_model_onnx
 
     prompt = json.loads((tiny_onnx / "sanasr-onnx.json").read_text())["prompt"]["text"]
     torch.manual_seed(1)
@@ -133,7 +133,7 @@ def test_bad_export_targets_are_one_line(tiny_onnx, tmp_path):
 
 def test_a_size_the_graph_cannot_take_is_one_line(tiny_onnx):
     from sanasr_cli.export.contract import OnnxInputError
-    from sanasr_cli.pipeline.onnx_backend import run_model_onnx
+    from sanasr_cli.models.onnx_backend import run_model_onnx
 
     with pytest.raises(OnnxInputError, match="multiples of 2, not 9x8"):
         run_model_onnx(tiny_onnx, torch.rand(1, 3, 9, 8))

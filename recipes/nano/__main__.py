@@ -182,8 +182,58 @@ def stage_ship(work: Path, step: int | None) -> None:
     (NANO_DIR / "sr" / "sanasr.json").write_text(json.dumps(desc, indent=2) + "\n")
     manifest = json.loads((work / "manifest.json").read_text())
     write_json(NANO_DIR / "manifest.json", manifest)
-    write_ci_pairs(work)
-    log(f"ship: checkpoint-{step} (EMA) -> {NANO_DIR / 'sr'}")
+    chosen = write_ci_pairs(work)
+    report_file = NANO_DIR / "recipe_report.json"
+    report = json.loads(report_file.read_text()) if report_file.exists() else {}
+    report["v2"] = dict(
+        sr=dict(step=step, command="sanasr " + " ".join(sr_command(work, 0)[3:]).replace(str(work), "WORK"),
+                seconds=round(sr_seconds(run, step), 1)),
+        ci_pairs=dict(images=chosen, **ci_gains()),
+    )  # fmt: skip
+    report["ci_pairs"] = dict(median_gain_none_psnr_y=report["v2"]["ci_pairs"]["median_gain_none_psnr_y"])
+    write_json(report_file, report)
+    log(f"ship: checkpoint-{step} (EMA) -> {NANO_DIR / 'sr'}; CI pairs {report['v2']['ci_pairs']}")
+
+
+def sr_seconds(run: Path, step: int) -> float:
+    """Training seconds to `step`: the sum of the logged step times (each log line's time x steps since the last)."""
+    last, total = 0, 0.0
+    for line in (run / "log.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "step_time_s" in rec and rec["step"] <= step:
+            total += rec["step_time_s"] * (rec["step"] - last)
+            last = rec["step"]
+    return total
+
+
+def ci_gains() -> dict:
+    """The shipped nano on the CI pairs, scored as tests/test_nano.py scores it (8-bit outputs, pyiqa Y-PSNR)."""
+    import statistics
+
+    import torch
+
+    from sanasr_cli.data.io import read_image
+    from sanasr_cli.data.resample import upsample_bicubic
+    from sanasr_cli.evaluation.metrics import METRICS, build_metric
+    from sanasr_cli.models.sanasr import load_model
+    from sanasr_cli.pipeline.upscale import upscale_tensor
+    from sanasr_cli.prompts.template import build_prompt
+
+    model, psnr = load_model("nano"), build_metric(METRICS["psnr"])
+    prompt = build_prompt([], model.description.prompt.template)
+    gains: dict[str, list[float]] = {"none": [], "wavelet": []}
+    for lq_path in sorted((CI_PAIRS / "lq").glob("*.png")):
+        lq, hq = read_image(lq_path)[0], read_image(CI_PAIRS / "hq" / lq_path.name)[0][None]
+        bicubic = float(psnr((upsample_bicubic(lq[None], 4).clamp(0, 1) * 255).round() / 255, hq))
+        for fix in gains:
+            with torch.no_grad():
+                sr = (upscale_tensor(model, lq, prompt, color_fix=fix)[None] * 255).round() / 255
+            gains[fix].append(round(float(psnr(sr, hq)) - bicubic, 3))
+    return {
+        "gain_none_psnr_y": gains["none"], "gain_wavelet_psnr_y": gains["wavelet"],
+        "median_gain_none_psnr_y": round(statistics.median(gains["none"]), 3),
+        "median_gain_wavelet_psnr_y": round(statistics.median(gains["wavelet"]), 3),
+    }  # fmt: skip
 
 
 CI_PAIRS = REPO / "tests" / "data" / "nano_heldout"

@@ -478,8 +478,8 @@ def load_model(
     """
     from sanasr_cli.export.contract import is_onnx_dir
 
-    if is_onnx_dir(spec):  # a folder written by `sanasr export`: the ONNX Runtime backend (pipeline/onnx_backend.py)
-        from sanasr_cli.pipeline.onnx_backend import load_onnx_model
+    if is_onnx_dir(spec):  # a folder written by `sanasr export`: the ONNX Runtime backend (models/onnx_backend.py)
+        from sanasr_cli.models.onnx_backend import load_onnx_model
 
         return load_onnx_model(spec)
     from diffusers import SanaTransformer2DModel
