@@ -98,8 +98,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "onnx_backends.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from sanasr_cli.models.sanasr import load_model
     from sanasr_cli.models.onnx_backend import load_onnx_model
+    from sanasr_cli.models.sanasr import load_model
     from sanasr_cli.prompts.template import build_prompt
 
     model = load_model(args.model, random_weights=args.random_weights)
