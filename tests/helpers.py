@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # three crops of nano's held-out photos, Real-ESRGAN-degraded (seed 0): lq/ and hq/ (benchmarks/nano_quality.py)
 NANO_HELDOUT_PAIRS = REPO_ROOT / "tests" / "data" / "nano_heldout"
+# nano v1's three CI crops: the v1 experiments (benchmarks/nano_ablations.py, nano_headroom.py) were measured on them
+NANO_V1_PAIRS = REPO_ROOT / "tests" / "data" / "nano_v1_heldout"
 
 # `sanasr train` on the tiny preset, small and offline: 16 px crops, rank-4 LoRA, a random LPIPS backbone, no
 # data workers, fp32. Add the run's own flags (--hq, -o, --max-steps, ...).
@@ -34,7 +36,7 @@ def assert_tiles_like_the_whole_image(model, min_psnr: float = 30.0) -> None:
     from sanasr_cli.data.io import read_image
     from sanasr_cli.pipeline.upscale import upscale_tensor
 
-    lq = read_image(NANO_HELDOUT_PAIRS / "lq" / "coffee.png")[0][:, :29, :31]
+    lq = read_image(NANO_HELDOUT_PAIRS / "lq" / "skimage-coffee.png")[0][:, :29, :31]
     whole = upscale_tensor(model, lq, "clean", tile="none", color_fix="none")
     for tile in (48, 64):
         tiled = upscale_tensor(model, lq, "clean", tile=tile, color_fix="none")

@@ -1,13 +1,15 @@
-"""The shipped `nano`: held to what it was measured to do on held-out photos, and the README's first command.
+"""The shipped `nano` (v2): held to what it was measured to do on held-out photos, and the README's first command.
 
-Three small LQ/HQ pairs ship in tests/data/nano_heldout (crops of nano's held-out photos degraded with the
-Real-ESRGAN pipeline, seed 0; see benchmarks/nano_quality.py). The median Y-PSNR gain over bicubic measured on
-these very pairs when nano was shipped is in models/nano/recipe_report.json; the CPU path is deterministic, so
-the test reproduces it to 0.05 dB. The margin of the issue (half the measured gain) applies once that gain is
-positive. Today it is not: nano restores to within a few tenths of a dB of bicubic because its LoRA learned to
-cancel most of the prior's update (see the model card). That also limits what these tests can catch: flipping the
-restore step's sign or dropping SANA's prompt prefix moves the gain by more than 0.1 dB and fails here; feeding
-the raw tau or a wrong VAE scaling moves it by less than 0.05 dB and would not (measured, model card).
+Eight LQ/HQ pairs ship in tests/data/nano_heldout: the seed-0 evaluation pair (a 384 px region of a held-out photo
+degraded whole with the Real-ESRGAN pipeline, the aligned 256 px HQ / 64 px LQ centre kept; recipes/nano/pairs.py)
+of eight held-out photos picked by a rule (evenly spaced in name order; recipes/nano/__main__.py write_ci_pairs).
+The median Y-PSNR gain over bicubic measured on these very pairs when nano was shipped is in
+models/nano/recipe_report.json (`ci_pairs`); the test reproduces it to 0.05 dB and holds the issue's margin, half
+the measured gain. Each break of the method fails that margin: the restore step's sign, the timestep convention
+(sigma instead of 1000 sigma), the VAE scaling factor, SANA's prompt prefix, and (for upscale's default) the
+wavelet colour fix taken the wrong way round. Feeding the raw tau_g (900) instead of 1000 sigma (964) moves the
+gain by only 0.025 dB here (measured) and is not caught: tests/test_conventions.py holds that convention against
+diffusers' scheduler.
 """
 
 from __future__ import annotations
@@ -82,9 +84,9 @@ def median_gain(model, metrics, color_fix="none") -> float:
     return statistics.median(g for g, _ in gains(model, metrics, color_fix))
 
 
-def test_three_heldout_pairs_ship():
-    assert len(list((PAIRS / "lq").glob("*.png"))) == 3
-    assert len(list((PAIRS / "hq").glob("*.png"))) == 3
+def test_eight_heldout_pairs_ship():
+    assert len(list((PAIRS / "lq").glob("*.png"))) == 8
+    assert len(list((PAIRS / "hq").glob("*.png"))) == 8
 
 
 @pytest.mark.numerics
@@ -100,8 +102,8 @@ def test_nano_with_upscales_default_wavelet_colour_fix_holds_the_margin(nano, me
 
 
 @pytest.mark.numerics
-@pytest.mark.parametrize("breakage", ["restore sign", "no prompt prefix"])
-def test_each_breakage_of_the_method_fails_the_margin(breakage, metrics):
+@pytest.mark.parametrize("breakage", ["restore sign", "no prompt prefix", "sigma not x1000", "vae scaling"])
+def test_each_breakage_of_the_method_fails_the_margin(breakage, metrics, monkeypatch):
     """Sabotage one convention at a time on a fresh nano: the gain falls below the margin."""
     from sanasr_cli.models.sanasr import load_model
 
@@ -111,7 +113,25 @@ def test_each_breakage_of_the_method_fails_the_margin(breakage, metrics):
         restorer.forward = lambda z, e, m: z.float() + restorer.sigma_g * restorer.velocity(z, restorer.tau_g, e, m)
     elif breakage == "no prompt prefix":
         model.prompts.complex_human_instruction = False
+    elif breakage == "sigma not x1000":  # the transformer told sigma in [0, 1] instead of 1000 sigma
+        from sanasr_cli.models import restorer as restorer_module
+        from sanasr_cli.models.schedule import flow_sigma
+
+        monkeypatch.setattr(restorer_module, "model_timestep", lambda tau, shift: flow_sigma(tau, shift))
+    elif breakage == "vae scaling":
+        model.codec.scaling_factor = 1.0
     assert median_gain(model, metrics) < _margin()
+
+
+@pytest.mark.numerics
+def test_a_colour_fix_taken_the_wrong_way_round_fails_the_margin(nano, metrics, monkeypatch):
+    """upscale's default wavelet fix takes the low frequencies of the bicubic input and the high ones of the SR
+    output; swapped, the SR detail is thrown away and the gain falls below the margin."""
+    from sanasr_cli.pipeline import color
+
+    right = color.wavelet_color_fix
+    monkeypatch.setattr(color, "wavelet_color_fix", lambda restored, reference, levels=5: right(reference, restored))
+    assert median_gain(nano, metrics, "wavelet") < _margin()
 
 
 def test_nano_loads_offline_from_the_package_and_records_its_base():

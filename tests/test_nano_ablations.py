@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.helpers import NANO_HELDOUT_PAIRS as PAIRS
+from tests.helpers import NANO_V1_PAIRS as PAIRS
 from tests.helpers import benchmark_module
 
 TORCH_THREADS = 1
@@ -43,7 +43,7 @@ def test_one_cell_scored_like_nano_quality_then_skipped(ablations, tmp_path):
     # stored rounded to 3 and 4 decimals; on another CPU a float rounding may flip that last digit)
     from sanasr_cli.models.presets import NANO_DIR
 
-    shipped = json.loads((NANO_DIR / "recipe_report.json").read_text())["ci_pairs"]["images"]
+    shipped = json.loads((NANO_DIR / "recipe_report.json").read_text())["v1_ci_pairs"]["images"]  # nano v1's
     assert len(bicubic["images"]) == len(shipped)
     for ours, theirs in zip(bicubic["images"], shipped, strict=True):
         assert ours["bicubic_psnr_y"] == pytest.approx(theirs["bicubic_psnr_y"], abs=0.01), ours["image"]

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.helpers import NANO_HELDOUT_PAIRS as PAIRS
+from tests.helpers import NANO_V1_PAIRS as PAIRS
 from tests.helpers import benchmark_module
 
 

@@ -185,14 +185,20 @@ def stage_ship(work: Path, step: int | None) -> None:
     chosen = write_ci_pairs(work)
     report_file = NANO_DIR / "recipe_report.json"
     report = json.loads(report_file.read_text()) if report_file.exists() else {}
+    command = "sanasr " + " ".join(sr_command(work, max_steps(run))[3:]).replace(str(work), "WORK")
     report["v2"] = dict(
-        sr=dict(step=step, command="sanasr " + " ".join(sr_command(work, 0)[3:]).replace(str(work), "WORK"),
-                seconds=round(sr_seconds(run, step), 1)),
+        sr=dict(step=step, command=command, seconds=round(sr_seconds(run, step), 1)),
         ci_pairs=dict(images=chosen, **ci_gains()),
     )  # fmt: skip
+    if "images" in report.get("ci_pairs", {}):  # nano v1's CI crops and scores: its experiments were measured on them
+        report["v1_ci_pairs"] = report["ci_pairs"]
     report["ci_pairs"] = dict(median_gain_none_psnr_y=report["v2"]["ci_pairs"]["median_gain_none_psnr_y"])
     write_json(report_file, report)
     log(f"ship: checkpoint-{step} (EMA) -> {NANO_DIR / 'sr'}; CI pairs {report['v2']['ci_pairs']}")
+
+
+def max_steps(run: Path) -> int:
+    return int(json.loads((run / "train_config.json").read_text())["max_steps"])
 
 
 def sr_seconds(run: Path, step: int) -> float:
