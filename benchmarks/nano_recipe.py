@@ -48,42 +48,8 @@ from sanasr_cli.models.presets import NANO_DIR, PRESETS, build_local_tokenizer  
 
 PRESET = PRESETS["nano"]
 
-# (package, path inside the package's data folder, split). Split by file, fixed before any training; the two
-# motorcycle views (one scene) stay on the same side. Held-out: the four photos nothing is trained on.
-PHOTOS = [
-    ("skimage", "astronaut.png", "train"),
-    ("skimage", "rocket.jpg", "train"),
-    ("skimage", "motorcycle_left.png", "train"),
-    ("skimage", "motorcycle_right.png", "train"),
-    ("skimage", "ihc.png", "train"),
-    ("skimage", "brick.png", "train"),
-    ("skimage", "grass.png", "train"),
-    ("skimage", "gravel.png", "train"),
-    ("skimage", "camera.png", "train"),
-    ("skimage", "coins.png", "train"),
-    ("skimage", "moon.png", "train"),
-    ("sklearn", "china.jpg", "train"),
-    ("skimage", "chelsea.png", "heldout"),
-    ("skimage", "coffee.png", "heldout"),
-    ("sklearn", "flower.jpg", "heldout"),
-    ("matplotlib", "grace_hopper.jpg", "heldout"),
-]
-
-
-def package_data_dir(package: str) -> Path:
-    if package == "skimage":
-        import skimage
-
-        return Path(skimage.__file__).parent / "data"
-    if package == "sklearn":
-        import sklearn.datasets
-
-        return Path(sklearn.datasets.__file__).parent / "images"
-    if package == "matplotlib":
-        import matplotlib
-
-        return Path(matplotlib.get_data_path()) / "sample_data"
-    raise ValueError(package)
+# nano v1's photos (package, path, split) and where the Python packages keep them: one list, in the v2 recipe
+from recipes.nano.data import PHOTOS, package_data_dir  # noqa: E402, F401
 
 
 def sha256(path: Path) -> str:
