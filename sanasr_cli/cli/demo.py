@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import signal
 import socket
+import sys
+import threading
+import time
 
 import typer
 
@@ -86,7 +91,7 @@ def demo(
 
     with tempfile.TemporaryDirectory(prefix="sanasr-demo-") as out_dir:  # the result PNGs, removed on exit
         page = build_demo(DemoSettings(model=model, max_pixels=int(max_pixels * 1e6)), cache, Path(out_dir))
-        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as Ctrl-C does: server closed, files removed
+        _stop_on_signals(out_dir)  # Ctrl-C and `kill` stop it: server closed, files removed
         try:
             serve(page, host=host, port=port, share=share, on_ready=_ready)
         except KeyboardInterrupt:
@@ -102,8 +107,28 @@ def _ready(local_url: str, share_url: str | None) -> None:
         console.print(f"sanasr demo: public link {share_url} (anyone with it can use the demo)", highlight=False)
 
 
-def _interrupt(*_):
-    raise KeyboardInterrupt
+STOP_GRACE_S = 15.0
+
+
+def _stop_on_signals(out_dir: str) -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt (Gradio closes its server and the temp folder is removed); should
+    Gradio's shutdown not finish within STOP_GRACE_S (its server threads can hang on a loaded machine: seen in the
+    browser test), a watchdog removes the folder and exits 0 anyway, so a stopped demo never lingers."""
+
+    def handler(*_):
+        threading.Thread(target=_exit_after_grace, args=(out_dir,), daemon=True).start()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _exit_after_grace(out_dir: str) -> None:
+    time.sleep(STOP_GRACE_S)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    console.print("sanasr demo: stopped")
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def _cache(model, dev, dtype, base, seed):
