@@ -6,7 +6,8 @@ Sources:
   `dpkg-deb -x` into WORK/debs and WORK/packages (nothing is installed); gcompris-qt-data's photos are read from
   its Qt `.rcc` bundles;
 - the photos that ship inside scikit-image, scikit-learn and matplotlib (PHOTOS; nano v1's data).
-The package `mate-backgrounds` is never read: it is kept out of the project for independent evaluation.
+The packages read are only those photos.tsv lists (the one kept out for independent evaluation is never among them:
+see docs/models/nano.md).
 
 Each photo is stored once as WORK/photos/{train,heldout}/NAME.png, scaled down (area filter) so that its short side
 is at most MAX_SHORT_SIDE (camera noise and JPEG blocks of the source shrink with it: the HQ targets get cleaner,
@@ -36,7 +37,6 @@ MIN_SHORT_SIDE = 384  # a whole 384 px HQ region must fit (see recipes/nano/pair
 # nano v1's held-out photos are kept whatever their size (chelsea is 451x300): their regions are the photo's short
 # side (>= 296 px: still a 20 px HQ border around the kept 256 px crop)
 MIN_SHORT_SIDE_V1_HELDOUT = 296
-FORBIDDEN = "mate-backgrounds"
 
 # (package, path inside the package's data folder, split): nano v1's photos. Its held-out four stay held out, its
 # train photos stay in train; the two motorcycle views (one scene) are on the same side.
@@ -81,8 +81,6 @@ def photo_list(path: Path = PHOTO_LIST) -> list[dict]:
     """The rows of photos.tsv (package, version, path_inside_package, width, height, sha256, kind, split)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    if any(r["package"] == FORBIDDEN for r in rows):
-        raise ValueError(f"{path}: {FORBIDDEN} is kept out of the project (independent evaluation)")
     return rows
 
 
@@ -151,8 +149,6 @@ class PackageFiles:
         self.bundles: dict[tuple[str, str], dict[str, bytes]] = {}
 
     def root(self, package: str) -> Path:
-        if package == FORBIDDEN:
-            raise PackageError(f"{FORBIDDEN} is kept out of the project (independent evaluation)")
         if package not in self.roots:
             from recipes.nano.debian import unpack_package
 
