@@ -155,6 +155,21 @@ def make_temp_dir(parent: str | Path, prefix: str) -> Path:
     return folder
 
 
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move a finished temp folder to `out`; an existing `out` is set aside first and removed only once the new one
+    is in place (a failed rename leaves the old one where it was)."""
+    import shutil
+    import tempfile
+
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
 def usual_file_modes(folder: str | Path) -> None:
     """Give the files a library just wrote into a new staging `folder` the usual permissions (0666 less the
     umask): for writers that cannot go through atomic_write (e.g. diffusers' save_pretrained, whose

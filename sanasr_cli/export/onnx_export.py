@@ -22,7 +22,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,7 +302,7 @@ def export_onnx(
 
     from sanasr_cli import __version__
     from sanasr_cli.prompts.template import build_prompt
-    from sanasr_cli.safe_files import atomic_write, make_temp_dir
+    from sanasr_cli.safe_files import atomic_write, make_temp_dir, replace_dir
 
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"--quantize takes {', '.join(QUANTIZATIONS)}, not '{quantize}'")
@@ -362,13 +361,7 @@ def export_onnx(
         contract["files"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.suffix in (".onnx", ".npz")}
         atomic_write(tmp / CONTRACT_NAME, json.dumps(contract, indent=2) + "\n")
         atomic_write(tmp / "README.md", model_card(contract))
-        if out.exists():  # checked above: empty, or an earlier export; set it aside, then rename
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)  # an earlier one (checked above) is set aside, then removed
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -657,7 +656,7 @@ def save_model_dir(
     the directory refers to the base transformer. A LoRA adapter on the transformer is saved as `adapter/`.
     extra_files: {relative name: text} written into the directory before it is renamed into place (reports).
     """
-    from sanasr_cli.safe_files import atomic_write, check_replaceable_dir, make_temp_dir, usual_file_modes
+    from sanasr_cli.safe_files import atomic_write, check_replaceable_dir, make_temp_dir, replace_dir, usual_file_modes
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -688,13 +687,7 @@ def save_model_dir(
         desc.save(tmp)
         for name, text in (extra_files or {}).items():
             atomic_write(tmp / name, text)
-        if out.exists():  # set the old one aside first: a failed rename leaves it where it was
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)  # an earlier one (checked above) is set aside, then removed
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
