@@ -76,13 +76,31 @@ def prior_dir(work: Path) -> Path:
     return folder
 
 
-def sr_command(work: Path, steps: int) -> list[str]:
+def sr_command(work: Path, steps: int, run: str = "sr_run", base: Path | None = None) -> list[str]:
+    """`sanasr train` of the SR stage into WORK/run; base: a base folder other than the shipped one (--base, a
+    change a resumed run may make: the `sr2` stage continues `sr`'s checkpoint on the v2 decoder)."""
     pairs = work / "train_pairs"
     return [
         sys.executable, "-m", "sanasr_cli", "train", "--model", str(prior_dir(work)),
-        "--pairs", str(pairs / "lq"), str(pairs / "hq"), "-o", str(work / "sr_run"), "--max-steps", str(steps),
-        *SR_FLAGS, "--resume", "auto",
+        "--pairs", str(pairs / "lq"), str(pairs / "hq"), "-o", str(work / run), "--max-steps", str(steps),
+        *SR_FLAGS, "--resume", "auto", *(["--base", str(base)] if base else []),
     ]  # fmt: skip
+
+
+# sr2 continues sr's checkpoint at this step (nano v2's first SR run, on v1's decoder) on the v2 decoder
+SR2_FROM_STEP = 4500
+
+
+def stage_sr2(work: Path, steps: int, threads: int) -> None:
+    run = work / "sr2_run"
+    start = work / "sr_run" / f"checkpoint-{SR2_FROM_STEP}"
+    if not checkpoints(run):
+        if not start.is_dir():
+            start = REPO / "recipes" / "nano" / "resume" / "sr_run" / start.name  # committed: a fresh machine resumes
+        run.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(start, run / start.name)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    subprocess.run(sr_command(work, steps, "sr2_run", work / "base_v2"), check=True, env=env, cwd=REPO)
 
 
 def checkpoints(run: Path) -> list[int]:
@@ -129,7 +147,6 @@ def stage_ladder(work: Path) -> None:
     import torch
 
     from recipes.nano import reference as R
-    from sanasr_cli.models.merge import merge_model
     from sanasr_cli.models.sanasr import load_model
     from sanasr_cli.prompts.template import DEFAULT_TEMPLATE, build_prompt
 
@@ -150,13 +167,29 @@ def stage_ladder(work: Path) -> None:
         ladder.rung(f"reference learner, step {step}", lambda a, b: model.eval()(a, b))
     prompt = build_prompt([], DEFAULT_TEMPLATE)
     for step in checkpoints(work / "sr_run"):
-        name = f"nano SR, step {step} (EMA)"
-        if name in ladder.data["raw"]:
-            ladder.rung(name)
-            continue
-        model = load_model(work / "sr_run" / f"checkpoint-{step}")
-        merge_model(model, ema=True)
-        ladder.rung(name, ladder.L.model_method(model, prompt))
+        ladder_checkpoint(ladder, work / "sr_run", step, f"nano SR, step {step} (EMA)", prompt)
+    if (work / "base_v2" / "vae").is_dir():
+        v2 = load_model(prior_dir(work), base=str(work / "base_v2"))
+        methods, recon = ladder.L.autoencoder_methods(v2.codec)
+        ladder.rung("D2(E(bicubic)) (v2 decoder)", methods["autoencoder(bicubic)"])
+        if "D2(E(HQ)) (v2 decoder)" not in ladder.data["raw"]:
+            with torch.no_grad():
+                outs = torch.cat([recon(ladder.hq[i : i + 8]) for i in range(0, len(ladder.hq), 8)])
+            ladder.rung("D2(E(HQ)) (v2 decoder)", outputs=outs)
+        for step in checkpoints(work / "sr2_run"):
+            name = f"nano SR on the v2 decoder, step {step} (EMA)"
+            ladder_checkpoint(ladder, work / "sr2_run", step, name, prompt, base=work / "base_v2")
+
+
+def ladder_checkpoint(ladder: Ladder, run: Path, step: int, name: str, prompt: str, base: Path | None = None):
+    from sanasr_cli.models.merge import merge_model
+    from sanasr_cli.models.sanasr import load_model
+
+    if name in ladder.data["raw"]:
+        return ladder.rung(name)
+    model = load_model(run / f"checkpoint-{step}", base=str(base) if base else None)
+    merge_model(model, ema=True)
+    return ladder.rung(name, ladder.L.model_method(model, prompt))
 
 
 def stage_ship(work: Path, step: int | None) -> None:
@@ -263,11 +296,17 @@ def write_ci_pairs(work: Path, count: int = 8) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="work folder (outside the repository)")
-    ap.add_argument("--stage", default="all", choices=["all", "data", "pairs", "reference", "sr", "ladder", "ship"])
+    ap.add_argument(
+        "--stage",
+        default="all",
+        choices=["all", "data", "pairs", "reference", "sr", "decoder", "sr2", "ladder", "ship"],
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--draws", type=int, default=32, help="training pairs per train photo")
     ap.add_argument("--reference-steps", type=int, default=4000)
+    ap.add_argument("--decoder-steps", type=int, default=2000)
     ap.add_argument("--sr-steps", type=int, default=6000)
+    ap.add_argument("--sr2-steps", type=int, default=12000, help="sr2's last step (it starts at SR2_FROM_STEP)")
     ap.add_argument("--ship-step", type=int, default=None, help="checkpoint to ship (default: the last)")
     args = ap.parse_args(argv)
     import torch
@@ -289,6 +328,13 @@ def main(argv: list[str] | None = None) -> None:
     if todo("sr"):
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         subprocess.run(sr_command(work, args.sr_steps), check=True, env=env, cwd=REPO)
+    if todo("decoder"):
+        from recipes.nano.decoder import train_decoder
+        from sanasr_cli.models.presets import NANO_DIR
+
+        train_decoder(work, NANO_DIR / "base", args.decoder_steps, log=log)
+    if todo("sr2"):
+        stage_sr2(work, args.sr2_steps, args.threads)
     if todo("ladder"):
         stage_ladder(work)
     if todo("ship"):
