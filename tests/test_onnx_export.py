@@ -240,6 +240,9 @@ def test_bench_compare_backends_reports_ratios_per_size(tiny_onnx, tmp_path):
         assert set(entry["speedup_vs_pytorch"]) == {"ort_fp32", "ort_int8"}
         assert all(r > 0 for r in entry["speedup_vs_pytorch"].values())
         assert all(len(s) == 3 for s in entry["seconds"].values())
+    memory = report["per_size"][-1]["memory_mib"]  # at the largest size, each backend in a process of its own
+    assert set(memory) == {"pytorch", "ort_fp32", "ort_int8"} and not report["per_size"][0]["memory_mib"]
+    assert all(0 < m["loaded_rss_mib"] <= m["peak_rss_mib"] for m in memory.values())
     assert report["model_onnx_mib"]["ort_int8"] < report["model_onnx_mib"]["ort_fp32"]
     assert (exports / "ort_fp32" / "model.onnx").stat().st_mtime_ns == before  # reused, not exported again
     assert json.loads((exports / "ort_int8" / "sanasr-onnx.json").read_text())["quantization"]["mode"] == "int8"

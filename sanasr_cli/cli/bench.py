@@ -196,7 +196,8 @@ def bench(
         _check_backend_flags(compare, plot, device, precision, tagger)
         from sanasr_cli.evaluation.backends import BackendOptions
 
-        options = BackendOptions(sizes=tuple(sizes), rounds=repeats, warmup=warmup, threads=threads, work=export_dir)
+        load = {"random_weights": random_weights, "seed": seed, "base": base, "full_vae": full_vae}
+        options = BackendOptions(tuple(sizes), repeats, warmup, threads, export_dir, load=load)
         return _write_backends(_compare_backends(model, options, (base, random_weights, seed, full_vae)), json_out)
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
@@ -264,13 +265,14 @@ def _write_backends(report: dict, json_out) -> None:
         table = Table(
             title=f"{report['model']}, {report['threads']} thread(s), {report['device']}", title_justify="left"
         )
-        for col in ("size", "backend", "median s", "speed-up", "peak+ MiB", "onnx MiB"):
+        for col in ("size", "backend", "median s", "speed-up", "peak MiB", "onnx MiB"):
             table.add_column(col, justify="left" if col in ("size", "backend") else "right", min_width=8)
         for entry in report["per_size"]:
             for name in report["backends"]:
+                peak = (entry["memory_mib"].get(name) or {}).get("peak_rss_mib")
                 table.add_row(
                     f"{entry['lq_size']}->{entry['size']}", name, _fmt(entry["median_seconds"][name]),
-                    _fmt(entry["speedup_vs_pytorch"].get(name, 1.0)), _fmt(entry["peak_extra_mib"][name]),
+                    _fmt(entry["speedup_vs_pytorch"].get(name, 1.0)), _fmt(peak),
                     _fmt(report["model_onnx_mib"].get(name)), end_section=name == report["backends"][-1],
                 )  # fmt: skip
         out.print(table)

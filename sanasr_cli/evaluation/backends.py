@@ -9,8 +9,10 @@ How each number is obtained (and stated in the report):
   rounds times every backend once, in an order rotated per round (interleaved), so that a shared machine whose
   load changes slows all of them alike. **speedup_vs_pytorch** is the median of the per-round ratios
   (PyTorch seconds / backend seconds), not a ratio of medians.
-- **peak_extra_mib**: the process's resident memory (RSS, sampled every 2 ms) during one more call of that backend,
-  above the RSS just before it: activations and workspace (every backend's weights are resident throughout).
+- **memory_mib**: each backend alone in a fresh process (the same interpreter; torch is imported by all three, as
+  the host code runs on it) loads and runs one call at the largest size: its resident memory after loading and the
+  process's peak (VmHWM). In the timing process all three are resident at once, and both
+  allocators keep what they once took, so a peak there would say little.
   **weights_mib**: the PyTorch modules' parameters and buffers; for ONNX Runtime the stage files' size.
   **model_onnx_mib**: the size of the deployable `model.onnx`.
 """
@@ -19,10 +21,9 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,6 +41,8 @@ class BackendOptions:
     warmup: int = 1
     threads: int | None = None  # None: torch's current number
     work: Path | None = None  # where the exports are written (and reused); None: a temporary folder
+    memory: bool = True  # peak memory of each backend, each in a process of its own
+    load: dict = field(default_factory=dict)  # how the PyTorch model is loaded again there (load_model's kwargs)
 
 
 def ensure_export(model, source: str, folder: Path, quantize: str) -> Path:
@@ -60,45 +63,55 @@ def ensure_export(model, source: str, folder: Path, quantize: str) -> Path:
     return folder
 
 
-class PeakRSS:
-    """The process's peak resident set size while the block runs, sampled every 2 ms from /proc (Linux);
-    `peak` stays None where /proc/self/statm does not exist."""
+def child_peak(kind: str, target: str, load: dict, side: int, threads: int) -> dict:
+    """In a fresh process: load one backend (`pytorch`: the model `target` as `load` says; else the ONNX folder
+    `target`), run one upscale of a side x side LQ, and report the process's resident memory (MiB) after loading
+    and its peak (VmHWM: getrusage's ru_maxrss would start at the forking parent's, which Linux keeps over exec)."""
+    from sanasr_cli.models.onnx_backend import load_onnx_model
+    from sanasr_cli.models.sanasr import load_model
+    from sanasr_cli.pipeline.upscale import upscale_tensor
+    from sanasr_cli.prompts.template import build_prompt
 
-    def __init__(self):
-        self.peak: int | None = None
-        self.before: int | None = None
+    torch.set_num_threads(threads)
+    model = load_model(target, **load) if kind == "pytorch" else load_onnx_model(target, threads)
+    loaded = _rss()
+    torch.manual_seed(side)
+    with torch.no_grad():
+        upscale_tensor(
+            model, torch.rand(3, side, side), build_prompt([], model.description.prompt.template), tile="none"
+        )
+    peak = _rss("VmHWM")
+    return {
+        "loaded_rss_mib": None if loaded is None else round(loaded / MIB, 1),
+        "peak_rss_mib": None if peak is None else round(peak / MIB, 1),
+    }
 
-    @staticmethod
-    def rss() -> int | None:
-        import os
 
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            return None
+def _rss(field: str = "VmRSS") -> int | None:
+    """This process's resident set size (VmRSS) or its peak (VmHWM) in bytes, from /proc/self/status (Linux);
+    None where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(ln for ln in f if ln.startswith(field + ":"))
+        return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
-    def _sample(self) -> None:
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak or 0, self.rss() or 0)
 
-    def __enter__(self) -> PeakRSS:
-        self.before = self.peak = self.rss()
-        self._stop = threading.Event()
-        if self.before is not None:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
+def peak_in_child(kind: str, target: str, load: dict, side: int, threads: int) -> dict | None:
+    """child_peak in a subprocess (this interpreter); None when it fails."""
+    import json
+    import subprocess
+    import sys
 
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self.before is not None:
-            self._thread.join()
-            self.peak = max(self.peak or 0, self.rss() or 0)
-
-    @property
-    def extra(self) -> int | None:
-        return None if self.before is None else self.peak - self.before
+    code = (
+        "import json, sys; from sanasr_cli.evaluation.backends import child_peak; "
+        "print('PEAK ' + json.dumps(child_peak(*json.loads(sys.argv[1]))))"
+    )
+    args = json.dumps([kind, str(target), load, side, threads])
+    proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("PEAK ")]
+    return json.loads(lines[-1][5:]) if proc.returncode == 0 and lines else None
 
 
 def time_backends(
@@ -126,17 +139,15 @@ def time_backends(
     return seconds
 
 
-def _size_report(backends: dict, side: int, prompt: str, options: BackendOptions, step) -> dict:
-    from sanasr_cli.pipeline.upscale import upscale_tensor
-
+def _size_report(backends: dict, side: int, prompt: str, options: BackendOptions, step, targets: dict) -> dict:
     torch.manual_seed(side)
     lq = torch.rand(3, side // 4, side // 4)
     seconds = time_backends(backends, lq, prompt, options.rounds, options.warmup, step)
-    peaks = {}
-    for name, model in backends.items():
-        with PeakRSS() as peak, torch.no_grad():
-            upscale_tensor(model, lq, prompt, tile="none")
-        peaks[name] = None if peak.extra is None else round(peak.extra / MIB, 1)
+    memory = {}
+    if options.memory and side == max(options.sizes):  # at the largest size only: a process per backend
+        for name, target in targets.items():
+            step(f"peak memory of {name} at {side // 4} px LQ (a process of its own)")
+            memory[name] = peak_in_child(name, target, options.load, side // 4, options.threads or 1)
     ref = seconds["pytorch"]
     return {
         "size": side,
@@ -147,7 +158,7 @@ def _size_report(backends: dict, side: int, prompt: str, options: BackendOptions
             for n, s in seconds.items()
             if n != "pytorch"
         },
-        "peak_extra_mib": peaks,
+        "memory_mib": memory,
         "seconds": {n: [round(t, 4) for t in s] for n, s in seconds.items()},
     }
 
@@ -183,7 +194,8 @@ def compare_backends(model, source: str, options: BackendOptions, on_step: Calla
             sizes[name] = round(contract["files"]["model.onnx"] / MIB, 2)
             weights[name] = round(sum(contract["files"][f] for f in contract["stages"].values()) / MIB, 1)
         prompt = build_prompt([], model.description.prompt.template)
-        per_size = [_size_report(backends, side, prompt, options, step) for side in options.sizes]
+        targets = {"pytorch": source, **{n: str(work / n) for n in QUANTIZE_OF}}
+        per_size = [_size_report(backends, side, prompt, options, step, targets) for side in options.sizes]
     finally:
         torch.set_num_threads(previous)
         if tmp is not None:
@@ -204,8 +216,8 @@ def compare_backends(model, source: str, options: BackendOptions, on_step: Calla
             "whole image; median of the rounds",
             "speedup_vs_pytorch": "median of per-round ratios (PyTorch seconds / backend seconds), rounds "
             "interleaved in rotated order in one process",
-            "peak_extra_mib": "peak RSS during one call above the RSS before it (sampled every 2 ms; every "
-            "backend's weights resident throughout)",
+            "memory_mib": "at the largest size, each backend alone in a fresh process (torch imported by all: the "
+            "host code): RSS after loading, and the process's peak RSS over loading and one call (VmHWM)",
             "weights_mib": "PyTorch: parameters and buffers of the modules run; ONNX: the stage files' size",
         },
     }

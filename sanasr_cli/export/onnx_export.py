@@ -9,7 +9,8 @@ with math.isclose(..., abs_tol=1e-8), so SANA's linear attention `num / (den + 1
 SanaMultiscaleLinearAttention in the DC-AE decoder, and the LinearDiT's SanaLinearAttnProcessor2_0) loses its
 eps. Where a token's ReLU'd query meets only zero keys, den is exactly 0 and PyTorch's 0 / 1e-15 = 0 becomes
 0 / 0 = NaN in ONNX: 3876 of 12288 values of nano's decoded 64x64 image were NaN. Unoptimised, the graph keeps
-the eps and matches PyTorch (ONNX Runtime still optimises it when it loads it).
+the eps and matches PyTorch; each graph is then constant-folded by ONNX Runtime's basic optimisations, offline
+(`fold_constants`: what ORT does on load anyway, eps kept), which --quantize int8 needs to see the weights.
 Why heights and widths are multiples: the restorer pads latents to the transformer's patch with a Python `if`
 that torch.export would specialise, so the graphs take latent sides that are multiples of the patch (sanasr's
 host path pads; a deployer feeding model.onnx keeps LQ sides multiples of the contract's `multiple_of`).
