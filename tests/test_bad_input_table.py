@@ -95,6 +95,8 @@ ROWS = [
     (["eval", "--model", "{t}/badmodel", "--lq", "{t}/in"], 2, "not an object"),
     (["eval", "--hr", "{t}/in"], 2, "exactly one of"),
     (["bench", "--model", "tiny", "--size", "8"], 2, "--size"),
+    (["bench", "--model", "tiny", "--compare-backends", "--compare", "osediff"], 2, "does not take --compare"),
+    (["bench", "--model", "tiny", "--compare-backends", "--precision", "bf16"], 2, "on the CPU in fp32"),
     (["bench", "--model", "tiny", "--plot", "{t}/in", "--latency", "off"], 2, "is a folder"),
     (["bench", "--model", "{t}/escape", "--latency", "off"], 2, "'transformer'"),
     (["distill", "encoder", "tiny", "-o", "{t}/d", "--hq", "{t}/nothing"], 2, "not a folder"),

@@ -72,17 +72,26 @@ def test_model_onnx_is_the_stages_composed(tmp_path):
     assert np.allclose(session.run(None, {"lq": lq})[0], 3 * (2 * lq + 1))
 
 
-def test_int8_quantizes_the_restorer_weights(tmp_path):
-    from sanasr_cli.export.onnx_export import quantize_int8
+def test_int8_quantizes_weights_the_exporter_feeds_through_a_transpose(tmp_path):
+    """torch's exporter (optimize=False) writes a Linear as MatMul(x, Transpose(W)): the export folds the Transpose
+    first, so int8 quantizes the weight (MatMulInteger), and the result stays close to fp32."""
+    from sanasr_cli.export.onnx_export import fold_constants, quantize_int8
 
     weight = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32) * 10
-    mm = [helper.make_node("MatMul", ["latent", "w"], ["restored_latent"])]
-    _save(tmp_path, "restorer.onnx", mm, ["latent"], ["restored_latent"], [numpy_helper.from_array(weight, "w")])
+    linear = [
+        helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["latent", "wt"], ["restored_latent"]),
+    ]
+    _save(tmp_path, "restorer.onnx", linear, ["latent"], ["restored_latent"], [numpy_helper.from_array(weight, "w")])
     x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
     ref = ort.InferenceSession(str(tmp_path / "restorer.onnx")).run(None, {"latent": x})[0]
-    record = quantize_int8(tmp_path)
+    assert np.allclose(ref, x @ weight.T, atol=1e-4)
+    fold_constants(tmp_path, ["restorer.onnx"])
+    record = quantize_int8(tmp_path, {"restorer": "restorer.onnx"})
     assert "int8" in record["restorer"] and sorted(p.name for p in tmp_path.iterdir()) == ["restorer.onnx"]
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "restorer.onnx")).graph.node}
-    assert "MatMulInteger" in ops and "MatMul" not in ops
+    graph = onnx.load(str(tmp_path / "restorer.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert "MatMulInteger" in ops and not {"MatMul", "Transpose"} & ops
+    assert all(i.data_type != TensorProto.FLOAT for i in graph.initializer if len(i.dims) == 2)  # no fp32 copy left
     out = ort.InferenceSession(str(tmp_path / "restorer.onnx")).run(None, {"latent": x})[0]
     assert 0 < np.abs(out - ref).max() < 0.05 * np.abs(ref).max()  # quantised: close, not equal

@@ -30,6 +30,15 @@ def tiny_onnx(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx_prompt_input(tmp_path_factory):
+    """The tiny preset (seed 0) exported by the CLI with --prompt-input, fp32."""
+    out = tmp_path_factory.mktemp("onnx") / "tiny_onnx_prompt_input"
+    result = run("export", "tiny", "-o", out, "--prompt-input")
+    assert result.exit_code == 0, result.output
+    return out
+
+
 def _pytorch_sr(model, lq: torch.Tensor, prompt: str) -> torch.Tensor:
     from sanasr_cli.data.resample import upsample_bicubic
     from sanasr_cli.pipeline.upscale import restore_upsampled
@@ -162,3 +171,81 @@ def test_missing_onnxruntime_is_one_clear_line(tiny_onnx, tmp_path):
         assert len(errors) == 1 and "pip install 'sanasr[onnx]'" in errors[0], proc.stderr
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "exp").exists()
+
+
+def test_prompt_input_export_equals_the_baked_one_for_the_same_prompt(tiny_onnx, tiny_onnx_prompt_input, tiny_model):
+    """--prompt-input: model.onnx takes prompt_embeds / prompt_mask (the untrimmed layout, padding masked): fed the
+    default prompt's, it gives the baked export's output within 1e-4; fed another prompt's, PyTorch's for it."""
+    from sanasr_cli.models.onnx_backend import run_model_onnx
+
+    contract = json.loads((tiny_onnx_prompt_input / "sanasr-onnx.json").read_text())
+    assert contract["prompt"]["input"] and contract["prompt"]["tokens"] == tiny_model.prompts.max_length
+    assert contract["prompt"]["tokens"] > json.loads((tiny_onnx / "sanasr-onnx.json").read_text())["prompt"]["tokens"]
+    lq = torch.rand(2, 3, 12, 6, generator=torch.Generator().manual_seed(3))
+    with_inputs, baked = run_model_onnx(tiny_onnx_prompt_input, lq), run_model_onnx(tiny_onnx, lq)
+    assert torch.isfinite(with_inputs).all() and float((with_inputs - baked).abs().max()) < TOLERANCE
+    embeds, mask = tiny_model.prompts.encode(["a cat", "a dog on grass"], reuse_prefix=True)
+    other = run_model_onnx(tiny_onnx_prompt_input, lq, prompt_embeds=embeds, prompt_mask=mask)
+    ref = _pytorch_sr(tiny_model, lq[:1], "a cat")
+    assert float((other[:1] - ref).abs().max()) < TOLERANCE and float((other[0] - other[1]).abs().max()) > 1e-3
+
+
+def test_prompt_input_export_runs_other_prompts_through_the_source_text_encoder(tiny_onnx_prompt_input, tiny_model):
+    """upscale's path with --prompt on a --prompt-input export: the text encoder of the contract's source (tiny,
+    random weights, seed 0) is rebuilt when first needed, and the output is PyTorch's for that prompt."""
+    from sanasr_cli.models.sanasr import load_model
+    from sanasr_cli.pipeline.upscale import upscale_tensor
+
+    onnx_model = load_model(tiny_onnx_prompt_input)
+    lq = torch.from_numpy(make_photo_like(11, 9, 2)).permute(2, 0, 1).float() / 255
+    sr = upscale_tensor(onnx_model, lq, "a red barn", tile="none")
+    assert onnx_model.prompts.text_encoder is not None  # built on first need
+    ref = upscale_tensor(tiny_model, lq, "a red barn", tile="none")
+    assert float((sr - ref).abs().max()) < TOLERANCE
+
+
+def test_prompt_input_export_whose_text_encoder_cannot_be_had_is_one_line(tiny_onnx_prompt_input, tmp_path):
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_onnx_prompt_input, moved)
+    contract = json.loads((moved / "sanasr-onnx.json").read_text())
+    contract["source_model"] = str(tmp_path / "gone_model_dir")  # exported from a model directory not here
+    (moved / "sanasr-onnx.json").write_text(json.dumps(contract))
+    Image.fromarray(make_photo_like(8, 8, 0)).save(tmp_path / "a.png")
+    ok = run("upscale", tmp_path / "a.png", "-o", tmp_path / "ok", "--model", moved)  # its default prompt: no encoder
+    assert ok.exit_code == 0, ok.output
+    result = run("upscale", tmp_path / "a.png", "-o", tmp_path / "out", "--model", moved, "--prompt", "a cat")
+    assert result.exit_code == 1 and "needs the text encoder of its source" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bench_compare_backends_reports_ratios_per_size(tiny_onnx, tmp_path):
+    """`sanasr bench --compare-backends` on tiny: PyTorch, ORT fp32, ORT int8 timed interleaved per size, the
+    ratios in the JSON (no timing is asserted); an export already in --export-dir with the same weights is reused."""
+    import shutil
+
+    exports = tmp_path / "exports"
+    shutil.copytree(tiny_onnx, exports / "ort_fp32")
+    before = (exports / "ort_fp32" / "model.onnx").stat().st_mtime_ns
+    args = ["--model", "tiny", "--random-weights", "--compare-backends", "--size", "32", "--size", "48"]
+    result = run(
+        "bench", *args, "--repeats", "3", "--warmup", "0", "--export-dir", exports, "--json", tmp_path / "b.json"
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["backends"] == ["pytorch", "ort_fp32", "ort_int8"] and report["threads"] >= 1
+    assert [e["size"] for e in report["per_size"]] == [32, 48] and [e["lq_size"] for e in report["per_size"]] == [8, 12]
+    for entry in report["per_size"]:
+        assert set(entry["speedup_vs_pytorch"]) == {"ort_fp32", "ort_int8"}
+        assert all(r > 0 for r in entry["speedup_vs_pytorch"].values())
+        assert all(len(s) == 3 for s in entry["seconds"].values())
+    memory = report["per_size"][-1]["memory_mib"]  # at the largest size, each backend in a process of its own
+    assert set(memory) == {"pytorch", "ort_fp32", "ort_int8"} and not report["per_size"][0]["memory_mib"]
+    assert all(0 < m["loaded_rss_mib"] <= m["peak_rss_mib"] for m in memory.values())
+    assert report["model_onnx_mib"]["ort_int8"] < report["model_onnx_mib"]["ort_fp32"]
+    assert (exports / "ort_fp32" / "model.onnx").stat().st_mtime_ns == before  # reused, not exported again
+    assert json.loads((exports / "ort_int8" / "sanasr-onnx.json").read_text())["quantization"]["mode"] == "int8"
+    assert "speed-up" in result.output
+    bad = run("bench", "--model", "tiny", "--compare-backends", "--plot", tmp_path / "p.png")
+    assert bad.exit_code == 2 and "--compare-backends does not take --plot" in one_error_line(bad)

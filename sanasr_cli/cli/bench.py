@@ -133,6 +133,22 @@ TAGGER = typer.Option("none", "--tagger", help="Also report the prompt tagger's 
 TAGGER_MODEL = typer.Option(
     None, "--tagger-model", help="CLIP hub id or local folder for --tagger clip (default: ViT-B/32)."
 )
+COMPARE_BACKENDS = typer.Option(
+    False,
+    "--compare-backends",
+    help="Instead of the per-part report: PyTorch eager vs ONNX Runtime fp32 vs ONNX Runtime int8 end to end on "
+    "the CPU (the model exported both ways first), --repeats interleaved rounds per --size, speed-ups and peak "
+    "memory. Needs the ONNX extra.",
+)
+THREADS = typer.Option(
+    None, "--threads", min=1, help="--compare-backends: intra-op threads of torch and ONNX Runtime (default torch's)."
+)
+EXPORT_DIR = typer.Option(
+    None,
+    "--export-dir",
+    help="--compare-backends: keep the exports here (EXPORT_DIR/ort_fp32, ort_int8) and reuse them when they "
+    "hold the same weights (default: a temporary folder, removed afterwards).",
+)
 
 
 def bench(
@@ -154,6 +170,9 @@ def bench(
     tagger_model: str = TAGGER_MODEL,
     full_vae: bool = opt.FULL_VAE,
     vae_decoder: str = opt.VAE_DECODER,
+    compare_backends: bool = COMPARE_BACKENDS,
+    threads: int = THREADS,
+    export_dir: Path = EXPORT_DIR,
 ):
     """Measure parameters, MACs, latency and peak memory of each part (VAE encode, text encoder, transformer,
     VAE decode) and end to end.
@@ -163,6 +182,7 @@ def bench(
     sanasr bench --random-weights --size 512 --size 1024 --size 2048 --compare osediff --plot cost.png
     sanasr bench --model pruned_dir/ --random-weights --json cost.json
     sanasr bench --model tiny --latency on                         small enough to time on a CPU
+    sanasr bench --model nano --compare-backends --size 256 --threads 2    PyTorch vs ONNX Runtime fp32 / int8
 
     MACs = FLOPs/2 counted by torch's FlopCounterMode on the meta device (no weights or memory needed, fused
     attention counted). end_to_end = encode + transformer + decode; the text encoder is its own part.
@@ -172,6 +192,13 @@ def bench(
     from sanasr_cli.evaluation.bench import BenchOptions
 
     _check_flags(compare, latency, sizes, json_out, plot)
+    if compare_backends:
+        _check_backend_flags(compare, plot, device, precision, tagger)
+        from sanasr_cli.evaluation.backends import BackendOptions
+
+        load = {"random_weights": random_weights, "seed": seed, "base": base, "full_vae": full_vae}
+        options = BackendOptions(tuple(sizes), repeats, warmup, threads, export_dir, load=load)
+        return _write_backends(_compare_backends(model, options, (base, random_weights, seed, full_vae)), json_out)
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     quiet_libraries()
@@ -196,6 +223,68 @@ def _check_flags(compare, latency, sizes, json_out, plot) -> None:
     if bad:
         raise fail(f"--size must be at least 32 (got {', '.join(map(str, bad))})", EXIT_USAGE)
     check_report_paths(("--json", json_out), ("--plot", plot))  # before the (long) measurement, not after
+
+
+def _check_backend_flags(compare, plot, device: str, precision: str, tagger: str) -> None:
+    """--compare-backends runs on the CPU in float32, alone: the flags of the per-part report are refused."""
+    other = [f for f, given in (("--compare", compare), ("--plot", plot), ("--tagger", tagger != "none")) if given]
+    if other:
+        raise fail(f"--compare-backends does not take {', '.join(other)} (it is its own report)", EXIT_USAGE)
+    if device not in ("auto", "cpu") or precision not in ("auto", "fp32"):
+        raise fail("--compare-backends measures on the CPU in fp32 (drop --device / --precision)", EXIT_USAGE)
+
+
+def _compare_backends(spec: str, options, load: tuple) -> dict:
+    import torch
+
+    from sanasr_cli.cli.common import load_model_or_fail
+    from sanasr_cli.errors import SanaSRError, UnsafeOutputError
+    from sanasr_cli.evaluation.backends import compare_backends
+
+    base, random_weights, seed, full_vae = load
+    model = load_model_or_fail(
+        spec, torch.device("cpu"), torch.float32, base=base, seed=seed, status=f"loading {spec} ...",
+        full_vae=full_vae, random_weights=random_weights,
+    )  # fmt: skip
+    if not hasattr(model, "transformer"):
+        raise fail(f"--compare-backends exports the model itself: {spec} is already an ONNX export", EXIT_USAGE)
+    try:
+        return compare_backends(
+            model, spec, options, on_step=lambda m: console.print(f"bench: {m} ...", highlight=False)
+        )
+    except (ValueError, UnsafeOutputError) as e:  # a bad --size; an --export-dir holding other files
+        raise fail(str(e), EXIT_USAGE) from None
+    except SanaSRError as e:  # e.g. the ONNX extra not installed
+        raise fail(str(e)) from None
+
+
+def _write_backends(report: dict, json_out) -> None:
+    """The speed-up table (unless JSON goes to stdout) and the JSON."""
+    if json_out != "-":
+        out = type(console)(soft_wrap=True, highlight=False)
+        table = Table(
+            title=f"{report['model']}, {report['threads']} thread(s), {report['device']}", title_justify="left"
+        )
+        for col in ("size", "backend", "median s", "speed-up", "peak MiB", "onnx MiB"):
+            table.add_column(col, justify="left" if col in ("size", "backend") else "right", min_width=8)
+        for entry in report["per_size"]:
+            for name in report["backends"]:
+                peak = (entry["memory_mib"].get(name) or {}).get("peak_rss_mib")
+                table.add_row(
+                    f"{entry['lq_size']}->{entry['size']}", name, _fmt(entry["median_seconds"][name]),
+                    _fmt(entry["speedup_vs_pytorch"].get(name, 1.0)), _fmt(peak),
+                    _fmt(report["model_onnx_mib"].get(name)), end_section=name == report["backends"][-1],
+                )  # fmt: skip
+        out.print(table)
+        for key, note in report["notes"].items():
+            out.print(f"{key}: {note}.")
+    if json_out == "-":
+        print(json.dumps(report, indent=2))
+    elif json_out:
+        from sanasr_cli.evaluation.report import write_json
+
+        write_json(json_out, report)
+        console.print(f"JSON written to {json_out}")
 
 
 def _measure(model, options) -> list[dict]:

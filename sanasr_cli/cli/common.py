@@ -106,6 +106,7 @@ def load_model_or_fail(
     status: str | None = None,
     full_vae: bool = False,
     vae_decoder: str | None = None,
+    random_weights: bool = False,
 ):
     """load_model behind a spinner (`status`, None: no spinner, e.g. on other processes); a bad model directory
     is one line and exit 2, missing weights one line and exit 1."""
@@ -117,8 +118,9 @@ def load_model_or_fail(
     with console.status(status) if status else contextlib.nullcontext():
         try:
             return load_model(
-                spec, device=device, dtype=dtype, base=base, seed=seed, full_vae=full_vae, vae_decoder=vae_decoder
-            )
+                spec, device=device, dtype=dtype, base=base, seed=seed, full_vae=full_vae, vae_decoder=vae_decoder,
+                random_weights=random_weights,
+            )  # fmt: skip
         except ModelDirError as e:
             raise fail(str(e), EXIT_USAGE) from None
         except MissingWeightsError as e:

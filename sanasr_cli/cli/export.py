@@ -24,6 +24,12 @@ def export(
     base: str = opt.BASE,
     full_vae: bool = opt.FULL_VAE,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it holds an earlier export."),
+    prompt_input: bool = typer.Option(
+        False,
+        "--prompt-input",
+        help="The graph takes prompt_embeds / prompt_mask as inputs (computed with the model's text encoder, see "
+        "docs/export.md) instead of baked ones; --prompt is then the default stored beside it.",
+    ),
 ):
     """Export MODEL's one-step path to ONNX: OUT/model.onnx takes an LQ RGB image (N, 3, h, w) in [0, 1] and
     gives the x4 SR image; the prompt's embeddings are computed now and baked in.
@@ -51,11 +57,15 @@ def export(
     if not hasattr(sr_model, "transformer"):
         raise fail(f"{model} is already an ONNX export", EXIT_USAGE)
     with console.status(f"exporting {model} to {output} (each stage traced and translated: minutes) ..."):
-        result = export_onnx(sr_model, output, source=model, prompt=prompt, quantize=quantize, overwrite=overwrite)
+        result = export_onnx(
+            sr_model, output, source=model, prompt=prompt, quantize=quantize, overwrite=overwrite,
+            prompt_input=prompt_input, source_options={"random_weights": random_weights, "seed": seed, "base": base},
+        )  # fmt: skip
     files = result.contract["files"]
     console.print(
         f"wrote {output} in {result.seconds:.0f} s: model.onnx {files['model.onnx'] / 2**20:.1f} MiB, "
-        f"quantization {quantize}, prompt '{result.contract['prompt']['text']}'",
+        f"quantization {quantize}, prompt "
+        + ("an input" if prompt_input else f"'{result.contract['prompt']['text']}'"),
         highlight=False,
     )
 

@@ -9,7 +9,8 @@ with math.isclose(..., abs_tol=1e-8), so SANA's linear attention `num / (den + 1
 SanaMultiscaleLinearAttention in the DC-AE decoder, and the LinearDiT's SanaLinearAttnProcessor2_0) loses its
 eps. Where a token's ReLU'd query meets only zero keys, den is exactly 0 and PyTorch's 0 / 1e-15 = 0 becomes
 0 / 0 = NaN in ONNX: 3876 of 12288 values of nano's decoded 64x64 image were NaN. Unoptimised, the graph keeps
-the eps and matches PyTorch (ONNX Runtime still optimises it when it loads it).
+the eps and matches PyTorch; each graph is then constant-folded by ONNX Runtime's basic optimisations, offline
+(`fold_constants`: what ORT does on load anyway, eps kept), which --quantize int8 needs to see the weights.
 Why heights and widths are multiples: the restorer pads latents to the transformer's patch with a Python `if`
 that torch.export would specialise, so the graphs take latent sides that are multiples of the patch (sanasr's
 host path pads; a deployer feeding model.onnx keeps LQ sides multiples of the contract's `multiple_of`).
@@ -250,16 +251,60 @@ def compose_model(folder: Path, stage_files: dict[str, str], out_name: str = MOD
     onnx.save(m, str(folder / out_name))
 
 
-def quantize_int8(folder: Path) -> dict[str, str]:
-    """ONNX Runtime's dynamic int8 quantization of the restorer (the LinearDiT's MatMul weights; activations
-    quantised per call). The VAE stages stay fp32: see docs/export.md for what each choice measured."""
+INT8_OPS = ("MatMul", "Gemm")  # not Conv: measured slower in ONNX Runtime's ConvInteger, and no more accurate
+
+
+def fold_constants(folder: Path, files) -> None:
+    """Each graph in `files` rewritten with ONNX Runtime's basic graph optimisations applied offline (constant
+    folding, redundant nodes: what ORT does anyway when it loads the graph; its rules keep SANA's 1e-15 eps).
+    The exporter (optimize=False) leaves every Linear's weight behind a Transpose node and many constants as
+    nodes: folded, nano's fp32 restorer.onnx shrinks from 10.2 to 7.2 MB, and its MatMuls read initializers
+    (which quantize_dynamic needs to see the weights). The graphs stay plain ONNX (opset imports: those used)."""
+    import onnx
+
+    from sanasr_cli.export.contract import require_onnxruntime
+
+    ort = require_onnxruntime()
+    for name in files:
+        src, dst = folder / name, folder / f"{Path(name).stem}.folded.onnx"
+        try:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            options.optimized_model_filepath = str(dst)
+            options.log_severity_level = 3
+            ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+            m = onnx.load(str(dst))
+            used = {n.domain for n in m.graph.node} | {""}
+            kept = [o for o in m.opset_import if o.domain in used]
+            del m.opset_import[:]  # ORT lists every domain it knows; onnx.compose needs the parts' imports to agree
+            m.opset_import.extend(kept)
+            onnx.save(m, str(src))
+        finally:
+            dst.unlink(missing_ok=True)
+
+
+def quantize_int8(folder: Path, stages: dict[str, str] = STAGE_FILES) -> dict[str, str]:
+    """ONNX Runtime's dynamic int8 quantization of every MatMul/Gemm weight of the (constant-folded) stages: QInt8
+    weights, activations quantised per call; convolutions (the DC-AE's, the Mix-FFN's) stay fp32. Chosen by
+    measurement (benchmarks/onnx_quality.py, docs/export.md): nano's median Y-PSNR within 0.01 dB of PyTorch's."""
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    src = folder / STAGE_FILES["restorer"]
-    tmp = folder / "restorer.int8.onnx"
-    quantize_dynamic(str(src), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
-    os.replace(tmp, src)
-    return {"restorer": "int8 dynamic (ONNX Runtime quantize_dynamic, MatMul/Gemm weights QInt8)"}
+    record = {}
+    for stage, name in stages.items():
+        src, tmp = folder / name, folder / f"{stage}.int8.onnx"
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # its "please run pre-processing" warning: fold_constants is that
+        try:
+            quantize_dynamic(str(src), str(tmp), op_types_to_quantize=list(INT8_OPS), weight_type=QuantType.QInt8)
+            os.replace(tmp, src)
+        finally:
+            root.setLevel(level)
+            tmp.unlink(missing_ok=True)
+        record[stage] = f"int8 dynamic (ONNX Runtime quantize_dynamic, {'/'.join(INT8_OPS)} weights QInt8)"
+    return record
 
 
 def model_card(contract: dict) -> str:
@@ -275,8 +320,13 @@ Exported by `sanasr export` (sanasr {c["sanasr_version"]}) from `{c["source_mode
   height and width multiples of {inp["multiple_of"]}; output `sr`, (N, 3, {c["scale"]}h, {c["scale"]}w) in [0, 1].
   Inside: bicubic x4 (when the encoder reads the x4 image) -> DC-AE encoder -> one LinearDiT step (Eq. 4)
   -> decoder. No colour fix (sanasr applies it on the host; the paper's pipeline has none).
-- Prompt: {"an input (`prompt_embeds`, `prompt_mask`)" if c["prompt"]["input"] else "baked in"}:
-  "{c["prompt"]["text"]}" ({c["prompt"]["tokens"]} tokens of width {c["prompt"]["width"]}).
+- Prompt: {
+        "inputs `prompt_embeds` (N, T, D) float32 and `prompt_mask` (N, T) int64, the layout of the source model's "
+        "`PromptEncoder.encode(texts, reuse_prefix=True)` (docs/export.md); prompt.npz holds the default"
+        if c["prompt"]["input"]
+        else "baked in"
+    }:
+  "{c["prompt"]["text"]}" (T = {c["prompt"]["tokens"]} tokens of width D = {c["prompt"]["width"]}).
 - `encoder.onnx`, `restorer.onnx`, `decoder.onnx`: the same three stages alone (sanasr's own runner tiles them).
 - Quantization: {c["quantization"]["mode"]}{quantized}.
 
@@ -293,10 +343,15 @@ def export_onnx(
     quantize: str = "none",
     prompt_input: bool = False,
     overwrite: bool = False,
+    source_options: dict | None = None,
 ) -> ExportResult:
     """Export `model` (a loaded SanaSR, fp32 on the CPU) into the ONNX folder `out` (written atomically: a
     staging folder renamed into place). prompt: the text baked in (default: the model's template, what
-    `upscale` builds for an image with no tags and no --prompt). quantize: none | int8."""
+    `upscale` builds for an image with no tags and no --prompt). quantize: none | int8.
+    prompt_input: the graphs take `prompt_embeds` (N, T, D) / `prompt_mask` (N, T) as inputs instead, in the
+    untrimmed layout of `model.prompts.encode(texts, reuse_prefix=True)` (T: the model's max text length), so
+    any prompt fits; `prompt` is then only the default stored in prompt.npz. source_options: how `source` is
+    loaded again (random_weights, seed, base), recorded so that the ONNX backend can rebuild the text encoder."""
     import numpy as np
     import onnx
 
@@ -314,12 +369,16 @@ def export_onnx(
     # the text `upscale` then builds for every image (no tagger, no --prompt: the template alone)
     text = build_prompt([], prompt if prompt is not None else rule.template)
     with torch.no_grad():
-        embeds, mask = model.prompts.encode_for_transformer([text], device="cpu")
+        if prompt_input:  # every prompt in one layout: T = max_length positions, padding masked (weight 0)
+            embeds, mask = model.prompts.encode([text], reuse_prefix=True, device="cpu")
+        else:
+            embeds, mask = model.prompts.encode_for_transformer([text], device="cpu")
     embeds, mask = embeds.float(), mask.to(torch.int64)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(out.parent, f".{out.name}.")
     try:
         export_stages(model, tmp, embeds, mask, prompt_input)
+        fold_constants(tmp, [*STAGE_FILES.values(), "head.onnx"])
         stages = {}
         if quantize == "int8":
             stages = quantize_int8(tmp)
@@ -345,7 +404,10 @@ def export_onnx(
                 "text": text, "input": prompt_input, "tokens": int(embeds.shape[1]), "width": int(embeds.shape[2]),
                 "complex_human_instruction": rule.complex_human_instruction,
                 "mask_degradation_words": rule.mask_degradation_words,
+                "layout": "PromptEncoder.encode(texts, reuse_prefix=True) of the source model: float32, int64 mask"
+                if prompt_input else "PromptEncoder.encode_for_transformer([text]) (trimmed), baked in",
             },
+            "source_options": dict(source_options or {}),
             "opset": opset,
             "quantization": {"mode": quantize, "stages": stages},
             "stages": dict(STAGE_FILES),
@@ -355,7 +417,8 @@ def export_onnx(
             "patch_size": model.restorer.patch_size,
             "tau_g": model.restorer.tau_g,
             "color_fix": "none inside the graph (sanasr applies --color-fix on the host)",
-            "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=True, optimize=False)",
+            "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=True, optimize=False), then ONNX "
+            "Runtime's basic graph optimisations applied offline (constant folding)",
             "files": {},
         }  # fmt: skip
         contract["files"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.suffix in (".onnx", ".npz")}

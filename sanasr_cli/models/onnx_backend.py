@@ -4,7 +4,9 @@
 (pad, encode, decode, crop at the VAE's factor), a restorer (z, embeds, mask -> z_hat) and prompt encodings.
 So `upscale` (tiling with overlap, alpha, grayscale, 16-bit, the colour fix) and `SanaSRPipeline` run the
 ONNX stages with the very host code they run around PyTorch; only the three stage calls differ.
-The prompt is baked in at export: prompts other than the baked one are refused with one line.
+The prompt is baked in at export (prompts other than the baked one are refused with one line), or, for an
+export made with `--prompt-input`, an input: other prompts are then encoded by the source model's PyTorch text
+encoder (given as `prompt_encoder=`, or rebuilt from the contract's source on first need).
 """
 
 from __future__ import annotations
@@ -107,13 +109,57 @@ class BakedPrompts:
         if other:
             raise SanaSRError(
                 f"this ONNX model has the prompt '{self.text}' baked in, not '{other[0]}' (drop --prompt / "
-                "--tagger / --template, or export again with `sanasr export --prompt`)"
+                "--tagger / --template, or export again with `sanasr export --prompt` or `--prompt-input`)"
             )
         n = len(prompts)
         return self.embeds.repeat(n, 1, 1), self.mask.repeat(n, 1)
 
     def release(self, to=None) -> None:
         pass
+
+
+class InputPrompts(BakedPrompts):
+    """The prompt encodings of a `--prompt-input` export: the stored default prompt from prompt.npz, any other
+    through a PyTorch PromptEncoder (`encode(texts, reuse_prefix=True)`: the graphs' untrimmed layout), built
+    by `make_encoder()` when first needed. The encoder is checked once: its embeddings of the stored prompt
+    must be those the export stored (else it is another model's text encoder)."""
+
+    def __init__(self, text, embeds, mask, make_encoder, source: str):
+        super().__init__(text, embeds, mask)
+        self._make, self._source, self._encoder = make_encoder, source, None
+
+    @property
+    def text_encoder(self):  # what `release_text_encoder` and the API look at: the PyTorch one, once built
+        return None if self._encoder is None else self._encoder.text_encoder
+
+    def encoder(self):
+        if self._encoder is None:
+            encoder = self._make()
+            embeds, mask = encoder.encode([self.text], reuse_prefix=True, device="cpu")
+            if embeds.shape != self.embeds.shape or float((embeds.float() - self.embeds).abs().max()) > 1e-4:
+                raise SanaSRError(
+                    f"the text encoder given for this ONNX model (of {self._source}) does not give the embeddings "
+                    "the export stored for its own prompt: it is not the source model's text encoder"
+                )
+            self._encoder = encoder
+        return self._encoder
+
+    def encode_for_transformer(self, prompts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        if all(p == self.text for p in prompts):
+            return super().encode_for_transformer(prompts)
+        embeds, mask = self.encoder().encode(list(prompts), reuse_prefix=True, device="cpu")
+        return embeds.float(), mask.to(torch.int64)
+
+
+def _source_encoder(contract: dict, given, load):
+    if given is not None:
+        return given
+    if load is None:
+        raise SanaSRError(
+            f"this ONNX model takes prompt embeddings: a prompt other than its default needs the text encoder of "
+            f"its source '{contract['source_model']}' (load_onnx_model(..., prompt_encoder=...), or load_model)"
+        )
+    return load(contract)
 
 
 @dataclass
@@ -137,9 +183,14 @@ class OnnxSanaSR:
         pass
 
 
-def load_onnx_model(folder: str | Path, threads: int | None = None) -> OnnxSanaSR:
-    """An ONNX folder -> OnnxSanaSR. Its prompt rule: no tagger, the baked prompt as the template, so that
-    `upscale` builds exactly the baked prompt for every image."""
+def load_onnx_model(
+    folder: str | Path, threads: int | None = None, prompt_encoder=None, load_source_encoder=None
+) -> OnnxSanaSR:
+    """An ONNX folder -> OnnxSanaSR. Its prompt rule: no tagger, the baked (or stored default) prompt as the
+    template, so that `upscale` builds exactly that prompt for every image unless told otherwise.
+    For a `--prompt-input` export, other prompts need the source model's PromptEncoder: `prompt_encoder` (e.g.
+    `load_model("nano").prompts`), else `load_source_encoder(contract)` when first needed (`load_model` passes
+    one that loads the contract's source); with neither, such a prompt is one line."""
     from sanasr_cli.models.description import ModelDescription
     from sanasr_cli.prompts.rule import PromptRule
 
@@ -160,16 +211,31 @@ def load_onnx_model(folder: str | Path, threads: int | None = None) -> OnnxSanaS
     return OnnxSanaSR(
         codec=OnnxCodec(stages["encoder"], stages["decoder"], contract),
         restorer=OnnxRestorer(stages["restorer"], contract),
-        prompts=BakedPrompts(text, embeds, mask),
+        prompts=InputPrompts(
+            text,
+            embeds,
+            mask,
+            lambda: _source_encoder(contract, prompt_encoder, load_source_encoder),
+            contract["source_model"],
+        )
+        if contract["prompt"].get("input")
+        else BakedPrompts(text, embeds, mask),
         description=description,
         contract=contract,
         source_dir=folder,
     )
 
 
-def run_model_onnx(folder: str | Path, lq: torch.Tensor, session=None) -> torch.Tensor:
+def run_model_onnx(
+    folder: str | Path,
+    lq: torch.Tensor,
+    session=None,
+    prompt_embeds: torch.Tensor | None = None,
+    prompt_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """model.onnx alone, as a deployer runs it: (N, 3, h, w) in [0, 1] -> (N, 3, 4h, 4w). OnnxInputError when
-    h or w is not a multiple of the contract's `multiple_of` (sanasr's own path pads instead)."""
+    h or w is not a multiple of the contract's `multiple_of` (sanasr's own path pads instead). A `--prompt-input`
+    export is fed prompt_embeds (N, T, D) / prompt_mask (N, T), by default the stored prompt's for every image."""
     folder = Path(folder).expanduser()
     contract = load_contract(folder)
     k = int(contract["input"]["multiple_of"])
@@ -180,4 +246,11 @@ def run_model_onnx(folder: str | Path, lq: torch.Tensor, session=None) -> torch.
             "image, or run it with `sanasr upscale --model FOLDER`, which pads)"
         )
     session = session or make_session(folder / MODEL_NAME)
-    return _run(session, {"lq": lq.float()})
+    feeds = {"lq": lq.float()}
+    if contract["prompt"].get("input"):
+        if prompt_embeds is None:
+            with np.load(folder / PROMPT_FILE) as npz:
+                prompt_embeds = torch.from_numpy(npz["embeds"]).repeat(lq.shape[0], 1, 1)
+                prompt_mask = torch.from_numpy(npz["mask"]).repeat(lq.shape[0], 1)
+        feeds.update(prompt_embeds=prompt_embeds.float(), prompt_mask=prompt_mask.to(torch.int64))
+    return _run(session, feeds)

@@ -459,6 +459,26 @@ def build_students(
     return tuple(out)
 
 
+def source_prompt_encoder(contract: dict):
+    """The PromptEncoder of an ONNX export's source model (a `--prompt-input` export, for prompts other than its
+    default), loaded as the contract records it (preset, nano or a model directory; random weights, seed, base);
+    SanaSRError (one line) when it cannot be loaded here."""
+    from sanasr_cli.errors import SanaSRError
+
+    source, options = contract["source_model"], contract.get("source_options", {})
+    try:
+        model = load_model(
+            source, random_weights=bool(options.get("random_weights")), seed=int(options.get("seed") or 0),
+            base=options.get("base"),
+        )  # fmt: skip
+    except (ModelDirError, MissingWeightsError) as e:
+        raise SanaSRError(
+            f"this ONNX model takes prompt embeddings: a prompt other than its default needs the text encoder of "
+            f"its source '{source}', which does not load here ({e})"
+        ) from None
+    return model.prompts  # the rest of the model is dropped with `model`
+
+
 def load_model(
     spec: str | Path,
     device: str | torch.device = "cpu",
@@ -480,7 +500,7 @@ def load_model(
     if is_onnx_dir(spec):  # a folder written by `sanasr export`: the ONNX Runtime backend (models/onnx_backend.py)
         from sanasr_cli.models.onnx_backend import load_onnx_model
 
-        return load_onnx_model(spec)
+        return load_onnx_model(spec, load_source_encoder=source_prompt_encoder)
     from diffusers import SanaTransformer2DModel
 
     description, folder = resolve_model(spec, base=base, random_weights=random_weights, seed=seed)
