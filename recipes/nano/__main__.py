@@ -193,50 +193,66 @@ def ladder_checkpoint(ladder: Ladder, run: Path, step: int, name: str, prompt: s
 
 
 def stage_ship(work: Path, step: int | None) -> None:
+    """Ship the last SR run (sr2 on the v2 decoder once it has checkpoints, else sr): its EMA adapter merged into
+    the package's sr/, and with sr2 the v2 decoder into the package's base/vae (the encoder is v1's, unchanged)."""
     from sanasr_cli.models.presets import NANO_DIR
 
-    run = work / "sr_run"
+    on_v2 = bool(checkpoints(work / "sr2_run"))
+    run, base = (work / "sr2_run", work / "base_v2") if on_v2 else (work / "sr_run", None)
     step = step or checkpoints(run)[-1]
     merged = work / "sr"
     if merged.exists():
         shutil.rmtree(merged)
-    subprocess.run(
-        [sys.executable, "-m", "sanasr_cli", "merge-lora", str(run / f"checkpoint-{step}"), "-o", str(merged), "--ema"],
-        check=True,
-        cwd=REPO,
-    )
-    if (NANO_DIR / "sr").exists():
-        shutil.rmtree(NANO_DIR / "sr")
-    shutil.copytree(merged, NANO_DIR / "sr", ignore=shutil.ignore_patterns("*.tmp"))
+    env = dict(os.environ, SANASR_BASE=str(base)) if base else None  # the run's base: a folder named by the user
+    merge = [sys.executable, "-m", "sanasr_cli", "merge-lora", str(run / f"checkpoint-{step}"), "-o", str(merged)]
+    subprocess.run([*merge, "--ema"], check=True, cwd=REPO, env=env)
+    if base:
+        replace_tree(base / "vae", NANO_DIR / "base" / "vae")
+    replace_tree(merged, NANO_DIR / "sr")
     desc = json.loads((NANO_DIR / "sr" / "sanasr.json").read_text())
     desc["base_source"] = "shipped:nano"  # the package's own base, wherever it is installed
     for record in desc.get("history", []):
         record.pop("source", None)  # absolute paths of this machine
+        if "input" in record:
+            record["input"] = record["input"].replace(str(work), "WORK")
     (NANO_DIR / "sr" / "sanasr.json").write_text(json.dumps(desc, indent=2) + "\n")
     manifest = json.loads((work / "manifest.json").read_text())
     write_json(NANO_DIR / "manifest.json", manifest)
     chosen = write_ci_pairs(work)
     report_file = NANO_DIR / "recipe_report.json"
     report = json.loads(report_file.read_text()) if report_file.exists() else {}
-    command = "sanasr " + " ".join(sr_command(work, max_steps(run))[3:]).replace(str(work), "WORK")
-    report["v2"] = dict(
-        sr=dict(step=step, command=command, seconds=round(sr_seconds(run, step), 1)),
-        ci_pairs=dict(images=chosen, **ci_gains()),
-    )  # fmt: skip
+    v2 = report.setdefault("v2", {})
+    command = "sanasr " + " ".join(sr_command(work, max_steps(run), run.name, base)[3:]).replace(str(work), "WORK")
+    if on_v2:
+        decoder = json.loads((base / "decoder_report.json").read_text())
+        v2["decoder"] = dict(decoder, command="python -m recipes.nano --work WORK --stage decoder")
+        v2["sr2"] = dict(from_step=SR2_FROM_STEP, step=step, command=command,
+                         seconds=round(sr_seconds(run, step, start=SR2_FROM_STEP), 1))  # fmt: skip
+    else:
+        v2["sr"] = dict(step=step, command=command, seconds=round(sr_seconds(run, step), 1))
+    v2["ci_pairs"] = dict(images=chosen, **ci_gains())
     if "images" in report.get("ci_pairs", {}):  # nano v1's CI crops and scores: its experiments were measured on them
         report["v1_ci_pairs"] = report["ci_pairs"]
-    report["ci_pairs"] = dict(median_gain_none_psnr_y=report["v2"]["ci_pairs"]["median_gain_none_psnr_y"])
+    report["ci_pairs"] = dict(median_gain_none_psnr_y=v2["ci_pairs"]["median_gain_none_psnr_y"])
     write_json(report_file, report)
-    log(f"ship: checkpoint-{step} (EMA) -> {NANO_DIR / 'sr'}; CI pairs {report['v2']['ci_pairs']}")
+    log(f"ship: {run.name}/checkpoint-{step} (EMA) -> {NANO_DIR / 'sr'}; CI pairs {v2['ci_pairs']}")
+
+
+def replace_tree(src: Path, dst: Path) -> None:
+    """dst (a folder of the package this recipe writes) replaced by a copy of src."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.tmp"))
 
 
 def max_steps(run: Path) -> int:
     return int(json.loads((run / "train_config.json").read_text())["max_steps"])
 
 
-def sr_seconds(run: Path, step: int) -> float:
-    """Training seconds to `step`: the sum of the logged step times (each log line's time x steps since the last)."""
-    last, total = 0, 0.0
+def sr_seconds(run: Path, step: int, start: int = 0) -> float:
+    """Training seconds from `start` (where the run's log begins) to `step`: the sum of the logged step times (each
+    log line's time x steps since the last)."""
+    last, total = start, 0.0
     for line in (run / "log.jsonl").read_text().splitlines():
         rec = json.loads(line)
         if "step_time_s" in rec and rec["step"] <= step:
