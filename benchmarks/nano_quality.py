@@ -3,7 +3,7 @@
     python benchmarks/nano_quality.py                      # the shipped nano, seed 0
     python benchmarks/nano_quality.py --model runs/nano/sr --out /tmp/q.json
 
-The held-out photos of the nano manifest (benchmarks/nano_recipe.py) are degraded with the Real-ESRGAN pipeline
+nano v1's held-out photos (PHOTOS in recipes/nano/data.py) are degraded with the Real-ESRGAN pipeline
 (`sanasr degrade`'s code, default settings, a fixed seed per file) and written as PNG; the LQ files are then
 upscaled x4 by bicubic interpolation and by nano (the paper's pipeline: no colour fix; and upscale's default
 wavelet colour fix), quantised to 8 bits as written files are, and scored against the HQ. Reports per image and
@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 
 def heldout_photos() -> list[Path]:
-    from nano_recipe import PHOTOS, package_data_dir
+    from recipes.nano.data import PHOTOS, package_data_dir
 
     return [package_data_dir(pkg) / rel for pkg, rel, split in PHOTOS if split == "heldout"]
 

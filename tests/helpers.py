@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # three crops of nano's held-out photos, Real-ESRGAN-degraded (seed 0): lq/ and hq/ (benchmarks/nano_quality.py)
 NANO_HELDOUT_PAIRS = REPO_ROOT / "tests" / "data" / "nano_heldout"
-# nano v1's three CI crops: the v1 experiments (benchmarks/nano_ablations.py, nano_headroom.py) were measured on them
+# nano v1's three CI crops: the v1 experiments (experiments/nano_ablations.py, nano_headroom.py) were measured on them
 NANO_V1_PAIRS = REPO_ROOT / "tests" / "data" / "nano_v1_heldout"
 
 # `sanasr train` on the tiny preset, small and offline: 16 px crops, rank-4 LoRA, a random LPIPS backbone, no
@@ -57,12 +57,12 @@ def assert_images_close(got: Path, want: Path, max_levels: int, mean_levels: flo
     )
 
 
-def benchmark_module(name: str):
-    """A script of benchmarks/ as a module (the scripts import each other by bare name, so the folder goes on the
-    path): the tests run the scripts' own code."""
-    folder = str(REPO_ROOT / "benchmarks")
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
+def experiment_module(name: str):
+    """A script of experiments/ as a module (they import each other and benchmarks/nano_quality.py by bare name, so
+    both folders go on the path): the tests run the scripts' own code."""
+    for folder in (str(REPO_ROOT / "benchmarks"), str(REPO_ROOT / "experiments")):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     return importlib.import_module(name)
 
 

@@ -1,4 +1,4 @@
-"""benchmarks/nano_ablations.py cannot rot: one cell (Fisher pruning, 2 calibration steps) through the script's own
+"""experiments/nano_ablations.py cannot rot: one cell (Fisher pruning, 2 calibration steps) through the script's own
 code path on the tiny preset, scored on the nano CI pairs exactly as nano_quality.py scored them; a rerun skips it.
 """
 
@@ -9,14 +9,14 @@ import json
 import pytest
 
 from tests.helpers import NANO_V1_PAIRS as PAIRS
-from tests.helpers import benchmark_module
+from tests.helpers import experiment_module
 
 TORCH_THREADS = 1
 
 
 @pytest.fixture(scope="module")
 def ablations():
-    return benchmark_module("nano_ablations")
+    return experiment_module("nano_ablations")
 
 
 @pytest.mark.numerics

@@ -1,6 +1,6 @@
 """The shipped `nano-fast` (nano + distilled students of its DC-AE) and the real-size cost target of `distill`.
 
-Measured by `python benchmarks/nano_fast.py --stage measure` into models/nano_fast/report.json: the issue asks for
+Measured by `python experiments/nano_fast.py --stage measure` into models/nano_fast/report.json: the issue asks for
 nano-fast's median Y-PSNR gain over bicubic within 0.3 dB of nano's on the held-out photos, with encode + decode
 MACs at least 4x lower. Here, on the three shipped held-out crops (tests/data/nano_heldout), both models are run
 live: nano-fast's gain must stay within LOOSE_GAP_DB of nano's (looser than the issue's 0.3 dB), or, should the
@@ -55,9 +55,9 @@ def test_nano_fast_is_nano_plus_small_shipped_students():
 
 
 def test_encode_decode_macs_are_at_least_4x_lower_than_nanos():
-    from tests.helpers import benchmark_module
+    from tests.helpers import experiment_module
 
-    codec_macs = benchmark_module("nano_fast").codec_macs
+    codec_macs = experiment_module("nano_fast").codec_macs
 
     nano, fast = codec_macs("nano"), codec_macs("nano-fast")
     ratio = nano["encode_decode_gmacs"] / fast["encode_decode_gmacs"]
@@ -75,14 +75,14 @@ def test_nano_fast_keeps_nanos_gain_on_heldout_crops(models, metrics):
     assert g_fast >= g_nano - allowed, f"nano-fast {g_fast:+.2f} dB vs nano {g_nano:+.2f} dB (allowed {allowed} dB)"
     assert abs(g_fast - summary["nano_fast_ci_gain_db"]) < 0.05, (
         "nano-fast no longer reproduces its measured gain: was nano retrained? rerun "
-        "`python benchmarks/nano_fast.py --stage measure` (and the decoder stage if the gap widened)"
+        "`python experiments/nano_fast.py --stage measure` (and the decoder stage if the gap widened)"
     )
 
 
 @pytest.mark.xfail(
     strict=True,
     reason="nano v2's SR transformer replaced v1's; the students were distilled for v1's z_hat and now trail nano "
-    "by 1.60 dB (measured, report.json): rerun benchmarks/nano_fast.py's encoder and decoder stages",
+    "by 1.60 dB (measured, report.json): rerun experiments/nano_fast.py's encoder and decoder stages",
 )
 def test_heldout_measurement_meets_the_issue():
     """The held-out measurement in the model card: within 0.3 dB of nano's gain, 4x fewer MACs."""

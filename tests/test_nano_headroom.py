@@ -1,4 +1,4 @@
-"""benchmarks/nano_headroom.py's `filters` probe cannot rot: run on the three shipped held-out CI pairs, its bicubic
+"""experiments/nano_headroom.py's `filters` probe cannot rot: run on the three shipped held-out CI pairs, its bicubic
 baseline is the one nano_quality.py scored with pyiqa when nano was shipped, and its oracle is the best of its
 filters for each image.
 """
@@ -11,12 +11,12 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.helpers import NANO_V1_PAIRS as PAIRS
-from tests.helpers import benchmark_module
+from tests.helpers import experiment_module
 
 
 @pytest.fixture(scope="module")
 def headroom():
-    return benchmark_module("nano_headroom")
+    return experiment_module("nano_headroom")
 
 
 @pytest.mark.numerics

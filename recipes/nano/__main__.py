@@ -8,13 +8,19 @@ Stages (a finished stage is skipped on rerun; an interrupted one resumes from it
   pairs      held-out evaluation pairs (EVAL_SEEDS draws per photo) and the training pool (--draws per photo),
              each a whole region degraded at once (recipes/nano/pairs.py)
   reference  the LQ-resolution reference learner on the pool, scored on the held-out pairs (reference.py)
-  sr         `sanasr train --pairs` on the pool from nano's base (the v1 autoencoder, text encoder and prior:
-             benchmarks/nano_recipe.py builds them), SR_FLAGS; a checkpoint every 250 steps
+  sr         `sanasr train --pairs` on the pool from nano's base as shipped (nano v1's autoencoder, text encoder
+             and prior: the base stages below build them), SR_FLAGS; a checkpoint every 250 steps
   ladder     bicubic, D(E(bicubic)), D(E(HQ)), the reference learner, every nano checkpoint (EMA adapter): the
              same pairs, pyiqa Y-PSNR / SSIM; WORK/ladder.json and WORK/ladder.md
   ship       `sanasr merge-lora --ema` of the chosen checkpoint (--ship-step, default the last) into the package
              (sanasr_cli/models/nano/sr), the manifest, the ladder and the CI pairs (tests/data/nano_heldout)
 Held-out photos are read only by `pairs` (to make the evaluation pairs) and by the scoring.
+
+nano's base, by name only (`all` adapts the shipped base; recipes/nano/base.py), from nano v1's 16 photos:
+  autoencoder  the DC-AE on HQ crops, pixel loss (autoencoder.py)       -> WORK/base/vae
+  text         the random frozen Gemma-2, tokenizer, scheduler (text.py) -> WORK/base/{text_encoder,...}
+  prior        the transformer by flow matching on its latents (prior.py) -> WORK/base/transformer
+  ship-base    WORK/base into sanasr_cli/models/nano/base (then sr, ladder and ship again)
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from recipes.nano.base import BASE_STAGES, run_base_stage
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -312,11 +320,8 @@ def write_ci_pairs(work: Path, count: int = 8) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="work folder (outside the repository)")
-    ap.add_argument(
-        "--stage",
-        default="all",
-        choices=["all", "data", "pairs", "reference", "sr", "decoder", "sr2", "ladder", "ship"],
-    )
+    stages = ["all", "data", "pairs", "reference", "sr", "decoder", "sr2", "ladder", "ship"]
+    ap.add_argument("--stage", default="all", choices=[*stages, *BASE_STAGES])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--draws", type=int, default=32, help="training pairs per train photo")
     ap.add_argument("--reference-steps", type=int, default=4000)
@@ -324,6 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sr-steps", type=int, default=6000)
     ap.add_argument("--sr2-steps", type=int, default=12000, help="sr2's last step (it starts at SR2_FROM_STEP)")
     ap.add_argument("--ship-step", type=int, default=None, help="checkpoint to ship (default: the last)")
+    ap.add_argument("--ae-steps", type=int, default=3000, help="the autoencoder stage's steps")
+    ap.add_argument("--prior-steps", type=int, default=400, help="the prior stage's steps")
     args = ap.parse_args(argv)
     import torch
 
@@ -355,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
         stage_ladder(work)
     if todo("ship"):
         stage_ship(work, args.ship_step)
+    if args.stage in BASE_STAGES:
+        run_base_stage(work, args.stage, ae_steps=args.ae_steps, prior_steps=args.prior_steps, log=log)
 
 
 if __name__ == "__main__":

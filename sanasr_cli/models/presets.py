@@ -160,7 +160,7 @@ _TINY_TEXT = dict(
     eos_token_id=2,
 )
 
-# nano: a small SANA-SR trained here on real photos (benchmarks/nano_recipe.py; model card in models/nano/). Same
+# nano: a small SANA-SR trained here on real photos (recipes/nano/; model card in models/nano/). Same
 # classes as the real model. The DC-AE is f4c32 (3 stages: 16/32/64 channels) rather than SANA's f32c32: the SR
 # output can be no better than what the frozen decoder can draw, and on a CPU budget of minutes only a mildly
 # compressing autoencoder gets well above the bicubic baseline (measured: after the same minutes, wider f4c16
@@ -221,7 +221,7 @@ _NANO_TEXT = dict(
 # The shipped nano files live in the package: models/nano/base (diffusers layout, like a local SANA copy) and
 # models/nano/sr (the SANA-SR model directory that `--model nano` loads).
 NANO_DIR = Path(__file__).resolve().parent / "nano"
-# nano-fast: nano with distilled students of its DC-AE (benchmarks/nano_fast.py; model card in models/nano_fast/).
+# nano-fast: nano with distilled students of its DC-AE (experiments/nano_fast.py; model card in models/nano_fast/).
 # Only the students ship there (encoder/, decoder/); the rest is nano's, so nano-fast follows nano's SR transformer.
 NANO_FAST_DIR = NANO_DIR.parent / "nano_fast"
 SHIPPED_BASE_PREFIX = "shipped:"  # base_source "shipped:nano" = the package's models/nano/base

@@ -1,12 +1,12 @@
 """Where nano's SR gain is capped: the autoencoder's ceiling, and how fast *any* learner gains over bicubic.
 
-    python benchmarks/nano_headroom.py ae                                  # autoencoder ceiling, train vs held-out
-    python benchmarks/nano_headroom.py cnn --degradation default --steps 3000
-    python benchmarks/nano_headroom.py restorer --degradation bicubic --tau-g 100 --steps 300
-    python benchmarks/nano_headroom.py filters                             # classical filters, nano_quality's pairs
-    python benchmarks/nano_headroom.py blur --degradation default           # what a global blur gains, train vs val
+    python experiments/nano_headroom.py ae                                  # autoencoder ceiling, train vs held-out
+    python experiments/nano_headroom.py cnn --degradation default --steps 3000
+    python experiments/nano_headroom.py restorer --degradation bicubic --tau-g 100 --steps 300
+    python experiments/nano_headroom.py filters                             # classical filters, nano_quality's pairs
+    python experiments/nano_headroom.py blur --degradation default           # what a global blur gains, train vs val
 
-Five probes, each appending one entry to benchmarks/results/nano_headroom.json:
+Five probes, each appending one entry to experiments/results/nano_headroom.json:
 
 - `ae`: Y-PSNR of D(E(x)) on the centre 256x256 of every nano photo (train and held-out): the best any SR model
   that decodes through nano's DC-AE can reach; and D(E(bicubic)) against bicubic on held-out crops for each
@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 LIGHT = dict(
@@ -73,8 +74,7 @@ def degrader(name: str):
 
 def photos(split: str) -> list[torch.Tensor]:
     """The nano manifest's photos of one split, (3, H, W) float in [0, 1], sides cut to multiples of 4."""
-    from nano_recipe import PHOTOS, package_data_dir
-
+    from recipes.nano.data import PHOTOS, package_data_dir
     from sanasr_cli.data.io import read_image
 
     out = []
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="`filters`: a folder with lq/ and hq/ (default: make nano_quality.py's pairs under --work)",
     )
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "nano_quality")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "nano_headroom.json")
+    ap.add_argument("--out", type=Path, default=REPO / "experiments" / "results" / "nano_headroom.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     start = time.time()

@@ -2,8 +2,8 @@
 examples/lq/cat.png, presses Upscale and saves the page once the slider shows the result (the same server and
 browser helpers as tests/test_demo_browser.py).
 
-    python benchmarks/demo_screenshot.py                  # -> docs/images/demo.png
-    python benchmarks/demo_screenshot.py --model tiny --out /tmp/demo.png
+    python docs/make_demo_screenshot.py                  # -> docs/images/demo.png
+    python docs/make_demo_screenshot.py --model tiny --out /tmp/demo.png
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The paper's ablations at nano scale: pruning strategies (Table 6), loss terms (Fig. 4b), tau_g (Fig. 4c),
 prompts (Fig. 4a). One seed, one command, resumable.
 
-    python benchmarks/nano_ablations.py                         # every cell; finished cells are skipped
-    python benchmarks/nano_ablations.py --cells prune/fisher    # one cell (and the references)
+    python experiments/nano_ablations.py                         # every cell; finished cells are skipped
+    python experiments/nano_ablations.py --cells prune/fisher    # one cell (and the references)
 
 Every cell is a model directory made with the CLI (`sanasr prune`, or `sanasr train` + `sanasr merge-lora --ema`)
 and scored exactly like the shipped nano (benchmarks/nano_quality.py: the held-out photos degraded with the
@@ -40,9 +40,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "experiments"))
 
 from nano_quality import make_pairs, score_pairs, summarise  # noqa: E402
-from nano_recipe import PHOTOS, sr_train_command, stage_data, write_json, write_prior_dir  # noqa: E402
+from nano_v1 import sr_train_command, write_json, write_prior_dir  # noqa: E402
+
+from recipes.nano.base import v1_photos, v1_root  # noqa: E402
+from recipes.nano.data import PHOTOS  # noqa: E402
 
 # Content tags per photo (the `file` tagger's sidecars), written by hand from the photo's content with words the
 # nano tokenizer knows; they stand in for DAPE, which is not available offline. Keyed by the manifest's path.
@@ -126,11 +130,11 @@ def stage(work: Path, pairs_from: Path | None, seed: int) -> tuple[Path, list[tu
 
     pairs_from None: the nano held-out photos degraded as nano_quality.py does; else a folder with lq/ and hq/ (the
     CI test's crops), copied so that the sidecars are never written into it."""
-    manifest = stage_data(work)
+    manifest = v1_photos(work)
     for m in manifest:
         tags = TAGS.get(Path(m["path"]).name)
         if tags:
-            (work / "photos" / m["file"]).with_suffix(".txt").write_text(tags + "\n")
+            (v1_root(work) / "photos" / m["file"]).with_suffix(".txt").write_text(tags + "\n")
     if pairs_from is None:
         pairs = make_pairs(work / "pairs", seed)
     else:
@@ -145,7 +149,7 @@ def stage(work: Path, pairs_from: Path | None, seed: int) -> tuple[Path, list[tu
     for key, lq, _ in pairs:
         if key in by_stem:
             lq.with_suffix(".txt").write_text(by_stem[key] + "\n")
-    return work / "photos" / "train", pairs
+    return v1_root(work) / "photos" / "train", pairs
 
 
 # ---------------------------------------------------------------- building one cell's model
@@ -351,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", default="nano", help="the merged model to prune and to compare with (nano, tiny)")
     ap.add_argument("--base", default="shipped:nano", help="the base the retrained cells adapt")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "nano_ablations")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "nano_ablations.json")
+    ap.add_argument("--out", type=Path, default=REPO / "experiments" / "results" / "nano_ablations.json")
     ap.add_argument("--pairs", type=Path, default=None, help="a folder with lq/ and hq/ instead of the held-out photos")
     ap.add_argument("--cells", default="all", help="comma-separated cell ids or groups (references always run)")
     ap.add_argument("--seed", type=int, default=0)

@@ -1,10 +1,10 @@
 """Build and measure `nano-fast`: nano with distilled students of its DC-AE (`sanasr distill`), one command.
 
-    python benchmarks/nano_fast.py --work runs/nano_fast                  # all stages
-    python benchmarks/nano_fast.py --work runs/nano_fast --stage measure  # only re-measure (e.g. after nano's SR
+    python experiments/nano_fast.py --work runs/nano_fast                  # all stages
+    python experiments/nano_fast.py --work runs/nano_fast --stage measure  # only re-measure (e.g. after nano's SR
                                                                           # transformer was retrained)
 Stages (a finished stage is skipped on rerun; an interrupted distillation resumes from its last checkpoint):
-  1. data     nano's train photos (benchmarks/nano_recipe.py PHOTOS, split "train" only: the held-out photos are
+  1. data     nano's train photos (recipes/nano/base.py: nano v1's photos, split "train" only: the held-out photos are
               never read here except by `measure`)
   2. encoder  `sanasr distill encoder nano` (latent MSE against nano's frozen DC-AE encoder on the x4 bicubic image)
   3. decoder  `sanasr distill decoder` from stage 2's model (image MSE against nano's DC-AE decoder on z_H and on
@@ -47,11 +47,11 @@ def log(msg: str) -> None:
 
 
 def stage_data(work: Path) -> Path:
-    from nano_recipe import stage_data as recipe_data
+    from recipes.nano.base import v1_photos, v1_root
 
-    if not (work / "photos" / "train").is_dir():
-        recipe_data(work)
-    return work / "photos" / "train"
+    if not (v1_root(work) / "photos" / "train").is_dir():
+        v1_photos(work)
+    return v1_root(work) / "photos" / "train"
 
 
 def stage_distill(work: Path, kind: str, model: str, photos: Path) -> Path:
@@ -175,13 +175,13 @@ def model_card(report: dict) -> str:
 z_L = E(bicubic_x4(x_L)); `decoder/` replaces nano's DC-AE decoder. Both are diffusers-style folders built from
 diffusers' own DC-AE blocks (`sanasr_cli/models/students.py`). `--full-vae` runs nano's own DC-AE instead.
 Because only the students ship here, nano-fast follows nano's SR transformer: after nano is retrained, rerun
-`python benchmarks/nano_fast.py --stage measure` (this card and report.json are rewritten; if the gap below
+`python experiments/nano_fast.py --stage measure` (this card and report.json are rewritten; if the gap below
 widened, also rerun the decoder stage, whose z_hat came from the nano SR transformer of its day).
 
 ## Recipe
 
-`python benchmarks/nano_fast.py --work runs/nano_fast --threads 1` on a 2-core x86-64 CPU, fp32, seed 0; nano's
-12 train photos only (benchmarks/nano_recipe.py PHOTOS), Real-ESRGAN degradation online; the decoder is distilled
+`python experiments/nano_fast.py --work runs/nano_fast --threads 1` on a 2-core x86-64 CPU, fp32, seed 0; nano's
+12 train photos only (recipes/nano/data.py PHOTOS), Real-ESRGAN degradation online; the decoder is distilled
 from the encoder stage's model, so its z_hat is nano's restoration of the *student* encoder's z_L.
 
 | student | architecture | loss | settings | loss first -> last | student vs teacher on 4 validation crops (RGB PSNR) |
@@ -252,7 +252,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     todo = [args.stage] if args.stage else list(STAGES)
-    photos = args.work / "photos" / "train"
+    photos = args.work / "v1" / "photos" / "train"
     if "data" in todo:
         photos = stage_data(args.work)
     if "encoder" in todo:
