@@ -10,10 +10,15 @@ Stages (a finished stage is skipped on rerun; an interrupted one resumes from it
   reference  the LQ-resolution reference learner on the pool, scored on the held-out pairs (reference.py)
   sr         `sanasr train --pairs` on the pool from nano's base as shipped (nano v1's autoencoder, text encoder
              and prior: the base stages below build them), SR_FLAGS; a checkpoint every 250 steps
-  ladder     bicubic, D(E(bicubic)), D(E(HQ)), the reference learner, every nano checkpoint (EMA adapter): the
-             same pairs, pyiqa Y-PSNR / SSIM; WORK/ladder.json and WORK/ladder.md
-  ship       `sanasr merge-lora --ema` of the chosen checkpoint (--ship-step, default the last) into the package
-             (sanasr_cli/models/nano/sr), the manifest, the ladder and the CI pairs (tests/data/nano_heldout)
+  decoder    v1's decoder trained on, encoder frozen (latent space unchanged), on v2's photos and bicubic pool
+             crops (recipes/nano/decoder.py) -> WORK/base_v2 (the shipped base with the v2 decoder)
+  sr2        sr's checkpoint-SR2_FROM_STEP continued on WORK/base_v2 (`--base`: a change a resume may make)
+  ladder     bicubic, D(E(bicubic)), D(E(HQ)), the reference learner, every nano checkpoint (EMA adapter), and with
+             the v2 decoder its two autoencoder rungs and every sr2 checkpoint: the same pairs, pyiqa Y-PSNR / SSIM;
+             WORK/ladder.json and WORK/ladder.md
+  ship       `sanasr merge-lora --ema` of the chosen checkpoint (--ship-step, default the last) of sr2 (else sr)
+             into the package (sanasr_cli/models/nano/sr; with sr2 also the v2 decoder into base/vae), the
+             manifest, the ladder and the CI pairs (tests/data/nano_heldout)
 Held-out photos are read only by `pairs` (to make the evaluation pairs) and by the scoring.
 
 nano's base, by name only (`all` adapts the shipped base; recipes/nano/base.py), from nano v1's 16 photos:
