@@ -30,6 +30,12 @@ EMA_ADAPTER_DIR = "adapter_ema"
 _PEFT_PREFIX = "base_model.model."
 
 
+def has_adapter(transformer: torch.nn.Module) -> bool:
+    """Whether the transformer carries a LoRA adapter. Both attributes: diffusers < 0.35's `unload_lora` drops
+    `peft_config` but leaves `_hf_peft_config_loaded` set (found by .ci/oldest)."""
+    return bool(getattr(transformer, "_hf_peft_config_loaded", False) and getattr(transformer, "peft_config", None))
+
+
 def lora_config(rank: int = 64, alpha: float = 64, dropout: float = 0.0, targets=DEFAULT_LORA_TARGETS) -> LoraConfig:
     return LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), init_lora_weights=True

@@ -12,11 +12,7 @@ from pathlib import Path
 import torch
 
 from sanasr_cli.errors import ModelDirError
-from sanasr_cli.models.lora import EMA_ADAPTER_DIR, load_adapter_weights
-
-
-def has_adapter(transformer: torch.nn.Module) -> bool:
-    return bool(getattr(transformer, "_hf_peft_config_loaded", False))
+from sanasr_cli.models.lora import EMA_ADAPTER_DIR, has_adapter, load_adapter_weights
 
 
 def merge_adapter(transformer: torch.nn.Module, scale: float = 1.0) -> None:

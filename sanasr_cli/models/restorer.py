@@ -13,6 +13,7 @@ import contextlib
 import torch
 from diffusers import SanaTransformer2DModel
 
+from sanasr_cli.models.lora import has_adapter
 from sanasr_cli.models.schedule import LEGACY_TIMESTEP_CONVENTION, TIMESTEP_CONVENTION, flow_sigma, model_timestep
 
 
@@ -80,8 +81,7 @@ class OneStepRestorer(torch.nn.Module):
     @contextlib.contextmanager
     def frozen_prior(self):
         """Inside this context the transformer computes f_0 (adapters disabled), when it has any."""
-        has_adapter = getattr(self.transformer, "_hf_peft_config_loaded", False)
-        if not has_adapter:
+        if not has_adapter(self.transformer):
             yield
             return
         self.transformer.disable_adapters()

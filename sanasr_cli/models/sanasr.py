@@ -20,7 +20,7 @@ from sanasr_cli.errors import MissingWeightsError, ModelDirError
 from sanasr_cli.models.description import DESCRIPTION_FILE as DESCRIPTION_NAME
 from sanasr_cli.models.description import ModelDescription, is_model_dir
 from sanasr_cli.models.folder_check import check_finite, load_diffusers_folder
-from sanasr_cli.models.lora import load_adapter, save_adapter
+from sanasr_cli.models.lora import has_adapter, load_adapter, save_adapter
 from sanasr_cli.models.presets import (
     BASE_ENV_VAR,
     DC_AE_LITE_HUB_ID,
@@ -690,8 +690,7 @@ def save_model_dir(
     tmp = make_temp_dir(out.parent, f".{out.name}.")
     try:
         transformer = model.transformer
-        has_adapter = getattr(transformer, "_hf_peft_config_loaded", False)
-        if has_adapter:
+        if has_adapter(transformer):
             save_adapter(transformer, tmp / "adapter")
             desc.adapter = "adapter"
         if save_transformer:
@@ -716,7 +715,7 @@ def save_model_dir(
 
 def _save_base_transformer(transformer, folder: Path) -> None:
     """save_pretrained of the transformer without any LoRA layers (those live in adapter/)."""
-    if getattr(transformer, "_hf_peft_config_loaded", False):
+    if has_adapter(transformer):
         from diffusers import SanaTransformer2DModel
 
         clean = SanaTransformer2DModel.from_config(transformer.config).to(transformer.dtype)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sanasr_cli.models.lora import has_adapter
+
 BLOCK_PREFIX = "transformer_blocks."
 
 
@@ -74,7 +76,7 @@ def remove_blocks(transformer, kept: list[int]):
     from accelerate import init_empty_weights
     from diffusers import SanaTransformer2DModel
 
-    if getattr(transformer, "_hf_peft_config_loaded", False):
+    if has_adapter(transformer):
         raise ValueError("merge the LoRA adapter before removing blocks")
     n = len(transformer.transformer_blocks)
     kept = sorted(set(kept))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sanasr_cli.models.lora import has_adapter
 from sanasr_cli.models.schedule import timestep_weight
 from sanasr_cli.pruning.saliency import FisherAccumulator
 from sanasr_cli.training.losses import LossWeights, PerceptualLoss, PromptProtocol, compute_task_losses
@@ -56,7 +57,7 @@ def calibrate_fisher(
     batches (`calib_data.calibration_batches` is endless).
     """
     transformer = model.transformer
-    if getattr(transformer, "_hf_peft_config_loaded", False):
+    if has_adapter(transformer):
         raise ValueError("calibrate the merged model: merge the LoRA adapter first")
     accumulator = FisherAccumulator(transformer)
     records: list[StepRecord] = []

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from sanasr_cli.errors import MissingWeightsError, SanaSRError
+from sanasr_cli.models.lora import has_adapter
 from sanasr_cli.training.config import CONFIG_FILE, ConfigError, TrainConfig
 from sanasr_cli.training.distributed import (  # noqa: F401 - training_mixed_precision: part of this API
     check_replicas_in_sync,
@@ -115,7 +116,7 @@ def load_model_with_lora(config: TrainConfig, accelerator):
         seed=config.seed,
         full_vae=True,
     )
-    if model.description.adapter or getattr(model.transformer, "_hf_peft_config_loaded", False):
+    if model.description.adapter or has_adapter(model.transformer):
         raise ConfigError(
             "--model",
             "the model already carries a LoRA adapter; merge it first (sanasr merge-lora) or train from the base",
