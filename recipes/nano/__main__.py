@@ -107,9 +107,14 @@ SR2_FROM_STEP = 4500
 def stage_sr2(work: Path, steps: int, threads: int) -> None:
     run = work / "sr2_run"
     start = work / "sr_run" / f"checkpoint-{SR2_FROM_STEP}"
+    resume = REPO / "recipes" / "nano" / "resume"  # committed: a fresh machine resumes from the newest
     if not checkpoints(run):
-        if not start.is_dir():
-            start = REPO / "recipes" / "nano" / "resume" / "sr_run" / start.name  # committed: a fresh machine resumes
+        if checkpoints(resume / "sr2_run"):
+            start = resume / "sr2_run" / f"checkpoint-{checkpoints(resume / 'sr2_run')[-1]}"
+            run.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(resume / "sr2_run" / "log.jsonl", run / "log.jsonl")  # the seconds of the steps before
+        elif not start.is_dir():
+            start = resume / "sr_run" / start.name
         run.mkdir(parents=True, exist_ok=True)
         shutil.copytree(start, run / start.name)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -360,6 +365,10 @@ def main(argv: list[str] | None = None) -> None:
         from recipes.nano.decoder import train_decoder
         from sanasr_cli.models.presets import NANO_DIR
 
+        committed = REPO / "recipes" / "nano" / "resume" / "ckpt" / "decoder.pt"  # the shipped v2 decoder's checkpoint
+        if not (work / "ckpt" / "decoder.pt").exists() and committed.exists():
+            (work / "ckpt").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(committed, work / "ckpt" / "decoder.pt")
         train_decoder(work, NANO_DIR / "base", args.decoder_steps, log=log)
     if todo("sr2"):
         stage_sr2(work, args.sr2_steps, args.threads)
