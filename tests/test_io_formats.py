@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageFile
 
 from sanasr_cli.data.io import (
     TEMP_MARK,
@@ -186,6 +186,21 @@ def test_atomic_write_leaves_nothing_on_interrupt(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_image(tmp_path / "x.png", torch.rand(3, 4, 4))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_truncated_files_fail_even_when_another_library_allows_them(tmp_path, monkeypatch):
+    # pyiqa 0.1.15 sets this on import; our reader must still name a cut-off file instead of padding it grey
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    Image.fromarray(make_photo_like(48, 48)).save(tmp_path / "good.png")
+    data = (tmp_path / "good.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with Image.open(tmp_path / "cut.png") as im:
+        im.load()  # what the switch does to Pillow itself: no error
+    with pytest.raises(ImageReadError, match="unreadable"):
+        read_image(tmp_path / "cut.png")
+    assert not is_complete_image(tmp_path / "cut.png")
+    assert is_complete_image(tmp_path / "good.png")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is given back
 
 
 def test_completeness_check_and_stale_temp_cleanup(tmp_path):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from sanasr_cli.errors import ImageReadError, ImageWriteError
 
@@ -100,15 +100,18 @@ def open_image(path_or_file) -> Image.Image:
 
 
 @contextlib.contextmanager
-def _pil_pixel_limit(max_pixels: int | None):
-    """Our own limit (checked on the header right after open) replaces Pillow's, which would refuse files the
-    user allowed with --max-pixels."""
-    old = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
+def _pil_decode_settings():
+    """Pillow's global switches as our reader needs them, whatever another library set:
+    - no pixel limit: our own (checked on the header right after open) replaces Pillow's, which would refuse
+      files the user allowed with --max-pixels;
+    - truncated files fail: pyiqa 0.1.15 sets ImageFile.LOAD_TRUNCATED_IMAGES = True on import, which would make
+      a cut-off photo decode silently with a grey bottom instead of being named and skipped."""
+    old_limit, old_truncated = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = None, False
     try:
         yield
     finally:
-        Image.MAX_IMAGE_PIXELS = old
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = old_limit, old_truncated
 
 
 def _is_16bit(im: Image.Image) -> bool:
@@ -125,7 +128,7 @@ def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
     try:
         if path.stat().st_size == 0:
             raise ImageReadError(f"{path}: empty file (0 bytes)")
-        with _pil_pixel_limit(None), open_image(path) as im:
+        with _pil_decode_settings(), open_image(path) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageReadError(
@@ -156,7 +159,7 @@ def _decode(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
     try:
         if path.stat().st_size == 0:
             raise ImageReadError(f"{path}: empty file (0 bytes)")
-        with _pil_pixel_limit(None), open_image(path) as im:
+        with _pil_decode_settings(), open_image(path) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageReadError(
@@ -459,7 +462,7 @@ def remove_stale_temps(output: Path) -> int:
 def is_complete_image(path: Path, size: tuple[int, int] | None = None) -> bool:
     """True when `path` decodes completely (a truncated file does not) and, if given, has size (w, h)."""
     try:
-        with _pil_pixel_limit(None), open_image(path) as im:
+        with _pil_decode_settings(), open_image(path) as im:
             if size is not None and im.size != tuple(size):
                 return False
             im.load()
