@@ -258,7 +258,10 @@ def main() -> None:
     if "encoder" in todo:
         stage_distill(args.work, "encoder", "nano", photos)
     if "decoder" in todo:
-        stage_distill(args.work, "decoder", str(args.work / "nano_enc"), photos)
+        # the encoder student of this work folder, else the shipped one (still valid while nano's encoder is
+        # unchanged, as when nano v2 changed only the decoder: then only the decoder needs distilling again)
+        enc = args.work / "nano_enc"
+        stage_distill(args.work, "decoder", str(enc) if (enc / "sanasr.json").is_file() else "nano-fast", photos)
     if "ship" in todo:
         stage_ship(args.work / "nano_fast")
     if "measure" in todo:
