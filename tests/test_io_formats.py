@@ -54,6 +54,17 @@ def test_16bit_rgb_png_and_tiff_keep_16_bits(tmp_path):
         assert back.dtype == np.uint16 and np.array_equal(back[:, :, ::-1], arr)
 
 
+def test_16bit_detection_reads_tiles_as_pillow_10_stores_them(tmp_path):
+    """Pillow < 11 keeps im.tile as plain tuples, later ones as named tuples: both must be read (pillow>=10)."""
+    from sanasr_cli.data.io import _is_16bit
+
+    cv2.imwrite(str(tmp_path / "in.png"), np.full((4, 4, 3), 40000, dtype=np.uint16))
+    with Image.open(tmp_path / "in.png") as im:
+        assert _is_16bit(im)
+        im.tile = [tuple(t) for t in im.tile]  # what Pillow 10 has
+        assert _is_16bit(im)
+
+
 def test_16bit_gray_stays_16bit_gray(tmp_path):
     arr = (np.arange(7 * 4, dtype=np.uint16) * 2341).reshape(7, 4)
     cv2.imwrite(str(tmp_path / "g.png"), arr)

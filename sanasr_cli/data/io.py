@@ -114,10 +114,16 @@ def _pil_decode_settings():
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = old_limit, old_truncated
 
 
+def _tile_rawmodes(im: Image.Image) -> list[str]:
+    """The decoder arguments of each tile (they name the raw mode, e.g. 'I;16B'). By index, not `.args`: Pillow < 11
+    stores tiles as plain tuples (codec, extents, offset, args), later ones as a named tuple of the same order."""
+    return [str(t[3]) for t in (im.tile or [])]
+
+
 def _is_16bit(im: Image.Image) -> bool:
     if im.mode.startswith("I;16") or im.mode == "I":
         return True
-    rawmodes = [str(t.args) for t in (im.tile or [])]
+    rawmodes = _tile_rawmodes(im)
     return im.format in _SIXTEEN_BIT_FORMATS and any(";16" in r for r in rawmodes)
 
 
@@ -252,7 +258,7 @@ def uint8_to_tensor(array: np.ndarray) -> torch.Tensor:
 
 def _int32_samples(im: Image.Image) -> bool:
     """True for 32-bit integer pixel data (TIFF 'I;32'/'I;32S' raw modes), which 16 bits cannot hold."""
-    rawmodes = [str(t.args) for t in (im.tile or [])]
+    rawmodes = _tile_rawmodes(im)
     return any(";32" in r for r in rawmodes)
 
 
