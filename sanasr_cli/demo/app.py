@@ -51,11 +51,13 @@ def is_loopback(host: str) -> bool:
 
 def theme(gr):
     """Gradio's default look with fonts that ship inside Gradio (LocalFont) or the system's: never a GoogleFont,
-    which the browser would fetch from Google."""
-    local = gr.themes.LocalFont
+    which the browser would fetch from Google. LocalFont from where it is defined: `gr.themes` exports it only since
+    a later 6.x than the floor (6.0 has the class, not the name; .ci/oldest)."""
+    from gradio.themes.utils.fonts import LocalFont
+
     return gr.themes.Default(
-        font=(local("Source Sans Pro"), "ui-sans-serif", "system-ui", "sans-serif"),
-        font_mono=(local("IBM Plex Mono"), "ui-monospace", "Consolas", "monospace"),
+        font=(LocalFont("Source Sans Pro"), "ui-sans-serif", "system-ui", "sans-serif"),
+        font_mono=(LocalFont("IBM Plex Mono"), "ui-monospace", "Consolas", "monospace"),
     )
 
 
