@@ -52,8 +52,16 @@ class ExportResult:
     seconds: float
 
 
+# torch.export fails on the stages before 2.12 (2.7-2.11: "Constraints violated (batch)"; 2.6: the FX graph does not
+# decompose); the onnx extra requires it (.ci/oldest)
+EXPORT_MIN_TORCH = "2.12"
+
+
 def require_export_tools() -> None:
-    """onnx, onnxscript and onnxruntime (quantization, checks) importable, else one line saying how."""
+    """onnx, onnxscript and onnxruntime (quantization, checks) importable and a torch that can export, else one
+    line saying how."""
+    from torch.torch_version import TorchVersion
+
     for name in ("onnxruntime", "onnx", "onnxscript"):
         try:
             __import__(name)
@@ -61,6 +69,11 @@ def require_export_tools() -> None:
             raise OnnxRuntimeMissingError(
                 f"{name} is not installed; exporting needs the ONNX extra: pip install 'sanasr[onnx]'"
             ) from None
+    if TorchVersion(torch.__version__) < EXPORT_MIN_TORCH:
+        raise OnnxRuntimeMissingError(
+            f"exporting needs torch >= {EXPORT_MIN_TORCH} (this is {torch.__version__}): pip install 'sanasr[onnx]'"
+            " brings it"
+        )
 
 
 def check_export_target(out: Path, overwrite: bool) -> None:
