@@ -204,3 +204,43 @@ def test_the_docs_site_builds_strict(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (site / "models" / "nano" / "index.html").is_file() and (site / "images" / "nano_side_by_side.png").is_file()
+
+
+# ---------------------------------------------------------------- the "Tested with" tables
+
+VERSION = re.compile(r"[0-9]+(?:\.[0-9A-Za-z]+)+|[0-9]+")
+
+
+def pyproject_floors() -> dict[str, set[str]]:
+    """Each package with a `>=` floor in pyproject.toml ([project] and the extras) -> its floors (torch has two)."""
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    floors: dict[str, set[str]] = {}
+    for spec in [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9][0-9A-Za-z.]*)", spec.strip())
+        if m:
+            floors.setdefault(m.group(1).lower(), set()).add(m.group(2))
+    return floors
+
+
+def floors_in_tested_with_table(markdown: str) -> dict[str, set[str]]:
+    """The "Tested with" table (header `| package | floor ...`): package -> the versions its floor column names."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| package | floor"))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0].strip("`").lower()] = set(VERSION.findall(cells[1]))
+    return rows
+
+
+def test_the_tested_with_tables_state_the_floors_of_pyproject():
+    """docs/testing.md lists every floored package with exactly its floors; the README's rows agree with it."""
+    floors = pyproject_floors()
+    full = floors_in_tested_with_table((REPO_ROOT / "docs" / "testing.md").read_text())
+    assert full == floors
+    readme = floors_in_tested_with_table((REPO_ROOT / "README.md").read_text())
+    assert readme and all(full[name] == versions for name, versions in readme.items())
