@@ -53,7 +53,7 @@ class ExportResult:
 
 
 # torch.export fails on the stages before 2.12 (2.7-2.11: "Constraints violated (batch)"; 2.6: the FX graph does not
-# decompose); the onnx extra requires it (.ci/oldest)
+# decompose; .ci/oldest): pyproject's floor, checked again here for an environment that forced an older torch
 EXPORT_MIN_TORCH = "2.12"
 
 
