@@ -212,7 +212,7 @@ VERSION = re.compile(r"[0-9]+(?:\.[0-9A-Za-z]+)+|[0-9]+")
 
 
 def pyproject_floors() -> dict[str, set[str]]:
-    """Each package with a `>=` floor in pyproject.toml ([project] and the extras) -> its floors (torch has two)."""
+    """Each package with a `>=` floor in pyproject.toml ([project] and the extras) -> its floors."""
     import tomllib
 
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
