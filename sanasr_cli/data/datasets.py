@@ -3,6 +3,8 @@
 Item contracts (float32 in [0, 1]):
     HQImageDataset[i]      -> {"hq": (3, crop, crop), "key": str}
     PairedImageDataset[i]  -> {"lq": (3, crop/scale, crop/scale), "hq": (3, crop, crop), "key": str}
+                              (+ "teacher": (3, crop, crop), the same crop of a teacher's output, when given one;
+                              LQ only: "hq" is the teacher's output)
     make_training_batch    -> (lq_upsampled, hq), both (B, 3, H, W) on hq's device: the model input x_L is
                               the LQ upsampled bicubically to the HQ size.
 Crops and flips are a function of (seed, epoch, index) only: a run is reproducible whatever the worker count.
@@ -230,20 +232,28 @@ class PairedImageDataset(Dataset):
     "hq": (3, crop, crop), "key": stem}, aligned crops (the LQ at its own resolution) and the same horizontal
     flip for both; crop=None gives whole images. Pairs smaller than the crop are skipped with a warning,
     unreadable ones named.
+
+    `teacher_for(lq_file) -> file` names a teacher's x`scale` output of each LQ (`sanasr train --teacher`: the
+    peers' TeacherCache): items then also hold "teacher", the same crop of it. With `hq_dir=None` the LQ images
+    stand alone (photos without a reference) and the teacher's output takes the HQ's place: "hq" is its crop.
     """
 
     def __init__(
         self,
         lq_dir: Path,
-        hq_dir: Path,
+        hq_dir: Path | None,
         crop: int | None = 512,
         scale: int = 4,
         seed: int = 0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        teacher_for=None,
     ):
         if crop is not None and (crop < scale or crop % scale):
             raise DatasetError(f"crop {crop} must be a positive multiple of the scale {scale}")
-        self.lq_dir, self.hq_dir = Path(lq_dir), Path(hq_dir)
+        if hq_dir is None and teacher_for is None:
+            raise DatasetError("LQ images without HQ references need a teacher's outputs as targets")
+        self.lq_dir, self.hq_dir = Path(lq_dir), (Path(hq_dir) if hq_dir is not None else None)
+        self.teacher_for = teacher_for
         self.crop, self.scale, self.seed, self.epoch, self.max_pixels = (
             crop,
             int(scale),
@@ -252,10 +262,14 @@ class PairedImageDataset(Dataset):
             max_pixels,
         )
         for name, d in (("LQ", self.lq_dir), ("HQ", self.hq_dir)):
-            if not d.is_dir():
+            if d is not None and not d.is_dir():
                 raise DatasetError(f"{name} folder {d} not found")
         problems: list[str] = []
-        lq, hq = self._by_stem(self.lq_dir, "LQ", problems), self._by_stem(self.hq_dir, "HQ", problems)
+        lq = self._by_stem(self.lq_dir, "LQ", problems)
+        if self.hq_dir is None:
+            self._lq_only(lq, problems)
+            return
+        hq = self._by_stem(self.hq_dir, "HQ", problems)
         only_lq, only_hq = sorted(set(lq) - set(hq)), sorted(set(hq) - set(lq))
         if only_lq:
             problems.append(f"{len(only_lq)} LQ without HQ: {_listing(only_lq)}")
@@ -295,6 +309,30 @@ class PairedImageDataset(Dataset):
         if not self.items:
             raise DatasetError(f"no usable pairs in {self.lq_dir} + {self.hq_dir} ({self.summary})")
 
+    def _lq_only(self, lq: dict[str, Path], problems: list[str]) -> None:
+        """Items (lq file, None, stem) of LQ images whose x`scale` size holds the crop."""
+        if problems:
+            raise PairedDataError(f"LQ {self.lq_dir}: " + "; ".join(problems))
+        stems = sorted(lq)
+        self.summary = DatasetSummary(found=len(stems))
+        self.items = []
+        for stem, (lp, _, size, err) in zip(stems, _scan_all([lq[s] for s in stems], self.max_pixels), strict=True):
+            if err:
+                self.summary.unreadable.append((str(lp), err))
+                warnings.warn(DatasetWarning(f"skipped '{stem}': unreadable {lp}: {err}"), stacklevel=3)
+            elif self.crop is not None and min(size) * self.scale < self.crop:
+                self.summary.too_small.append(str(lp))
+                warnings.warn(
+                    DatasetWarning(f"skipped '{stem}': x{self.scale} of {size[0]}x{size[1]} is smaller than the "
+                                   f"{self.crop}px crop"),
+                    stacklevel=3,
+                )  # fmt: skip
+            else:
+                self.items.append((lp, None, stem))
+        self.summary.used = len(self.items)
+        if not self.items:
+            raise DatasetError(f"no usable LQ images in {self.lq_dir} ({self.summary})")
+
     @staticmethod
     def _by_stem(root: Path, name: str, problems: list[str]) -> dict[str, Path]:
         found: dict[str, Path] = {}
@@ -317,7 +355,14 @@ class PairedImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         lp, hp, stem = self.items[index]
         lq, _ = read_image_uint8(lp, self.max_pixels)
-        hq, _ = read_image_uint8(hp, self.max_pixels)
+        teacher = None
+        if self.teacher_for is not None:
+            teacher, _ = read_image_uint8(self.teacher_for(lp), self.max_pixels)
+            if teacher.shape[:2] != (lq.shape[0] * self.scale, lq.shape[1] * self.scale):
+                raise DatasetError(
+                    f"the teacher's output of {lp} is {teacher.shape[1]}x{teacher.shape[0]}, not x{self.scale}"
+                )
+        hq = read_image_uint8(hp, self.max_pixels)[0] if hp is not None else teacher
         rng = _sample_rng(self.seed, self.epoch, index)
         lh, lw = lq.shape[:2]
         if self.crop is None:
@@ -327,11 +372,14 @@ class PairedImageDataset(Dataset):
             top, left = int(rng.integers(0, lh - lc_h + 1)), int(rng.integers(0, lw - lc_w + 1))
         flip = bool(rng.random() < 0.5) if self.crop is not None else False
         s = self.scale
-        return {
+        item = {
             "lq": _crop_flip(lq, top, left, lc_h, lc_w, flip),
             "hq": _crop_flip(hq, top * s, left * s, lc_h * s, lc_w * s, flip),
             "key": stem,
         }
+        if teacher is not None and hp is not None:
+            item["teacher"] = _crop_flip(teacher, top * s, left * s, lc_h * s, lc_w * s, flip)
+        return item
 
 
 def _listing(names: list[str], limit: int = 10) -> str:

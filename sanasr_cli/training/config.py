@@ -34,6 +34,7 @@ RESUMABLE_CHANGES = frozenset(
         "offload_text_encoder",
         "base",
         "tag_cache",
+        "teacher_cache",
     }
 )
 
@@ -54,6 +55,7 @@ class TrainConfig:
     output: Path = Path("runs/sanasr")
     hq: list[Path] = field(default_factory=list)
     pairs: tuple[Path, Path] | None = None
+    lq: Path | None = None  # LQ images without references: the teacher's outputs are their targets
     crop: int = 512
     scale: int = 4
     # length and cadence
@@ -90,6 +92,10 @@ class TrainConfig:
     lambda_align: float = 1.0
     lambda_consistency: float = 1.0
     perceptual_backbone: str = "vgg"
+    # a teacher (sanasr_cli.peers): its x4 outputs of the LQ images, cached once, are a target of their own
+    teacher: str | None = None
+    lambda_teacher: float = 1.0
+    teacher_cache: str | None = None  # None: RUN/teacher_cache
     # prompts: the PromptRule (as a dict) to train with; None: the model's own rule
     prompt_rule: dict | None = None
     tag_cache: str | None = None
@@ -124,8 +130,23 @@ class TrainConfig:
             raise ConfigError("--crop", f"must be a multiple of the scale {self.scale}, got {self.crop}")
         if self.scale != 4:
             raise ConfigError("--scale", "SANA-SR is trained for x4 only")
-        if not self.hq and self.pairs is None:
-            raise ConfigError("--hq", "give training images with --hq DIR (repeatable) or --pairs LQ_DIR HQ_DIR")
+        sources = [flag for flag, given in (("--hq", self.hq), ("--pairs", self.pairs), ("--lq", self.lq)) if given]
+        if not sources:
+            raise ConfigError(
+                "--hq", "give training images with --hq DIR (repeatable), --pairs LQ_DIR HQ_DIR, or --lq DIR --teacher"
+            )
+        if len(sources) > 1:
+            raise ConfigError(sources[1], f"give one source of training images, not {' and '.join(sources)}")
+        if self.lq is not None and self.teacher is None:
+            raise ConfigError("--lq", "LQ images without references train on a teacher's outputs: add --teacher PEER")
+        if self.teacher is not None and self.hq:
+            raise ConfigError(
+                "--teacher",
+                "a teacher's outputs are computed once per LQ image, so they need fixed LQ inputs: --pairs LQ_DIR "
+                "HQ_DIR or --lq DIR (`sanasr degrade` makes pairs from HQ photos), not --hq",
+            )
+        if self.lq is not None and not Path(self.lq).is_dir():
+            raise ConfigError("--lq", f"{self.lq} is not a folder")
         for d in self.hq:
             if not Path(d).is_dir():
                 raise ConfigError("--hq", f"{d} is not a folder")
@@ -160,6 +181,7 @@ class TrainConfig:
             ("--lambda-perceptual", self.lambda_perceptual),
             ("--lambda-align", self.lambda_align),
             ("--lambda-consistency", self.lambda_consistency),
+            ("--lambda-teacher", self.lambda_teacher),
         ):
             if value < 0:
                 raise ConfigError(flag, f"must be >= 0, got {value}")
@@ -180,6 +202,7 @@ class TrainConfig:
         d["output"] = str(self.output)
         d["hq"] = [str(p) for p in self.hq]
         d["pairs"] = [str(p) for p in self.pairs] if self.pairs else None
+        d["lq"] = str(self.lq) if self.lq is not None else None
         return d
 
     @classmethod
@@ -189,6 +212,7 @@ class TrainConfig:
         d["output"] = Path(d.get("output", "runs/sanasr"))
         d["hq"] = [Path(p) for p in d.get("hq") or []]
         d["pairs"] = tuple(Path(p) for p in d["pairs"]) if d.get("pairs") else None
+        d["lq"] = Path(d["lq"]) if d.get("lq") else None
         return cls(**d)
 
     def save(self, path: Path) -> None:

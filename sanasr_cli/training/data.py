@@ -95,28 +95,75 @@ class TrainingData:
     degrader: object | None
     scale: int
     paths: dict
+    teacher: dict | None = None  # the teacher's description (`attach_teacher`), when training with one
 
 
 def _dataset_flag(config: TrainConfig) -> str:
-    return "--pairs" if config.pairs is not None else "--hq"
+    return "--pairs" if config.pairs is not None else ("--lq" if config.lq is not None else "--hq")
 
 
 def build_dataset(config: TrainConfig):
-    """HQ folders (synthetic LQ on the fly) or an LQ/HQ pair of folders; errors name the flag."""
+    """HQ folders (synthetic LQ on the fly), an LQ/HQ pair of folders, or LQ images alone (a teacher's outputs
+    as their targets: the teacher is attached by `attach_teacher`); errors name the flag."""
     from sanasr_cli.data import datasets
 
     try:
-        if config.pairs is not None:
-            lq_dir, hq_dir = config.pairs
-            return datasets.PairedImageDataset(lq_dir, hq_dir, crop=config.crop, scale=config.scale, seed=config.seed)
+        if config.pairs is not None or config.lq is not None:
+            lq_dir, hq_dir = config.pairs if config.pairs is not None else (config.lq, None)
+            # a placeholder teacher until attach_teacher: the LQ-only data set needs to know one will come
+            teacher_for = _no_teacher_yet if config.teacher is not None else None
+            return datasets.PairedImageDataset(
+                lq_dir, hq_dir, crop=config.crop, scale=config.scale, seed=config.seed, teacher_for=teacher_for
+            )
         return datasets.HQImageDataset(list(config.hq), crop=config.crop, seed=config.seed, scale=config.scale)
     except (SanaSRError, ValueError, OSError) as e:
         raise ConfigError(_dataset_flag(config), str(e)) from None
 
 
-def build_training_data(config: TrainConfig, accelerator) -> TrainingData:
+def _no_teacher_yet(lq_file: Path) -> Path:
+    raise RuntimeError(f"the teacher's output of {lq_file} was read before the teacher cache was filled")
+
+
+def teacher_cache_folder(config: TrainConfig) -> Path:
+    return Path(config.teacher_cache) if config.teacher_cache else Path(config.output) / "teacher_cache"
+
+
+def attach_teacher(config: TrainConfig, dataset, accelerator, on_progress=None) -> dict:
+    """`--teacher`: compute the teacher's output of every LQ image of `dataset` not cached yet (each process its
+    share, then all wait), free the teacher, and point the data set at the cached files. Returns the teacher's
+    description (for the run's records). on_progress(done, total) is called on the main process."""
+    from sanasr_cli.peers.cache import TeacherCache
+    from sanasr_cli.peers.peer import PeerError, load_peer
+
+    try:
+        peer = load_peer(config.teacher, device=accelerator.device)
+    except PeerError as e:
+        raise ConfigError("--teacher", str(e)) from None
+    cache = TeacherCache(peer, teacher_cache_folder(config))
+    lq_files = sorted({Path(item[0]) for item in dataset.items})
+    missing = cache.missing(lq_files)
+    mine = missing[accelerator.process_index :: accelerator.num_processes]
+    done = 0
+
+    def step(_path):
+        nonlocal done
+        done += 1
+        if on_progress is not None and accelerator.is_main_process:
+            on_progress(done * accelerator.num_processes, len(missing))
+
+    if on_progress is not None and accelerator.is_main_process:
+        on_progress(0, len(missing))
+    cache.fill(mine, on_done=step)
+    accelerator.wait_for_everyone()
+    described = dict(peer.describe(), cached=len(lq_files), computed_now=len(missing), cache=str(cache.root))
+    dataset.teacher_for = {p: cache.path_for(p) for p in lq_files}.__getitem__
+    del cache, peer  # the teacher's weights are not needed by any step
+    return described
+
+
+def build_training_data(config: TrainConfig, accelerator, on_teacher=None) -> TrainingData:
     """This process's shard of the data set, as a BatchStream; a data set too small for one batch per process
-    is an error naming the flag."""
+    is an error naming the flag. With a teacher, its outputs are cached first (`attach_teacher`)."""
     from sanasr_cli.data import datasets
 
     dataset = build_dataset(config)
@@ -144,17 +191,20 @@ def build_training_data(config: TrainConfig, accelerator) -> TrainingData:
         )
 
     degrader = None
-    if config.pairs is None:
+    paired = config.pairs is not None or config.lq is not None
+    if not paired:
         from sanasr_cli.data.degradation import RealESRGANDegrader
 
         degrader = RealESRGANDegrader(scale=config.scale)
+    teacher = attach_teacher(config, dataset, accelerator, on_teacher) if config.teacher is not None else None
     return TrainingData(
         dataset,
         BatchStream(dataset, sampler, make_loader),
-        config.pairs is not None,
+        paired,
         degrader,
         config.scale,
         paths_by_key(dataset),
+        teacher,
     )
 
 
@@ -173,7 +223,9 @@ def paths_by_key(dataset) -> dict[str, ItemFiles]:
     """key -> the item's files (a pair: lq/ and hq/ images; an HQ folder: the HQ image only)."""
     items = getattr(dataset, "items", [])
     return {
-        str(it[-1]): ItemFiles(Path(it[0]), Path(it[1])) if len(it) == 3 else ItemFiles(None, Path(it[0]))
+        str(it[-1]): ItemFiles(Path(it[0]), Path(it[1]) if it[1] is not None else None)
+        if len(it) == 3
+        else ItemFiles(None, Path(it[0]))
         for it in items
     }
 
@@ -219,7 +271,11 @@ def batch_prompts(
 
 
 def next_training_batch(data: TrainingData, generator: torch.Generator, device):
-    return to_model_inputs(data, data.stream.next(), generator, device)
+    """(lq, lq_upsampled, hq, files, teacher): `to_model_inputs`, and the teacher's output crops (B, 3, H, W)
+    on `device` when training with a teacher on pairs (else None)."""
+    batch = data.stream.next()
+    teacher = batch["teacher"].to(device, non_blocking=True).float() if "teacher" in batch else None
+    return (*to_model_inputs(data, batch, generator, device), teacher)
 
 
 def make_validation_batch(data: TrainingData, config: TrainConfig, device) -> dict | None:

@@ -42,6 +42,7 @@ class TrainHooks:
     on_start: Callable[[int, int], None] | None = None  # (first step, max steps)
     on_step: Callable[[int, dict], None] | None = None  # (step, metrics)
     on_message: Callable[[str], None] | None = None
+    on_teacher: Callable[[int, int], None] | None = None  # (done, total) while a teacher's outputs are cached
 
 
 @dataclass
@@ -151,7 +152,14 @@ def build_objective(config: TrainConfig, model, device):
     if config.tau_g is not None:  # an explicit generation timestep (Fig. 4c's ablation) overrides the protocol's
         protocol.tau_g = float(config.tau_g)
     model.restorer.tau_g = protocol.tau_g  # the model being trained restores at the protocol's tau_g
-    weights = LossWeights(config.lambda_pixel, config.lambda_perceptual, config.lambda_align, config.lambda_consistency)
+    weights = LossWeights(
+        config.lambda_pixel,
+        config.lambda_perceptual,
+        config.lambda_align,
+        config.lambda_consistency,
+        # with LQ images alone (--lq) the teacher's output is the HQ of every term: no second copy of it
+        teacher=config.lambda_teacher if (config.teacher is not None and config.pairs is not None) else 0.0,
+    )
     perceptual = None
     if weights.perceptual:
         try:
@@ -252,9 +260,10 @@ def run_training_step(
 ) -> tuple[dict, bool]:
     """One micro-batch of Algorithm 1 (lines 3-9): forward, backward and, at accumulation boundaries, clip and
     step. Returns (terms averaged over processes, whether an optimizer step happened)."""
-    lq_up, hq = batch
+    lq_up, hq, *rest = batch  # (lq_up, hq) or (lq_up, hq, teacher output)
+    teacher = rest[0] if rest else None
     with accelerator.accumulate(objective):
-        out = objective(lq_up, hq, embeds, mask, generators["noise"])
+        out = objective(lq_up, hq, embeds, mask, generators["noise"], teacher)
         accelerator.backward(out["loss"])
         grad_norm = None
         stepped = accelerator.sync_gradients
@@ -280,7 +289,17 @@ def _message(accelerator, hooks: TrainHooks | None, text: str) -> None:
 
 
 def save_training_checkpoint(
-    run_dir, step, model, ema, optimizer, scheduler, accelerator, generators, stream, config: TrainConfig
+    run_dir,
+    step,
+    model,
+    ema,
+    optimizer,
+    scheduler,
+    accelerator,
+    generators,
+    stream,
+    config: TrainConfig,
+    teacher: dict | None = None,
 ) -> Path | None:
     """Every process contributes its RNG state; the main process writes the folder, then prunes old ones."""
     from accelerate.utils import gather_object
@@ -317,6 +336,7 @@ def save_training_checkpoint(
                 "lr": config.lr,
                 "batch_size": config.batch_size,
                 "num_processes": accelerator.num_processes,
+                **({"teacher": _teacher_record(teacher, config)} if teacher else {}),
             }
         ]
         try:
@@ -326,6 +346,13 @@ def save_training_checkpoint(
             error = str(e)
     raise_if_any_failed(error)  # every process learns whether the save failed
     return path
+
+
+def _teacher_record(teacher: dict, config: TrainConfig) -> dict:
+    """What a trained model's history keeps of its teacher: which weights, from where, with what weight."""
+    keep = ("peer", "architecture", "identity", "source", "parameters")
+    return {**{k: teacher[k] for k in keep if k in teacher}, "lambda": config.lambda_teacher,
+            "role": "target beside HQ" if config.pairs is not None else "the only target"}  # fmt: skip
 
 
 # ================================================================ the orchestrator
@@ -360,7 +387,7 @@ def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
         optimizer, scheduler = create_optimizer(config, objective)
         ema = create_ema(config, model.transformer)
         # 6. data (each process its own shard)
-        data = build_training_data(config, accelerator)
+        data = build_training_data(config, accelerator, on_teacher=hooks.on_teacher)
     except Exception:
         if new_run_dir and accelerator.is_main_process:
             remove_unstarted_run(run_dir)  # an empty or all-broken --hq, a bad model: no RUN/ left behind
@@ -394,11 +421,11 @@ def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
         window: list[dict] = []
         t0 = time.perf_counter()
         while step < config.max_steps:
-            lq, lq_up, hq, files = next_training_batch(data, generators["degrade"], accelerator.device)
+            lq, lq_up, hq, files, teacher = next_training_batch(data, generators["degrade"], accelerator.device)
             embeds, mask = encode_prompts(model, rule, tagger, config.protocol, lq, hq, files, accelerator.device)
             metrics, stepped = run_training_step(
                 objective,
-                (lq_up, hq),
+                (lq_up, hq, teacher),
                 embeds,
                 mask,
                 optimizer,
@@ -449,6 +476,7 @@ def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
                     generators,
                     data.stream,
                     config,
+                    data.teacher,
                 )
                 if path is not None:
                     result.checkpoints.append(path)

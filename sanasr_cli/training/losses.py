@@ -18,12 +18,14 @@ from sanasr_cli.models.vae import LatentCodec
 
 @dataclass
 class LossWeights:
-    """lambda_2, lambda_p, lambda_a, lambda_c of Eq. 7-8 (paper defaults 1, 2, 1, 1)."""
+    """lambda_2, lambda_p, lambda_a, lambda_c of Eq. 7-8 (paper defaults 1, 2, 1, 1), and the weight of the MSE
+    to a teacher's output (`train --teacher`: beyond the paper; 0 without a teacher)."""
 
     pixel: float = 1.0
     perceptual: float = 2.0
     align: float = 1.0
     consistency: float = 1.0
+    teacher: float = 0.0
 
 
 @dataclass
@@ -141,6 +143,7 @@ class TaskLossTerms:
     consistency: torch.Tensor
     timestep: int
     x_hat: torch.Tensor
+    teacher: torch.Tensor | None = None
 
     def as_floats(self) -> dict[str, float]:
         return {
@@ -149,6 +152,7 @@ class TaskLossTerms:
             "perceptual": float(self.perceptual.detach()),
             "align": float(self.align.detach()),
             "consistency": float(self.consistency.detach()),
+            "teacher": float(self.teacher.detach()) if self.teacher is not None else 0.0,
             "t": self.timestep,
         }
 
@@ -166,13 +170,15 @@ def compute_task_losses(
     generator: torch.Generator | None = None,
     with_consistency: bool = True,
     calibration_weight: bool = False,
+    teacher: torch.Tensor | None = None,
 ) -> TaskLossTerms:
     """Algorithm 1, lines 3-8 (and Algorithm 2, line 6 with `calibration_weight=True, with_consistency=False`).
 
     lq_upsampled, hq: (B, 3, H, W) in [0, 1], H and W multiples of the VAE factor. The random draws (t and eps)
     come from `generator` (on the latents' device), so a seed reproduces a step exactly.
     Returns L = L_rec + lambda_a L_align + lambda_c L_cons (without the last term when with_consistency=False),
-    times omega(t) when calibration_weight (Eq. 21).
+    times omega(t) when calibration_weight (Eq. 21); with a `teacher` output (B, 3, H, W) in [0, 1] and a
+    teacher weight, plus weights.teacher x MSE(x_hat, teacher) (distillation from a peer, beyond the paper).
     """
     # the frozen-prior terms cost two or three more transformer passes and an HQ encode: skipped at weight 0
     # (a pixel-only run, e.g. nano's ablation); the timestep and noise are drawn anyway, so the random stream of
@@ -186,6 +192,7 @@ def compute_task_losses(
     x_hat = codec.decode(z_hat, clamp=False)
     zero = x_hat.new_zeros(())
     l_pix = pixel_mse(x_hat, hq) if weights.pixel else zero
+    l_teacher = pixel_mse(x_hat, teacher) if (teacher is not None and weights.teacher) else zero
     l_lp = perceptual(x_hat, hq) if (perceptual is not None and weights.perceptual) else zero
 
     t = sample_alignment_timestep(protocol, generator)
@@ -204,8 +211,10 @@ def compute_task_losses(
             q_adapt = restorer.velocity(zt_hat, t, embeds, mask)
             l_cons = consistency_mse(q_adapt, q_hat)
     total = weights.pixel * l_pix + weights.perceptual * l_lp + weights.align * l_align
+    if weights.teacher and teacher is not None:
+        total = total + weights.teacher * l_teacher
     if with_consistency:
         total = total + weights.consistency * l_cons
     if calibration_weight:
         total = float(timestep_weight(t)) * total
-    return TaskLossTerms(total, l_pix, l_lp, l_align, l_cons, t, x_hat)
+    return TaskLossTerms(total, l_pix, l_lp, l_align, l_cons, t, x_hat, l_teacher)

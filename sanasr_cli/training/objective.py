@@ -15,7 +15,7 @@ from sanasr_cli.models.restorer import OneStepRestorer
 from sanasr_cli.models.vae import LatentCodec
 from sanasr_cli.training.losses import LossWeights, PerceptualLoss, PromptProtocol, compute_task_losses
 
-TERM_NAMES = ("loss", "pixel", "perceptual", "align", "consistency")
+TERM_NAMES = ("loss", "pixel", "perceptual", "align", "consistency", "teacher")
 
 
 class TrainingObjective(torch.nn.Module):
@@ -41,10 +41,12 @@ class TrainingObjective(torch.nn.Module):
         embeds: torch.Tensor,
         mask: torch.Tensor,
         generator: torch.Generator | None = None,
+        teacher: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Eq. 8 on a batch. lq_upsampled, hq: (B, 3, H, W) in [0, 1] on the model's device; embeds (B, T, D),
-        mask (B, T). Returns {"loss", "pixel", "perceptual", "align", "consistency"} (scalar tensors; only
-        "loss" carries the graph) and "t" (the alignment timestep as a float tensor)."""
+        """Eq. 8 on a batch. lq_upsampled, hq (and a teacher's output, when training with one): (B, 3, H, W) in
+        [0, 1] on the model's device; embeds (B, T, D), mask (B, T). Returns {"loss", "pixel", "perceptual",
+        "align", "consistency", "teacher"} (scalar tensors; only "loss" carries the graph) and "t" (the alignment
+        timestep as a float tensor)."""
         terms = compute_task_losses(
             self.restorer,
             self.codec,
@@ -56,6 +58,7 @@ class TrainingObjective(torch.nn.Module):
             self.protocol,
             self.perceptual,
             generator=generator,
+            teacher=teacher,
         )
         out = {
             "loss": terms.total,
@@ -63,6 +66,7 @@ class TrainingObjective(torch.nn.Module):
             "perceptual": terms.perceptual.detach(),
             "align": terms.align.detach(),
             "consistency": terms.consistency.detach(),
+            "teacher": terms.teacher.detach(),
         }
         out["t"] = torch.tensor(float(terms.timestep), device=terms.total.device)
         return out
