@@ -64,7 +64,14 @@ MODEL = typer.Option(
     "-m",
     help="Run this model end to end on --lq first (a preset or a model directory), then score its outputs.",
 )
-LQ = typer.Option(None, "--lq", help="Folder of low-quality inputs (with --model or --rank-checkpoints).")
+PEER = typer.Option(
+    None,
+    "--peer",
+    help="Also run this peer restorer on --lq and score it the same way (repeatable; with or without --model): "
+    "realesrgan-x4plus (pip install 'sanasr[teacher]') or a .safetensors checkpoint spandrel recognises (Real-ESRGAN, "
+    "SwinIR, HAT, ...). Several methods give one table, a column each.",
+)
+LQ = typer.Option(None, "--lq", help="Folder of low-quality inputs (with --model, --peer or --rank-checkpoints).")
 SAVE_DIR = typer.Option(
     None, "--save-dir", help="Keep the restored images here (default: a temporary folder, removed afterwards)."
 )
@@ -104,6 +111,7 @@ def eval_command(
     sr: Path = SR,
     hr: Path = HR,
     model: str = MODEL,
+    peer: list[str] = PEER,
     lq: Path = LQ,
     save_dir: Path = SAVE_DIR,
     rank_checkpoints: Path = RANK_CHECKPOINTS,
@@ -137,6 +145,7 @@ def eval_command(
     sanasr eval --sr results/ --metrics musiq,niqe              no references: no-reference metrics only
     sanasr eval --sr results/ --hr gt/ --protocol patch --json scores.json --csv per_image.csv
     sanasr eval --model MODEL_DIR --lq lq/ --hr gt/ --save-dir out/   run the model, then score
+    sanasr eval --model nano --peer realesrgan-x4plus --peer swinir.safetensors --lq lq/ --hr gt/   side by side
     sanasr eval --rank-checkpoints runs/exp1 --lq val_lq/ --metric musiq
     sanasr eval --list-metrics
 
@@ -166,15 +175,16 @@ def _check_flags(f) -> None:
 
     if f.protocol not in PROTOCOLS:
         raise fail(f"unknown protocol '{f.protocol}'; use one of {', '.join(PROTOCOLS)}", EXIT_USAGE)
-    given = (("--sr", f.sr), ("--model", f.model), ("--rank-checkpoints", f.rank_checkpoints))
-    modes = [m for m, value in given if value is not None]
+    restorers = f.model is not None or bool(f.peer)  # --model and --peer: one mode, several columns
+    given = (("--sr", f.sr is not None), ("--model/--peer", restorers), ("--rank-checkpoints", f.rank_checkpoints))
+    modes = [m for m, value in given if value not in (None, False)]
     if len(modes) != 1:
         raise fail(
-            "give exactly one of --sr DIR (score outputs), --model M (run a model on --lq) or "
+            "give exactly one of --sr DIR (score outputs), --model M and/or --peer P (run restorers on --lq) or "
             "--rank-checkpoints RUN_DIR" + (f"; got {' and '.join(modes)}" if modes else ""),
             EXIT_USAGE,
         )
-    if (f.model or f.rank_checkpoints) and f.lq is None:
+    if (restorers or f.rank_checkpoints) and f.lq is None:
         raise fail(f"{modes[0]} needs --lq (the low-quality inputs)", EXIT_USAGE)
     check_report_paths(("--json", f.json_out), ("--csv", f.csv_out))  # before any scoring, not after it
     if not math.isfinite(f.scale):
@@ -207,25 +217,107 @@ def _pair_and_parse(f):
     return specs, pairs
 
 
+def _methods(f) -> list[tuple[str, str, str]]:
+    """(label, kind, spec) of each restorer to run (--model first, then each --peer), labels made unique."""
+    from sanasr_cli.peers.peer import NAMED_PEERS
+
+    wanted = ([("model", f.model)] if f.model is not None else []) + [("peer", p) for p in f.peer or []]
+    methods, seen = [], set()
+    for kind, spec in wanted:
+        label = spec if (kind == "model" and "/" not in spec) or spec in NAMED_PEERS else Path(spec).stem
+        label = label or "model"
+        while label in seen:
+            label += "+"
+        seen.add(label)
+        methods.append((label, kind, spec))
+    return methods
+
+
 def _eval(f, pairs, specs) -> int:
-    """run_eval (after loading the model, for --model), then the table, notes and report files."""
+    """run_eval for --sr, or once per restorer (--model, each --peer: loaded one at a time, outputs in
+    --save-dir/<label>/ when there are several), then the table(s), notes and report files."""
+    methods = _methods(f)
+    if len(methods) <= 1:
+        label, kind, spec = methods[0] if methods else (None, None, None)
+        run = _run_one(f, pairs, specs, kind, spec, f.save_dir)
+        return _report_one(f, run, label)
+    runs = []
+    for label, kind, spec in methods:
+        save = Path(f.save_dir) / label if f.save_dir is not None else None
+        console.print(f"[bold]{label}[/] ({kind})", highlight=False)
+        runs.append((label, _run_one(f, pairs, specs, kind, spec, save)))
+        _print_notes(runs[-1][1].result)
+    type(console)().print(_comparison_table(runs))
+    if f.json_out is not None:
+        from sanasr_cli.evaluation.report import protocol_text
+
+        doc = {
+            "protocol": f.protocol, "protocol_description": protocol_text(f.protocol),
+            "methods": [dict(label=label, **run.report()) for label, run in runs],
+        }  # fmt: skip
+        _emit_json(f.json_out, doc)
+    if f.csv_out is not None:
+        console.print("[yellow]note:[/] --csv holds one method's rows: give one --model or --peer with --csv")
+    return 0 if all(run.ok for _, run in runs) else EXIT_FAILED
+
+
+def _run_one(f, pairs, specs, kind, spec, save_dir):
+    """run_eval of one restorer (or of --sr's outputs when kind is None); errors as exit codes."""
     from sanasr_cli.errors import SanaSRError
     from sanasr_cli.evaluation.metrics import MetricUnavailable
     from sanasr_cli.evaluation.run import EvalHooks, EvalOptions, run_eval
 
-    options = EvalOptions(specs, f.protocol, f.dev, f.save_dir)
+    options = EvalOptions(specs, f.protocol, f.dev, save_dir)
     try:
-        if f.model is not None:
+        if kind == "model":
             options.model_run = _model_run(f, pairs)
-        run = run_eval(pairs, options, EvalHooks(progress=_bar))
+        elif kind == "peer":
+            options.peer_run = _peer_run(f, spec)
+        return run_eval(pairs, options, EvalHooks(progress=_bar))
     except MetricUnavailable as e:
         raise fail(str(e), EXIT_FAILED) from None
-    except SanaSRError as e:  # e.g. sizes that do not fit the protocol
+    except SanaSRError as e:  # e.g. sizes that do not fit the protocol, a peer that cannot load
         raise fail(str(e), EXIT_USAGE) from None
+
+
+def _peer_run(f, spec: str):
+    from sanasr_cli.evaluation.run import PeerRun
+    from sanasr_cli.peers.peer import load_peer
+
+    dtype = resolve_precision(f.precision, f.dev)
+    with console.status(f"loading peer {spec} on {f.dev} ..."):
+        peer = load_peer(spec, device=f.dev, dtype=dtype)
+    info = {"spec": spec, **peer.describe(), "device": str(f.dev), "precision": str(dtype).replace("torch.", "")}
+    return PeerRun(peer, info)
+
+
+def _comparison_table(runs) -> Table:
+    from sanasr_cli.evaluation.report import protocol_text
+
+    first = runs[0][1].result
+    table = Table(
+        title=f"{len(first.images)} image pairs, {len(runs)} methods", title_justify="left",
+        caption=f"protocol {protocol_text(first.protocol)}; means; colour fix: none unless --color-fix",
+    )  # fmt: skip
+    table.add_column("metric")
+    for label, _ in runs:
+        table.add_column(label, justify="right")
+    table.add_column("better")
+    for m in first.metrics:
+        cells = []
+        for _, run in runs:
+            v = run.result.means.get(m.name)
+            cells.append("unavailable" if m.name in run.result.unavailable else ("-" if v is None else f"{v:.4f}"))
+        table.add_row(m.name, *cells, "lower" if m.lower_better else "higher")
+    return table
+
+
+def _report_one(f, run, label) -> int:
+    """The table, notes and report files of one run (--sr, or a single --model / --peer)."""
     _print_notes(run.result)
     if f.json_out != "-":
         pairs_done = len(run.result.images) - len(run.result.failed_images)
-        _print_means(run.result, f"{pairs_done} image pairs" + (f" ({f.model})" if f.model else ""))
+        _print_means(run.result, f"{pairs_done} image pairs" + (f" ({label})" if label else ""))
     if f.json_out is not None:
         _emit_json(f.json_out, run.report())
     if f.csv_out is not None:

@@ -49,6 +49,58 @@ def upscale_pairs(
     return out, failed
 
 
+def peer_upscale_pairs(
+    peer,
+    lq_pairs: list[ImagePair],
+    save_dir: Path,
+    max_pixels: int | None = None,
+    on_done: Callable | None = None,
+) -> tuple[list[ImagePair], list]:
+    """`upscale_pairs` for a peer (sanasr_cli.peers.Peer): each LQ read and each output written exactly as
+    `upscale_files` reads and writes a model's (the same decoder, colour handling, 8/16-bit and grey outputs,
+    `save_dir/<lq stem>.png`, and the ledger: only files sanasr wrote are ever replaced), so scores differ only
+    by the restorer. Returns (pairs of output and reference, failed UpscaleRecords)."""
+    import time
+
+    from sanasr_cli.data.io import DEFAULT_MAX_PIXELS, read_image, write_image
+    from sanasr_cli.errors import ImageReadError
+    from sanasr_cli.pipeline.upscale import UpscaleRecord
+    from sanasr_cli.safe_files import OutputLedger
+
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    ledger = OutputLedger(save_dir)
+    out, failed = [], []
+    for p in lq_pairs:
+        target = save_dir / f"{Path(p.sr).stem}.png"
+        rec = UpscaleRecord(input=str(p.sr), output=str(target))
+        start = time.perf_counter()
+        try:
+            if (target.exists() or target.is_symlink()) and not ledger.owns(target):
+                raise ImageReadError(f"{p.sr}: {target} already exists and was not written by sanasr: left as it is")
+            lq, info = read_image(p.sr, max_pixels or DEFAULT_MAX_PIXELS)
+            sr = peer(lq[None])[0].cpu()
+            alpha = None
+            if info.alpha is not None:
+                from sanasr_cli.data.resample import upsample_bicubic
+
+                alpha = upsample_bicubic(info.alpha[None], peer.scale)[0].clamp(0, 1)
+            write_image(
+                target, sr, bit_depth=info.bit_depth, grayscale=info.grayscale, alpha=alpha,
+                icc_profile=info.icc_profile, before_replace=ledger.recorder(target),
+            )  # fmt: skip
+            rec.status, rec.output_size = "ok", (sr.shape[-1], sr.shape[-2])
+            out.append(ImagePair(p.key, target, p.hr))
+        except (SanaSRError, RuntimeError, ValueError, OSError) as e:
+            rec.status = "failed"
+            rec.error = str(e) if isinstance(e, SanaSRError) else f"{p.sr}: {type(e).__name__}: {e}"
+            failed.append(rec)
+        rec.seconds = round(time.perf_counter() - start, 4)
+        if on_done:
+            on_done(rec)
+    return out, failed
+
+
 def check_save_dir(save_dir: Path, *inputs: Path | None) -> None:
     """Outputs must never overwrite an input: refuse a save folder that is (or holds) an input folder."""
     s = Path(save_dir).resolve()

@@ -4,8 +4,9 @@ the CLI shows what the hooks report and maps errors to exit codes.
 
 - score existing outputs: `run_eval(pairs, EvalOptions(specs, ...))`
 - run a model, then score its outputs: `EvalOptions(..., model_run=ModelRun(model, upscale_options, lq_dir,
-  info))`; the pairs are then (LQ input, reference). The model is released (`model_run.model = None`) once its
-  outputs are written, so the metrics get its memory back.
+  info))`; the pairs are then (LQ input, reference). A peer (another x4 restorer: `--peer`) runs the same way with
+  `peer_run=PeerRun(peer, info)`: its outputs are read, written and scored exactly as a model's. The model (or
+  peer) is released (`model_run.model = None`) once its outputs are written, so the metrics get its memory back.
 - rank the checkpoints of a training run: `run_rank(run_dir, lq_pairs, lq_dir, spec, options, hooks, ...)`.
 
 Outputs of a model go to `options.save_dir`, or to a temporary folder removed afterwards.
@@ -51,12 +52,21 @@ class ModelRun:
 
 
 @dataclass
+class PeerRun:
+    """A loaded peer (sanasr_cli.peers.Peer) to run on the LQ side first; `info` is recorded under "model"."""
+
+    peer: Any
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
 class EvalOptions:
     metrics: list[MetricSpec]
     protocol: str = "full"
     device: torch.device | str = "cpu"
     save_dir: Path | None = None  # where a model's outputs are kept (None: a temporary folder)
     model_run: ModelRun | None = None
+    peer_run: PeerRun | None = None  # instead of model_run: a peer restores the LQ side
 
 
 @dataclass
@@ -93,13 +103,19 @@ def output_dir(save_dir: Path | None):
 def run_eval(pairs: list[ImagePair], options: EvalOptions, hooks: EvalHooks | None = None) -> EvalRun:
     """Score `pairs` (restored, reference) with `options.metrics`; with `options.model_run`, first restore the
     pairs' LQ side with the model (`upscale_pairs`, the same pipeline as `sanasr upscale`)."""
-    from sanasr_cli.evaluation.model_eval import upscale_pairs
+    from sanasr_cli.evaluation.model_eval import peer_upscale_pairs, upscale_pairs
 
     hooks = hooks or EvalHooks()
-    run = options.model_run
-    with output_dir(options.save_dir) if run is not None else contextlib.nullcontext() as out_dir:
+    run, peer_run = options.model_run, options.peer_run
+    restores = run is not None or peer_run is not None
+    with output_dir(options.save_dir) if restores else contextlib.nullcontext() as out_dir:
         model_info, failed = None, []
-        if run is not None:
+        if peer_run is not None:
+            model_info = {**peer_run.info, "outputs": str(out_dir)}
+            with hooks.progress("upscale", len(pairs)) as on_done:
+                pairs, failed = peer_upscale_pairs(peer_run.peer, pairs, out_dir, on_done=on_done)
+            peer_run.peer = None  # released: the metrics get its memory
+        elif run is not None:
             model_info = {
                 **run.info, "outputs": str(out_dir), "prompt_rule": run.upscale.prompt_rule.to_dict(),
                 "user_prompt": run.upscale.user_prompt,
