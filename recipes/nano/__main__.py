@@ -330,7 +330,7 @@ def write_ci_pairs(work: Path, count: int = 8) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="work folder (outside the repository)")
-    stages = ["all", "data", "pairs", "reference", "sr", "decoder", "sr2", "ladder", "ship"]
+    stages = ["all", "data", "pairs", "reference", "sr", "decoder", "sr2", "ladder", "ship", "teacher"]
     ap.add_argument("--stage", default="all", choices=[*stages, *BASE_STAGES])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--draws", type=int, default=32, help="training pairs per train photo")
@@ -338,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--decoder-steps", type=int, default=2000)
     ap.add_argument("--sr-steps", type=int, default=6000)
     ap.add_argument("--sr2-steps", type=int, default=12000, help="sr2's last step (it starts at SR2_FROM_STEP)")
+    ap.add_argument("--teacher-draws", type=int, default=8, help="training pairs per photo given a teacher output")
     ap.add_argument("--ship-step", type=int, default=None, help="checkpoint to ship (default: the last)")
     ap.add_argument("--ae-steps", type=int, default=3000, help="the autoencoder stage's steps")
     ap.add_argument("--prior-steps", type=int, default=400, help="the prior stage's steps")
@@ -372,6 +373,10 @@ def main(argv: list[str] | None = None) -> None:
         train_decoder(work, NANO_DIR / "base", args.decoder_steps, log=log)
     if todo("sr2"):
         stage_sr2(work, args.sr2_steps, args.threads)
+    if args.stage == "teacher":
+        from recipes.nano.teacher import stage_teacher
+
+        stage_teacher(work, args.teacher_draws, log=log)
     if todo("ladder"):
         stage_ladder(work)
     if todo("ship"):
