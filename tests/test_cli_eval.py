@@ -138,13 +138,17 @@ def test_an_unreadable_image_fails_alone_with_exit_1(folders, tmp_path):
 def test_list_metrics_names_variants():
     result = runner.invoke(app, ["eval", "--list-metrics"])
     assert result.exit_code == 0
-    for name in ("psnr", "ssim", "lpips", "dists", "niqe", "musiq", "maniqa", "clipiqa"):
+    for name in ("psnr", "ssim", "lpips", "dists", "niqe", "brisque", "musiq", "maniqa", "clipiqa"):
         assert name in result.output
     assert "psnry" in result.output
+    out = " ".join(result.output.split())
+    assert "nr_params/niqe_pristine.json" in out and "nr_params/brisque_svr.json" in out
+    assert "Weights of all but psnr, ssim, niqe, brisque are downloaded by pyiqa" in out
 
 
 def test_missing_weights_offline_names_file_and_folder_and_others_still_run(folders, tmp_path):
-    """Offline simulated for real: an empty torch cache and every download sent to a closed local port."""
+    """Offline simulated for real: an empty torch cache and every download sent to a closed local port. NIQE and
+    BRISQUE run from the parameters sanasr ships; MUSIQ and CLIPIQA need downloaded weights."""
     sr, hr = folders
     torch_home = tmp_path / "torch-home"
     env = {
@@ -171,7 +175,7 @@ def test_missing_weights_offline_names_file_and_folder_and_others_still_run(fold
             "--hr",
             str(hr),
             "--metrics",
-            "psnr,niqe,clipiqa",
+            "psnr,niqe,brisque,musiq,clipiqa",
             "--json",
             str(js),
             "--device",
@@ -185,14 +189,17 @@ def test_missing_weights_offline_names_file_and_folder_and_others_still_run(fold
     assert proc.returncode == 1, proc.stderr
     err = " ".join(proc.stderr.split())
     folder = torch_home / "hub" / "pyiqa"
-    assert f"weights file niqe_modelparameters.mat is not in {folder}" in err
-    assert f"Put niqe_modelparameters.mat into {folder}/" in err
+    assert f"weights file musiq_koniq_ckpt-e95806b9.pth is not in {folder}" in err
+    assert f"Put musiq_koniq_ckpt-e95806b9.pth into {folder}/" in err
     # CLIPIQA's CLIP weights come through pyiqa's own urllib loader, into another folder
     assert f"weights file RN50.pt is not in {torch_home / 'hub' / 'clip'}" in err
     assert "Traceback" not in proc.stderr
     doc = json.loads(js.read_text())
-    assert set(doc["means"]) == {"psnr"} and doc["means"]["psnr"] > 15
-    assert "niqe_modelparameters.mat" in doc["unavailable_metrics"]["niqe"]
+    assert set(doc["means"]) == {"psnr", "niqe", "brisque"} and doc["means"]["psnr"] > 15
+    assert 0 < doc["means"]["niqe"] < 20 and -20 < doc["means"]["brisque"] < 100
+    assert "musiq_koniq_ckpt-e95806b9.pth" in doc["unavailable_metrics"]["musiq"]
+    assert [n.split(":")[0] for n in doc["notes"]] == ["niqe", "brisque"]  # 256 px: under their stable sizes
+    assert "note: niqe: 3 of 3 image(s) scored under 384x384 px" in " ".join(proc.stdout.split() + err.split())
     assert "RN50.pt" in doc["unavailable_metrics"]["clipiqa"]
     assert not any(folder.glob("*"))  # nothing half-downloaded left behind
 

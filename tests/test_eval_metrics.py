@@ -216,9 +216,15 @@ def test_metric_names_and_variants_match_pyiqa():
     from pyiqa.default_model_configs import DEFAULT_CONFIGS
 
     for m in METRICS.values():
+        if m.pyiqa_name is None:  # sanasr's own (shipped) metric that equals no pyiqa metric: BRISQUE
+            assert m.shipped and m.mode == "NR", m.name
+            continue
         cfg = DEFAULT_CONFIGS[m.pyiqa_name]
         assert cfg["metric_mode"] == m.mode, m.name
         assert bool(cfg.get("lower_better", False)) == m.lower_better, m.name
+    # NIQE is pyiqa's 'niqe' computation with its default options (Y of YIQ), with parameters shipped in sanasr
+    assert DEFAULT_CONFIGS["niqe"]["metric_opts"] == {"type": "NIQE", "test_y_channel": True}
+    assert "color_space='yiq'" in METRICS["niqe"].variant and METRICS["brisque"].pyiqa_name is None
     assert METRICS["psnr"].variant == "pyiqa.create_metric('psnry', color_space='ycbcr')"
     with pytest.raises(UnknownMetricError, match="unknown metric.*psnrr.*known: psnr, ssim"):
         parse_metrics("psnr,psnrr")

@@ -35,8 +35,9 @@ def _print_metrics_list() -> None:
         out.print(f"[bold]{m.name}[/] ({m.mode}, {'lower' if m.lower_better else 'higher'} is better{default})")
         out.print(f"    {m.variant}")
         out.print(f"    {m.description}")
+    offline = ", ".join(m.name for m in METRICS.values() if not m.needs_weights)
     out.print(
-        "FR: needs --hr (full reference); NR: no reference. Weights of all but psnr/ssim are downloaded "
+        f"FR: needs --hr (full reference); NR: no reference. Weights of all but {offline} are downloaded "
         "by pyiqa on first use into $TORCH_HOME/hub/pyiqa (default ~/.cache/torch/hub/pyiqa)."
     )
 
@@ -354,6 +355,8 @@ def _print_notes(result) -> None:
         console.print(f"[bold red]metric unavailable:[/] {message}", highlight=False, soft_wrap=True)
     for s in result.failed_images:
         console.print(f"[red]failed:[/] {s.error}", highlight=False, soft_wrap=True)
+    for note in result.notes:  # metrics scored on images too small for a stable score
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     converted = {f: m for s in result.images for f, m in s.converted.items()}
     if converted:
         from sanasr_cli.evaluation.metrics import CONVERSION_RULE

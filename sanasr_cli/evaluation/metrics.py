@@ -9,9 +9,12 @@ What is computed, so two users get the same numbers for the same images:
   centre crop of both (top = (H - 256) // 2, left = (W - 256) // 2, so for odd margins the extra row/column is
   left at the bottom/right); images smaller than 256 on a side are refused.
 - Each metric is `pyiqa.create_metric(<pyiqa name>, **options)` as listed in METRICS (PSNR and SSIM on the Y
-  channel of YCbCr, ITU-R BT.601). Scores are per image; the mean is the plain mean over images.
+  channel of YCbCr, ITU-R BT.601), except NIQE and BRISQUE: they run offline with parameters shipped in sanasr
+  (`nr_metrics.py`; their variant says which). Scores are per image; the mean is the plain mean over images.
 - A metric whose weights are neither in the local cache nor downloadable is reported with one message
   naming the file and the folder to put it in; the other metrics still run.
+- A metric with a smallest image size (NIQE: 192 px, BRISQUE: 32 px a side, after the protocol's crop) refuses
+  smaller images before any work, listing them in one error.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 import torch
 
 from sanasr_cli.errors import SanaSRError
+from sanasr_cli.evaluation.nr_metrics import MIN_SIZE as NR_MIN_SIZE
 from sanasr_cli.evaluation.pairing import ImagePair
 
 PATCH_SIZE = 256
@@ -42,16 +46,24 @@ class MetricSpec:
     """One metric: our name, the pyiqa metric it is, and the options passed to pyiqa.create_metric."""
 
     name: str
-    pyiqa_name: str
+    pyiqa_name: str | None
     options: dict
     mode: str  # "FR" (needs the reference) or "NR" (restored image alone)
     lower_better: bool
     description: str
     needs_weights: bool = True
+    # metrics sanasr computes itself with parameters it ships (nr_metrics.py): what is computed, with which
+    # parameters; `pyiqa_name` is then the pyiqa metric it equals, or None where it equals none
+    shipped: str | None = None
+    min_size: int = 0  # the smallest side, in px after the protocol's crop, the metric accepts
+    # below this side one image's score depends on the crop (benchmarks/results/nr_metric_sizes.md); eval notes it
+    stable_size: int = 0
 
     @property
     def variant(self) -> str:
         """The exact call, e.g. "pyiqa.create_metric('psnry', color_space='ycbcr')"."""
+        if self.shipped is not None:
+            return self.shipped
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
         return f"pyiqa.create_metric('{self.pyiqa_name}'{opts})"
 
@@ -63,6 +75,8 @@ class MetricSpec:
             "mode": self.mode,
             "lower_better": self.lower_better,
             "description": self.description,
+            "min_size": self.min_size,
+            "stable_size": self.stable_size,
         }
 
 
@@ -97,7 +111,30 @@ METRICS: dict[str, MetricSpec] = {
             {},
             "NR",
             True,
-            "NIQE, pyiqa's PyTorch port (Y channel); differs slightly from the MATLAB code",
+            "NIQE, pyiqa's PyTorch port (Y of YIQ rounded to 0..255, 96x96 blocks, 2 scales, the blocks that do not "
+            "fit left out), as pyiqa's 'niqe' with the parameters it downloads; within 0.2% of BasicSR's "
+            "MATLAB-checked NIQE. Needs >= 192x192 px (2x2 blocks); one image's score is noisy under 384x384 "
+            "(16 blocks): docs/eval-bench.md",
+            needs_weights=False,
+            shipped="pyiqa.archs.niqe_arch.calculate_niqe(test_y_channel=True, color_space='yiq') with the NIQE MATLAB "
+            "release's pristine model (BasicSR 1.4.2's copy; shipped: nr_params/niqe_pristine.json)",
+            min_size=NR_MIN_SIZE["niqe"],
+            stable_size=384,
+        ),
+        MetricSpec(
+            "brisque",
+            None,
+            {},
+            "NR",
+            True,
+            "BRISQUE as the brisque 0.2.0 package computes it (grey = skimage rgb2gray, MSCN, 36 AGGD features on 2 "
+            "scales, its SVR), not pyiqa's 'brisque' (another SVR on other features: other numbers). Needs >= 32x32 "
+            "px; one image's score is noisy under 512x512: docs/eval-bench.md",
+            needs_weights=False,
+            shipped="brisque 0.2.0's BRISQUE: its features, min/max scaling and libsvm epsilon-SVR (RBF, gamma 0.05, "
+            "770 support vectors; shipped: nr_params/brisque_svr.json)",
+            min_size=NR_MIN_SIZE["brisque"],
+            stable_size=512,
         ),
         MetricSpec("musiq", "musiq", {}, "NR", False, "MUSIQ trained on KonIQ-10k"),
         MetricSpec("maniqa", "maniqa", {}, "NR", False, "MANIQA trained on KonIQ-10k (pyiqa default)"),
@@ -185,6 +222,28 @@ def check_sizes(pairs: list[ImagePair], protocol: str) -> None:
         raise ProtocolError(f"{len(problems)} image(s) cannot be compared under --protocol {protocol}: {shown}{hint}")
 
 
+def check_metric_sizes(pairs: list[ImagePair], metrics: list[MetricSpec], protocol: str) -> None:
+    """Raise one ProtocolError naming each metric that an image (as the protocol crops it) is too small for."""
+    problems = []
+    for m in (m for m in metrics if m.min_size):
+        small = []
+        for p in pairs:
+            for path in (p.sr, p.hr) if m.mode == "FR" else (p.sr,):
+                try:
+                    w, h = (PATCH_SIZE, PATCH_SIZE) if protocol == "patch" else oriented_size(path)
+                except Exception:  # unreadable: reported per image later
+                    continue
+                if min(w, h) < m.min_size:
+                    small.append(f"{path.name} {w}x{h}")
+        if small:
+            shown = ", ".join(small[:5]) + (f" and {len(small) - 5} more" if len(small) > 5 else "")
+            problems.append(
+                f"{m.name} needs images of at least {m.min_size}x{m.min_size} px, {len(small)} are smaller ({shown})"
+            )
+    if problems:
+        raise ProtocolError("; ".join(problems) + " - score larger images or leave the metric out of --metrics")
+
+
 # ---------------------------------------------------------------- building metrics
 
 
@@ -247,7 +306,10 @@ def missing_weights_message(metric: str, url: str, destination: str, cause: str)
 
 
 def build_metric(spec: MetricSpec, device: torch.device | str = "cpu"):
-    """pyiqa.create_metric for `spec`, or MetricUnavailable with one clear message."""
+    """pyiqa.create_metric for `spec` (sanasr's own module for a shipped metric), or MetricUnavailable with one
+    clear message."""
+    if spec.shipped is not None:
+        return _build_shipped(spec, device)
     attempts: list[tuple[str, str]] = []
     try:
         import pyiqa
@@ -277,6 +339,21 @@ def build_metric(spec: MetricSpec, device: torch.device | str = "cpu"):
                 f"access (or copy that cache folder from a machine that has it) and run again."
             ) from None
         raise MetricUnavailable(f"metric '{spec.name}' could not be built: {_first_line(e)}") from None
+
+
+def _build_shipped(spec: MetricSpec, device: torch.device | str):
+    from sanasr_cli.evaluation.nr_metrics import BUILDERS
+
+    try:
+        return BUILDERS[spec.name]().to(torch.device(device))
+    except ImportError as e:
+        raise MetricUnavailable(
+            f"metric '{spec.name}' cannot be built: a package it needs is missing ({_first_line(e)})"
+        ) from None
+    except (OSError, ValueError, KeyError) as e:  # a damaged install: the shipped parameter file is missing or bad
+        raise MetricUnavailable(
+            f"metric '{spec.name}': its shipped parameters could not be read ({_first_line(e)}); reinstall sanasr"
+        ) from None
 
 
 def _is_hub_miss(e: BaseException) -> bool:
@@ -329,6 +406,21 @@ class EvalResult:
     def ok(self) -> bool:
         return not self.unavailable and not self.failed_images
 
+    @property
+    def notes(self) -> list[str]:
+        """One line per computed metric that scored images under its stable size (as the protocol cropped them)."""
+        out = []
+        for m in (m for m in self.computed if m.stable_size):
+            sides = [PATCH_SIZE if self.protocol == "patch" else min(s.sr_size) for s in self.images if s.sr_size]
+            small = sum(side < m.stable_size for side in sides)
+            if small:
+                out.append(
+                    f"{m.name}: {small} of {len(sides)} image(s) scored under {m.stable_size}x{m.stable_size} px, "
+                    "where one image's score moves with the crop; compare medians over many images "
+                    "(docs/eval-bench.md)"
+                )
+        return out
+
 
 def _read(path: Path, converted: dict[str, str]) -> tuple[torch.Tensor, tuple[int, int]]:
     from sanasr_cli.data.io import read_image
@@ -358,6 +450,7 @@ def evaluate_pairs(
     if any(m.mode == "FR" for m in metrics) and any(p.hr is None for p in pairs):
         raise UnknownMetricError("full-reference metrics need reference images (--hr)")
     check_sizes(pairs, protocol)
+    check_metric_sizes(pairs, metrics, protocol)
     result = EvalResult(protocol=protocol, metrics=list(metrics), images=[])
     nets = {} if built is None else built
     for m in metrics:

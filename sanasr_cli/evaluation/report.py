@@ -45,6 +45,7 @@ def eval_report(result: EvalResult, model: dict | None = None, extra: dict | Non
         "means": {k: finite(v) for k, v in result.means.items()},
         "num_images": len(result.images) - len(result.failed_images),
         "unavailable_metrics": dict(result.unavailable),
+        "notes": result.notes,
         "images": [
             {
                 "key": s.key,
