@@ -100,6 +100,9 @@ def sr_command(work: Path, steps: int, run: str = "sr_run", base: Path | None = 
     ]  # fmt: skip
 
 
+# nano v3's SR runs (WORK/<name>), in the order the ladder lists them
+V3_RUNS = ["v3_run"]
+
 # sr2 continues sr's checkpoint at this step (nano v2's first SR run, on v1's decoder) on the v2 decoder
 SR2_FROM_STEP = 4500
 
@@ -330,7 +333,7 @@ def write_ci_pairs(work: Path, count: int = 8) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="work folder (outside the repository)")
-    stages = ["all", "data", "pairs", "reference", "sr", "decoder", "sr2", "ladder", "ship", "teacher"]
+    stages = ["all", "data", "pairs", "reference", "sr", "decoder", "sr2", "ladder", "ship", "teacher", "ladder3"]
     ap.add_argument("--stage", default="all", choices=[*stages, *BASE_STAGES])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--draws", type=int, default=32, help="training pairs per train photo")
@@ -373,6 +376,10 @@ def main(argv: list[str] | None = None) -> None:
         train_decoder(work, NANO_DIR / "base", args.decoder_steps, log=log)
     if todo("sr2"):
         stage_sr2(work, args.sr2_steps, args.threads)
+    if args.stage == "ladder3":
+        from recipes.nano.ladder3 import stage_ladder3
+
+        stage_ladder3(work, [work / name for name in V3_RUNS], log=log)
     if args.stage == "teacher":
         from recipes.nano.teacher import stage_teacher
 
