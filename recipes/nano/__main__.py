@@ -102,6 +102,49 @@ def sr_command(work: Path, steps: int, run: str = "sr_run", base: Path | None = 
 
 # nano v3's SR runs (WORK/<name>), in the order the ladder lists them
 V3_RUNS = ["v3_run"]
+# nano v2 as shipped (its merged SR transformer): nano v3's SR adapts it, read from the commit that shipped it
+V2_COMMIT = "b6cac5d"
+# the sr3 stage: `sanasr train` flags beyond SR_FLAGS' (which it shares but for the LoRA rank): the teacher's
+# outputs as a second target beside the HQ
+SR3_FLAGS = {
+    "--teacher": "realesrgan-x4plus", "--lambda-teacher": "1.0", "--lora-rank": "64", "--lora-alpha": "64",
+    "--checkpoints-total-limit": "1000",  # every checkpoint stays for the ladder (a few MB each)
+}  # fmt: skip
+
+
+def v2_model(work: Path) -> Path:
+    """WORK/v2_model: nano v2's SR model directory (sanasr.json + merged transformer) as shipped at V2_COMMIT."""
+    folder = work / "v2_model"
+    if not (folder / "sanasr.json").exists():
+        import io
+        import tarfile
+
+        tar = subprocess.run(
+            ["git", "archive", V2_COMMIT, "sanasr_cli/models/nano/sr"], cwd=REPO, check=True, capture_output=True
+        ).stdout
+        tmp = work / "v2_model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+            archive.extractall(tmp, filter="data")
+        os.replace(tmp / "sanasr_cli" / "models" / "nano" / "sr", folder)
+        shutil.rmtree(tmp)
+    return folder
+
+
+def sr3_command(work: Path, steps: int, pairs: Path) -> list[str]:
+    """`sanasr train` of nano v3's SR stage: nano v2's SR model adapted on `pairs` with the teacher's outputs."""
+    flags = list(SR_FLAGS)
+    for flag, value in SR3_FLAGS.items():
+        if flag in flags:
+            flags[flags.index(flag) + 1] = value
+        else:
+            flags += [flag, value]
+    return [
+        sys.executable, "-m", "sanasr_cli", "train", "--model", str(v2_model(work)),
+        "--pairs", str(pairs / "lq"), str(pairs / "hq"), "-o", str(work / "v3_run"), "--max-steps", str(steps),
+        *flags, "--teacher-cache", str(work / "teacher_cache"), "--resume", "auto",
+    ]  # fmt: skip
+
 
 # sr2 continues sr's checkpoint at this step (nano v2's first SR run, on v1's decoder) on the v2 decoder
 SR2_FROM_STEP = 4500
@@ -333,7 +376,8 @@ def write_ci_pairs(work: Path, count: int = 8) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="work folder (outside the repository)")
-    stages = ["all", "data", "pairs", "reference", "sr", "decoder", "sr2", "ladder", "ship", "teacher", "ladder3"]
+    stages = ["all", "data", "pairs", "reference", "sr", "decoder", "sr2", "ladder", "ship"]
+    stages += ["teacher", "sr3", "ladder3"]  # nano v3
     ap.add_argument("--stage", default="all", choices=[*stages, *BASE_STAGES])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--draws", type=int, default=32, help="training pairs per train photo")
@@ -342,6 +386,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sr-steps", type=int, default=6000)
     ap.add_argument("--sr2-steps", type=int, default=12000, help="sr2's last step (it starts at SR2_FROM_STEP)")
     ap.add_argument("--teacher-draws", type=int, default=8, help="training pairs per photo given a teacher output")
+    ap.add_argument("--sr3-steps", type=int, default=12000)
+    ap.add_argument("--sr3-pairs", default="v3_pairs", help="pairs folder in WORK (lq/, hq/) of the sr3 stage")
     ap.add_argument("--ship-step", type=int, default=None, help="checkpoint to ship (default: the last)")
     ap.add_argument("--ae-steps", type=int, default=3000, help="the autoencoder stage's steps")
     ap.add_argument("--prior-steps", type=int, default=400, help="the prior stage's steps")
@@ -380,6 +426,9 @@ def main(argv: list[str] | None = None) -> None:
         from recipes.nano.ladder3 import stage_ladder3
 
         stage_ladder3(work, [work / name for name in V3_RUNS], log=log)
+    if args.stage == "sr3":
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        subprocess.run(sr3_command(work, args.sr3_steps, work / args.sr3_pairs), check=True, env=env, cwd=REPO)
     if args.stage == "teacher":
         from recipes.nano.teacher import stage_teacher
 
