@@ -150,3 +150,13 @@ def test_an_import_of_a_higher_layer_and_between_commands_fails(tmp_path):
         "sanasr_cli.cli.prune -> sanasr_cli.cli.merge: a command module imports another (shared code: cli/common.py)",
         "sanasr_cli.data.io -> sanasr_cli.models.vae: data (layer 1) imports models (layer 2)",
     ]
+
+
+def test_the_recipes_have_no_import_circle():
+    """recipes/ (nano's stages and their shared loop, photos and ladder) imports without a circle, lazy imports
+    included: shared code lives in modules of its own (recipes/nano/loop.py, v1_photos.py), not in the dispatcher."""
+    graph = import_graph(PACKAGE.parent / "recipes")
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as e:
+        raise AssertionError("import circle: " + " -> ".join(e.args[1])) from None

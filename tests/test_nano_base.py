@@ -1,7 +1,8 @@
-"""nano's base stages (recipes/nano/base.py, autoencoder.py, text.py, prior.py): nano v1's photos split as PHOTOS
-says, with SHA-256 in the manifest, and train_photos adding a folder of training photos (never a held-out photo);
-the autoencoder, text and prior stages through the entry command build a base that `sanasr` loads and runs, a
-rerun skips them, and ship-base replaces each part of a package's base whole, keeping the other reports."""
+"""nano's base stages (recipes/nano/base.py, v1_photos.py, autoencoder.py, text.py, prior.py): nano v1's photos
+split as PHOTOS says, with SHA-256 in the manifest, and train_photos adding a folder of training photos (never a
+held-out photo); the autoencoder, text and prior stages through the entry command build a base that `sanasr` loads
+and runs, a rerun skips them, and ship-base replaces each part of a package's base whole, keeping the other
+reports."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from recipes.nano import base as recipe
+from recipes.nano import v1_photos as photos
 from tests.helpers import make_photo_like
 
 TORCH_THREADS = 1
@@ -23,11 +25,11 @@ def test_train_photos_are_added_to_the_train_split(tmp_path):
     (extra / "sub").mkdir(parents=True)
     Image.fromarray(make_photo_like(40, 48, 1)).save(extra / "0001.png")
     Image.fromarray(make_photo_like(36, 44, 2)).save(extra / "sub" / "0002.jpg")
-    manifest = recipe.v1_photos(tmp_path / "work", extra)
+    manifest = photos.v1_photos(tmp_path / "work", extra)
 
     assert json.loads((tmp_path / "work" / "v1" / "manifest.json").read_text()) == manifest
     package = [m for m in manifest if m["package"] != "local"]
-    assert [(m["package"], m["path"], m["split"]) for m in package] == list(map(tuple, recipe.PHOTOS))
+    assert [(m["package"], m["path"], m["split"]) for m in package] == list(map(tuple, photos.PHOTOS))
     local = [m for m in manifest if m["package"] == "local"]
     assert [(m["path"], m["split"], m["size"]) for m in local] == [
         ("0001.png", "train", [48, 40]),
@@ -39,17 +41,17 @@ def test_train_photos_are_added_to_the_train_split(tmp_path):
     trained = {p.name for p in (tmp_path / "work" / "v1" / "photos" / "train").iterdir()}
     assert {"local-00000-0001.png", "local-00001-0002.png"} <= trained
     assert not [name for name in trained if not name.endswith(".png")]  # written via a temporary name, renamed
-    assert len(recipe.photo_tensors(tmp_path / "work", "train")) == len(trained)
+    assert len(photos.photo_tensors(tmp_path / "work", "train")) == len(trained)
 
 
 def test_a_held_out_photo_among_the_train_photos_is_refused(tmp_path):
-    heldout = next(m for m in recipe.v1_photos(tmp_path / "a") if m["split"] == "heldout")
+    heldout = next(m for m in photos.v1_photos(tmp_path / "a") if m["split"] == "heldout")
     extra = tmp_path / "extra"
     extra.mkdir()
-    package, rel = next((p, r) for p, r, s in recipe.PHOTOS if r == heldout["path"])
-    shutil.copyfile(recipe.package_data_dir(package) / rel, extra / "renamed.png")
+    package, rel = next((p, r) for p, r, s in photos.PHOTOS if r == heldout["path"])
+    shutil.copyfile(photos.package_data_dir(package) / rel, extra / "renamed.png")
     with pytest.raises(SystemExit, match="renamed.png is the held-out photo"):
-        recipe.v1_photos(tmp_path / "b", extra)
+        photos.v1_photos(tmp_path / "b", extra)
 
 
 def test_a_broken_train_photo_stops_the_stage_naming_it(tmp_path):
@@ -57,7 +59,7 @@ def test_a_broken_train_photo_stops_the_stage_naming_it(tmp_path):
     extra.mkdir()
     (extra / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with pytest.raises(SystemExit, match="broken.png cannot be read"):
-        recipe.v1_photos(tmp_path / "work", extra)
+        photos.v1_photos(tmp_path / "work", extra)
 
 
 def run_recipe(work, *args):

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from recipes.nano.base import photo_tensors, train_loop, v1_root
+from recipes.nano.loop import train_loop
+from recipes.nano.v1_photos import photo_tensors, v1_root
 from sanasr_cli.models.presets import PRESETS
 
 PRESET = PRESETS["nano"]

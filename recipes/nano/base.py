@@ -1,5 +1,5 @@
-"""What nano's base stages share (autoencoder.py, text.py, prior.py): their photos, the resumable training loop,
-the stage reports, and shipping the base.
+"""nano's base stages by name (autoencoder.py, text.py, prior.py): their dispatch, the stage reports, and shipping
+the base. What the stages share lives beside it: nano v1's photos (v1_photos.py) and the resumable loop (loop.py).
 
 nano's base (sanasr_cli/models/nano/base: the DC-AE, the Gemma-2 text encoder and its tokenizer, the scheduler
 config, the prior transformer) is nano v1's; nano v2's SR stage adapts it as shipped. The base stages read only
@@ -13,157 +13,18 @@ skipped on rerun, an interrupted one resumes from its checkpoint (WORK/ckpt/{aut
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from recipes.nano.data import PHOTOS, load_split, package_data_dir
+from recipes.nano.v1_photos import sha256, v1_photos, v1_root, write_json  # noqa: F401 - the base stages' API
 
 # the base stages, run by name (`python -m recipes.nano --stage prior`); `all` adapts the shipped base
 BASE_STAGES = ("autoencoder", "text", "prior", "ship-base")
 BASE_PARTS = ("vae", "text_encoder", "tokenizer", "scheduler", "transformer")
 REPORT = "base_report.json"
-
-
-def v1_root(work: Path) -> Path:
-    """The folder of nano v1's photos and manifest inside a work folder."""
-    return work / "v1"
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def write_json(path: Path, data, indent: int = 2) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=indent) + "\n")
-    os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------- the photos
-
-
-def v1_photos(work: Path, train_photos: Path | None = None, log=print) -> list[dict]:
-    """The package photos, split as PHOTOS says, as PNG under WORK/v1/photos/{train,heldout}/, and
-    WORK/v1/manifest.json.
-
-    train_photos: a folder of more training photos (recursively; e.g. DIV2K on a machine that has it), added to the
-    train split as local-NNNNN-STEM.png. A file byte-identical to a held-out photo is refused: held-out photos are
-    never trained on (a re-encoded copy cannot be caught by its SHA-256: keep such sets apart by hand)."""
-    from PIL import Image
-
-    out = v1_root(work) / "photos"
-    manifest = []
-
-    def add(src: Path, package: str, rel: str, split: str, name: str, digest: str) -> None:
-        dst = out / split / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if not dst.exists():  # written whole or not at all: an interrupted stage never leaves half a PNG to reuse
-            tmp = dst.with_name(dst.name + ".tmp")
-            Image.open(src).convert("RGB").save(tmp, format="PNG")
-            os.replace(tmp, dst)
-        w, h = Image.open(dst).size
-        manifest.append(
-            dict(package=package, path=rel, sha256=digest, split=split, file=f"{split}/{name}", size=[w, h])
-        )
-
-    for package, rel, split in PHOTOS:
-        src = package_data_dir(package) / rel
-        add(src, package, rel, split, Path(rel).stem + ".png", sha256(src))
-    if train_photos is not None:
-        from PIL import UnidentifiedImageError
-
-        from sanasr_cli.data.io import list_images
-
-        heldout = {m["sha256"]: m["path"] for m in manifest if m["split"] == "heldout"}
-        files = list_images(train_photos, recursive=True)
-        if not files:
-            raise SystemExit(f"--train-photos {train_photos}: no image found")
-        for i, src in enumerate(files):
-            digest = sha256(src)
-            if digest in heldout:
-                raise SystemExit(f"--train-photos: {src} is the held-out photo {heldout[digest]}")
-            try:
-                add(src, "local", str(src.relative_to(train_photos)), "train", f"local-{i:05d}-{src.stem}.png", digest)
-            except (OSError, UnidentifiedImageError) as e:  # a broken file stops the stage by name, not a traceback
-                raise SystemExit(f"--train-photos: {src} cannot be read ({e}); remove it and rerun") from None
-    write_json(v1_root(work) / "manifest.json", manifest)
-    log(
-        f"data: {sum(m['split'] == 'train' for m in manifest)} train, "
-        f"{sum(m['split'] == 'heldout' for m in manifest)} held-out photos"
-    )
-    return manifest
-
-
-def photo_tensors(work: Path, split: str) -> list:
-    """(3, H, W) uint8 tensors of one split of WORK/v1/photos, in file-name order."""
-    import torch
-
-    return [torch.from_numpy(a.copy()).permute(2, 0, 1) for a in load_split(v1_root(work), split)]
-
-
-# ---------------------------------------------------------------- training helper (resumable loop)
-
-
-def train_loop(name, work, module, steps, lr, step_fn, seed, save_every=100, warmup=50, clip=1.0, log=print):
-    """AdamW with warmup + cosine decay (to lr / 10); gradient clipping at `clip` (0: none); a checkpoint (weights,
-    optimizer, step, RNG) every save_every steps.
-
-    The schedule is `sanasr distill`'s (training/distill.py), written as nano v1 computed it: the two round the
-    cosine's argument differently (a last-bit difference in the rate), and this one rebuilds the shipped base."""
-    import torch
-
-    ckpt = work / "ckpt" / f"{name}.pt"
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(seed)
-    start, history = 0, []
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        module.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        g.set_state(state["rng"])
-        start, history = int(state["step"]), json.loads(state["history"])
-        log(f"{name}: resumed at step {start}")
-
-    def lr_at(step):
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
-
-    module.train()
-    t0 = time.time()
-    for step in range(start, steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        loss = step_fn(g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
-        opt.step()
-        history.append(float(loss.detach()))
-        if (step + 1) % 100 == 0:
-            recent = sum(history[-100:]) / 100
-            log(f"{name}: step {step + 1}/{steps} loss {recent:.5f} "
-                f"({(time.time() - t0) / (step + 1 - start):.2f} s/step)")  # fmt: skip
-        if (step + 1) % save_every == 0 or step + 1 == steps:
-            state = dict(
-                model=module.state_dict(),
-                optimizer=opt.state_dict(),
-                rng=g.get_state(),
-                step=torch.tensor(step + 1),
-                history=json.dumps(history),
-            )
-            torch.save(state, str(ckpt) + ".tmp")
-            os.replace(str(ckpt) + ".tmp", ckpt)
-    module.eval()
-    return history
 
 
 # ---------------------------------------------------------------- reports and stages

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recipes.nano.base import photo_tensors, train_loop
+from recipes.nano.loop import train_loop
+from recipes.nano.v1_photos import photo_tensors
 from sanasr_cli.models.presets import PRESETS
 
 PRESET = PRESETS["nano"]
