@@ -17,6 +17,7 @@ Every unreadable, refused or unsupported input raises ImageReadError with one li
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import os
 import struct
@@ -30,6 +31,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from sanasr_cli.errors import ImageReadError, ImageWriteError
+from sanasr_cli.safe_files import note_inputs
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 # The only decoders an input file may reach, whatever its name says: Pillow would otherwise pick any of its
@@ -74,6 +76,7 @@ def list_inputs(root: Path, recursive: bool = False) -> tuple[list[Path], list[t
     folders is in exactly one list, so a report can account for each of them."""
     root = Path(root)
     if root.is_file():
+        note_inputs(root)
         return [root], []
     found, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -91,6 +94,7 @@ def list_inputs(root: Path, recursive: bool = False) -> tuple[list[Path], list[t
                 skipped.append((p, f"not an image file name ({', '.join(IMAGE_EXTENSIONS)})"))
             else:
                 found.append(p)
+    note_inputs(*found)
     return sorted(found), sorted(skipped)
 
 
@@ -162,6 +166,7 @@ def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
 def _decode(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
     """(H, W, C) uint8 or uint16 pixels, EXIF orientation applied, C = 1 (gray), 2 (gray + alpha), 3 (RGB) or
     4 (RGBA); info without alpha. ImageReadError with one line for anything unreadable or refused."""
+    note_inputs(path)  # a file the run reads: never one it writes (safe_files)
     try:
         if path.stat().st_size == 0:
             raise ImageReadError(f"{path}: empty file (0 bytes)")
@@ -378,6 +383,7 @@ def write_image(
     icc_profile: bytes | None = None,
     quality: int = 95,
     before_replace=None,
+    may_replace=None,
 ) -> None:
     """Write a (3, H, W) (or (1, H, W) gray) [0, 1] image. Atomic: temp file + rename, also on Ctrl-C.
 
@@ -385,7 +391,8 @@ def write_image(
     can (PNG, WebP, TIFF; an error otherwise). bit_depth 16 is honoured for PNG and TIFF, else 8 bits are
     written.
     icc_profile: embedded as it is (PNG, JPEG, WebP, TIFF; 16-bit PNG through an iCCP chunk).
-    before_replace: see safe_files.atomic_write (upscale records its outputs with it).
+    before_replace, may_replace: see safe_files.atomic_write (upscale records its outputs with the first, and
+    asks its ledger with the second whether a file at `path` may be replaced, at the moment of writing).
     """
     path = Path(path)
     fmt = format_for(path)
@@ -397,7 +404,7 @@ def write_image(
         image = torch.cat([image, alpha.to(image)], 0)
     sixteen = bit_depth == 16 and fmt in _SIXTEEN_BIT_FORMATS
     data = _encode_16bit(image, fmt, icc_profile) if sixteen else _encode_8bit(image, fmt, icc_profile, quality)
-    _write_image_bytes(path, data, before_replace)
+    _write_image_bytes(path, data, before_replace, may_replace)
 
 
 def _encode_8bit(image: torch.Tensor, fmt: str, icc: bytes | None, quality: int) -> bytes:
@@ -445,21 +452,24 @@ def _png_with_iccp(png: bytes, icc: bytes) -> bytes:
     return png[:ihdr_end] + chunk + png[ihdr_end:]
 
 
-def _write_image_bytes(path: Path, data: bytes, before_replace=None) -> None:
-    """safe_files.atomic_write; a failure is an ImageWriteError naming the file."""
+def _write_image_bytes(path: Path, data: bytes, before_replace=None, may_replace=None) -> None:
+    """safe_files.atomic_write; a failure is an ImageWriteError naming the file (a refused write stays the
+    UnsafeOutputError atomic_write raises)."""
     from sanasr_cli.safe_files import atomic_write
 
     try:
-        atomic_write(path, data, temp_mark=TEMP_MARK, before_replace=before_replace)
+        atomic_write(path, data, temp_mark=TEMP_MARK, before_replace=before_replace, may_replace=may_replace)
     except OSError as e:
         raise ImageWriteError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def remove_stale_temps(output: Path) -> int:
     """Delete temp files a killed run left for `output` (ours only: they carry TEMP_MARK); how many."""
+    from sanasr_cli.safe_files import temp_prefix
+
     n = 0
     with contextlib.suppress(OSError):
-        for p in output.parent.glob(f".{output.name}{TEMP_MARK}.*"):
+        for p in output.parent.glob(f"{glob.escape(temp_prefix(output.name, TEMP_MARK))}*"):
             p.unlink(missing_ok=True)
             n += 1
     return n

@@ -100,8 +100,9 @@ def degrade_files(
                 raise SanaSRError(f"{path}: {e}") from None
             g = torch.Generator(device=device).manual_seed(file_seed(seed, path.stem))
             lq, plans = degrader.degrade(hq[None].to(device), g)
-            write_image(hq_out, hq, before_replace=ledger.recorder(hq_out))
-            write_image(lq_out, lq[0].cpu(), before_replace=ledger.recorder(lq_out))
+            may_replace = None if overwrite else ledger.owns  # asked again at the moment of writing
+            write_image(hq_out, hq, before_replace=ledger.recorder(hq_out), may_replace=may_replace)
+            write_image(lq_out, lq[0].cpu(), before_replace=ledger.recorder(lq_out), may_replace=may_replace)
             rec.hq, rec.lq, rec.hq_size = str(hq_out), str(lq_out), (hq.shape[-1], hq.shape[-2])
             rec.plan, rec.status = plan_summary(plans[0]), "ok"
         except SanaSRError as e:
