@@ -129,3 +129,38 @@ def snapshot(root) -> dict:
             elif os.path.isfile(p):
                 out[rel] = open(p, "rb").read()
     return out
+
+
+_LOAD_IN_A_FRESH_PROCESS = """
+import resource, sys, time
+from diffusers import SanaTransformer2DModel  # noqa: F401 - imported before the baseline, as are:
+try:
+    import onnx, onnxruntime  # noqa: F401 - the ONNX backend's libraries, where installed
+except ImportError:
+    pass
+from sanasr_cli.errors import ModelDirError
+from sanasr_cli.models.sanasr import load_model
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+try:
+    load_model(sys.argv[1])
+    print("LOADED")
+except ModelDirError as e:
+    print("REFUSED", e)
+print("SECONDS", time.perf_counter() - start)
+print("GROWN_MB", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def load_in_a_fresh_process(model_dir: Path) -> tuple[str, float, float]:
+    """(first line of the outcome, seconds, peak RSS growth in MB) of load_model(model_dir) in a new process: its
+    own peak, not the test process's (ru_maxrss is a lifetime peak, in KiB on Linux)."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD_IN_A_FRESH_PROCESS, str(model_dir)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and len(lines) == 3, proc.stdout + proc.stderr
+    return lines[0], float(lines[1].split()[1]), float(lines[2].split()[1])

@@ -339,3 +339,14 @@ def test_a_file_made_at_an_output_path_during_the_run_is_never_replaced(tmp_path
         atomic_write(out / "b.png", b"sanasr's", before_replace=appears_now, may_replace=OutputLedger(out).owns)
     assert (out / "b.png").read_bytes() == b"made in the last moment"
     assert sorted(p.name for p in out.iterdir()) == [LEDGER_FILE, "a.png", "b.png"]
+
+
+def test_a_name_near_the_file_systems_limit_is_upscaled(tmp_path):
+    """Issue 34, item 13: a valid 244-character input name failed, because the temp file's name (the output's
+    name plus a mark and a random part) passed 255 bytes; the temp name is cut, the output keeps its name."""
+    name = "p" * 240 + ".png"
+    photo(tmp_path / "in" / name)
+    result = run("upscale", tmp_path / "in", "-o", tmp_path / "out", "--model", "tiny")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "out" / name).size == (32, 32)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [LEDGER_FILE, name]
