@@ -7,14 +7,16 @@ first, and passes what it returns as `local_files_only`:
   checked for updates: no request leaves the machine for a model that is here);
 - a repo that is not here: one line (a `DownloadNotice` warning, which the CLI prints as `warning: ...`) says what
   is downloaded from where, before the download starts; False;
-- offline (HF_HUB_OFFLINE set, or `forbid_downloads()`, which the demo calls: a page never downloads): True, so the
-  load fails with the loader's own one-line "missing weights" error instead of trying the network.
+- offline (HF_HUB_OFFLINE set, or inside `downloads_forbidden()`: the demo, whose page never downloads): True, so
+  the load fails with the loader's own one-line "missing weights" error instead of trying the network.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 _DOWNLOADS_FORBIDDEN = False
@@ -24,10 +26,16 @@ class DownloadNotice(UserWarning):
     """Weights are about to be downloaded from the Hugging Face hub (the message says which, and from where)."""
 
 
-def forbid_downloads() -> None:
-    """From now on in this process nothing is downloaded: every hub load is local only (the demo server)."""
+@contextlib.contextmanager
+def downloads_forbidden() -> Iterator[None]:
+    """Inside, nothing is downloaded in this process (all its threads): every hub load is local only (the demo
+    server, for as long as it serves)."""
     global _DOWNLOADS_FORBIDDEN
-    _DOWNLOADS_FORBIDDEN = True
+    before, _DOWNLOADS_FORBIDDEN = _DOWNLOADS_FORBIDDEN, True
+    try:
+        yield
+    finally:
+        _DOWNLOADS_FORBIDDEN = before
 
 
 def downloads_allowed() -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import torch
 from PIL import Image
 
 from sanasr_cli.cli import app
-from tests.helpers import REPO_ROOT, TINY_TRAIN, photo_folder, runner
+from tests.helpers import TINY_TRAIN, child_env, photo_folder, runner
 
 # 5 images, batch 2: two batches per epoch, so step 3 is already in the second epoch.
 TINY = [*TINY_TRAIN, "--log-every", "1"]
@@ -240,13 +239,7 @@ def test_two_processes_with_accelerate_launch_on_paired_data(tmp_path):
     for p in hq.iterdir():
         Image.open(p).resize((10, 8), Image.BICUBIC).save(lq / p.name)
     run = tmp_path / "run"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "HF_HUB_OFFLINE": "1",
-        "ACCELERATE_USE_CPU": "1",
-        "OMP_NUM_THREADS": "1",
-    }
+    env = child_env(HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
 
     def launch(*extra):
         cmd = [
@@ -314,8 +307,7 @@ def test_a_full_disk_while_saving_is_one_line_exit_1_and_keeps_the_last_checkpoi
     shutil.copytree(short_run, run)
     kept = {p.relative_to(run): p.read_bytes() for p in (run / "checkpoint-2").rglob("*") if p.is_file()}
     assert max(len(b) for b in kept.values()) > 32 * 1024  # the limit does bite a checkpoint
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "400"}  # fmt: skip
+    env = child_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1", COLUMNS="400")
     hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
     cmd = [sys.executable, "-m", "sanasr_cli", "train", "--hq", str(hq_dir), "-o", str(run), "--max-steps", "3",
            "--save-every", "1", "--validation-images", "0", "--resume", "latest", *TINY]  # fmt: skip

@@ -145,7 +145,7 @@ def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
                     f"{path}: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the {max_pixels / 1e6:.0f} MP limit "
                     f"(raise it with --max-pixels if the file is trusted)"
                 )
-            orientation = im.getexif().get(0x0112, 1)
+            orientation = exif_orientation(im, path)
             alpha = im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (im.mode == "P" and "transparency" in im.info)
             fmt = im.format
     except ImageReadError:
@@ -161,6 +161,40 @@ def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
             f"{path}: unreadable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
         ) from None
     return ((h, w) if orientation in (5, 6, 7, 8) else (w, h)), fmt, alpha
+
+
+def exif_orientation(im: Image.Image, path: Path) -> int:
+    """The EXIF orientation (1-8) of an opened image, without decoding a pixel: Pillow's `getexif()` decodes the
+    whole of a PNG whose eXIf chunk comes after its image data (a 20000 x 20000 PNG of 1 MB: 1.5 GB) to find
+    it, so for a PNG the chunks after the image data are walked here instead (their headers only)."""
+    if im.format != "PNG" or "exif" in im.info:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    data = _png_exif_chunk(path)
+    if data is None:
+        return 1
+    exif = Image.Exif()
+    try:
+        exif.load(b"Exif\x00\x00" + data)
+    except (SyntaxError, ValueError, struct.error, OSError):
+        return 1  # a damaged EXIF block: as if there were none (Pillow would not orient by it either)
+    return int(exif.get(0x0112, 1) or 1)
+
+
+def _png_exif_chunk(path: Path) -> bytes | None:
+    """The data of a PNG's eXIf chunk, found by reading chunk headers and skipping their data; None if none."""
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return None
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"eXIf":
+                return f.read(min(length, 1 << 20))  # EXIF in a PNG is a few KB
+            if kind == b"IEND":
+                return None
+            f.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
 
 
 def _decode(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
@@ -187,7 +221,7 @@ def _decode(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
             if mode not in _SUPPORTED_MODES or (mode == "I" and not sixteen):
                 raise ImageReadError(f"{path}: unsupported image mode '{mode}' (use 8/16-bit gray, RGB, RGBA, CMYK)")
             frames = int(getattr(im, "n_frames", 1) or 1)
-            orientation = im.getexif().get(0x0112, 1)
+            orientation = exif_orientation(im, path)
             icc = im.info.get("icc_profile") or None
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
