@@ -350,3 +350,26 @@ def test_a_name_near_the_file_systems_limit_is_upscaled(tmp_path):
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "out" / name).size == (32, 32)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [LEDGER_FILE, name]
+
+
+def test_degrade_never_replaces_a_manifest_or_pair_made_during_the_run(tmp_path):
+    """The same at-write-time check for `degrade`: a file the user saves at an output path (OUT/hq/b.png) or at
+    OUT/degradation.json while the run works is left as it is; that input fails, the manifest write is refused."""
+    from sanasr_cli.data.degradation import RealESRGANDegrader
+    from sanasr_cli.errors import UnsafeOutputError
+    from sanasr_cli.pipeline.degrade import degrade_files, write_manifest
+
+    src, out = _degrade_inputs(tmp_path / "in"), tmp_path / "out"
+
+    def users_files_appear(rec):
+        if rec.input.endswith("a.png"):
+            photo(out / "hq" / "b.png", 16, 16, seed=9)
+            (out / "degradation.json").write_text("my notes")
+
+    degrader = RealESRGANDegrader()
+    records = degrade_files(sorted(src.iterdir()), out, degrader, crop=16, on_done=users_files_appear)
+    assert [r.status for r in records] == ["ok", "failed", "ok"]
+    assert "b.png already exists and was not written by sanasr" in records[1].error
+    with pytest.raises(UnsafeOutputError, match="degradation.json already exists"):
+        write_manifest(out / "degradation.json", degrader, 0, 16, records)
+    assert (out / "degradation.json").read_text() == "my notes" and Image.open(out / "hq" / "b.png").size == (16, 16)
