@@ -100,7 +100,7 @@ def check_file_inside(folder: Path, name: str, where: str, error: type[Exception
     if not isinstance(name, str) or not name or "\\" in name or "\x00" in name:
         raise error(f"{where}: {name!r} is not a file name inside the folder")
     rel = Path(name)
-    if rel.is_absolute() or ".." in rel.parts or rel.parts[:1] == (".",) and len(rel.parts) == 1:
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
         raise error(f"{where}: {name!r} is not a file name inside the folder (an absolute path or '..')")
     path = Path(folder) / rel
     root = Path(folder).resolve()
