@@ -311,3 +311,16 @@ def test_an_ipv6_host_is_written_in_brackets():
     assert url_host("::") == "[::]" and url_host("::1") == "[::1]" and url_host("[::1]") == "[::1]"
     assert url_host("127.0.0.1") == "127.0.0.1" and is_loopback("::1") and is_loopback("[::1]")
     assert not is_loopback("::")
+
+
+def test_a_file_is_refused_for_its_path_never_for_the_url_the_page_got_it_back_from():
+    """The page sends an upload back as FileData with `url` = this server's own /gradio_api/file= address (the
+    browser test found the first middleware refusing that: 400 on every photo); only an http(s) `path`, which
+    Gradio would download, is refused."""
+    from sanasr_cli.demo.app import _names_a_url
+
+    meta = {"_type": "gradio.FileData"}
+    page = {"path": "/tmp/gradio/x/cat.png", "url": "http://127.0.0.1:7860/gradio_api/file=/tmp/gradio/x/cat.png"}
+    assert not _names_a_url({"data": [{**page, "meta": meta}, "tiny", 4]})
+    assert _names_a_url({"data": [{"path": "https://example.com/x.png", "meta": meta}]})
+    assert _names_a_url([[{"path": "HTTP://example.com/x.png"}]])

@@ -110,16 +110,12 @@ def private_workspace(prefix: str = "sanasr-demo-") -> Iterator[Path]:
 
 
 def _names_a_url(value) -> bool:
-    """True when a JSON value holds a file given by URL (Gradio's FileData with an http(s) path or url)."""
+    """True when a JSON value holds a file given by URL: a Gradio FileData whose `path` is http(s)://, which Gradio
+    would download. (Its `url` is where the page got an upload back from this server; Gradio does not fetch it.)"""
     if isinstance(value, dict):
-        for key in ("path", "url"):
-            v = value.get(key)
-            if (
-                isinstance(v, str)
-                and v.strip().lower().startswith(("http://", "https://", "//"))
-                and (key == "path" or "meta" in value)
-            ):
-                return True
+        path = value.get("path")
+        if isinstance(path, str) and path.strip().lower().startswith(("http://", "https://", "//")):
+            return True
         return any(_names_a_url(v) for v in value.values())
     if isinstance(value, list):
         return any(_names_a_url(v) for v in value)
