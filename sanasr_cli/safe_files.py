@@ -14,22 +14,103 @@
 - `check_replaceable_dir`: what `--overwrite` may delete: only a model directory sanasr wrote (its `sanasr.json`
   and the entries sanasr puts there, nothing else), never an input nor a folder holding an input.
 - `OutputLedger`: the record of the files `upscale` wrote into an output folder, so a rerun replaces only
-  those (anything else there is the user's and is never replaced without `--overwrite`).
+  those (anything else there is the user's and is never replaced without `--overwrite`). `atomic_write`'s
+  `may_replace` asks it again at the moment of writing, so a file that appears during a run is not replaced.
+- `run_inputs` / `note_inputs`: the inputs of a run (every image listed or read, every model file read), by
+  resolved path and inode; `atomic_write` and `check_output_file` refuse to write onto any of them, whatever
+  the flag (`--report img.png`, `--json HR/a.png`): a file a run reads is never a file it writes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from sanasr_cli.errors import UnsafeOutputError
 
 LEDGER_FILE = ".sanasr-outputs.jsonl"
+
+
+# ---------------------------------------------------------------- the inputs of a run
+
+
+class RunInputs:
+    """The files a run reads: resolved paths and (device, inode) pairs, so that a link or a hard link to an input
+    is recognised too. Filled as the run lists and reads its inputs (`note_inputs`), consulted at every write."""
+
+    def __init__(self) -> None:
+        self._paths: set[str] = set()
+        self._inodes: set[tuple[int, int]] = set()
+        self._lock = threading.Lock()
+
+    def add(self, path: str | Path) -> None:
+        try:
+            real = os.path.realpath(path)
+            st = os.stat(real)
+        except (OSError, ValueError):
+            return  # nothing there to protect (an input that vanished is not read either)
+        if not stat.S_ISREG(st.st_mode):
+            return  # a folder, a device (/dev/stdin): never a file a write could replace
+        with self._lock:
+            self._paths.add(real)
+            self._inodes.add((st.st_dev, st.st_ino))
+
+    def holds(self, path: str | Path) -> bool:
+        """True when `path` (links followed) is one of the inputs."""
+        try:
+            real = os.path.realpath(path)
+        except (OSError, ValueError):
+            return False
+        with self._lock:
+            if real in self._paths:
+                return True
+            try:
+                st = os.stat(real)
+            except OSError:
+                return False
+            return (st.st_dev, st.st_ino) in self._inodes
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+_RUN_INPUTS: RunInputs | None = None  # the run in progress (every command opens one: cli.common.one_line_errors)
+
+
+@contextlib.contextmanager
+def run_inputs() -> Iterator[RunInputs]:
+    """The scope of one run: inputs noted inside it are never written over until it ends. Process-wide (the
+    threads of a run share it); outside any run (the Python API) nothing is recorded."""
+    global _RUN_INPUTS
+    outer, _RUN_INPUTS = _RUN_INPUTS, RunInputs()
+    try:
+        yield _RUN_INPUTS
+    finally:
+        _RUN_INPUTS = outer
+
+
+def note_inputs(*paths: str | Path) -> None:
+    """Record files the run reads (an image, a model file); nothing happens outside a run."""
+    inputs = _RUN_INPUTS
+    if inputs is not None:
+        for p in paths:
+            inputs.add(p)
+
+
+def check_not_input(path: str | Path, what: str = "output") -> None:
+    """UnsafeOutputError when `path` (links followed) is a file the run in progress reads."""
+    inputs = _RUN_INPUTS
+    if inputs is not None and inputs.holds(path):
+        raise UnsafeOutputError(
+            f"{what} {path} is an input of this run (a file it reads): it is never overwritten; choose another path"
+        )
 
 
 # ---------------------------------------------------------------- names and places
@@ -58,6 +139,7 @@ def check_output_file(path: str | Path | None, flag: str) -> None:
     if path is None or str(path) == "-":
         return
     p = Path(path)
+    check_not_input(p, flag)
     if p.is_dir():
         raise UnsafeOutputError(f"{flag} {p} is a folder, not a file")
     if p.exists() and not os.access(p, os.W_OK):
@@ -71,6 +153,19 @@ def check_output_file(path: str | Path | None, flag: str) -> None:
                 raise UnsafeOutputError(f"{flag} {p}: folder {parent} is not writable")
             if not (p.exists() and not p.is_file()):  # a device or FIFO is written in place, not through a temp
                 _try_writing_in(parent, f"{flag} {p}")
+            return
+
+
+def check_can_create(path: str | Path, what: str) -> None:
+    """Fail now (UnsafeOutputError, one line) when a file or folder could not be made at `path`: the nearest
+    existing folder above it is a file or a device (`-o notes.txt/sub`, `-o /dev/full/x`) or cannot be written
+    in. For outputs made after minutes of work (a model folder, an export): checked before the work."""
+    target = Path(path).absolute()
+    for parent in target.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise UnsafeOutputError(f"{what} {path}: {parent} is not a folder")
+            _try_writing_in(parent, f"{what} {path}")
             return
 
 
@@ -88,6 +183,20 @@ def _try_writing_in(folder: Path, where: str) -> None:
 # ---------------------------------------------------------------- writing
 
 
+NAME_MAX = 255  # bytes in one file name (Linux, macOS, Windows)
+_TEMP_RANDOM = 8  # the random part mkstemp adds
+
+
+def temp_prefix(name: str, temp_mark: str = "") -> str:
+    """The prefix of a temp file written beside `name`: `.<name><temp_mark>.`, the name cut (at a character
+    boundary) so that the temp file's name fits in NAME_MAX bytes even when `name` itself is near it."""
+    room = NAME_MAX - _TEMP_RANDOM - len(f".{temp_mark}.".encode())
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) > room:
+        name = encoded[:room].decode("utf-8", "ignore")
+    return f".{name}{temp_mark}."
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -100,6 +209,7 @@ def atomic_write(
     temp_mark: str = "",
     before_replace: Callable[[os.stat_result], None] | None = None,
     fsync: bool = True,
+    may_replace: Callable[[Path], bool] | None = None,
 ) -> None:
     """Write `data` (bytes, or text as UTF-8) to `path` without ever turning what is there into something else
     (see the module doc): a temp file in the target's folder, flushed to the disk, given the usual mode (0666
@@ -108,11 +218,18 @@ def atomic_write(
     temp_mark: put in the temp file's name (so a later run can tell its own leftovers). before_replace: called
     with the finished temp file's stat just before the rename (the rename keeps size, mtime and inode).
     fsync: False skips the flush to the disk (never needed for correctness of the rename, only durability).
+    may_replace: asked at the moment of writing whether a file already at `path` may be replaced (e.g. the
+    output ledger's `owns`); a file there that it refuses raises UnsafeOutputError, and where nothing was there
+    the file is created without replacing one that appears meanwhile (a hard link, which fails on an existing
+    name). None: whatever is there is replaced (a report path the user named).
+    Whatever may_replace says, a file the run in progress reads (`note_inputs`) is never written: UnsafeOutputError.
     Raises OSError (callers turn it into their one-line error).
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
     path = Path(path)
+    named = path
+    check_not_input(path)
     if path.is_symlink():
         path = path.resolve()  # write through the link: the user's link stays a link
     try:
@@ -126,7 +243,7 @@ def atomic_write(
             f.write(data)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{temp_mark}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name, temp_mark), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -134,9 +251,13 @@ def atomic_write(
                 f.flush()
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
-        if before_replace is not None:
-            before_replace(os.stat(tmp))
-        os.replace(tmp, path)
+        check_not_input(path)  # again: the work took time, and an input may have been noted meanwhile
+        if may_replace is None:
+            if before_replace is not None:
+                before_replace(os.stat(tmp))
+            os.replace(tmp, path)
+        else:
+            _replace_if_allowed(tmp, path, named, may_replace, before_replace)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         if e.filename is None:  # a failed write() names no file: name the one being written
@@ -147,27 +268,69 @@ def atomic_write(
         raise
 
 
+def _refuse_foreign(named: Path) -> UnsafeOutputError:
+    return UnsafeOutputError(
+        f"{named} already exists and was not written by sanasr: it is left as it is (it appeared or changed during "
+        "the run; move it, or pass --overwrite to replace it)"
+    )
+
+
+def _replace_if_allowed(tmp: str, path: Path, named: Path, may_replace: Callable[[Path], bool], before_replace) -> None:
+    """Rename `tmp` to `path` when nothing is there (never over a file that appears meanwhile) or when
+    may_replace(named) allows replacing what is there; UnsafeOutputError otherwise. before_replace runs once
+    the write is allowed, right before the rename."""
+    exists = os.path.lexists(named) or os.path.lexists(path)
+    if exists and not may_replace(named):
+        raise _refuse_foreign(named)
+    if before_replace is not None:
+        before_replace(os.stat(tmp))
+    if exists:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails with EEXIST when a file appeared since the check above: never replaced
+    except FileExistsError:
+        raise _refuse_foreign(named) from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS, errno.EACCES):
+            raise
+        if os.path.lexists(path):  # a file system without hard links: the check, then the rename
+            raise _refuse_foreign(named) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 def make_temp_dir(parent: str | Path, prefix: str) -> Path:
     """A new hidden staging folder in `parent` with the permissions `mkdir` would give it (0777 less the umask;
-    `tempfile.mkdtemp` makes 0700 folders, which would stay so once renamed into place)."""
+    `tempfile.mkdtemp` makes 0700 folders, which would stay so once renamed into place). A prefix too long for a
+    file name is cut (`temp_prefix`)."""
+    if len(prefix.encode("utf-8", "surrogateescape")) > NAME_MAX - _TEMP_RANDOM:
+        prefix = temp_prefix(prefix.strip("."))
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     os.chmod(folder, 0o777 & ~_umask())
     return folder
 
 
-def replace_dir(tmp: Path, out: Path) -> None:
+def replace_dir(tmp: Path, out: Path, check: Callable[[Path], None] | None = None) -> None:
     """Move a finished temp folder to `out`; an existing `out` is set aside first and removed only once the new one
-    is in place (a failed rename leaves the old one where it was)."""
-    import shutil
-    import tempfile
+    is in place (a failed rename leaves the old one where it was).
 
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    check: called with `out` right before anything is moved (it raises UnsafeOutputError to refuse): the checks
+    a command made before minutes of work are made again at the moment of writing, so a folder that appeared or
+    changed at `out` meanwhile is never replaced. Where nothing is at `out`, the rename cannot replace a folder
+    with files in it that appears meanwhile (the rename fails instead)."""
+    import shutil
+
+    if check is not None:
+        check(out)
+    if os.path.lexists(out):
+        old = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name, ".old"), dir=out.parent))
         os.replace(out, old / out.name)
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, out)
+        os.rename(tmp, out)
 
 
 def usual_file_modes(folder: str | Path) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,15 @@ from tests.helpers import REPO_ROOT, make_photo_like  # noqa: F401 - re-exported
 # Tests run offline: any accidental hub access fails fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The network guard (tests/netguard/sitecustomize.py): in this process and in every Python process a test starts
+# (its folder first on PYTHONPATH), sockets reach loopback only; an attempt beyond is refused and recorded in
+# NETLOG, and fails the test that made it (`_no_network` below) unless the test expects it (`network_attempts`).
+NETGUARD_DIR = Path(__file__).resolve().parent / "netguard"
+NETLOG = Path(tempfile.mkstemp(prefix="sanasr-test-netlog-")[1])
+os.environ["SANASR_TEST_NETGUARD"] = "1"
+os.environ["SANASR_TEST_NETLOG"] = str(NETLOG)
+os.environ["PYTHONPATH"] = os.pathsep.join([str(NETGUARD_DIR), *filter(None, [os.environ.get("PYTHONPATH")])])
+netguard = importlib.import_module("tests.netguard.sitecustomize")  # installs the guard here too
 # SANASR_TEST_THREADS=N runs every test with N intra-op threads (the module's TORCH_THREADS and the numerics rule
 # below included): .ci/run's second numerics pass uses 1, where the first ran them at 2.
 FORCED_THREADS = int(os.environ["SANASR_TEST_THREADS"]) if os.environ.get("SANASR_TEST_THREADS") else None
@@ -23,6 +34,45 @@ torch.set_num_threads(DEFAULT_THREADS)
 
 def pytest_report_header(config):
     return f"torch threads: {DEFAULT_THREADS}, ATen CPU kernels: {torch.backends.cpu.get_cpu_capability()}"
+
+
+class NetworkAttempts:
+    """What the guard refused since the test began (this process and the ones it started)."""
+
+    def __init__(self) -> None:
+        self.memory = len(netguard.ATTEMPTS)
+        self.log = NETLOG.stat().st_size
+        self.seen: list[str] = []
+
+    def new(self) -> list[str]:
+        with open(NETLOG, encoding="utf-8") as f:
+            f.seek(self.log)
+            logged = f.read().splitlines()
+        own = [a for a in netguard.ATTEMPTS[self.memory :] if a not in logged]  # in-process ones are logged too
+        return [*logged, *own]
+
+    def read(self) -> list[str]:
+        """The attempts so far, which the test then answers for (they no longer fail it)."""
+        self.seen = self.new()
+        return list(self.seen)
+
+
+@pytest.fixture(autouse=True)
+def _no_network(request):
+    """Every test runs with the network guard: an attempt to reach anything but loopback fails it, naming the
+    host (a library that catches the refusal and carries on silently is caught too)."""
+    attempts = NetworkAttempts()
+    request.node._sanasr_network = attempts
+    yield
+    unexpected = [a for a in attempts.new() if a not in attempts.seen]
+    if unexpected:
+        pytest.fail(f"network access attempted (refused by the guard): {'; '.join(unexpected[:5])}", pytrace=False)
+
+
+@pytest.fixture
+def network_attempts(request):
+    """For a test that expects an attempt (e.g. a download the user asked for): `.read()` lists the refused ones."""
+    return request.node._sanasr_network
 
 
 @pytest.fixture(autouse=True, scope="module")

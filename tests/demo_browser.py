@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, child_env
 
 CHROMIUM = os.environ.get("SANASR_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("SANASR_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -67,7 +67,7 @@ class DemoServer:
         self.output, self.returncode = "", None
 
     def __enter__(self) -> DemoServer:
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        env = child_env(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
         self._log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sanasr_cli", "demo", *self.args, "--port", str(self.port)],

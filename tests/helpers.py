@@ -26,6 +26,13 @@ TINY_TRAIN = [
 ]  # fmt: skip
 
 runner = CliRunner()
+NETGUARD_DIR = REPO_ROOT / "tests" / "netguard"  # the network guard's sitecustomize.py (tests/conftest.py)
+
+
+def child_env(**changes: str) -> dict[str, str]:
+    """The environment of a Python process a test starts: this checkout first on PYTHONPATH, after the network
+    guard's folder (so the child refuses, and records, any connection beyond loopback), plus `changes`."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(NETGUARD_DIR), str(REPO_ROOT)]), **changes}
 
 
 def assert_tiles_like_the_whole_image(model, min_psnr: float = 30.0) -> None:
@@ -129,3 +136,60 @@ def snapshot(root) -> dict:
             elif os.path.isfile(p):
                 out[rel] = open(p, "rb").read()
     return out
+
+
+_LOAD_IN_A_FRESH_PROCESS = """
+import resource, sys, time
+from diffusers import SanaTransformer2DModel  # noqa: F401 - imported before the baseline, as are:
+try:
+    import onnx, onnxruntime  # noqa: F401 - the ONNX backend's libraries, where installed
+except ImportError:
+    pass
+from sanasr_cli.errors import ModelDirError
+from sanasr_cli.models.sanasr import load_model
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+try:
+    load_model(sys.argv[1])
+    print("LOADED")
+except ModelDirError as e:
+    print("REFUSED", e)
+print("SECONDS", time.perf_counter() - start)
+print("GROWN_MB", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def load_in_a_fresh_process(model_dir: Path) -> tuple[str, float, float]:
+    """(first line of the outcome, seconds, peak RSS growth in MB) of load_model(model_dir) in a new process: its
+    own peak, not the test process's (ru_maxrss is a lifetime peak, in KiB on Linux)."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD_IN_A_FRESH_PROCESS, str(model_dir)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and len(lines) == 3, proc.stdout + proc.stderr
+    return lines[0], float(lines[1].split()[1]), float(lines[2].split()[1])
+
+
+def png_bomb(path: Path, width: int, height: int, orientation: int = 6) -> Path:
+    """A gray PNG of width x height zeros (a few hundred KB for 20000 x 20000: 400 MB decoded), its EXIF
+    orientation in an eXIf chunk after the image data, where Pillow's getexif() decodes every pixel to find it.
+    Written row by row: the test never holds the image."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    tiff = exif.tobytes()
+    tiff = tiff[6:] if tiff.startswith(b"Exif\x00\x00") else tiff
+    packer, row = zlib.compressobj(9), b"\x00" * (width + 1)  # filter byte 0 + the row
+    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)))
+        f.write(chunk(b"IDAT", body) + chunk(b"eXIf", tiff) + chunk(b"IEND", b""))
+    return Path(path)

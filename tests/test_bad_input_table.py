@@ -104,6 +104,13 @@ ROWS = [
     (["distill", "decoder", "{t}/badmodel", "-o", "{t}/d", "--hq", "{t}/in"], 2, "not an object"),
     (["distill", "encoder", "tiny", "-o", "{t}/file.txt", "--hq", "{t}/in"], 2, "already exists"),
     (["distill", "encoder", "tiny", "-o", "{t}/d", "--hq", "{t}/in", "--resume", "{t}/run"], 2, "not a distill"),
+    # issue 34: a report that is an input, a model name too long for a file name, an OUT that cannot be a folder
+    ([*UP, "--report", "{t}/in/a.png"], 2, "is an input of this run"),
+    (["eval", "--sr", "{t}/in", "--hr", "{t}/in", "--metrics", "psnr", "--json", "{t}/in/b.png"], 2, "is an input"),
+    (["upscale", "{t}/in", "-o", "{t}/out", "--model", "m" * 5000], 2, "neither a preset nor a model directory"),
+    (["export", "m" * 5000, "-o", "{t}/e"], 2, "neither a preset nor a model directory"),
+    (["export", "tiny", "-o", "{t}/file.txt/sub"], 2, "file.txt is not a folder"),
+    (["export", "tiny", "-o", "/dev/full/x"], 2, "/dev/full is not a folder"),
 ]
 
 

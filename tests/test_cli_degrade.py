@@ -1,7 +1,6 @@
 """`sanasr degrade` via the real CLI: pair sizes, same seed -> same bytes (also in a subprocess), errors."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sanasr_cli.cli import app
-from tests.helpers import REPO_ROOT, make_photo_like
+from tests.helpers import REPO_ROOT, child_env, make_photo_like
 
 runner = CliRunner()
 
@@ -96,7 +95,7 @@ def test_same_bytes_in_a_separate_process(tmp_path):
     shutil.copy(REPO_ROOT / "examples" / "hq" / "motorcycle.png", src / "m.png")
     r = runner.invoke(app, ["degrade", str(src), "-o", str(tmp_path / "inproc"), "--crop", "96"])
     assert r.exit_code == 0, r.output
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = child_env()
     proc = subprocess.run(
         [
             sys.executable,

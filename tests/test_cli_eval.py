@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from sanasr_cli.cli import app
-from tests.helpers import REPO_ROOT, TINY_TRAIN, photo_folder, runner
+from tests.helpers import REPO_ROOT, TINY_TRAIN, child_env, photo_folder, runner
 
 TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
 
@@ -153,7 +153,7 @@ def test_missing_weights_offline_names_file_and_folder_and_others_still_run(fold
     torch_home = tmp_path / "torch-home"
     env = {
         **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
+        "PYTHONPATH": child_env()["PYTHONPATH"],  # the network guard first (tests/conftest.py)
         "TORCH_HOME": str(torch_home),
         "HF_HUB_OFFLINE": "1",
         "HTTPS_PROXY": "http://127.0.0.1:9",

@@ -1,14 +1,14 @@
 """`sanasr upscale` through the real CLI (Typer's runner in-process, and once as a subprocess)."""
 
-import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from sanasr_cli.cli import app
-from tests.helpers import REPO_ROOT
+from tests.helpers import child_env
 
 runner = CliRunner()
 
@@ -87,7 +87,7 @@ def test_help_lists_only_working_commands():
 
 def test_console_script_entry_point_runs(image_folder, tmp_path):
     """`python -m sanasr_cli` as a user would run it (a real process, real files)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    env = child_env(OMP_NUM_THREADS="1")
     out = tmp_path / "out"
     proc = subprocess.run(
         [
@@ -168,3 +168,41 @@ def test_report_summary_shard_and_pixel_limit(image_folder, tmp_path):
     assert result.exit_code == 0, result.output
     statuses = {r["input"].split("/")[-1]: r["status"] for r in json.loads(report.read_text())["records"]}
     assert statuses == {"a.png": "ok", "c.jpg": "skipped"}
+
+
+def test_nano_with_hf_hub_offline_unset_touches_no_network(image_folder, tmp_path, network_attempts):
+    """Issue 34, item 5: in a normal user's shell (HF_HUB_OFFLINE unset, an empty Hugging Face cache) `sanasr
+    upscale --model nano` reaches nothing beyond this machine: the test suite's network guard refuses and records
+    any lookup or connection in the process (tests/netguard), and none is recorded."""
+    env = child_env(OMP_NUM_THREADS="1", HF_HOME=str(tmp_path / "hf_home"))
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.pop(name, None)
+    cmd = [sys.executable, "-m", "sanasr_cli", "upscale", str(image_folder / "a.png"), "-o", str(tmp_path / "out"),
+           "--model", "nano"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert network_attempts.read() == [], proc.stderr
+
+
+def test_a_model_that_needs_a_download_says_so_in_one_line_first(monkeypatch, tmp_path):
+    """Weights not on this machine are announced (one `warning:` line in the CLI, a DownloadNotice from the
+    library) before anything is fetched; local or cached weights, or downloads turned off (HF_HUB_OFFLINE, the
+    demo), are never announced nor looked up."""
+    import warnings
+
+    from huggingface_hub import constants
+
+    from sanasr_cli.hub import DownloadNotice, downloads_forbidden, hub_load_mode
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    with pytest.warns(DownloadNotice, match="the weights of 'x': downloading 'org/not-here' from the Hugging Face"):
+        assert hub_load_mode("the weights of 'x'", "org/not-here") is False  # a download follows
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert hub_load_mode("local", str(tmp_path)) is True  # a folder: read from the disk
+        with downloads_forbidden():
+            assert hub_load_mode("the demo", "org/not-here") is True  # local only: fails with its one line
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        assert hub_load_mode("offline", "org/not-here") is True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,7 +89,7 @@ def test_bad_photos_and_settings_are_one_line_naming_the_file(cache, tmp_path):
     assert check_photo(big, 2000) == (50, 40)
     with pytest.raises(DemoInputError, match="tile takes auto, none or a tile size"):
         upscale_photo(cache, CAT, DemoRequest(model="tiny", tile="big"), tmp_path, LIMIT)
-    with pytest.raises(DemoInputError, match="scale must be a number >= 1"):
+    with pytest.raises(DemoInputError, match="scale must be a number from 1 to 16"):
         upscale_photo(cache, CAT, DemoRequest(model="tiny", scale=0.5), tmp_path, LIMIT)
 
 
@@ -130,3 +131,196 @@ def test_host_beyond_loopback_warns_and_a_busy_port_is_exit_2():
 def test_max_pixels_must_be_positive():
     result = run("demo", "--max-pixels", "0")
     assert result.exit_code == 2 and "--max-pixels must be a number > 0" in one_error_line(result)
+
+
+# ---------------------------------------------------------------- issue 34: a served demo, as a user's shell runs it
+# One server for the tests below: `sanasr demo --model tiny` in a process of its own, on IPv6 loopback (`--host
+# ::1` ended in "unexpected InvalidURL"), with HF_HUB_OFFLINE unset (a normal user's shell) and an empty Hugging
+# Face cache, under the test suite's network guard: any lookup or connection beyond loopback, at start-up or for a
+# request, fails the test that caused it (tests/conftest.py).
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+class Served:
+    def __init__(self, proc, host: str, port: int, tmp: Path, log: Path):
+        self.proc, self.host, self.port, self.tmp, self.log = proc, host, port, tmp, log
+        self.url = f"http://{'[::1]' if host == '::1' else host}:{port}/"
+
+    def client(self):
+        from gradio_client import Client
+
+        return Client(self.url, verbose=False)
+
+    def upscale(self, photo, **changes):
+        """The page's Upscale with the given raw values, as the browser sends them; the info line."""
+        from gradio_client import handle_file
+
+        values = dict(photo=photo if isinstance(photo, dict) else handle_file(str(photo)), model="tiny", scale=4,
+                      color_fix="wavelet", tile="auto", tagger="model's rule", prompt="")  # fmt: skip
+        values.update(changes)
+        return self.client().predict(*values.values(), api_name="/upscale")[2]
+
+    def workspace(self) -> Path:
+        (folder,) = self.tmp.glob("sanasr-demo-*")
+        return folder
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    import subprocess
+    import time
+
+    from tests.conftest import NETLOG
+    from tests.helpers import child_env
+
+    host = "::1" if _ipv6_loopback() else "127.0.0.1"
+    port = _free_port()
+    tmp = tmp_path_factory.mktemp("demo_tmp")  # the server's $TMPDIR: its workspace is made (and removed) here
+    log = tmp_path_factory.mktemp("demo_log") / "server.log"
+    env = child_env(OMP_NUM_THREADS="1", TMPDIR=str(tmp), HF_HOME=str(tmp_path_factory.mktemp("empty_hf_home")))
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.pop(name, None)  # as in a user's shell: only the guard keeps the network away
+    logged_before = NETLOG.stat().st_size
+    cmd = [sys.executable, "-m", "sanasr_cli", "demo", "--model", "tiny", "--host", host, "--port", str(port),
+           "--max-pixels", "0.01"]  # fmt: skip
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+    served = Served(proc, host, port, tmp, log)
+    deadline = time.monotonic() + 300
+    while "serving on" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "serving on" in log.read_text(), log.read_text()
+    with open(NETLOG, encoding="utf-8") as f:
+        f.seek(logged_before)
+        assert f.read() == "", "the demo tried the network while starting"
+    yield served
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_demo_serves_on_ipv6_loopback_and_offers_only_models_that_run_here(served):
+    """Items 10, 11: `--host ::1` serves (a URL in brackets); the model list holds the shipped models and no
+    counting-only preset (sana-600m-512-fast) nor one that needs a download (sana-600m-512, the cache is empty)."""
+    import json
+    import urllib.request
+
+    if served.host != "::1":
+        pytest.skip("NO IPV6 LOOPBACK ON THIS MACHINE: --host ::1 not tried")
+    assert f"serving on http://[::1]:{served.port}/" in served.log.read_text()
+    config = json.loads(urllib.request.urlopen(served.url + "config", timeout=60).read())
+    (model,) = [c for c in config["components"] if c["props"].get("elem_id") == "model"]
+    assert [choice[0] for choice in model["props"]["choices"]] == ["tiny", "nano", "nano-fast"]
+    assert config.get("run_history") is False  # item 12: Gradio's run history is off
+
+
+def test_every_bad_setting_is_one_line_on_the_page(served, tmp_path):
+    """Item 12 (and 5, 9, 10): what used to be a Gradio toast or a raw error is one **error:** line, naming the
+    upload as the user named it; the CLIP tagger without its weights and sana-600m-512 without its weights say
+    what is missing without trying the hub (the guard fails the test otherwise); a decompression bomb is refused
+    from its header at once."""
+    import time
+
+    from tests.helpers import png_bomb
+
+    assert "**size:** 64 x 64 -> 256 x 256" in served.upscale(CAT)
+    for changes, words in [
+        ({"scale": 17}, "scale must be a number from 1 to 16, not 17"),
+        ({"scale": 1e6}, "scale must be a number from 1 to 16"),
+        ({"scale": 0.5}, "scale must be a number from 1 to 16, not 0.5"),
+        ({"scale": "abc"}, "scale must be a number from 1 to 16, not 'abc'"),
+        ({"color_fix": "purple"}, "colour fix takes wavelet, adain, none, not 'purple'"),
+        ({"tagger": "wd14"}, "tagger takes"),
+        ({"model": "m" * 100_000}, "a folder path of at most 4096 characters"),
+        ({"model": "sana-600m-512-fast"}, "for counting with `sanasr bench` only"),
+        ({"model": "sana-600m-512"}, "missing weights for 'transformer'"),
+        ({"tagger": "clip"}, "CLIP tagger model 'openai/clip-vit-base-patch32' could not be loaded"),
+    ]:
+        info = served.upscale(CAT, **changes)
+        assert info.startswith("**error:** ") and words in info, (changes, info)
+    notes = tmp_path / "my notes.txt"
+    notes.write_text("not a photo")
+    info = served.upscale(notes)
+    assert info.startswith("**error:** my notes.txt: not a recognised image file"), info
+    assert "sanasr-demo-" not in info and str(served.tmp) not in info  # the upload's name, not the server's copy
+    start = time.perf_counter()
+    info = served.upscale(png_bomb(tmp_path / "bomb.png", 20000, 10000))
+    assert "bomb.png is 10000 x 20000 = 200 MP, above this demo's limit" in info, info
+    assert time.perf_counter() - start < 60
+
+
+def test_the_server_fetches_no_url_and_takes_no_request_from_another_site(served):
+    """Items 5, 12: a FileData naming https://example.com/x.png is refused before Gradio would download it (the
+    guard: no lookup of example.com); an upload a page of another site makes the browser send is refused (403)
+    and not stored; the page's own uploads pass."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = {"data": [{"path": "https://example.com/x.png", "meta": {"_type": "gradio.FileData"}}, "tiny", 4,
+                     "wavelet", "auto", "model's rule", ""], "fn_index": 1, "session_hash": "s1"}  # fmt: skip
+    request = urllib.request.Request(served.url + "gradio_api/queue/join", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 400 and b"never a URL" in refused.value.read()
+
+    boundary = "sanasr-test"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="csrf.png"\r\n'
+    upload = (head + "Content-Type: image/png\r\n\r\n").encode() + CAT.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    for origin, code in (("http://evil.example", 403), (served.url.rstrip("/"), 200)):
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Origin": origin}
+        request = urllib.request.Request(served.url + "gradio_api/upload", data=upload, headers=headers, method="POST")
+        try:
+            status = urllib.request.urlopen(request, timeout=60).status
+        except urllib.error.HTTPError as e:
+            status = e.code
+        assert status == code, origin
+        stored = list(served.workspace().rglob("csrf.png"))
+        assert bool(stored) == (code == 200), (origin, stored)
+
+
+def test_what_the_demo_keeps_is_private_and_gone_once_it_stops(served):
+    """Item 12: uploads, results and temp files are in one folder only the user can enter (0700, and every folder
+    in it), and a stopped demo (Ctrl-C) leaves nothing behind: no temp file, no empty cache folder."""
+    import signal
+    import stat as stat_
+
+    assert "**size:**" in served.upscale(CAT)  # an upload and a result exist now
+    workspace = served.workspace()
+    files = [p for p in workspace.rglob("*") if p.is_file()]
+    assert any(p.name == "cat.png" for p in files) and any(p.name.endswith("_x4.png") for p in files)
+    for folder in [workspace, *(p for p in workspace.rglob("*") if p.is_dir())]:
+        assert stat_.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    served.proc.send_signal(signal.SIGINT)
+    assert served.proc.wait(timeout=120) == 0, served.log.read_text()
+    assert list(served.tmp.iterdir()) == []  # the workspace, and everything in it, is gone
+
+
+def test_an_ipv6_host_is_written_in_brackets():
+    from sanasr_cli.demo.app import is_loopback, url_host
+
+    assert url_host("::") == "[::]" and url_host("::1") == "[::1]" and url_host("[::1]") == "[::1]"
+    assert url_host("127.0.0.1") == "127.0.0.1" and is_loopback("::1") and is_loopback("[::1]")
+    assert not is_loopback("::")
+
+
+def test_a_file_is_refused_for_its_path_never_for_the_url_the_page_got_it_back_from():
+    """The page sends an upload back as FileData with `url` = this server's own /gradio_api/file= address (the
+    browser test found the first middleware refusing that: 400 on every photo); only an http(s) `path`, which
+    Gradio would download, is refused."""
+    from sanasr_cli.demo.app import _names_a_url
+
+    meta = {"_type": "gradio.FileData"}
+    page = {"path": "/tmp/gradio/x/cat.png", "url": "http://127.0.0.1:7860/gradio_api/file=/tmp/gradio/x/cat.png"}
+    assert not _names_a_url({"data": [{**page, "meta": meta}, "tiny", 4]})
+    assert _names_a_url({"data": [{"path": "https://example.com/x.png", "meta": meta}]})
+    assert _names_a_url([[{"path": "HTTP://example.com/x.png"}]])

@@ -262,16 +262,14 @@ def test_two_processes_with_accelerate_launch_and_resume(tmp_path):
     """A real 2-process DDP run (gloo on CPU) of `distill encoder` through `accelerate launch`: one writer (one
     student folder, one message per checkpoint), every process's RNG state in the checkpoint; a second launch
     resumes from checkpoint-1, repeats step 2 exactly (per-process RNG states, image shards) and continues."""
-    import os
     import subprocess
     import sys
 
-    from tests.helpers import REPO_ROOT, photo_folder
+    from tests.helpers import child_env, photo_folder
 
     hq = photo_folder(tmp_path / "hq", 2, size=(40, 48))
     out, run = tmp_path / "enc", tmp_path / "enc.run"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1",
-           "OMP_NUM_THREADS": "1", "COLUMNS": "400"}  # fmt: skip
+    env = child_env(HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", COLUMNS="400")
 
     def launch(*extra):
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from sanasr_cli.models.lora import EMA_ADAPTER_DIR, add_lora, lora_config
 from sanasr_cli.models.presets import NANO_DIR
-from tests.helpers import one_error_line, run, save_photo
+from tests.helpers import load_in_a_fresh_process, one_error_line, run, save_photo
 
 TORCH_THREADS = 1
 NANO_SR = NANO_DIR / "sr"
@@ -128,6 +128,9 @@ def _tamper(m: Path, case: str, tmp: Path) -> None:
             desc.symlink_to("/dev/zero")
         else:
             desc.write_text("[" * 100_000 + "]" * 100_000)
+    elif case == "description_link_out":  # issue 34, item 6: a sanasr.json outside the folder was read
+        shutil.move(desc, tmp / "elsewhere.json")
+        desc.symlink_to(tmp / "elsewhere.json")
     else:
         raise AssertionError(case)
 
@@ -165,6 +168,7 @@ CASES = [
     ("description_folder", False, "sanasr.json is a folder"),
     ("description_dev_zero", False, "sanasr.json is a device"),
     ("description_deep", False, "nested too deeply"),
+    ("description_link_out", False, "'sanasr.json' leads outside the model directory"),
 ]
 
 
@@ -461,3 +465,26 @@ def test_a_local_base_is_used_when_the_user_names_it(tmp_path, monkeypatch):
     monkeypatch.setenv(BASE_ENV_VAR, str(base))
     assert run(*up, tmp_path / "o3").exit_code == 0
     assert (tmp_path / "o2" / "cat.png").is_file() and (tmp_path / "o3" / "cat.png").is_file()
+
+
+@pytest.mark.parametrize("case", ["position_table", "padded_layers"])
+def test_what_a_config_makes_the_loader_allocate_is_capped_before_it_is_built(tmp_path, case):
+    """Issue 34, item 7: a non-persistent sin-cos position table (`interpolation_scale` 1 with the largest
+    `sample_size` the header allows: 75 MB of table for nano's 7 MB of weights, GB for a wider model) and 20 000
+    zero-size padding tensors (one 20000 x 0) that lift the layer caps to `num_layers` 20000 (minutes and GB of
+    building on the meta device) are refused from the header and two small meta builds: in well under a second
+    of work and under 200 MB, measured in a fresh process."""
+    m = _copy(NANO_SR, tmp_path)
+    config = m / "transformer" / "config.json"
+    if case == "position_table":
+        _json(config, sample_size=768, interpolation_scale=1)  # 768: nano's largest tensor dimension
+        words = "MiB of tables its weights do not hold"
+    else:
+        _json(config, num_layers=20_000)
+        # 20 000 empty tensors, one of them 20000 x 0 (so 20000 is within the largest dimension too)
+        pads = {f"pad.{i}": torch.zeros(20_000 if i == 0 else 0, 0) for i in range(20_000)}
+        _tensors(m / WEIGHTS, lambda s: s.update(pads))
+        words = "'num_layers' = 20000 builds about"
+    outcome, seconds, grown_mb = load_in_a_fresh_process(m)
+    assert outcome.startswith("REFUSED") and words in outcome, outcome
+    assert seconds < 5 and grown_mb < 200, (seconds, grown_mb)

@@ -173,3 +173,40 @@ def test_a_broken_model_dir_is_one_line_exit_2(model_dir, tmp_path, tamper):
     assert result.exit_code == 2, result.output
     assert str(model_dir) in one_error_line(result)
     assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------- issue 34, item 9: sizes from the header only
+
+_PROBE_IN_A_FRESH_PROCESS = """
+import resource, sys, time
+from sanasr_cli.data.io import probe_image
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+size, fmt, alpha = probe_image(sys.argv[1], max_pixels=2**62)
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(size[0], size[1], time.perf_counter() - start, grown)
+"""
+
+
+def test_a_png_bomb_is_measured_from_its_header_without_decoding_a_pixel(tmp_path):
+    """A 20000 x 20000 PNG of a few hundred KB with its EXIF after the image data: Pillow's getexif() decoded all
+    400 MP to find the orientation (the demo: ~1.5 GB more per request; the CLI: +239 MB for 62 MP). Its size
+    (after the orientation, 6: a quarter turn) now comes from the chunk headers, in a fresh process: fast, and
+    well under 100 MB."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO_ROOT, png_bomb
+
+    bomb = png_bomb(tmp_path / "bomb.png", 20000, 10000)
+    assert bomb.stat().st_size < 2_000_000
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE_IN_A_FRESH_PROCESS, str(bomb)], cwd=REPO_ROOT, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    w, h, seconds, grown_mb = proc.stdout.split()
+    assert (int(w), int(h)) == (10000, 20000)  # the orientation was read: width and height swapped
+    assert float(seconds) < 2 and float(grown_mb) < 100, (seconds, grown_mb)
+    with pytest.raises(ImageReadError, match="200 MP exceeds the 64 MP limit"):
+        probe_image(bomb)

@@ -1,13 +1,12 @@
 """A real two-process `accelerate launch` run on CPU splits the folder: no file twice, one merged report."""
 
 import json
-import os
 import subprocess
 import sys
 
 from PIL import Image
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, child_env
 
 
 def test_two_processes_split_the_work_and_merge_one_report(image_folder, tmp_path):
@@ -15,7 +14,7 @@ def test_two_processes_split_the_work_and_merge_one_report(image_folder, tmp_pat
     out, report = tmp_path / "out", tmp_path / "run.json"
     # accelerate 1.15: `--cpu` starts a single process unless MPI is set up; `--multi_gpu` starts torchrun
     # workers, which fall back to gloo on CPU when no GPU is visible (sanasr passes cpu=True to PartialState).
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    env = child_env(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     cmd = [
         sys.executable,
         "-m",

@@ -258,3 +258,118 @@ def test_a_device_node_is_written_in_place_never_replaced(tmp_path):
     result = run("eval", "--sr", hr, "--hr", hr, "--metrics", "psnr", "--json", full, "--device", "cpu")
     assert result.exit_code == 1 and "No space left on device" in one_error_line(result)
     assert stat.S_ISCHR(os.stat(full).st_mode)
+
+
+# ---------------------------------------------------------------- 7. a file the run reads is never a file it writes
+# (issue 34, item 1: `--report img.png` replaced the image with JSON, exit 0)
+
+
+def test_a_report_path_that_is_an_input_is_refused_before_any_work(tmp_path):
+    img = photo(tmp_path / "img.png")
+    hr = tmp_path / "hr"
+    photo(hr / "a.png", 32, 32)
+    (tmp_path / "hard.png").hardlink_to(img)  # another name of the same file
+    (tmp_path / "soft.png").symlink_to(img)
+    before = snapshot(tmp_path)
+    for report in (img, tmp_path / "hard.png", tmp_path / "soft.png"):
+        result = run("upscale", img, "-o", tmp_path / "out", "--model", "tiny", "--report", report)
+        assert result.exit_code == 2, result.output
+        assert "is an input of this run" in one_error_line(result)
+    for flag in ("--json", "--csv"):
+        result = run("eval", "--sr", hr, "--hr", hr, "--metrics", "psnr", flag, hr / "a.png", "--device", "cpu")
+        assert result.exit_code == 2, result.output
+        assert "is an input of this run" in one_error_line(result)
+    assert snapshot(tmp_path) == before
+
+
+def test_every_write_is_checked_against_the_runs_inputs_when_it_happens(tmp_path):
+    """The check sits in atomic_write itself (every file sanasr writes goes through it): an input noted after
+    a report path was checked, or a write no command checked up front, is still refused at the moment of
+    writing. Outside a run (the Python API) nothing is recorded."""
+    from sanasr_cli.errors import UnsafeOutputError
+    from sanasr_cli.safe_files import check_output_file, note_inputs, run_inputs
+
+    img = photo(tmp_path / "img.png")
+    data = img.read_bytes()
+    with run_inputs():
+        check_output_file(img, "--report")  # not yet an input: passes
+        note_inputs(img)
+        for target in (img, tmp_path / "link.png"):
+            if target.name == "link.png":
+                target.symlink_to(img)
+            with pytest.raises(UnsafeOutputError, match="is an input of this run"):
+                atomic_write(target, b"{}")
+        with pytest.raises(UnsafeOutputError, match="is an input of this run"):
+            check_output_file(img, "--report")
+    assert img.read_bytes() == data and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    atomic_write(tmp_path / "new.json", b"{}")  # the run is over: nothing is an input any more
+    note_inputs(img)  # outside a run: not recorded
+    atomic_write(tmp_path / "copy.png", img.read_bytes())
+
+
+# ---------------------------------------------------------------- 8. a file that appears during the run
+# (issue 34, item 3: the ledger was asked only before the work started)
+
+
+def test_a_file_made_at_an_output_path_during_the_run_is_never_replaced(tmp_path, tiny_model):
+    from sanasr_cli.data.io import list_images
+    from sanasr_cli.errors import UnsafeOutputError
+    from sanasr_cli.pipeline.upscale import UpscaleOptions, upscale_files
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    photo(src / "a.png", seed=1)
+    photo(src / "b.png", seed=2)
+
+    def users_file_appears(rec):  # a's result is written: the user now saves a file where b's will go
+        if rec.input.endswith("a.png"):
+            (out / "b.png").write_bytes(b"the user's, made during the run")
+
+    records = upscale_files(tiny_model, list_images(src), src, out, UpscaleOptions(), on_done=users_file_appears)
+    assert [r.status for r in records] == ["ok", "failed"]
+    assert "b.png already exists and was not written by sanasr" in records[1].error
+    assert (out / "b.png").read_bytes() == b"the user's, made during the run"
+    assert sorted(p.name for p in out.iterdir()) == [LEDGER_FILE, "a.png", "b.png"]  # no temp file left
+
+    (out / "b.png").unlink()  # a file that appears after the check, right before the rename: not replaced either
+
+    def appears_now(_):
+        (out / "b.png").write_bytes(b"made in the last moment")
+
+    with pytest.raises(UnsafeOutputError, match="already exists and was not written by sanasr"):
+        atomic_write(out / "b.png", b"sanasr's", before_replace=appears_now, may_replace=OutputLedger(out).owns)
+    assert (out / "b.png").read_bytes() == b"made in the last moment"
+    assert sorted(p.name for p in out.iterdir()) == [LEDGER_FILE, "a.png", "b.png"]
+
+
+def test_a_name_near_the_file_systems_limit_is_upscaled(tmp_path):
+    """Issue 34, item 13: a valid 244-character input name failed, because the temp file's name (the output's
+    name plus a mark and a random part) passed 255 bytes; the temp name is cut, the output keeps its name."""
+    name = "p" * 240 + ".png"
+    photo(tmp_path / "in" / name)
+    result = run("upscale", tmp_path / "in", "-o", tmp_path / "out", "--model", "tiny")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "out" / name).size == (32, 32)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [LEDGER_FILE, name]
+
+
+def test_degrade_never_replaces_a_manifest_or_pair_made_during_the_run(tmp_path):
+    """The same at-write-time check for `degrade`: a file the user saves at an output path (OUT/hq/b.png) or at
+    OUT/degradation.json while the run works is left as it is; that input fails, the manifest write is refused."""
+    from sanasr_cli.data.degradation import RealESRGANDegrader
+    from sanasr_cli.errors import UnsafeOutputError
+    from sanasr_cli.pipeline.degrade import degrade_files, write_manifest
+
+    src, out = _degrade_inputs(tmp_path / "in"), tmp_path / "out"
+
+    def users_files_appear(rec):
+        if rec.input.endswith("a.png"):
+            photo(out / "hq" / "b.png", 16, 16, seed=9)
+            (out / "degradation.json").write_text("my notes")
+
+    degrader = RealESRGANDegrader()
+    records = degrade_files(sorted(src.iterdir()), out, degrader, crop=16, on_done=users_files_appear)
+    assert [r.status for r in records] == ["ok", "failed", "ok"]
+    assert "b.png already exists and was not written by sanasr" in records[1].error
+    with pytest.raises(UnsafeOutputError, match="degradation.json already exists"):
+        write_manifest(out / "degradation.json", degrader, 0, 16, records)
+    assert (out / "degradation.json").read_text() == "my notes" and Image.open(out / "hq" / "b.png").size == (16, 16)

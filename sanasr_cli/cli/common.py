@@ -160,9 +160,11 @@ def one_line_errors(command):
             SanaSRError,
             UnsafeOutputError,
         )
+        from sanasr_cli.safe_files import run_inputs
 
         try:
-            return command(*args, **kwargs)
+            with run_inputs():  # what the run reads is never what it writes (safe_files.atomic_write checks)
+                return command(*args, **kwargs)
         except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort, SystemExit):
             raise
         except (ModelDirError, DatasetError, ImageReadError, UnsafeOutputError) as e:

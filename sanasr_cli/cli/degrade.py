@@ -122,7 +122,7 @@ def _run(images, output, degrader, seed, crop_size, dev, overwrite) -> None:
         records = degrade_files(
             images, output, degrader, seed=seed, crop=crop_size, device=dev, on_done=on_done, overwrite=overwrite
         )
-    write_manifest(output / "degradation.json", degrader, seed, crop_size, records)
+    write_manifest(output / "degradation.json", degrader, seed, crop_size, records, overwrite)
     failed = [r for r in records if r.status != "ok"]
     console.print(
         f"{len(records) - len(failed)} of {len(records)} pairs written to {output}/hq and {output}/lq"

@@ -66,17 +66,60 @@ def demo(
     Exit code: 0 when stopped with Ctrl-C, 1 when Gradio is missing or the model cannot load (missing
     weights), 2 for usage errors (a bad model directory, a port in use).
     """
-    from sanasr_cli.demo.app import DemoSettings, GradioMissingError, build_demo, import_gradio, is_loopback, serve
+    from sanasr_cli.demo.app import DemoSettings, private_workspace
 
     if not math.isfinite(max_pixels) or max_pixels <= 0:
         raise fail(f"--max-pixels must be a number > 0, not {max_pixels}", EXIT_USAGE)
+    from sanasr_cli.hub import downloads_forbidden
+
+    # a page never downloads (a model or tagger missing here is one line on the page), and everything the demo
+    # writes, Gradio's cache of the photos included, is in one private folder removed on exit
+    with downloads_forbidden(), private_workspace() as workspace:
+        page = _start(model, host, port, device, precision, base, seed, workspace)
+        page.build(DemoSettings(model=model, max_pixels=int(max_pixels * 1e6)))
+        _stop_on_signals(str(workspace))  # Ctrl-C and `kill` stop it: server closed, files removed
+        try:
+            page.serve(share)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            page.close()
+    console.print("sanasr demo: stopped")
+
+
+class _Page:
+    """The page of one `sanasr demo` run: its model cache, the Blocks, where results go."""
+
+    def __init__(self, cache, host: str, port: int, results):
+        self.cache, self.host, self.port, self.results, self.blocks = cache, host, port, results, None
+
+    def build(self, settings) -> None:
+        from sanasr_cli.demo.app import build_demo
+
+        self.blocks = build_demo(settings, self.cache, self.results)
+
+    def serve(self, share: bool) -> None:
+        from sanasr_cli.demo.app import serve
+
+        serve(self.blocks, host=self.host, port=self.port, share=share, on_ready=_ready)
+
+    def close(self) -> None:
+        if self.blocks is not None:
+            self.blocks.close()
+
+
+def _start(model, host, port, device, precision, base, seed, workspace) -> _Page:
+    """The checks before serving (host, port, Gradio), then the first model, loaded now: a bad --model is one
+    line here, not an error on the page after the first upload."""
+    from sanasr_cli.demo.app import GradioMissingError, bare_host, import_gradio, is_loopback
+
     if not is_loopback(host):
         console.print(
             f"[yellow]warning:[/] --host {host} serves the demo beyond this machine: anyone who can reach it on port "
             f"{port} can upload photos and use its CPU/GPU (there is no login)",
             highlight=False, soft_wrap=True,
         )  # fmt: skip
-    _check_port_free(host, port)
+    _check_port_free(bare_host(host), port)
     try:
         import_gradio()
     except GradioMissingError as e:
@@ -84,21 +127,8 @@ def demo(
     quiet_libraries()
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
-    # the first model loads now: a bad --model is one line here, not an error on the page after the first upload
-    cache = _cache(model, dev, dtype, base, seed)
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory(prefix="sanasr-demo-") as out_dir:  # the result PNGs, removed on exit
-        page = build_demo(DemoSettings(model=model, max_pixels=int(max_pixels * 1e6)), cache, Path(out_dir))
-        _stop_on_signals(out_dir)  # Ctrl-C and `kill` stop it: server closed, files removed
-        try:
-            serve(page, host=host, port=port, share=share, on_ready=_ready)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            page.close()
-    console.print("sanasr demo: stopped")
+    # the result PNGs in the workspace's temp folder: Gradio serves files from the temp folder (or its own cache)
+    return _Page(_cache(model, dev, dtype, base, seed), host, port, workspace / "tmp" / "results")
 
 
 def _ready(local_url: str, share_url: str | None) -> None:
@@ -143,11 +173,12 @@ def _cache(model, dev, dtype, base, seed):
 
 def _check_port_free(host: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        try:
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
             s.bind((host, port))
-        except OSError as e:
-            raise fail(f"cannot serve on {host}:{port} ({e.strerror or e}): pick another --port", EXIT_USAGE) from None
+    except OSError as e:  # a busy port, an address not on this machine, no IPv6 here
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise fail(f"cannot serve on {where} ({e.strerror or e}): pick another --port", EXIT_USAGE) from None
 
 
 def register(app: typer.Typer) -> None:

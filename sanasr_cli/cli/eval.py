@@ -187,7 +187,6 @@ def _check_flags(f) -> None:
         )
     if (restorers or f.rank_checkpoints) and f.lq is None:
         raise fail(f"{modes[0]} needs --lq (the low-quality inputs)", EXIT_USAGE)
-    check_report_paths(("--json", f.json_out), ("--csv", f.csv_out))  # before any scoring, not after it
     if not math.isfinite(f.scale):
         raise fail(f"--scale must be a finite number, not {f.scale}", EXIT_USAGE)
     if f.color_fix not in COLOR_FIXES:
@@ -215,6 +214,8 @@ def _pair_and_parse(f):
             check_save_dir(f.save_dir, f.lq, f.hr, f.sr)
     except SanaSRError as e:
         raise fail(str(e), EXIT_USAGE) from None
+    # before any scoring, and after pairing: a report may not be one of the images the run reads either
+    check_report_paths(("--json", f.json_out), ("--csv", f.csv_out))
     return specs, pairs
 
 

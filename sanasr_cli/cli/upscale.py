@@ -158,7 +158,6 @@ def _check_args(f):
         check_name_part(f.suffix, "--suffix")
     except SanaSRError as e:
         raise fail(str(e), EXIT_USAGE) from None
-    check_report_paths(("--report", f.report))
     if f.tagger is not None and f.tagger not in TAGGERS:
         raise fail(f"unknown tagger '{f.tagger}'; known: {', '.join(sorted(TAGGERS))}", EXIT_USAGE)
     if f.color_fix not in COLOR_FIXES:
@@ -194,6 +193,7 @@ def _list_images(f):
             EXIT_USAGE,
         )
     _refuse_path_conflicts(images, f.input, f.output, f.ext, f.suffix, f.max_pixels)
+    check_report_paths(("--report", f.report))  # after listing: the report may not be one of the inputs either
     return images, not_images
 
 

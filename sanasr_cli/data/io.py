@@ -17,6 +17,7 @@ Every unreadable, refused or unsupported input raises ImageReadError with one li
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import os
 import struct
@@ -30,6 +31,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from sanasr_cli.errors import ImageReadError, ImageWriteError
+from sanasr_cli.safe_files import note_inputs
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 # The only decoders an input file may reach, whatever its name says: Pillow would otherwise pick any of its
@@ -74,6 +76,7 @@ def list_inputs(root: Path, recursive: bool = False) -> tuple[list[Path], list[t
     folders is in exactly one list, so a report can account for each of them."""
     root = Path(root)
     if root.is_file():
+        note_inputs(root)
         return [root], []
     found, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -91,6 +94,7 @@ def list_inputs(root: Path, recursive: bool = False) -> tuple[list[Path], list[t
                 skipped.append((p, f"not an image file name ({', '.join(IMAGE_EXTENSIONS)})"))
             else:
                 found.append(p)
+    note_inputs(*found)
     return sorted(found), sorted(skipped)
 
 
@@ -141,7 +145,7 @@ def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
                     f"{path}: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the {max_pixels / 1e6:.0f} MP limit "
                     f"(raise it with --max-pixels if the file is trusted)"
                 )
-            orientation = im.getexif().get(0x0112, 1)
+            orientation = exif_orientation(im, path)
             alpha = im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (im.mode == "P" and "transparency" in im.info)
             fmt = im.format
     except ImageReadError:
@@ -159,9 +163,44 @@ def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
     return ((h, w) if orientation in (5, 6, 7, 8) else (w, h)), fmt, alpha
 
 
+def exif_orientation(im: Image.Image, path: Path) -> int:
+    """The EXIF orientation (1-8) of an opened image, without decoding a pixel: Pillow's `getexif()` decodes the
+    whole of a PNG whose eXIf chunk comes after its image data (a 20000 x 20000 PNG of 1 MB: 1.5 GB) to find
+    it, so for a PNG the chunks after the image data are walked here instead (their headers only)."""
+    if im.format != "PNG" or "exif" in im.info:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    data = _png_exif_chunk(path)
+    if data is None:
+        return 1
+    exif = Image.Exif()
+    try:
+        exif.load(b"Exif\x00\x00" + data)
+    except (SyntaxError, ValueError, struct.error, OSError):
+        return 1  # a damaged EXIF block: as if there were none (Pillow would not orient by it either)
+    return int(exif.get(0x0112, 1) or 1)
+
+
+def _png_exif_chunk(path: Path) -> bytes | None:
+    """The data of a PNG's eXIf chunk, found by reading chunk headers and skipping their data; None if none."""
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return None
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"eXIf":
+                return f.read(min(length, 1 << 20))  # EXIF in a PNG is a few KB
+            if kind == b"IEND":
+                return None
+            f.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+
+
 def _decode(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
     """(H, W, C) uint8 or uint16 pixels, EXIF orientation applied, C = 1 (gray), 2 (gray + alpha), 3 (RGB) or
     4 (RGBA); info without alpha. ImageReadError with one line for anything unreadable or refused."""
+    note_inputs(path)  # a file the run reads: never one it writes (safe_files)
     try:
         if path.stat().st_size == 0:
             raise ImageReadError(f"{path}: empty file (0 bytes)")
@@ -182,7 +221,7 @@ def _decode(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
             if mode not in _SUPPORTED_MODES or (mode == "I" and not sixteen):
                 raise ImageReadError(f"{path}: unsupported image mode '{mode}' (use 8/16-bit gray, RGB, RGBA, CMYK)")
             frames = int(getattr(im, "n_frames", 1) or 1)
-            orientation = im.getexif().get(0x0112, 1)
+            orientation = exif_orientation(im, path)
             icc = im.info.get("icc_profile") or None
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -378,6 +417,7 @@ def write_image(
     icc_profile: bytes | None = None,
     quality: int = 95,
     before_replace=None,
+    may_replace=None,
 ) -> None:
     """Write a (3, H, W) (or (1, H, W) gray) [0, 1] image. Atomic: temp file + rename, also on Ctrl-C.
 
@@ -385,7 +425,8 @@ def write_image(
     can (PNG, WebP, TIFF; an error otherwise). bit_depth 16 is honoured for PNG and TIFF, else 8 bits are
     written.
     icc_profile: embedded as it is (PNG, JPEG, WebP, TIFF; 16-bit PNG through an iCCP chunk).
-    before_replace: see safe_files.atomic_write (upscale records its outputs with it).
+    before_replace, may_replace: see safe_files.atomic_write (upscale records its outputs with the first, and
+    asks its ledger with the second whether a file at `path` may be replaced, at the moment of writing).
     """
     path = Path(path)
     fmt = format_for(path)
@@ -397,7 +438,7 @@ def write_image(
         image = torch.cat([image, alpha.to(image)], 0)
     sixteen = bit_depth == 16 and fmt in _SIXTEEN_BIT_FORMATS
     data = _encode_16bit(image, fmt, icc_profile) if sixteen else _encode_8bit(image, fmt, icc_profile, quality)
-    _write_image_bytes(path, data, before_replace)
+    _write_image_bytes(path, data, before_replace, may_replace)
 
 
 def _encode_8bit(image: torch.Tensor, fmt: str, icc: bytes | None, quality: int) -> bytes:
@@ -445,21 +486,24 @@ def _png_with_iccp(png: bytes, icc: bytes) -> bytes:
     return png[:ihdr_end] + chunk + png[ihdr_end:]
 
 
-def _write_image_bytes(path: Path, data: bytes, before_replace=None) -> None:
-    """safe_files.atomic_write; a failure is an ImageWriteError naming the file."""
+def _write_image_bytes(path: Path, data: bytes, before_replace=None, may_replace=None) -> None:
+    """safe_files.atomic_write; a failure is an ImageWriteError naming the file (a refused write stays the
+    UnsafeOutputError atomic_write raises)."""
     from sanasr_cli.safe_files import atomic_write
 
     try:
-        atomic_write(path, data, temp_mark=TEMP_MARK, before_replace=before_replace)
+        atomic_write(path, data, temp_mark=TEMP_MARK, before_replace=before_replace, may_replace=may_replace)
     except OSError as e:
         raise ImageWriteError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def remove_stale_temps(output: Path) -> int:
     """Delete temp files a killed run left for `output` (ours only: they carry TEMP_MARK); how many."""
+    from sanasr_cli.safe_files import temp_prefix
+
     n = 0
     with contextlib.suppress(OSError):
-        for p in output.parent.glob(f".{output.name}{TEMP_MARK}.*"):
+        for p in output.parent.glob(f"{glob.escape(temp_prefix(output.name, TEMP_MARK))}*"):
             p.unlink(missing_ok=True)
             n += 1
     return n

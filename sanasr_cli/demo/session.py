@@ -22,10 +22,12 @@ from sanasr_cli.data.resample import upsample_bicubic
 from sanasr_cli.errors import ImageReadError, SanaSRError
 from sanasr_cli.models.tiling import TilePlan, parse_tile, plan_tiles
 from sanasr_cli.pipeline.sana_sr import SanaSRPipeline
-from sanasr_cli.pipeline.upscale import MODEL_SCALE, output_size, resize_to
+from sanasr_cli.pipeline.upscale import MAX_SCALE, MODEL_SCALE, output_size, resize_to
 
 MODEL_RULE = "model's rule"  # the tagger choice that keeps the model's own prompt rule
 CACHED_MODELS = 2  # models kept loaded: the one in use and the one before (switching back is instant)
+MAX_MODEL_NAME = 4096  # characters of a model name or folder path typed into the page
+MAX_PROMPT = 10_000  # characters of the page's prompt box
 
 
 class DemoInputError(SanaSRError):
@@ -101,6 +103,44 @@ class PipelineCache:
         return SanaSRPipeline(pipe.model, tagger=self._taggers[tagger])
 
 
+def runnable_models(first: str, base: str | None = None) -> list[str]:
+    """The models the page offers: `first`, then the shipped ones (nano, nano-fast, tiny), then a preset whose
+    weights are on this machine (a local --base / $SANASR_BASE folder, or the Hugging Face cache); never a
+    counting-only preset (random weights at real size) nor one that would need a download."""
+    from sanasr_cli.hub import available_here
+    from sanasr_cli.models.presets import PRESETS, SHIPPED_MODELS, SHIPPED_STUDENTS, default_base_source
+
+    names = [*SHIPPED_MODELS, *SHIPPED_STUDENTS]
+    for name, preset in PRESETS.items():
+        if preset.counting_only or name in names:
+            continue
+        if preset.hub_id is None or available_here(default_base_source(preset, base)):
+            names.append(name)
+    return list(dict.fromkeys([first, *names]))
+
+
+def check_request(request: DemoRequest, taggers: list[str] | None = None) -> None:
+    """DemoInputError (one line for the page) for a setting the page cannot take, whatever a client sent: the
+    checks of the flags of `sanasr upscale` of the same names, and a model name of sensible length."""
+    from sanasr_cli.models.presets import PRESETS
+    from sanasr_cli.pipeline.color import COLOR_FIXES
+
+    if not isinstance(request.model, str) or not request.model.strip() or len(request.model) > MAX_MODEL_NAME:
+        raise DemoInputError(f"the model must be a preset name or a folder path of at most {MAX_MODEL_NAME} characters")
+    preset = PRESETS.get(request.model)
+    if preset is not None and preset.counting_only:
+        raise DemoInputError(f"{request.model} has random weights, for counting with `sanasr bench` only: pick another")
+    scale = request.scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 1 <= scale <= MAX_SCALE:
+        raise DemoInputError(f"scale must be a number from 1 to {MAX_SCALE:g}, not {str(scale)[:40]}")
+    if request.color_fix not in COLOR_FIXES:
+        raise DemoInputError(f"colour fix takes {', '.join(COLOR_FIXES)}, not {str(request.color_fix)[:40]!r}")
+    if taggers is not None and request.tagger not in taggers:
+        raise DemoInputError(f"tagger takes {', '.join(taggers)}, not {str(request.tagger)[:40]!r}")
+    if not isinstance(request.prompt, str) or len(request.prompt) > MAX_PROMPT:
+        raise DemoInputError(f"the prompt must be text of at most {MAX_PROMPT} characters")
+
+
 def check_photo(path: str | Path, max_pixels: int) -> tuple[int, int]:
     """(width, height) of the photo at `path` from its header; DemoInputError naming the file (not the server's
     copy of it) when it is not a readable image or has more than `max_pixels` pixels."""
@@ -128,13 +168,12 @@ def upscale_photo(
     """Restore the photo at `path` as `pipe(image, prompt=, scale=, tile=, color_fix=)` does, and write the PNG
     under `out_dir`. on_tile(done, total) is called after each LinearDiT tile (progress). DemoInputError for a
     photo or setting it cannot take; a model that cannot load raises its own SanaSRError."""
+    check_request(request)
     size = check_photo(path, max_pixels)
     try:
-        tile = parse_tile(request.tile)
+        tile = parse_tile(str(request.tile))
     except ValueError as e:
         raise DemoInputError(str(e).replace("--tile", "tile")) from None
-    if not (request.scale >= 1 and request.scale < float("inf")):
-        raise DemoInputError(f"scale must be a number >= 1, not {request.scale}")
     # the CLI's reader: EXIF orientation applied, gray replicated, 16 bits kept; alpha dropped (as the API does)
     lq, _ = read_image(path, max_pixels=max_pixels)
     pipe, load_seconds = cache.get(request.model)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from sanasr_cli.errors import UnsafeOutputError
+from sanasr_cli.errors import SanaSRError, UnsafeOutputError
 from sanasr_cli.export.contract import (
     CONTRACT_FORMAT,
     CONTRACT_NAME,
@@ -41,7 +41,6 @@ from sanasr_cli.export.contract import (
 )
 
 QUANTIZATIONS = ("none", "int8")
-EXPORT_ENTRIES = {CONTRACT_NAME, MODEL_NAME, PROMPT_FILE, "README.md", *STAGE_FILES.values()}
 MODEL_SCALE = 4
 
 
@@ -77,18 +76,62 @@ def require_export_tools() -> None:
 
 
 def check_export_target(out: Path, overwrite: bool) -> None:
-    """OUT must be new or empty; with overwrite, a folder `sanasr export` wrote (nothing else in it)."""
+    """OUT must be new or empty (and creatable: its parent a folder that can be written); with overwrite, a
+    folder an earlier `sanasr export` provably wrote (`check_earlier_export`). Checked before the work and again
+    right before the new folder is moved into place (a folder made at OUT meanwhile is never replaced)."""
+    from sanasr_cli.safe_files import check_can_create
+
+    out = Path(out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise UnsafeOutputError(f"{out} exists and is not a folder (a file or link): it is never replaced")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists():
+        check_can_create(out, "-o")
+        return
+    if not any(out.iterdir()):
         return
     if not overwrite:
         raise UnsafeOutputError(f"{out} exists and is not empty (pass --overwrite to replace an earlier export)")
-    if not (out / CONTRACT_NAME).is_file():
+    check_earlier_export(out)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_earlier_export(out: Path) -> None:
+    """UnsafeOutputError unless every entry of `out` is a file an earlier `sanasr export` wrote, as it wrote it:
+    its contract must be a sanasr contract recording each file's sha256 (exports since sanasr records them), and
+    every other entry a regular file (no folder, no link) named there with that hash. A contract alone proves
+    nothing (`{}` would do): a README.md, or a `model.onnx/` folder, of the user's is never deleted."""
+    from sanasr_cli.export.contract import read_contract_file
+
+    if not (out / CONTRACT_NAME).is_file() or (out / CONTRACT_NAME).is_symlink():
         raise UnsafeOutputError(f"{out} is not a folder written by `sanasr export` (no {CONTRACT_NAME}): not replaced")
-    other = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_ENTRIES)
+    try:
+        contract = read_contract_file(out)
+    except SanaSRError as e:
+        raise UnsafeOutputError(f"{out} is not a folder written by `sanasr export` ({e}): not replaced") from None
+    hashes = contract.get("sha256")
+    if contract.get("format") != CONTRACT_FORMAT or not isinstance(hashes, dict):
+        raise UnsafeOutputError(
+            f"{out}: its {CONTRACT_NAME} does not record the sha256 of the files sanasr wrote there (not a sanasr "
+            "export, or one written before sanasr recorded them), so nothing proves they are sanasr's: not replaced "
+            "(remove the folder yourself)"
+        )
+    other = sorted(p.name for p in out.iterdir() if p.name != CONTRACT_NAME and p.name not in hashes)
     if other:
         raise UnsafeOutputError(f"{out} holds files sanasr did not write there ({', '.join(other[:5])}): not replaced")
+    for p in sorted(out.iterdir()):
+        if p.name == CONTRACT_NAME:
+            continue
+        if p.is_symlink() or not p.is_file():
+            raise UnsafeOutputError(f"{out}: {p.name} is a folder or a link, not the file sanasr wrote: not replaced")
+        if sha256_file(p) != hashes[p.name]:
+            raise UnsafeOutputError(f"{out}: {p.name} changed since sanasr exported it: not replaced")
 
 
 # ---------------------------------------------------------------- the stages as modules
@@ -435,9 +478,13 @@ def export_onnx(
             "files": {},
         }  # fmt: skip
         contract["files"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.suffix in (".onnx", ".npz")}
+        card = model_card(contract)
+        atomic_write(tmp / "README.md", card)
+        # what a later --overwrite may delete: exactly these files, unchanged (check_earlier_export)
+        contract["sha256"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         atomic_write(tmp / CONTRACT_NAME, json.dumps(contract, indent=2) + "\n")
-        atomic_write(tmp / "README.md", model_card(contract))
-        replace_dir(tmp, out)  # an earlier one (checked above) is set aside, then removed
+        # checked again now, after minutes of work: a folder that appeared or changed at OUT is never replaced
+        replace_dir(tmp, out, check=lambda o: check_export_target(o, overwrite))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

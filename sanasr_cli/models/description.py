@@ -100,6 +100,7 @@ class ModelDescription:
     @classmethod
     def load(cls, folder: str | Path) -> ModelDescription:
         from sanasr_cli.models.folder_check import MAX_CONFIG_BYTES, describe_file_kind
+        from sanasr_cli.safe_files import note_inputs
 
         path = Path(folder) / DESCRIPTION_FILE
         kind = describe_file_kind(path)
@@ -107,8 +108,12 @@ class ModelDescription:
             raise ModelDirError(f"{folder} is not a model directory: {DESCRIPTION_FILE} not found")
         if kind is not None:  # a FIFO would block, a link to /dev/zero never ends: named, never read
             raise ModelDirError(f"{folder}: {DESCRIPTION_FILE} is {kind}, not a file")
+        real = path.resolve()
+        if Path(folder).resolve() not in real.parents:  # a link out of the folder: never read
+            raise ModelDirError(f"{folder}: '{DESCRIPTION_FILE}' leads outside the model directory (to {real})")
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise ModelDirError(f"{folder}: {DESCRIPTION_FILE} is {path.stat().st_size} bytes, too large to be one")
+        note_inputs(path)
         try:
             desc = cls.from_dict(json.loads(path.read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -17,76 +17,28 @@ Every failure is a ModelDirError (the CLI's exit 2) naming the folder and what i
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import re
-import stat
 from pathlib import Path
 
 from sanasr_cli.errors import ModelDirError
+from sanasr_cli.untrusted import (  # noqa: F401 - the rules every untrusted folder shares, used here and by importers
+    MAX_CONFIG_BYTES,
+    check_finite_number,
+    check_inside,
+    describe_file_kind,
+    read_json_file,
+)
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 WEIGHTS_INDEX = WEIGHTS_NAME + ".index.json"
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
-MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few hundred bytes; anything near this is not one
+MAX_LIST = 256  # entries of one list in a config.json (stages, block types: a handful)
+# memory a config may make the module compute for itself beyond its weights (non-persistent buffers such as a
+# sin-cos position table from `sample_size`): at most the weights' own size, or this for small models
+MIN_BUFFER_ALLOWANCE = 16 << 20
 # config fields where 0 builds an empty (or broken) module: at least 1
 _POSITIVE = re.compile(r"(^num_layers$|heads$|head_dim$|^in_channels$|^out_channels$|^patch_size$|_dim$|channels)")
 _LAYER_FIELD = re.compile(r"layers")
-
-
-def describe_file_kind(path: Path) -> str | None:
-    """What `path` is when it is not a regular file ('a folder', 'a FIFO', 'a device'...), None when it is one.
-    Links are followed (a link to /dev/zero is a device)."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return "missing" if not os.path.islink(path) else "a broken link"
-    except OSError as e:
-        return f"unreadable ({e.strerror})"
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
-
-
-def read_json_file(path: Path, where: str):
-    """A small JSON file from a model folder, parsed; ModelDirError naming what it is when it is not one."""
-    kind = describe_file_kind(path)
-    if kind is not None:
-        raise ModelDirError(f"{where}: {path.name} is {kind}, not a JSON file")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ModelDirError(f"{where}: {path.name} is {path.stat().st_size} bytes, too large for a config")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelDirError(f"{where}: {path.name} is not valid JSON ({e})") from None
-    except RecursionError:
-        raise ModelDirError(f"{where}: {path.name} is nested too deeply to be a config") from None
-
-
-def check_finite_number(value, name: str, where: str, low=None, high=None, low_open=True) -> float:
-    """`value` as a float: a finite number (not a bool) within (low, high]; else ModelDirError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ModelDirError(f"{where}: '{name}' must be a number, not {value!r}")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise ModelDirError(f"{where}: '{name}' must be a finite number, not {value!r}")
-    if low is not None and (number <= low if low_open else number < low):
-        raise ModelDirError(f"{where}: '{name}' must be {'>' if low_open else '>='} {low:g}, not {value!r}")
-    if high is not None and number > high:
-        raise ModelDirError(f"{where}: '{name}' must be at most {high:g}, not {value!r}")
-    return number
 
 
 # ---------------------------------------------------------------- safetensors headers
@@ -172,8 +124,11 @@ def check_config(config: dict, header: dict, where: str) -> None:
             for k, v in value.items():
                 walk(v, f"{name}.{k}" if name else str(k))
         elif isinstance(value, list):
-            if len(value) > max(tensors, 1):
-                raise ModelDirError(f"{where}: config.json '{name}' has {len(value)} entries for {tensors} tensors")
+            if len(value) > min(max(tensors, 1), MAX_LIST):
+                raise ModelDirError(
+                    f"{where}: config.json '{name}' has {len(value)} entries (at most {MAX_LIST}, and no more than "
+                    f"its weights' {tensors} tensors)"
+                )
             for v in value:
                 walk(v, name)
         elif isinstance(value, bool) or value is None or isinstance(value, str):
@@ -212,19 +167,92 @@ def check_diffusers_folder(cls, folder: Path, where: str) -> dict:
     """Everything about a diffusers model folder that can be known without loading a weight: config.json (see
     `check_config`), the weights' header (floating dtypes), and the meta-built module's keys and shapes against
     it. Returns the config."""
-    import torch
 
     config = read_json_file(folder / "config.json", where)
     header = folder_header(folder, where)
     check_config(config, header, where)
     check_dtypes(header, where)
+    check_layer_cost(cls, config, header, where)
+    module = _meta_build(cls, config, where)
+    compare_with_header({k: tuple(v.shape) for k, v in module.state_dict().items()}, header, where)
+    check_buffers(module, header, where)
+    return config
+
+
+def _meta_build(cls, config: dict, where: str):
+    import torch
+
     try:
         with torch.device("meta"):
-            module = cls.from_config(config)
+            return cls.from_config(config)
     except Exception as e:  # noqa: BLE001 - a config the class refuses (a wrong type, an impossible layout)
         raise ModelDirError(f"{where}: config.json does not build a {cls.__name__} ({_first_line(e)})") from None
-    compare_with_header({k: tuple(v.shape) for k, v in module.state_dict().items()}, header, where)
-    return config
+
+
+def _numel(shapes) -> int:
+    total = 0
+    for shape in shapes:
+        n = 1
+        for d in shape:
+            n *= int(d)
+        total += n
+    return total
+
+
+def check_layer_cost(cls, config: dict, header: dict, where: str) -> None:
+    """Layer counts that promise far more parameters than the weights hold are refused before the module is built
+    whole: padding the weights with thousands of empty tensors lifts `check_config`'s cap on the layer count, and
+    building 20 000 blocks takes minutes even on the meta device. Two small builds (every layer count above 2 set
+    to 1, then to 2) give the parameters one layer adds; the count asked for must not build more than twice what
+    the weights hold (it builds exactly that when they match)."""
+    slots = []  # (key, index in a list or None, value) of every layer count above 2
+    for key, value in config.items():
+        if not _LAYER_FIELD.search(key):
+            continue
+        values = value if isinstance(value, list) else [value]
+        for i, v in enumerate(values):
+            if isinstance(v, int) and not isinstance(v, bool) and v > 2:
+                slots.append((key, i if isinstance(value, list) else None, v))
+    if not slots:
+        return
+
+    def with_counts(n: int) -> dict:
+        small = {k: (list(v) if isinstance(v, list) else v) for k, v in config.items()}
+        for key, i, _ in slots:
+            if i is None:
+                small[key] = n
+            else:
+                small[key][i] = n
+        return small
+
+    one = _numel(t.shape for t in _meta_build(cls, with_counts(1), where).state_dict().values())
+    two = _numel(t.shape for t in _meta_build(cls, with_counts(2), where).state_dict().values())
+    asked = sum(v for _, _, v in slots)
+    predicted = one + (two - one) * (asked - len(slots))
+    held = _numel(shape for shape, _ in header.values())
+    if predicted > 2 * held + 1024:
+        key, _, value = max(slots, key=lambda s: s[2])
+        raise ModelDirError(
+            f"{where}: config.json '{key}' = {value} builds about {predicted} parameters; its weights hold {held}"
+        )
+
+
+def check_buffers(module, header: dict, where: str) -> None:
+    """What the module computes for itself at build time and does not load (non-persistent buffers: a sin-cos
+    position table of `sample_size`^2 x width, e.g.) may not be larger than the weights themselves (or
+    MIN_BUFFER_ALLOWANCE): `sample_size` 2048 would otherwise allocate gigabytes when the folder is loaded."""
+    saved = set(module.state_dict())
+    computed = sum(b.numel() * b.element_size() for name, b in module.named_buffers() if name not in saved)
+    weights = sum(_numel([shape]) * _DTYPE_BYTES.get(dtype, 4) for shape, dtype in header.values())
+    if computed > max(weights, MIN_BUFFER_ALLOWANCE):
+        raise ModelDirError(
+            f"{where}: config.json builds {computed / 2**20:.0f} MiB of tables its weights do not hold (e.g. a "
+            f"position table from 'sample_size' {module.config.get('sample_size', '?')}), more than the "
+            f"{weights / 2**20:.1f} MiB of weights themselves"
+        )
+
+
+_DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 
 
 def load_diffusers_folder(cls, folder: Path, where: str, dtype):
@@ -288,21 +316,6 @@ def check_finite(state: dict, where: str) -> None:
         low, high = torch.aminmax(tensor.detach().reshape(-1))
         if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
             raise ModelDirError(f"{where}: weight '{key}' holds NaN or infinite values")
-
-
-def check_inside(folder: Path, sub: Path, where: str) -> None:
-    """`sub` and every entry in it (files as well as folders, links resolved) lie inside `folder`."""
-    root = Path(folder).resolve()
-    target = Path(sub).resolve()
-    if target != root and root not in target.parents:
-        raise ModelDirError(f"{where}: '{sub.name}' leads outside the model directory (to {target})")
-    if target.is_dir():
-        for entry in Path(sub).iterdir():
-            resolved = entry.resolve()
-            if root not in resolved.parents:
-                raise ModelDirError(
-                    f"{where}: '{sub.name}/{entry.name}' leads outside the model directory (to {resolved})"
-                )
 
 
 def _first_line(e: BaseException) -> str:

@@ -17,29 +17,116 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sanasr_cli.errors import SanaSRError
+from sanasr_cli.errors import ModelDirError, SanaSRError
 from sanasr_cli.export.contract import (
     MODEL_NAME,
+    ORT_MISSING,
     PROMPT_FILE,
     OnnxInputError,
+    OnnxRuntimeMissingError,
     load_contract,
     require_onnxruntime,
 )
 
+# what each graph takes and gives (export/onnx_export.py writes them so); a graph that differs is refused at load
+STAGE_IO = {
+    "encoder": (["image"], ["latent"]),
+    "restorer": (["latent", "prompt_embeds", "prompt_mask"], ["restored_latent"]),
+    "decoder": (["restored_latent"], ["sr"]),
+}
+# operator domains a graph may use: ONNX's own and ONNX Runtime's contrib ops (int8 quantization); a custom domain
+# needs a library sanasr does not load
+ONNX_DOMAINS = ("", "ai.onnx", "com.microsoft")
 
-def make_session(path: Path, threads: int | None = None):
-    """An ONNX Runtime CPU session; threads default to torch's (so both backends get the same cores)."""
+
+def check_graph_file(folder: Path, name: str, inputs: list[str], outputs: list[str], where: str) -> None:
+    """A graph file of an ONNX folder, parsed without its external data and checked before ONNX Runtime opens it:
+    a non-empty ONNX model whose operators come from ONNX_DOMAINS (or the model's own functions), whose external
+    data files are plain names of regular files inside the folder that hold the bytes the graph points at, and
+    whose inputs and outputs are `inputs` / `outputs`. ModelDirError (one line naming the file) otherwise."""
+    from sanasr_cli.untrusted import check_file_inside, first_line
+
+    path = check_file_inside(folder, name, where)
+    if path.stat().st_size == 0:
+        raise ModelDirError(f"{where}: {name} is empty (export the model again)")
+    try:
+        import onnx
+        from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors
+    except ImportError:
+        raise OnnxRuntimeMissingError(ORT_MISSING.replace("onnxruntime", "onnx", 1)) from None
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - DecodeError of random bytes, text, a pickle: one line
+        raise ModelDirError(f"{where}: {name} is not an ONNX model ({first_line(e)})") from None
+    if not model.graph.node:
+        raise ModelDirError(f"{where}: {name} holds no graph (not an ONNX model sanasr exported)")
+    local = {(f.domain, f.name) for f in model.functions}
+    for node in _all_nodes(model):
+        if node.domain not in ONNX_DOMAINS and (node.domain, node.op_type) not in local:
+            raise ModelDirError(
+                f"{where}: {name} uses the operator '{node.op_type}' of the custom domain '{node.domain}' (sanasr runs "
+                "only ONNX's and ONNX Runtime's own operators)"
+            )
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = ExternalDataInfo(tensor)
+        data = check_file_inside(folder, info.location, f"{where}: {name}: external data of '{tensor.name}'")
+        end = (info.offset or 0) + (info.length or 0)
+        if (info.offset or 0) < 0 or end > data.stat().st_size:
+            raise ModelDirError(
+                f"{where}: {name}: external data of '{tensor.name}' points past the end of {info.location}"
+            )
+    initializers = {t.name for t in model.graph.initializer}
+    got_in = [i.name for i in model.graph.input if i.name not in initializers]
+    got_out = [o.name for o in model.graph.output]
+    if got_in != inputs or got_out != outputs:
+        raise ModelDirError(
+            f"{where}: {name} takes {got_in} and gives {got_out}; sanasr's graph takes {inputs} and gives {outputs}"
+        )
+
+
+def _all_nodes(model):
+    """Every node of the graph, of its sub-graphs (If, Loop, Scan) and of the model's functions."""
+
+    def walk(nodes):
+        for node in nodes:
+            yield node
+            for attr in node.attribute:
+                for graph in [attr.g, *attr.graphs] if attr.HasField("g") else attr.graphs:
+                    yield from walk(graph.node)
+
+    yield from walk(model.graph.node)
+    for function in model.functions:
+        yield from walk(function.node)
+
+
+def make_session(path: Path, threads: int | None = None, where: str | None = None):
+    """An ONNX Runtime CPU session; threads default to torch's (so both backends get the same cores). A graph ONNX
+    Runtime refuses (an invalid graph, external data it will not read) is a ModelDirError naming the file."""
+    from sanasr_cli.untrusted import first_line
+
     ort = require_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ORT's own exception classes (Fail, InvalidGraph, ...): one line
+        raise ModelDirError(
+            f"{where or path.parent}: {path.name} cannot be loaded by ONNX Runtime ({first_line(e)})"
+        ) from None
 
 
 def _run(session, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+    from sanasr_cli.untrusted import first_line
+
     arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in feeds.items()}
-    return torch.from_numpy(session.run(None, arrays)[0])
+    try:
+        return torch.from_numpy(session.run(None, arrays)[0])
+    except Exception as e:  # noqa: BLE001 - ORT's own exception classes: a graph that fails on this input
+        raise ModelDirError(f"an ONNX graph failed in ONNX Runtime ({first_line(e)})") from None
 
 
 class OnnxCodec:
@@ -195,11 +282,12 @@ def load_onnx_model(
     from sanasr_cli.prompts.rule import PromptRule
 
     folder = Path(folder).expanduser()
-    contract = load_contract(folder)
+    contract = load_contract(folder)  # the whole folder checked as untrusted input before anything is opened
     require_onnxruntime()
-    stages = {k: make_session(folder / v, threads) for k, v in contract["stages"].items()}
-    with np.load(folder / PROMPT_FILE) as npz:
-        embeds, mask = torch.from_numpy(npz["embeds"]), torch.from_numpy(npz["mask"])
+    for stage, name in contract["stages"].items():
+        check_graph_file(folder, name, *STAGE_IO[stage], str(folder))
+    stages = {k: make_session(folder / v, threads, str(folder)) for k, v in contract["stages"].items()}
+    embeds, mask = load_prompt(folder)
     text = contract["prompt"]["text"]
     rule = PromptRule(
         tagger="none",
@@ -226,6 +314,17 @@ def load_onnx_model(
     )
 
 
+def load_prompt(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """prompt.npz's arrays (their headers already checked by load_contract: shapes, dtypes, no pickle)."""
+    from sanasr_cli.untrusted import first_line
+
+    try:
+        with np.load(folder / PROMPT_FILE, allow_pickle=False) as npz:
+            return torch.from_numpy(npz["embeds"]), torch.from_numpy(npz["mask"])
+    except Exception as e:  # noqa: BLE001 - a file changed since its check: one line
+        raise ModelDirError(f"{folder}: {PROMPT_FILE} cannot be read ({first_line(e)})") from None
+
+
 def run_model_onnx(
     folder: str | Path,
     lq: torch.Tensor,
@@ -245,12 +344,14 @@ def run_model_onnx(
             f"{folder / MODEL_NAME} takes heights and widths that are multiples of {k}, not {h}x{w} (pad the "
             "image, or run it with `sanasr upscale --model FOLDER`, which pads)"
         )
-    session = session or make_session(folder / MODEL_NAME)
+    if session is None:
+        inputs = ["lq", "prompt_embeds", "prompt_mask"] if contract["prompt"]["input"] else ["lq"]
+        check_graph_file(folder, MODEL_NAME, inputs, ["sr"], str(folder))
+        session = make_session(folder / MODEL_NAME, where=str(folder))
     feeds = {"lq": lq.float()}
     if contract["prompt"].get("input"):
         if prompt_embeds is None:
-            with np.load(folder / PROMPT_FILE) as npz:
-                prompt_embeds = torch.from_numpy(npz["embeds"]).repeat(lq.shape[0], 1, 1)
-                prompt_mask = torch.from_numpy(npz["mask"]).repeat(lq.shape[0], 1)
+            embeds, mask = load_prompt(folder)
+            prompt_embeds, prompt_mask = embeds.repeat(lq.shape[0], 1, 1), mask.repeat(lq.shape[0], 1)
         feeds.update(prompt_embeds=prompt_embeds.float(), prompt_mask=prompt_mask.to(torch.int64))
     return _run(session, feeds)

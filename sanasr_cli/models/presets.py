@@ -31,6 +31,7 @@ class Preset:
     max_text_length: int = 300
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    counting_only: bool = False  # random weights at real size: for `sanasr bench`'s counts, not for restoring
 
 
 _DCAE_F32C32_SANA = dict(
@@ -269,6 +270,7 @@ PRESETS: dict[str, Preset] = {
         notes="counting only (random weights): SANA-600M pruned to 16 blocks (0.35B) + distilled-student shapes "
         "of the DC-AE encoder (reads the LQ) and decoder",
         extra={"students": "sana-600m-512"},
+        counting_only=True,
     ),
 }
 

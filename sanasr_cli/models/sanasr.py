@@ -210,8 +210,11 @@ def load_vae_decoder(
         source = str(local) if local is not None and local.is_dir() else DC_AE_LITE_HUB_ID
     else:
         source = str(_decoder_folder(choice))
+    from sanasr_cli.hub import hub_load_mode
+
+    local = hub_load_mode("the DC-AE-Lite decoder", source)
     try:
-        vae = AutoencoderDC.from_pretrained(source, torch_dtype=dtype, use_safetensors=True)
+        vae = AutoencoderDC.from_pretrained(source, torch_dtype=dtype, use_safetensors=True, local_files_only=local)
     except (OSError, ValueError) as e:
         raise MissingWeightsError(
             "vae decoder (DC-AE-Lite)",
@@ -276,7 +279,12 @@ def load_pretrained_base(preset: Preset, source: str, dtype: torch.dtype, need_t
     from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
     from transformers import AutoModel, AutoTokenizer
 
+    from sanasr_cli.hub import hub_load_mode
+
     source = resolve_base_source(source)
+    # a local folder or a cached repo: read from the disk, nothing looked up; else the download is announced
+    # first (offline or in the demo: not tried, MissingWeightsError says what is missing)
+    local = hub_load_mode(f"the weights of '{preset.name}'", source)
 
     transformer = None
     if need_transformer:
@@ -288,18 +296,25 @@ def load_pretrained_base(preset: Preset, source: str, dtype: torch.dtype, need_t
             "transformer",
             torch_dtype=dtype,
             use_safetensors=True,
+            local_files_only=local,
         )
     vae = _from_pretrained(
-        "vae", preset, source, AutoencoderDC.from_pretrained, "vae", torch_dtype=dtype, use_safetensors=True
+        "vae", preset, source, AutoencoderDC.from_pretrained, "vae", torch_dtype=dtype, use_safetensors=True,
+        local_files_only=local,
+    )  # fmt: skip
+    tokenizer = _from_pretrained(
+        "tokenizer", preset, source, AutoTokenizer.from_pretrained, "tokenizer", local_files_only=local
     )
-    tokenizer = _from_pretrained("tokenizer", preset, source, AutoTokenizer.from_pretrained, "tokenizer")
     text_encoder = _from_pretrained(
-        "text_encoder", preset, source, AutoModel.from_pretrained, "text_encoder", dtype=dtype, use_safetensors=True
-    )
+        "text_encoder", preset, source, AutoModel.from_pretrained, "text_encoder", dtype=dtype, use_safetensors=True,
+        local_files_only=local,
+    )  # fmt: skip
     for name, module in (("transformer", transformer), ("vae", vae), ("text_encoder", text_encoder)):
         if module is not None:  # each weight file once, as it is loaded (a NaN would be a black image)
             check_finite(module.state_dict(), f"base '{source}': {name}")
-    sched = _from_pretrained("scheduler", preset, source, FlowMatchEulerDiscreteScheduler.load_config, "scheduler")
+    sched = _from_pretrained(
+        "scheduler", preset, source, FlowMatchEulerDiscreteScheduler.load_config, "scheduler", local_files_only=local
+    )
     shift = sched.get("flow_shift") or sched.get("shift") or preset.flow_shift
     from sanasr_cli.models.folder_check import check_finite_number
 
@@ -344,7 +359,14 @@ def resolve_model(spec: str | Path, base: str | None = None, random_weights: boo
     if spec_str in PRESETS:
         return describe_preset(spec_str, base=base, random_weights=random_weights, seed=seed), None
     path = Path(spec_str).expanduser()
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except (OSError, ValueError) as e:  # a name too long for the file system, a NUL: not a folder either
+        raise ModelDirError(
+            f"'{spec_str[:80]}{'...' if len(spec_str) > 80 else ''}' is neither a preset nor a model directory "
+            f"({getattr(e, 'strerror', None) or e})"
+        ) from None
+    if is_dir:
         return ModelDescription.load(path), path
     raise ModelDirError(
         f"'{spec_str}' is neither a preset ({', '.join([*PRESETS, *SHIPPED_STUDENTS])}) nor a model directory "
@@ -459,13 +481,32 @@ def build_students(
     return tuple(out)
 
 
-def source_prompt_encoder(contract: dict):
+def source_prompt_encoder(contract: dict, base: str | None = None):
     """The PromptEncoder of an ONNX export's source model (a `--prompt-input` export, for prompts other than its
-    default), loaded as the contract records it (preset, nano or a model directory; random weights, seed, base);
-    SanaSRError (one line) when it cannot be loaded here."""
+    default), loaded as the contract records it (a preset or hub id; random weights, seed, base); SanaSRError (one
+    line) when it cannot be loaded here. The contract is untrusted, like a model folder: a source or base that is a
+    local folder is never opened because it names one; a base only when the user names it too (`base`, --base or
+    $SANASR_BASE), a source model folder only through the Python API (`prompt_encoder=`)."""
     from sanasr_cli.errors import SanaSRError
 
     source, options = contract["source_model"], contract.get("source_options", {})
+    need = (
+        "this ONNX model takes prompt embeddings: a prompt other than its default needs the text encoder of its "
+        f"source '{source}'"
+    )
+    if source not in PRESETS and source not in SHIPPED_STUDENTS and _is_local_path(source):
+        raise SanaSRError(
+            f"{need}, a folder outside the ONNX folder, which sanasr does not open because the export names it: load "
+            f"it yourself (load_onnx_model(FOLDER, prompt_encoder=load_model({source!r}).prompts))"
+        )
+    recorded = options.get("base")
+    if recorded and not recorded.startswith(SHIPPED_BASE_PREFIX) and _is_local_path(recorded):
+        named = base or os.environ.get(BASE_ENV_VAR)
+        if not (named and Path(named).expanduser().resolve() == Path(recorded).expanduser().resolve()):
+            raise SanaSRError(
+                f"{need}, whose export names the local base folder '{recorded}', outside the ONNX folder: pass --base "
+                f"{recorded} (or set {BASE_ENV_VAR}) to use it"
+            )
     try:
         model = load_model(
             source, random_weights=bool(options.get("random_weights")), seed=int(options.get("seed") or 0),
@@ -498,9 +539,11 @@ def load_model(
     from sanasr_cli.export.contract import is_onnx_dir
 
     if is_onnx_dir(spec):  # a folder written by `sanasr export`: the ONNX Runtime backend (models/onnx_backend.py)
+        import functools
+
         from sanasr_cli.models.onnx_backend import load_onnx_model
 
-        return load_onnx_model(spec, load_source_encoder=source_prompt_encoder)
+        return load_onnx_model(spec, load_source_encoder=functools.partial(source_prompt_encoder, base=base))
     from diffusers import SanaTransformer2DModel
 
     description, folder = resolve_model(spec, base=base, random_weights=random_weights, seed=seed)
@@ -706,11 +749,21 @@ def save_model_dir(
         desc.save(tmp)
         for name, text in (extra_files or {}).items():
             atomic_write(tmp / name, text)
-        replace_dir(tmp, out)  # an earlier one (checked above) is set aside, then removed
+        # checked again now, after the work: a folder that appeared or changed at OUT meanwhile is never replaced
+        replace_dir(tmp, out, check=lambda o: _still_replaceable(o, overwrite))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _still_replaceable(out: Path, overwrite: bool) -> None:
+    from sanasr_cli.errors import UnsafeOutputError
+    from sanasr_cli.safe_files import check_replaceable_dir
+
+    if os.path.lexists(out) and not overwrite:
+        raise UnsafeOutputError(f"{out} appeared while the model was being written: it is left as it is, not replaced")
+    check_replaceable_dir(out)
 
 
 def _save_base_transformer(transformer, folder: Path) -> None:

@@ -100,8 +100,9 @@ def degrade_files(
                 raise SanaSRError(f"{path}: {e}") from None
             g = torch.Generator(device=device).manual_seed(file_seed(seed, path.stem))
             lq, plans = degrader.degrade(hq[None].to(device), g)
-            write_image(hq_out, hq, before_replace=ledger.recorder(hq_out))
-            write_image(lq_out, lq[0].cpu(), before_replace=ledger.recorder(lq_out))
+            may_replace = None if overwrite else ledger.owns  # asked again at the moment of writing
+            write_image(hq_out, hq, before_replace=ledger.recorder(hq_out), may_replace=may_replace)
+            write_image(lq_out, lq[0].cpu(), before_replace=ledger.recorder(lq_out), may_replace=may_replace)
             rec.hq, rec.lq, rec.hq_size = str(hq_out), str(lq_out), (hq.shape[-1], hq.shape[-2])
             rec.plan, rec.status = plan_summary(plans[0]), "ok"
         except SanaSRError as e:
@@ -126,10 +127,16 @@ def check_not_foreign(out: Path, ledger: OutputLedger, overwrite: bool, source: 
 
 
 def write_manifest(
-    path: Path, degrader: RealESRGANDegrader, seed: int, crop: int | None, records: list[DegradeRecord]
+    path: Path,
+    degrader: RealESRGANDegrader,
+    seed: int,
+    crop: int | None,
+    records: list[DegradeRecord],
+    overwrite: bool = False,
 ) -> None:
     """OUT/degradation.json: the configuration, seed and per-file plans. Written atomically, recorded in the
-    folder's ledger (the caller checks beforehand that a file already there is sanasr's)."""
+    folder's ledger (the caller checks beforehand that a file already there is sanasr's; the ledger is asked again
+    as it is written, so one made during the run is not replaced without `overwrite`: UnsafeOutputError)."""
     body = {
         "scale": degrader.scale,
         "seed": seed,
@@ -138,7 +145,8 @@ def write_manifest(
         "files": [_manifest_row(r, path.parent) for r in records],
     }
     data = json.dumps(body, indent=1, default=_jsonable).encode("utf-8")
-    atomic_write(path, data, before_replace=OutputLedger(path.parent).recorder(path))
+    ledger = OutputLedger(path.parent)
+    atomic_write(path, data, before_replace=ledger.recorder(path), may_replace=None if overwrite else ledger.owns)
 
 
 def _manifest_row(rec: DegradeRecord, outdir: Path) -> dict:

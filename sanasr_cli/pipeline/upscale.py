@@ -456,6 +456,9 @@ def _restore_and_write(
         sr, plan = run_with_oom_retry(
             lambda p: restore_x4(model, lq, prompts, p, options.color_fix, options.batch_size), plan
         )
+    # asked again at the moment of writing (the check in upscale_files came before minutes of work): a file that
+    # appeared at an output path meanwhile is the user's, and is replaced only with --overwrite
+    may_replace = None if options.overwrite or ledger is None else ledger.owns
     for i, it in enumerate(batch):
         ow, oh = output_size(w, h, options.scale)
         out = resize_to(sr[i : i + 1], oh, ow)[0].cpu()
@@ -472,13 +475,17 @@ def _restore_and_write(
                 icc_profile=it.info.icc_profile,
                 quality=options.quality,
                 before_replace=ledger.recorder(it.out) if ledger else None,
+                may_replace=may_replace,
             )
             if options.save_prompts:
                 txt = it.out.with_suffix(".txt")
                 data = (", ".join(it.tags) + "\n").encode("utf-8")
-                atomic_write(txt, data, TEMP_MARK, ledger.recorder(txt) if ledger else None)
+                atomic_write(txt, data, TEMP_MARK, ledger.recorder(txt) if ledger else None, may_replace=may_replace)
         except OSError as e:
             it.rec.status, it.rec.error = "failed", f"{it.path}: cannot write ({e.strerror or e})"
+            continue
+        except UnsafeOutputError as e:  # a file that appeared at the output path during the run, or an input
+            it.rec.status, it.rec.error = "failed", f"{it.path}: {e}"
             continue
         except SanaSRError as e:
             it.rec.status, it.rec.error = "failed", str(e)

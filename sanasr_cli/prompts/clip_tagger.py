@@ -127,9 +127,12 @@ class ClipTagger:
             return
         from transformers import CLIPModel, CLIPProcessor
 
+        from sanasr_cli.hub import hub_load_mode
+
+        local = hub_load_mode("the CLIP tagger", self.source)  # a download is announced; offline: never tried
         try:
-            self.processor = CLIPProcessor.from_pretrained(self.source)
-            self.model = CLIPModel.from_pretrained(self.source, use_safetensors=True)
+            self.processor = CLIPProcessor.from_pretrained(self.source, local_files_only=local)
+            self.model = CLIPModel.from_pretrained(self.source, use_safetensors=True, local_files_only=local)
         except (OSError, ValueError) as e:
             raise TaggerUnavailableError(
                 f"CLIP tagger model '{self.source}' could not be loaded: pass --tagger-model with a hub id "
@@ -189,8 +192,11 @@ class ClipTagger:
 
         if self.model is not None:
             return clip_image_macs(self.model.config)
+        from sanasr_cli.hub import hub_load_mode
+
         try:
-            return clip_image_macs(CLIPConfig.from_pretrained(self.source))
+            local = hub_load_mode("the CLIP tagger", self.source)
+            return clip_image_macs(CLIPConfig.from_pretrained(self.source, local_files_only=local))
         except (OSError, ValueError) as e:
             raise TaggerUnavailableError(f"CLIP tagger config '{self.source}' not found ({e})") from None
 

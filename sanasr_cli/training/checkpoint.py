@@ -181,7 +181,10 @@ def save_checkpoint(
     staging = make_temp_dir(run_dir, f".checkpoint-{step}.")
     shutil.rmtree(staging)  # save_model_dir creates it (itself atomically)
     try:
-        save_model_dir(model, staging, description=copy.deepcopy(description), save_transformer=False)
+        # a model with its own transformer (nano, a merged or pruned folder) takes it along: the checkpoint is a
+        # model directory that loads on its own, and may not point at the folder it was trained from
+        own_transformer = description.transformer != "base"
+        save_model_dir(model, staging, description=copy.deepcopy(description), save_transformer=own_transformer)
         if ema is not None:
             with ema.swapped_in():
                 save_adapter(model.transformer, staging / EMA_ADAPTER_DIR)
