@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import sys
 import time
@@ -205,7 +206,10 @@ def output_path_for(
     (or a
     BMP/JPEG input under auto) is written as PNG.
     """
-    rel = image.relative_to(input_root) if input_root.is_dir() else Path(image.name)
+    if input_root.is_dir():  # both absolute, links kept: `photos/a.png` under a resolved `/home/me/photos`
+        rel = Path(os.path.abspath(image)).relative_to(os.path.abspath(input_root))
+    else:
+        rel = Path(image.name)
     if ext == "auto":
         suffix_ext = image.suffix.lower().lstrip(".") or "png"
         if suffix_ext not in WRITE_EXTENSIONS:  # e.g. gif: read, never written
