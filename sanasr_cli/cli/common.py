@@ -97,6 +97,20 @@ def one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+def newest_checkpoint_of_run(spec):
+    """A training run folder (as the docs pass `runs/sr`) -> its newest checkpoint, said in one line; any other
+    model spec (a preset, a model directory) as it is."""
+    from sanasr_cli.models.description import newest_checkpoint
+
+    if spec is None or not isinstance(spec, (str, Path)):
+        return spec
+    found = newest_checkpoint(Path(spec).expanduser())
+    if found is None:
+        return spec
+    console.print(f"{spec} is a training run: using its newest checkpoint, {found}", highlight=False, soft_wrap=True)
+    return type(spec)(found) if isinstance(spec, Path) else str(found)
+
+
 def load_model_or_fail(
     spec: str,
     device: torch.device,
@@ -115,6 +129,7 @@ def load_model_or_fail(
     from sanasr_cli.errors import MissingWeightsError, ModelDirError
     from sanasr_cli.models.sanasr import load_model
 
+    spec = newest_checkpoint_of_run(spec)
     with console.status(status) if status else contextlib.nullcontext():
         try:
             return load_model(
@@ -183,11 +198,13 @@ def one_line_errors(command):
     return guarded
 
 
-def check_model_dir(model_dir: Path) -> None:
-    """Usage errors for a MODEL_DIR that is missing, not a model directory, or lacks its weights."""
+def check_model_dir(model_dir: Path) -> Path:
+    """Usage errors for a MODEL_DIR that is missing, not a model directory, or lacks its weights; returns the
+    model directory (a training run's newest checkpoint for a run folder)."""
     from sanasr_cli.errors import ModelDirError
     from sanasr_cli.models.sanasr import model_dir_problem
 
+    model_dir = newest_checkpoint_of_run(Path(model_dir))
     if not model_dir.is_dir():
         raise fail(f"model directory {model_dir} does not exist", EXIT_USAGE)
     try:
@@ -196,6 +213,7 @@ def check_model_dir(model_dir: Path) -> None:
         problem = str(e)
     if problem:
         raise fail(problem, EXIT_USAGE)
+    return model_dir
 
 
 def check_report_paths(*flags: tuple[str, str | Path | None]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from sanasr_cli.cli import options as opt
-from sanasr_cli.cli.common import EXIT_FAILED, EXIT_USAGE, console, fail, quiet_libraries
+from sanasr_cli.cli.common import EXIT_FAILED, EXIT_USAGE, console, fail, newest_checkpoint_of_run, quiet_libraries
 
 
 def export(
@@ -42,6 +42,8 @@ def export(
     """
     from sanasr_cli.errors import SanaSRError, UnsafeOutputError
     from sanasr_cli.export.onnx_export import QUANTIZATIONS, check_export_target, export_onnx, require_export_tools
+
+    model = newest_checkpoint_of_run(model)  # a training run: its newest checkpoint, said
 
     if quantize not in QUANTIZATIONS:
         raise fail(f"--quantize takes {', '.join(QUANTIZATIONS)}, not '{quantize}'", EXIT_USAGE)

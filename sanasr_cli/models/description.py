@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from sanasr_cli.prompts.rule import PromptRule
 log = logging.getLogger("sanasr")
 
 DESCRIPTION_FILE = "sanasr.json"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")  # RUN/checkpoint-<step>/, each a model directory (`sanasr train`)
 FORMAT = "sanasr-model"
 FORMAT_VERSION = 1
 
@@ -227,3 +229,17 @@ _KINDS = ("encoder", "decoder")
 
 def is_model_dir(path: str | Path) -> bool:
     return (Path(path) / DESCRIPTION_FILE).is_file()
+
+
+def newest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest RUN/checkpoint-<step>/ model directory when `folder` is a training run (a folder with no
+    sanasr.json of its own), else None: commands take a run folder where the docs pass one."""
+    folder = Path(folder)
+    if not folder.is_dir() or is_model_dir(folder):
+        return None
+    steps = []
+    for d in folder.iterdir():
+        m = CHECKPOINT_RE.match(d.name)
+        if m and d.is_dir() and not d.is_symlink() and is_model_dir(d):
+            steps.append((int(m.group(1)), d))
+    return max(steps)[1] if steps else None

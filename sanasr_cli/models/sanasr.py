@@ -18,7 +18,7 @@ import torch
 
 from sanasr_cli.errors import MissingWeightsError, ModelDirError
 from sanasr_cli.models.description import DESCRIPTION_FILE as DESCRIPTION_NAME
-from sanasr_cli.models.description import ModelDescription, is_model_dir
+from sanasr_cli.models.description import ModelDescription, is_model_dir, newest_checkpoint
 from sanasr_cli.models.folder_check import check_finite, load_diffusers_folder
 from sanasr_cli.models.lora import has_adapter, load_adapter, save_adapter
 from sanasr_cli.models.presets import (
@@ -344,11 +344,12 @@ def resolve_model(spec: str | Path, base: str | None = None, random_weights: boo
     if spec_str in PRESETS:
         return describe_preset(spec_str, base=base, random_weights=random_weights, seed=seed), None
     path = Path(spec_str).expanduser()
+    path = newest_checkpoint(path) or path  # a training run: its newest checkpoint
     if path.is_dir():
         return ModelDescription.load(path), path
     raise ModelDirError(
         f"'{spec_str}' is neither a preset ({', '.join([*PRESETS, *SHIPPED_STUDENTS])}) nor a model directory "
-        f"(a folder with sanasr.json, as written by train, merge-lora or prune)"
+        f"(a folder with sanasr.json, as written by train, merge-lora or prune, or a training run)"
     )
 
 

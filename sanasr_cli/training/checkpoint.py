@@ -22,7 +22,6 @@ import io
 import json
 import os
 import random
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -31,9 +30,9 @@ import numpy as np
 import torch
 
 from sanasr_cli.errors import SanaSRError
+from sanasr_cli.models.description import CHECKPOINT_RE
 from sanasr_cli.safe_files import atomic_write, make_temp_dir
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "state.json"
 
 
