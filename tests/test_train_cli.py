@@ -233,7 +233,9 @@ def _free_port() -> int:
 
 def test_two_processes_with_accelerate_launch_on_paired_data(tmp_path):
     """A real 2-process DDP run (gloo on CPU) through `accelerate launch`, on LQ/HQ pairs; then a second
-    launch resumes from checkpoint-1 and must repeat step 2 exactly (per-process RNG states, data shards)."""
+    launch resumes from checkpoint-1 and must repeat step 2 exactly (per-process RNG states, data shards).
+    The first launch is the docs' plain `--multi_gpu` one without ACCELERATE_USE_CPU (issue 35: on a machine
+    without CUDA it ran two independent trainings into one folder, each logging every step)."""
     hq = photo_folder(tmp_path / "pairs_hq", 4, size=(32, 40))
     lq = tmp_path / "pairs_lq"
     lq.mkdir()
@@ -248,7 +250,7 @@ def test_two_processes_with_accelerate_launch_on_paired_data(tmp_path):
         "OMP_NUM_THREADS": "1",
     }
 
-    def launch(*extra):
+    def launch(*extra, cpu_env=True):
         cmd = [
             sys.executable,
             "-m",
@@ -285,11 +287,14 @@ def test_two_processes_with_accelerate_launch_on_paired_data(tmp_path):
             "1",
             *extra,
         ]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        launch_env = (
+            env if cpu_env or torch.cuda.is_available() else {k: v for k, v in env.items() if k != "ACCELERATE_USE_CPU"}
+        )
+        proc = subprocess.run(cmd, env=launch_env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc
 
-    proc = launch()
+    proc = launch(cpu_env=False)
     state = json.loads((run / "checkpoint-2" / "train" / "state.json").read_text())
     assert state["num_processes"] == 2 and sorted(state["rng"]) == ["0", "1"]
     assert (state["epoch"], state["batch_in_epoch"]) == (0, 2)  # 4 pairs = 2 batches of 1 on each process
@@ -416,3 +421,17 @@ def test_protocol_tags_the_hq_or_the_lq_crop(tmp_path, monkeypatch, protocol):
     left, right = bar[:, 0:16].reshape(-1, 3), bar[:, 36:52].reshape(-1, 3)
     marked, plain = (right, left) if protocol == "hq" else (left, right)
     assert torch.allclose(marked, orange.expand_as(marked), atol=0.01) and (plain == 1).all()
+
+
+def test_a_launch_whose_processes_formed_no_group_is_refused():
+    """The guard behind every multi-process run (train, distill, upscale): 2 launched processes in a "group" of 1
+    would each run the whole job; one line that says how to launch on a CPU, a usage error (exit 2)."""
+    from sanasr_cli.errors import LaunchError
+    from sanasr_cli.training.distributed import check_process_group
+
+    check_process_group(2, launched=2)
+    check_process_group(1, launched=1)
+    with pytest.raises(
+        LaunchError, match="launched as 2 processes, but they formed a group of 1.*ACCELERATE_USE_CPU=1"
+    ):
+        check_process_group(1, launched=2)

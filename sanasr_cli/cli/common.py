@@ -171,6 +171,7 @@ def one_line_errors(command):
         from sanasr_cli.errors import (
             DatasetError,
             ImageReadError,
+            LaunchError,
             ModelDirError,
             SanaSRError,
             UnsafeOutputError,
@@ -180,7 +181,7 @@ def one_line_errors(command):
             return command(*args, **kwargs)
         except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort, SystemExit):
             raise
-        except (ModelDirError, DatasetError, ImageReadError, UnsafeOutputError) as e:
+        except (ModelDirError, DatasetError, ImageReadError, UnsafeOutputError, LaunchError) as e:
             raise fail(str(e), EXIT_USAGE) from None
         except SanaSRError as e:
             raise fail(str(e), EXIT_FAILED) from None

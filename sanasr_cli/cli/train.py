@@ -242,7 +242,7 @@ def _validated(config: TrainConfig) -> TrainConfig:
 
 def _run(config: TrainConfig) -> None:
     """training.loop.train with the progress hooks; errors as exit codes."""
-    from sanasr_cli.errors import MissingWeightsError, ModelDirError, SanaSRError
+    from sanasr_cli.errors import LaunchError, MissingWeightsError, ModelDirError, SanaSRError
     from sanasr_cli.training.checkpoint import CheckpointError, CheckpointReadError
     from sanasr_cli.training.config import ConfigError
     from sanasr_cli.training.loop import TrainingDiverged
@@ -253,7 +253,7 @@ def _run(config: TrainConfig) -> None:
     try:
         with progress:
             result = run_training(config, progress.hooks())
-    except (ConfigError, ModelDirError, CheckpointReadError) as e:
+    except (ConfigError, ModelDirError, CheckpointReadError, LaunchError) as e:
         raise fail(str(e), EXIT_USAGE) from None
     except (TrainingDiverged, CheckpointError, MissingWeightsError, SanaSRError) as e:
         raise fail(str(e), EXIT_FAILED) from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -268,16 +267,19 @@ def _refuse_path_conflicts(images, input, output, ext, suffix, max_pixels) -> No
 
 
 def _distributed_state():
-    """accelerate's PartialState when launched with several processes (accelerate launch, torchrun)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    """accelerate's PartialState when launched with several processes (accelerate launch, torchrun); the CPU
+    and the process-group check as `train` has them (training/distributed.py)."""
+    from sanasr_cli.training.distributed import check_process_group, cpu_process_group, launched_processes
+
+    if launched_processes() <= 1:
         return None
-    import torch
     from accelerate import PartialState
 
-    # accelerate 1.15 picks gloo on CPU only when told cpu=True (its `--cpu` launch flag starts one process
-    # without MPI, so CPU-only runs are launched with `--multi_gpu` and land here without CUDA)
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
-    return PartialState(cpu=use_cpu)
+    # accelerate's `--cpu` launch flag starts one process without MPI, so CPU-only runs are launched with
+    # `--multi_gpu` and land here without CUDA: gloo, by cpu=True
+    state = PartialState(cpu=cpu_process_group())
+    check_process_group(state.num_processes)
+    return state
 
 
 def _check_writable(output: Path) -> None:
