@@ -28,11 +28,9 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise typer.BadParameter(
-            f"unknown device '{device}' (use auto, cpu, cuda, cuda:N)", param_hint="--device"
-        ) from None
+        raise fail(f"--device: unknown device '{device}' (use auto, cpu, cuda, cuda:N)", EXIT_USAGE) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise typer.BadParameter("CUDA was asked for but no CUDA GPU is available", param_hint="--device")
+        raise fail(f"--device {device}: no CUDA GPU is available (use --device cpu or auto)", EXIT_USAGE)
     return dev
 
 
@@ -43,7 +41,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if precision not in PRECISIONS:
-        raise typer.BadParameter(f"use one of auto, {', '.join(PRECISIONS)}", param_hint="--precision")
+        raise fail(f"--precision: use one of auto, {', '.join(PRECISIONS)}, not '{precision}'", EXIT_USAGE)
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
