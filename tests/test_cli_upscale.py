@@ -168,3 +168,21 @@ def test_report_summary_shard_and_pixel_limit(image_folder, tmp_path):
     assert result.exit_code == 0, result.output
     statuses = {r["input"].split("/")[-1]: r["status"] for r in json.loads(report.read_text())["records"]}
     assert statuses == {"a.png": "ok", "c.jpg": "skipped"}
+
+
+def test_the_first_suggestion_of_help_runs_as_written(tmp_path, monkeypatch):
+    """Issue 35: `sanasr --help` began with `sanasr upscale examples -o outputs --model tiny`, which fails ("no
+    images found in examples") and shows an untrained model. Its suggestion now runs, from a clone's root."""
+    import re
+    import shlex
+
+    from tests.helpers import REPO_ROOT, run
+
+    text = " ".join(run("--help").output.replace("│", " ").split())
+    suggestion = re.search(r"Start with `sanasr ([^`]+)`", text).group(1)
+    assert "--model nano" in suggestion
+    (tmp_path / "examples").symlink_to(REPO_ROOT / "examples")
+    monkeypatch.chdir(tmp_path)
+    result = run(*shlex.split(suggestion))
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "outputs").glob("*.png"))) == len(list((REPO_ROOT / "examples" / "lq").glob("*.png")))

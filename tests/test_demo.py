@@ -130,3 +130,20 @@ def test_host_beyond_loopback_warns_and_a_busy_port_is_exit_2():
 def test_max_pixels_must_be_positive():
     result = run("demo", "--max-pixels", "0")
     assert result.exit_code == 2 and "--max-pixels must be a number > 0" in one_error_line(result)
+
+
+def test_the_help_names_the_extra_and_the_page_offers_the_models_the_docs_list(tmp_path):
+    """Issue 35: `sanasr demo --help` said `pip install 'sanasr'` (Rich read `[demo]` as markup), and the page
+    offered sana-600m-512-fast (for `bench` only) but not nano-fast, unlike docs/demo.md."""
+    import re
+
+    pytest.importorskip("gradio")
+    from sanasr_cli.demo.app import DemoSettings, build_demo
+    from sanasr_cli.demo.session import PipelineCache
+
+    assert "pip install 'sanasr[demo]'" in run("demo", "--help").output
+    page = build_demo(DemoSettings(model="nano", examples=[]), PipelineCache(device="cpu"), tmp_path)
+    offered = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "model").choices
+    names = [c[0] if isinstance(c, tuple) else c for c in offered]
+    documented = re.search(r"a preset: (.*?), or a model directory", (REPO_ROOT / "docs" / "demo.md").read_text())
+    assert names == re.findall(r"`([^`]+)`", documented.group(1)) == ["nano", "nano-fast", "tiny", "sana-600m-512"]

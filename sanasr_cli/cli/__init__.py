@@ -11,9 +11,11 @@ app = typer.Typer(
     name="sanasr",
     help=(
         "SANA-SR: one-step diffusion super-resolution (x4) with a compact-latent LinearDiT.\n\n"
-        "Start with `sanasr upscale examples -o outputs --model tiny` (offline demo, untrained weights), "
-        "or `--model sana-600m-512` for the real SANA-600M base."
+        "Start with `sanasr upscale examples/lq -o outputs --model nano` (in a clone: the bundled photos, "
+        "offline on a CPU). Offline models: nano, nano-fast (shipped), tiny (untrained, for tests); the default "
+        "sana-600m-512 needs its weights from the Hugging Face hub or --base."
     ),
+    rich_markup_mode="rich",  # the same on every typer version: a help text writes `\[` for a `[`
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -64,11 +64,11 @@ def theme(gr):
 def build_demo(settings: DemoSettings, cache: PipelineCache, out_dir: Path):
     """The page as a gr.Blocks (not launched; `serve` launches it)."""
     gr = import_gradio()
-    from sanasr_cli.models.presets import PRESETS
+    from sanasr_cli.models.presets import MODEL_NAMES
     from sanasr_cli.pipeline.color import COLOR_FIXES
     from sanasr_cli.prompts.taggers import TAGGERS
 
-    models = list(dict.fromkeys([settings.model, *PRESETS]))
+    models = list(dict.fromkeys([settings.model, *MODEL_NAMES]))
     taggers = [MODEL_RULE, *(t for t in sorted(TAGGERS) if t != "file")]  # an upload has no <image>.txt beside it
     limit = f"{settings.max_pixels / 1e6:.3g} MP"
     with gr.Blocks(title="sanasr demo", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
