@@ -186,3 +186,24 @@ def test_the_first_suggestion_of_help_runs_as_written(tmp_path, monkeypatch):
     result = run(*shlex.split(suggestion))
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "outputs").glob("*.png"))) == len(list((REPO_ROOT / "examples" / "lq").glob("*.png")))
+
+
+def test_an_output_named_like_an_image_is_refused_and_ignored_files_are_named(tmp_path):
+    """Issue 35: `-o cat_big.png` quietly made a folder of that name; "(each listed in the report with why)" was
+    printed when no --report was asked."""
+    from tests.helpers import REPO_ROOT, one_error_line, run, snapshot
+
+    cat = REPO_ROOT / "examples" / "lq" / "cat.png"
+    before = snapshot(tmp_path)
+    result = run("upscale", cat, "-o", tmp_path / "cat_big.png", "--model", "tiny")
+    assert result.exit_code == 2 and "names an image file" in one_error_line(result), result.output
+    assert "out/cat.png" in result.output and snapshot(tmp_path) == before  # nothing made
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.open(cat).save(folder / "cat.png")
+    (folder / "cat.txt").write_text("cat")
+    (folder / "notes.md").write_text("mine")
+    result = run("upscale", folder, "-o", tmp_path / "out", "--model", "tiny")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "ignored 2 file(s) that are not images: cat.txt, notes.md (--report lists each with why)" in text
