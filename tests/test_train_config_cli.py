@@ -93,3 +93,21 @@ def test_a_bad_config_or_no_output_is_one_line_exit_2(tmp_path, captured):
         assert len(lines) == 1 and expected in lines[0], (args, result.output)
         assert "Traceback" not in result.output
     assert captured == []
+
+
+def test_resume_latest_as_documented_continues_the_run_without_repeating_its_flags(tmp_path):
+    """Issue 35: docs/train.md's `sanasr train --hq photos -o runs/sr --resume latest` failed unless every flag
+    of the first command was repeated (or --config RUN/train_config.json given): the run's own config is used."""
+    hq = photo_folder(tmp_path / "photos", 2)
+    run = tmp_path / "runs" / "sr"
+    common = ["train", "--hq", str(hq), "-o", str(run)]
+    first = runner.invoke(
+        app, [*common, *TINY_TRAIN, "--max-steps", "1", "--save-every", "1", "--validation-images", "0"]
+    )
+    assert first.exit_code == 0, first.output
+    resumed = runner.invoke(app, [*common, "--resume", "latest", "--max-steps", "2"])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"the run's settings from {run / 'train_config.json'}" in " ".join(resumed.output.split())
+    assert (run / "checkpoint-2" / "sanasr.json").is_file()
+    config = json.loads((run / "train_config.json").read_text())
+    assert config["model"] == "tiny" and config["lora_rank"] == 4 and config["max_steps"] == 2

@@ -196,6 +196,7 @@ def build_config(ctx, config_file, flags: dict, hq, pairs, prompt_flags, no_chi)
     from sanasr_cli.models.sanasr import resolve_model
     from sanasr_cli.prompts.rule import PromptRule
 
+    config_file = config_file or _resumed_run_config(flags)
     config = _load_config(config_file) if config_file is not None else TrainConfig()
     for name, value in flags.items():
         if config_file is None or _given(ctx, name):
@@ -220,6 +221,23 @@ def build_config(ctx, config_file, flags: dict, hq, pairs, prompt_flags, no_chi)
         rule.complex_human_instruction = False
     config.prompt_rule = rule.to_dict()
     return _validated(config)
+
+
+def _resumed_run_config(flags: dict) -> Path | None:
+    """`--resume` into a run folder that holds its train_config.json: that file, as if given with --config (the
+    docs' `sanasr train --hq photos -o runs/sr --resume latest` continues the run as it was started, without
+    repeating its flags; flags given still override it)."""
+    from sanasr_cli.training.config import CONFIG_FILE
+
+    if not flags.get("resume") or flags.get("output") is None:
+        return None
+    saved = Path(flags["output"]) / CONFIG_FILE
+    if not saved.is_file():
+        return None
+    console.print(
+        f"--resume: the run's settings from {saved} (flags given override them)", highlight=False, soft_wrap=True
+    )
+    return saved
 
 
 def _load_config(path: Path) -> TrainConfig:
