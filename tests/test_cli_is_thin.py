@@ -66,3 +66,40 @@ def test_help_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_help_and_an_upscale_import_neither_peft_nor_bitsandbytes(tmp_path):
+    """Issue 35: the upscale path imported peft (through diffusers, which imports it whenever it is installed) and
+    peft imported bitsandbytes (a dependency of pyiqa), which on a CPU asks the hub for a kernel and prints lines
+    on stderr: seconds of start-up before the first output. A model without an adapter (nano) needs neither; an
+    adapter still loads (tests/test_merge.py, tests/test_train_cli.py)."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tests.helpers import make_photo_like
+
+    Image.fromarray(make_photo_like(8, 8)).save(tmp_path / "one.png")
+    code = (  # what `python -m sanasr_cli ARGS` runs (the console script runs the same main)
+        "import sys\n"
+        "from sanasr_cli.cli import main\n"
+        "sys.argv = ['sanasr', *sys.argv[1:]]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "loaded = sorted(m for m in ('peft', 'bitsandbytes', 'torch') if sys.modules.get(m) is not None)\n"
+        "print('LOADED', ','.join(loaded))\n"
+    )
+    runs = {
+        "help": ["--help"],
+        "upscale": ["upscale", str(tmp_path / "one.png"), "-o", str(tmp_path / "out"), "--model", "nano"],
+    }
+    for name, args in runs.items():
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO_ROOT)
+        assert out.returncode == 0, out.stderr[-2000:]
+        loaded = out.stdout.split("LOADED", 1)[1].strip()
+        assert loaded == ("" if name == "help" else "torch"), (name, loaded)  # torch: the upscale really ran
+        assert "bitsandbytes" not in out.stderr and "gemm_4bit" not in out.stderr, out.stderr
+    assert (tmp_path / "out" / "one.png").is_file()

@@ -51,4 +51,26 @@ demo.register(app)
 
 
 def main() -> None:
+    """The `sanasr` process (console script, `python -m sanasr_cli`): one command, whose model is known here."""
+    import sys
+
+    from sanasr_cli.cli.common import skip_peft_unless_an_adapter
+
+    skip_peft_unless_an_adapter(_the_one_model(sys.argv[1:]))
     app()
+
+
+def _the_one_model(args: list[str]) -> str | None:
+    """The model of `upscale` / `eval --model` (None: another command, several models, or arguments that do not
+    parse, which the command itself then reports). Parsed by click, as the command will parse them."""
+    if not args or args[0] not in ("upscale", "eval"):
+        return None
+    from typer.main import get_command
+
+    command = get_command(app).commands[args[0]]
+    try:
+        opts, _, _ = command.make_parser(typer.Context(command)).parse_args(list(args[1:]))
+    except Exception:  # noqa: BLE001 - a usage error: the command says it in its own words
+        return None
+    model = next(p for p in command.params if p.name == "model")
+    return None if opts.get("rank_checkpoints") else opts.get("model", model.default)

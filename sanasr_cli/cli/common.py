@@ -109,6 +109,22 @@ def newest_checkpoint_of_run(spec):
     return type(spec)(found) if isinstance(spec, Path) else str(found)
 
 
+def skip_peft_unless_an_adapter(model: str | None) -> None:
+    """Called first by a command that loads this one model (upscale, eval --model): when it has no LoRA adapter,
+    peft is marked as not installed for the process (None in sys.modules, as sanasr_cli/__init__ does for
+    bitsandbytes). diffusers imports peft (a second of start-up) whenever it is installed, to wrap adapter layers
+    that such a model does not have. Only before diffusers is first imported, and never for a model with an
+    adapter: the PEFT backend that diffusers sets up at its import then stays as it is."""
+    import sys
+
+    if model is None or "diffusers" in sys.modules or "peft" in sys.modules:
+        return
+    from sanasr_cli.models.description import loads_an_adapter
+
+    if not loads_an_adapter(model):
+        sys.modules["peft"] = None
+
+
 def load_model_or_fail(
     spec: str,
     device: torch.device,

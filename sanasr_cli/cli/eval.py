@@ -154,7 +154,8 @@ def eval_command(
     flags.prompt_flags = (tagger, tagger_weights, tagger_model, tag_vocab, template, tag_cache)
     _check_flags(flags)
     flags.dev = resolve_device(device)
-    quiet_libraries()
+    if sr is None:  # a model runs: diffusers and transformers are loaded (scores alone need neither)
+        quiet_libraries()
     specs, pairs = _pair_and_parse(flags)
     raise typer.Exit(_rank(flags, pairs, specs[0]) if rank_checkpoints is not None else _eval(flags, pairs, specs))
 

@@ -243,3 +243,27 @@ def newest_checkpoint(folder: str | Path) -> Path | None:
         if m and d.is_dir() and not d.is_symlink() and is_model_dir(d):
             steps.append((int(m.group(1)), d))
     return max(steps)[1] if steps else None
+
+
+def loads_an_adapter(spec: str | Path) -> bool:
+    """Whether loading `spec` (what `--model` takes) adds a LoRA adapter, read from sanasr.json alone (nothing
+    heavy is imported): False for the presets, nano, nano-fast, a merged, pruned or distilled model, an ONNX
+    export; True for a training checkpoint, and whenever the answer is unsure (a folder that does not load)."""
+    from sanasr_cli.export.contract import CONTRACT_NAME
+    from sanasr_cli.models.presets import PRESETS, SHIPPED_MODELS, SHIPPED_STUDENTS
+
+    spec = str(spec)
+    spec = SHIPPED_STUDENTS[spec][0] if spec in SHIPPED_STUDENTS else spec
+    if spec in SHIPPED_MODELS:
+        folder = SHIPPED_MODELS[spec]
+    elif spec in PRESETS:
+        return False
+    else:
+        folder = Path(spec).expanduser()
+        folder = newest_checkpoint(folder) or folder
+        if (folder / CONTRACT_NAME).is_file():  # an export: ONNX Runtime, no PyTorch transformer
+            return False
+    try:
+        return bool(ModelDescription.load(folder).adapter)
+    except (ModelDirError, OSError):
+        return True  # the load reports it; nothing decided here
