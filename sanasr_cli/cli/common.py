@@ -56,8 +56,12 @@ def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
 
 def quiet_libraries() -> None:
     """Keep library chatter (progress bars of loaders, advisory warnings) out of the user's terminal."""
+    import warnings
+
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    # diffusers passes huggingface_hub an argument it has deprecated: advice for diffusers, not for the user
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 

@@ -157,6 +157,7 @@ def eval_command(
     if sr is None:  # a model runs: diffusers and transformers are loaded (scores alone need neither)
         quiet_libraries()
     specs, pairs = _pair_and_parse(flags)
+    _say_which_metrics_need_weights(specs)
     raise typer.Exit(_rank(flags, pairs, specs[0]) if rank_checkpoints is not None else _eval(flags, pairs, specs))
 
 
@@ -206,6 +207,15 @@ def _pair_and_parse(f):
     except SanaSRError as e:
         raise fail(str(e), EXIT_USAGE) from None
     return specs, pairs
+
+
+def _say_which_metrics_need_weights(specs) -> None:
+    """One line before anything is built: a metric that needs a download says so, naming what runs offline."""
+    from sanasr_cli.evaluation.run import weights_notice
+
+    notice = weights_notice(specs)
+    if notice:
+        console.print(f"note: {notice}", highlight=False, soft_wrap=True)
 
 
 def _eval(f, pairs, specs) -> int:

@@ -9,7 +9,7 @@ import typer
 from sanasr_cli.cli import options as opt
 from sanasr_cli.cli.common import EXIT_FAILED, EXIT_USAGE, console, fail, quiet_libraries
 from sanasr_cli.cli.prompt_options import TAG_CACHE, TAG_VOCAB, TAGGER, TAGGER_MODEL, TAGGER_WEIGHTS, TEMPLATE
-from sanasr_cli.training.config import TrainConfig
+from sanasr_cli.training.config import TrainConfig, apply_offline_defaults
 
 _DATA = "Data"
 _RUN = "Run"
@@ -201,6 +201,8 @@ def build_config(ctx, config_file, flags: dict, hq, pairs, prompt_flags, no_chi)
     for name, value in flags.items():
         if config_file is None or _given(ctx, name):
             setattr(config, name, value)
+    if config_file is None:  # a shipped model's defaults that train offline (a run's own file keeps its values)
+        _say(apply_offline_defaults(config, {name for name in flags if _given(ctx, name)}))
     if config_file is None or _given(ctx, "hq"):
         config.hq = [p.resolve() for p in hq or []]
     if config_file is None or _given(ctx, "pairs"):
@@ -221,6 +223,11 @@ def build_config(ctx, config_file, flags: dict, hq, pairs, prompt_flags, no_chi)
         rule.complex_human_instruction = False
     config.prompt_rule = rule.to_dict()
     return _validated(config)
+
+
+def _say(note: str | None) -> None:
+    if note:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
 
 
 def _resumed_run_config(flags: dict) -> Path | None:

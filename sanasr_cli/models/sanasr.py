@@ -208,6 +208,8 @@ def load_vae_decoder(
         base = resolve_base_source(description.base_source)
         local = Path(base) / "vae_lite" if base else None
         source = str(local) if local is not None and local.is_dir() else DC_AE_LITE_HUB_ID
+        if source == DC_AE_LITE_HUB_ID:
+            _before_fetching("--vae-decoder lite", source, "config.json")
     else:
         source = str(_decoder_folder(choice))
     try:
@@ -250,17 +252,36 @@ def _how_to_fix(preset: Preset) -> str:
     return (
         f"Download it once where there is network (`hf download {hub}`), then run with network access or "
         f"HF_HUB_OFFLINE=1 (it is then read from the Hugging Face cache), or pass --base /path/to/local/copy "
-        f"(or set {BASE_ENV_VAR}) pointing at a folder with transformer/, vae/, text_encoder/, tokenizer/, scheduler/"
+        f"(or set {BASE_ENV_VAR}) pointing at a folder with transformer/, vae/, text_encoder/, tokenizer/, scheduler/; "
+        "--model nano, nano-fast or tiny need no download"
     )
 
 
 def _looked_in(source: str, subfolder: str) -> str:
     if Path(source).exists():
         return f"{Path(source) / subfolder}"
-    from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
+    from huggingface_hub import constants  # read at the call: sanasr.hub may switch to offline mode at run time
 
-    where = f"the hub repo '{source}' (subfolder '{subfolder}') and the cache {HF_HUB_CACHE}"
-    return where + (" [HF_HUB_OFFLINE is set]" if HF_HUB_OFFLINE else "")
+    where = f"the hub repo '{source}' (subfolder '{subfolder}') and the cache {constants.HF_HUB_CACHE}"
+    return where + (" [offline: HF_HUB_OFFLINE, or the hub cannot be reached]" if constants.HF_HUB_OFFLINE else "")
+
+
+def _before_fetching(what: str, source: str, probe_file: str) -> None:
+    """A local source must exist (`--base /no/such/folder` is refused now, not looked up on the hub); a hub one not
+    in the cache is announced in one line, and a hub that cannot be reached switches to the cache only (a missing
+    file fails at once, not after a minute of retries)."""
+    from sanasr_cli.hub import in_hub_cache, is_local_path, note_download, offline_unless_reachable
+
+    if is_local_path(source):
+        if not Path(source).expanduser().is_dir():
+            raise ModelDirError(
+                f"base folder {source} not found (--base or {BASE_ENV_VAR}: a local copy of the base, with "
+                "transformer/, vae/, text_encoder/, tokenizer/, scheduler/)"
+            )
+        return
+    if not in_hub_cache(source, probe_file):
+        note_download(what, source)
+    offline_unless_reachable()
 
 
 def _from_pretrained(component: str, preset: Preset, source: str, loader, subfolder: str, **kwargs):
@@ -277,6 +298,7 @@ def load_pretrained_base(preset: Preset, source: str, dtype: torch.dtype, need_t
     from transformers import AutoModel, AutoTokenizer
 
     source = resolve_base_source(source)
+    _before_fetching(f"'{preset.name}'", source, "vae/config.json")
 
     transformer = None
     if need_transformer:

@@ -127,6 +127,12 @@ class ClipTagger:
             return
         from transformers import CLIPModel, CLIPProcessor
 
+        from sanasr_cli.hub import in_hub_cache, is_local_path, note_download, offline_unless_reachable
+
+        if not is_local_path(self.source):  # a hub id: said when not cached, quick to fail where there is no network
+            if not in_hub_cache(self.source, "config.json"):
+                note_download(f"the CLIP tagger '{self.source}'", self.source, "--tagger none or file run offline")
+            offline_unless_reachable()
         try:
             self.processor = CLIPProcessor.from_pretrained(self.source)
             self.model = CLIPModel.from_pretrained(self.source, use_safetensors=True)
