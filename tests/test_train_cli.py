@@ -435,3 +435,24 @@ def test_a_launch_whose_processes_formed_no_group_is_refused():
         LaunchError, match="launched as 2 processes, but they formed a group of 1.*ACCELERATE_USE_CPU=1"
     ):
         check_process_group(1, launched=2)
+
+
+def test_a_base_with_its_own_transformer_gives_checkpoints_that_load(tmp_path, fresh_tiny_model):
+    """Issue 35: `sanasr train --model nano` (a model directory with its own transformer/, as any merged or pruned
+    model) wrote checkpoints whose sanasr.json names transformer/ without holding it: `merge-lora runs/sr` (the
+    README's next line) and `upscale --model CKPT` failed. The checkpoint now carries the base's weights."""
+    from sanasr_cli.models.sanasr import load_model, save_model_dir
+
+    with torch.no_grad():
+        fresh_tiny_model.transformer.proj_out.weight.mul_(1.5)  # weights of its own, unlike the tiny preset's
+    base = save_model_dir(fresh_tiny_model, tmp_path / "base", save_transformer=True)
+    hq = photo_folder(tmp_path / "hq", 2)
+    args = [*TINY_TRAIN, "--model", str(base), "--hq", str(hq), "-o", str(tmp_path / "run"), "--max-steps", "1"]
+    result = runner.invoke(app, ["train", *args, "--validation-images", "0"])
+    assert result.exit_code == 0, result.output
+    ckpt = load_model(tmp_path / "run" / "checkpoint-1")
+    got = {k.replace(".base_layer", ""): v for k, v in ckpt.transformer.state_dict().items() if "lora_" not in k}
+    want = fresh_tiny_model.transformer.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want), "the checkpoint's base is not the base trained from"
+    merged = runner.invoke(app, ["merge-lora", str(tmp_path / "run"), "-o", str(tmp_path / "merged")])
+    assert merged.exit_code == 0, merged.output

@@ -180,7 +180,10 @@ def save_checkpoint(
     staging = make_temp_dir(run_dir, f".checkpoint-{step}.")
     shutil.rmtree(staging)  # save_model_dir creates it (itself atomically)
     try:
-        save_model_dir(model, staging, description=copy.deepcopy(description), save_transformer=False)
+        # a base with transformer weights of its own (nano, a merged or pruned model) travels with every checkpoint:
+        # its description names `transformer/`, which the checkpoint must hold to load
+        own = description.transformer not in (None, "base")
+        save_model_dir(model, staging, description=copy.deepcopy(description), save_transformer=own)
         if ema is not None:
             with ema.swapped_in():
                 save_adapter(model.transformer, staging / EMA_ADAPTER_DIR)
