@@ -31,14 +31,14 @@ def test_nano_trains_offline_with_its_own_crop_and_no_lpips_when_vgg_is_absent(t
     hq = photo_folder(tmp_path / "photos", 2)
     result = runner.invoke(app, ["train", "--hq", str(hq), "-o", str(tmp_path / "run"), "--model", "nano"])
     assert result.exit_code == 0, result.output
-    assert (captured[-1].crop, captured[-1].lambda_perceptual) == (128, 0.0)
+    assert (captured[-1].crop, captured[-1].batch_size, captured[-1].lambda_perceptual) == (128, 2, 0.0)
     line = " ".join(result.output.split())
-    assert "--model nano trains offline with --crop 128 (its own), --lambda-perceptual 0 (LPIPS needs" in line
+    assert "--model nano trains offline with --crop 128, --batch-size 2, --lambda-perceptual 0 (LPIPS needs" in line
     # flags given win, and the paper's model keeps the paper's defaults (its weights are a download anyway)
-    given = ["--crop", "256", "--lambda-perceptual", "2"]
+    given = ["--crop", "256", "--batch-size", "4", "--lambda-perceptual", "2"]
     result = runner.invoke(app, ["train", "--hq", str(hq), "-o", str(tmp_path / "r2"), "--model", "nano", *given])
     assert result.exit_code == 0 and "trains offline" not in result.output, result.output
-    assert (captured[-1].crop, captured[-1].lambda_perceptual) == (256, 2.0)
+    assert (captured[-1].crop, captured[-1].batch_size, captured[-1].lambda_perceptual) == (256, 4, 2.0)
     runner.invoke(app, ["train", "--hq", str(hq), "-o", str(tmp_path / "r3"), "--model", "sana-600m-512"])
     assert (captured[-1].crop, captured[-1].lambda_perceptual) == (512, 2.0)
     # with the weights on the machine, LPIPS stays on

@@ -137,8 +137,9 @@ class ClipTagger:
             self.processor = CLIPProcessor.from_pretrained(self.source)
             self.model = CLIPModel.from_pretrained(self.source, use_safetensors=True)
         except (OSError, ValueError) as e:
+            where = "" if is_local_path(self.source) else " from the Hugging Face hub or its cache"
             raise TaggerUnavailableError(
-                f"CLIP tagger model '{self.source}' could not be loaded: pass --tagger-model with a hub id "
+                f"CLIP tagger model '{self.source}' could not be loaded{where}: pass --tagger-model with a hub id "
                 "or a local folder holding a transformers CLIP model (config.json, model.safetensors, "
                 "tokenizer files, "
                 f"preprocessor_config.json) (cause: {str(e).splitlines()[0] if str(e) else type(e).__name__})"
