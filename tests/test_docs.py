@@ -1,7 +1,8 @@
 """The documentation cannot drift from the code: every relative link in README.md, CONTRIBUTING.md and docs/
 resolves (files and #anchors), every fenced `sanasr ...` command parses against the real Typer app (the
-subcommand exists, every option is one of its click parameters, option values and positional arguments fit;
-nothing runs, no --help), and every Python block of docs/python-api.md runs as written."""
+subcommand exists, every option is one of its click parameters, option values and positional arguments fit), and
+every example runs as written: each command and Python block of README.md and docs/, or, where it cannot run on
+an offline CPU, its line says what it needs (docs/testing.md, "The docs' examples run as written")."""
 
 from __future__ import annotations
 
