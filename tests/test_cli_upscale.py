@@ -62,21 +62,15 @@ def test_usage_errors_exit_2(image_folder, tmp_path):
 
 
 def test_missing_weights_is_one_clear_line(image_folder, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "upscale",
-            str(image_folder),
-            "-o",
-            str(tmp_path / "o"),
-            "--model",
-            "sana-600m-512",
-            "--base",
-            str(tmp_path / "nowhere"),
-        ],
-    )
+    """A --base folder without the weights: one line naming the component (exit 1); a --base folder that is not
+    there at all: "not found", a usage error (exit 2), never looked up on the hub (issue 35)."""
+    (tmp_path / "empty").mkdir()
+    args = ["upscale", str(image_folder), "-o", str(tmp_path / "o"), "--model", "sana-600m-512", "--base"]
+    result = runner.invoke(app, [*args, str(tmp_path / "empty")])
     assert result.exit_code == 1
     assert "missing weights for 'transformer'" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, [*args, str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and f"base folder {tmp_path / 'nowhere'} not found" in " ".join(result.output.split())
 
 
 def test_help_lists_only_working_commands():
