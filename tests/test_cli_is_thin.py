@@ -103,3 +103,27 @@ def test_help_and_an_upscale_import_neither_peft_nor_bitsandbytes(tmp_path):
         assert loaded == ("" if name == "help" else "torch"), (name, loaded)  # torch: the upscale really ran
         assert "bitsandbytes" not in out.stderr and "gemm_4bit" not in out.stderr, out.stderr
     assert (tmp_path / "out" / "one.png").is_file()
+
+
+def test_which_models_load_an_adapter_is_read_from_sanasr_json_alone(tmp_path):
+    """The `sanasr` process leaves peft out only for a model that loads no adapter: read from its sanasr.json
+    (a run folder's newest checkpoint, an export's source model), True whenever unsure."""
+    import json
+
+    from sanasr_cli.models.description import loads_an_adapter
+
+    def describe(folder, **fields):
+        folder.mkdir(parents=True)
+        (folder / "sanasr.json").write_text(json.dumps({"format": "sanasr-model", "version": 1, **fields}))
+        return folder
+
+    merged = describe(tmp_path / "merged", base_preset="tiny", random_seed=0)
+    ckpt = describe(tmp_path / "run" / "checkpoint-3", base_preset="tiny", random_seed=0, adapter="adapter")
+    export = tmp_path / "export"
+    export.mkdir()
+    contract = {"format": "sanasr-onnx", "version": 1, "stages": {}, "source_model": str(ckpt)}
+    (export / "sanasr-onnx.json").write_text(json.dumps(contract))
+    (export / "prompt.npz").write_bytes(b"")
+    assert [loads_an_adapter(m) for m in ("nano", "nano-fast", "tiny", "sana-600m-512", merged)] == [False] * 5
+    assert loads_an_adapter(ckpt) and loads_an_adapter(tmp_path / "run") and loads_an_adapter(export)
+    assert loads_an_adapter(tmp_path / "missing")

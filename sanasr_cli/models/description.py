@@ -248,8 +248,9 @@ def newest_checkpoint(folder: str | Path) -> Path | None:
 def loads_an_adapter(spec: str | Path) -> bool:
     """Whether loading `spec` (what `--model` takes) adds a LoRA adapter, read from sanasr.json alone (nothing
     heavy is imported): False for the presets, nano, nano-fast, a merged, pruned or distilled model, an ONNX
-    export; True for a training checkpoint, and whenever the answer is unsure (a folder that does not load)."""
-    from sanasr_cli.export.contract import CONTRACT_NAME
+    export of one of these; True for a training checkpoint (or an export of one: its source model is loaded for a
+    prompt of its own), and whenever the answer is unsure (a folder that does not load)."""
+    from sanasr_cli.export.contract import CONTRACT_NAME, is_onnx_dir, load_contract
     from sanasr_cli.models.presets import PRESETS, SHIPPED_MODELS, SHIPPED_STUDENTS
 
     spec = str(spec)
@@ -261,8 +262,12 @@ def loads_an_adapter(spec: str | Path) -> bool:
     else:
         folder = Path(spec).expanduser()
         folder = newest_checkpoint(folder) or folder
-        if (folder / CONTRACT_NAME).is_file():  # an export: ONNX Runtime, no PyTorch transformer
-            return False
+        if (folder / CONTRACT_NAME).is_file():  # an export: its source model is loaded for a prompt of its own
+            try:
+                source = load_contract(folder).get("source_model")
+            except ModelDirError:
+                return True
+            return not isinstance(source, str) or is_onnx_dir(source) or loads_an_adapter(source)
     try:
         return bool(ModelDescription.load(folder).adapter)
     except (ModelDirError, OSError):
