@@ -18,11 +18,16 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import importlib as _importlib
-import logging as _logging
+import sys as _sys
 from typing import TYPE_CHECKING
 
-# bitsandbytes (pulled in by pyiqa) warns at import about an optional CPU kernel package; it is irrelevant here.
-_logging.getLogger("bitsandbytes").setLevel(_logging.ERROR)
+# bitsandbytes (a dependency of pyiqa) is never used by sanasr: no layer is quantized. diffusers, peft and transformers
+# import it whenever it is installed (they ask importlib.util.find_spec), which costs seconds and, on a CPU, a hub
+# lookup for a kernel and stray stderr lines. A None in sys.modules is Python's "not installed" (find_spec returns
+# None, an import raises ImportError), so for this process they skip it. A program that uses bitsandbytes itself
+# imports it before sanasr_cli (then it is left as it is; docs/python-api.md).
+if "bitsandbytes" not in _sys.modules:
+    _sys.modules["bitsandbytes"] = None
 
 # Exported lazily: importing torch and diffusers takes seconds, and `sanasr --help` must not pay for it.
 _LAZY = {

@@ -17,6 +17,11 @@ class MissingWeightsError(SanaSRError):
         super().__init__(msg)
 
 
+class LaunchError(SanaSRError):
+    """A launch of several processes is unusable: they did not form one process group, so each would run the
+    whole job alone (a usage error, exit 2)."""
+
+
 class ModelDirError(SanaSRError):
     """A model directory is missing, incomplete or of an unknown format."""
 

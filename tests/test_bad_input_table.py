@@ -124,6 +124,30 @@ def test_bad_input_is_one_line_with_the_documented_exit_code(tmp_path, args, cod
     assert snapshot(tmp_path) == before  # nothing written, replaced or deleted
 
 
+CUDA_ROWS = [
+    [*UP, "--device", "cuda"],
+    ["eval", "--model", "tiny", "--lq", "{t}/in", "--hr", "{t}/in", "--save-dir", "{t}/e", "--device", "cuda"],
+    ["bench", "--model", "tiny", "--device", "cuda"],
+    ["degrade", "{t}/in", "-o", "{t}/d", "--device", "cuda"],
+    ["demo", "--model", "tiny", "--device", "cuda"],
+    ["prune", "tiny", "-o", "{t}/p", "--budget", "60K", "--strategy", "tail", "--device", "cuda"],
+    ["distill", "encoder", "tiny", "-o", "{t}/d", "--hq", "{t}/in", "--device", "cuda"],
+]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a CUDA GPU")
+@pytest.mark.parametrize("args", CUDA_ROWS, ids=[r[0] for r in CUDA_ROWS])
+def test_device_cuda_without_a_gpu_is_one_usage_line(tmp_path, args):
+    """Issue 35: upscale, eval, bench, degrade and demo said "unexpected BadParameter ... (this is a bug)", exit 1."""
+    _tree(tmp_path)
+    before = snapshot(tmp_path)
+    result = run(*[a.format(t=tmp_path) for a in args])
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result)
+    assert "--device" in line and "no CUDA GPU" in line and "bug" not in line, result.output
+    assert snapshot(tmp_path) == before
+
+
 # ---------------------------------------------------------------- train --resume from a damaged checkpoint
 
 TRAIN = [*TINY_TRAIN, "--validation-images", "0"]

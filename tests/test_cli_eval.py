@@ -481,3 +481,18 @@ def test_rank_checkpoints_with_one_broken_checkpoint_ranks_the_others(three_chec
     assert broken["rank"] is None and broken["score"] is None and words in broken["error"], broken
     failed_lines = [ln for ln in result.output.splitlines() if ln.startswith("failed: checkpoint-2")]
     assert len(failed_lines) == 1, result.output
+
+
+def test_relative_folders_work_as_the_docs_write_them(three_checkpoints, tmp_path, monkeypatch):
+    """Issue 35: `eval --lq photos/ ...` and `--rank-checkpoints runs/x --lq pairs/lq` with paths relative to the
+    working folder (as every docs example writes them) crashed with "is not in the subpath" (a bug)."""
+    shutil.copytree(three_checkpoints, tmp_path / "w")
+    monkeypatch.chdir(tmp_path / "w")
+    common = ["--lq", "lq/", "--hr", "hr/", "--device", "cpu", "--tag-cache", "off"]
+    one = runner.invoke(app, ["eval", "--model", "tiny", *common, "--save-dir", "out_eval/", "--metrics", "psnr"])
+    assert one.exit_code == 0 and "bug in sanasr" not in one.output, one.output
+    assert [p.name for p in (tmp_path / "w" / "out_eval").glob("*.png")] == [HQ[1].name]
+    ranked = runner.invoke(app, ["eval", "--rank-checkpoints", "run", *common, "--metric", "psnr", "--json", "r.json"])
+    assert ranked.exit_code == 0, ranked.output
+    ranking = json.loads((tmp_path / "w" / "r.json").read_text())["ranking"]
+    assert sorted(r["step"] for r in ranking) == [1, 2, 3] and all(r["error"] is None for r in ranking), ranking

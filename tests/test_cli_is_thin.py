@@ -66,3 +66,64 @@ def test_help_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_help_and_an_upscale_import_neither_peft_nor_bitsandbytes(tmp_path):
+    """Issue 35: the upscale path imported peft (through diffusers, which imports it whenever it is installed) and
+    peft imported bitsandbytes (a dependency of pyiqa), which on a CPU asks the hub for a kernel and prints lines
+    on stderr: seconds of start-up before the first output. A model without an adapter (nano) needs neither; an
+    adapter still loads (tests/test_merge.py, tests/test_train_cli.py)."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tests.helpers import make_photo_like
+
+    Image.fromarray(make_photo_like(8, 8)).save(tmp_path / "one.png")
+    code = (  # what `python -m sanasr_cli ARGS` runs (the console script runs the same main)
+        "import sys\n"
+        "from sanasr_cli.cli import main\n"
+        "sys.argv = ['sanasr', *sys.argv[1:]]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "loaded = sorted(m for m in ('peft', 'bitsandbytes', 'torch') if sys.modules.get(m) is not None)\n"
+        "print('LOADED', ','.join(loaded))\n"
+    )
+    runs = {
+        "help": ["--help"],
+        "upscale": ["upscale", str(tmp_path / "one.png"), "-o", str(tmp_path / "out"), "--model", "nano"],
+    }
+    for name, args in runs.items():
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO_ROOT)
+        assert out.returncode == 0, out.stderr[-2000:]
+        loaded = out.stdout.split("LOADED", 1)[1].strip()
+        assert loaded == ("" if name == "help" else "torch"), (name, loaded)  # torch: the upscale really ran
+        assert "bitsandbytes" not in out.stderr and "gemm_4bit" not in out.stderr, out.stderr
+    assert (tmp_path / "out" / "one.png").is_file()
+
+
+def test_which_models_load_an_adapter_is_read_from_sanasr_json_alone(tmp_path):
+    """The `sanasr` process leaves peft out only for a model that loads no adapter: read from its sanasr.json
+    (a run folder's newest checkpoint, an export's source model), True whenever unsure."""
+    import json
+
+    from sanasr_cli.models.description import loads_an_adapter
+
+    def describe(folder, **fields):
+        folder.mkdir(parents=True)
+        (folder / "sanasr.json").write_text(json.dumps({"format": "sanasr-model", "version": 1, **fields}))
+        return folder
+
+    merged = describe(tmp_path / "merged", base_preset="tiny", random_seed=0)
+    ckpt = describe(tmp_path / "run" / "checkpoint-3", base_preset="tiny", random_seed=0, adapter="adapter")
+    export = tmp_path / "export"
+    export.mkdir()
+    contract = {"format": "sanasr-onnx", "version": 1, "stages": {}, "source_model": str(ckpt)}
+    (export / "sanasr-onnx.json").write_text(json.dumps(contract))
+    (export / "prompt.npz").write_bytes(b"")
+    assert [loads_an_adapter(m) for m in ("nano", "nano-fast", "tiny", "sana-600m-512", merged)] == [False] * 5
+    assert loads_an_adapter(ckpt) and loads_an_adapter(tmp_path / "run") and loads_an_adapter(export)
+    assert loads_an_adapter(tmp_path / "missing")

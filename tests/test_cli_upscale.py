@@ -1,5 +1,6 @@
 """`sanasr upscale` through the real CLI (Typer's runner in-process, and once as a subprocess)."""
 
+import os
 import subprocess
 import sys
 
@@ -62,21 +63,15 @@ def test_usage_errors_exit_2(image_folder, tmp_path):
 
 
 def test_missing_weights_is_one_clear_line(image_folder, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "upscale",
-            str(image_folder),
-            "-o",
-            str(tmp_path / "o"),
-            "--model",
-            "sana-600m-512",
-            "--base",
-            str(tmp_path / "nowhere"),
-        ],
-    )
+    """A --base folder without the weights: one line naming the component (exit 1); a --base folder that is not
+    there at all: "not found", a usage error (exit 2), never looked up on the hub (issue 35)."""
+    (tmp_path / "empty").mkdir()
+    args = ["upscale", str(image_folder), "-o", str(tmp_path / "o"), "--model", "sana-600m-512", "--base"]
+    result = runner.invoke(app, [*args, str(tmp_path / "empty")])
     assert result.exit_code == 1
     assert "missing weights for 'transformer'" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, [*args, str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and f"base folder {tmp_path / 'nowhere'} not found" in " ".join(result.output.split())
 
 
 def test_help_lists_only_working_commands():
@@ -184,25 +179,85 @@ def test_nano_with_hf_hub_offline_unset_touches_no_network(image_folder, tmp_pat
     assert network_attempts.read() == [], proc.stderr
 
 
-def test_a_model_that_needs_a_download_says_so_in_one_line_first(monkeypatch, tmp_path):
+def test_a_model_that_needs_a_download_says_so_in_one_line_first(monkeypatch, tmp_path, caplog):
     """Weights not on this machine are announced (one `warning:` line in the CLI, a DownloadNotice from the
-    library) before anything is fetched; local or cached weights, or downloads turned off (HF_HUB_OFFLINE, the
-    demo), are never announced nor looked up."""
+    library) before anything is fetched, naming what runs offline; local or cached weights, or downloads turned off
+    (HF_HUB_OFFLINE, the demo), are never announced nor looked up. Issue 35: where the hub does not answer (one TCP
+    probe, here a hub on this machine that answers, then one that does not), the same line, then local only at once
+    (huggingface_hub's offline mode for the process: no minute of retries), said in one line."""
+    import socket
     import warnings
 
     from huggingface_hub import constants
 
+    from sanasr_cli import hub
     from sanasr_cli.hub import DownloadNotice, downloads_forbidden, hub_load_mode
 
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
-    with pytest.warns(DownloadNotice, match="the weights of 'x': downloading 'org/not-here' from the Hugging Face"):
-        assert hub_load_mode("the weights of 'x'", "org/not-here") is False  # a download follows
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert hub_load_mode("local", str(tmp_path)) is True  # a folder: read from the disk
-        with downloads_forbidden():
-            assert hub_load_mode("the demo", "org/not-here") is True  # local only: fails with its one line
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-        assert hub_load_mode("offline", "org/not-here") is True
+    server = socket.create_server(("127.0.0.1", 0))  # a hub that accepts connections (loopback: the guard allows it)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    hub.hub_reachable.cache_clear()
+    try:
+        notice = "the weights of 'x': downloading 'org/not-here' from the Hugging Face hub.*--model nano, nano-fast"
+        with pytest.warns(DownloadNotice, match=notice):
+            assert hub_load_mode("the weights of 'x'", "org/not-here") is False  # a download follows
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert hub_load_mode("local", str(tmp_path)) is True  # a folder: read from the disk
+            assert hub_load_mode("a path", str(tmp_path / "no" / "such")) is True  # written as a path: not a hub id
+            with downloads_forbidden():
+                assert hub_load_mode("the demo", "org/not-here") is True  # local only: fails with its one line
+            monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+            assert hub_load_mode("offline", "org/not-here") is True
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        server.close()  # the hub no longer answers
+        hub.hub_reachable.cache_clear()
+        with pytest.warns(DownloadNotice, match="the weights of 'y': downloading 'org/not-here'"):
+            assert hub_load_mode("the weights of 'y'", "org/not-here") is True  # local only: fails at once
+        assert constants.HF_HUB_OFFLINE and os.environ["HF_HUB_OFFLINE"] == "1"  # the rest of the process too
+        assert "the Hugging Face hub cannot be reached: only files already in its cache" in caplog.text
+    finally:
+        server.close()
+        hub.hub_reachable.cache_clear()
+
+
+def test_the_first_suggestion_of_help_runs_as_written(tmp_path, monkeypatch):
+    """Issue 35: `sanasr --help` began with `sanasr upscale examples -o outputs --model tiny`, which fails ("no
+    images found in examples") and shows an untrained model. Its suggestion now runs, from a clone's root."""
+    import re
+    import shlex
+
+    from tests.helpers import REPO_ROOT, run
+
+    text = " ".join(run("--help").output.replace("│", " ").split())
+    suggestion = re.search(r"Start with `sanasr ([^`]+)`", text).group(1)
+    assert "--model nano" in suggestion
+    (tmp_path / "examples").symlink_to(REPO_ROOT / "examples")
+    monkeypatch.chdir(tmp_path)
+    result = run(*shlex.split(suggestion))
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "outputs").glob("*.png"))) == len(list((REPO_ROOT / "examples" / "lq").glob("*.png")))
+
+
+def test_an_output_named_like_an_image_is_refused_and_ignored_files_are_named(tmp_path):
+    """Issue 35: `-o cat_big.png` quietly made a folder of that name; "(each listed in the report with why)" was
+    printed when no --report was asked."""
+    from tests.helpers import REPO_ROOT, one_error_line, run, snapshot
+
+    cat = REPO_ROOT / "examples" / "lq" / "cat.png"
+    before = snapshot(tmp_path)
+    result = run("upscale", cat, "-o", tmp_path / "cat_big.png", "--model", "tiny")
+    assert result.exit_code == 2 and "names an image file" in one_error_line(result), result.output
+    assert "out/cat.png" in result.output and snapshot(tmp_path) == before  # nothing made
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.open(cat).save(folder / "cat.png")
+    (folder / "cat.txt").write_text("cat")
+    (folder / "notes.md").write_text("mine")
+    result = run("upscale", folder, "-o", tmp_path / "out", "--model", "tiny")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "ignored 2 file(s) that are not images: cat.txt, notes.md (--report lists each with why)" in text

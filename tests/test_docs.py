@@ -1,7 +1,8 @@
 """The documentation cannot drift from the code: every relative link in README.md, CONTRIBUTING.md and docs/
 resolves (files and #anchors), every fenced `sanasr ...` command parses against the real Typer app (the
-subcommand exists, every option is one of its click parameters, option values and positional arguments fit;
-nothing runs, no --help), and every Python block of docs/python-api.md runs as written."""
+subcommand exists, every option is one of its click parameters, option values and positional arguments fit), and
+every example runs as written: each command and Python block of README.md and docs/, or, where it cannot run on
+an offline CPU, its line says what it needs (docs/testing.md, "The docs' examples run as written")."""
 
 from __future__ import annotations
 
@@ -244,3 +245,170 @@ def test_the_tested_with_tables_state_the_floors_of_pyproject():
     assert full == floors
     readme = floors_in_tested_with_table((REPO_ROOT / "README.md").read_text())
     assert readme and all(full[name] == versions for name, versions in readme.items())
+
+
+# ---------------------------------------------------------------- every example runs as written
+#
+# Every fenced `sanasr ...` command and Python block of README.md and docs/ runs, page by page and in the page's
+# order, in a folder that holds the clone's examples/ and the small inputs the pages name (EXAMPLE_INPUTS; listed
+# in docs/testing.md). A line that cannot run on an offline CPU says on the same line what it needs, one of NEEDS;
+# a line that needs a GPU or hub weights is run too, and must stop at once with one line saying so.
+
+NEEDS = {
+    "gpu": re.compile(r"\bneeds (?:a|\d+|several) GPUs?\b"),
+    "hub": re.compile(r"\bneeds hub weights\b"),
+    "data": re.compile(r"\bneeds (?:your own )?data\b"),
+    "package": re.compile(r"\bneeds SeeSR's ram package\b"),
+    "server": re.compile(r"\bserves until Ctrl-C\b"),
+    "minutes": re.compile(r"\bneeds minutes\b"),  # runs here, too slow for every test run (another test runs it)
+}
+RUN_PAGES = [
+    "README.md",
+    "docs/upscale.md",
+    "docs/models/index.md",
+    "docs/prompts.md",
+    "docs/python-api.md",
+    "docs/export.md",
+    "docs/demo.md",
+    "docs/degradation.md",
+    "docs/train.md",
+    "docs/prune-merge.md",
+    "docs/distill.md",
+    "docs/eval-bench.md",
+]
+# the pages whose commands make an input themselves (README's tour trains runs/sr and degrades into pairs/)
+OWN_INPUTS = {"README.md": {"runs/sr", "pairs"}}
+
+
+def _photo(path: Path, size: int, source: str = "cat", blur: float = 0.0) -> None:
+    from PIL import Image, ImageFilter
+
+    im = Image.open(REPO_ROOT / "examples" / "hq" / f"{source}.png").convert("RGB").resize((size, size))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (im.filter(ImageFilter.GaussianBlur(blur)) if blur else im).save(path)
+
+
+def example_inputs(root: Path, skip: set[str] = frozenset()) -> None:
+    """The inputs the docs' examples name, small (docs/testing.md lists them): photos/ (two 128x128 photos),
+    photo.jpg, huge.tif (160x160), gt/ (their 512x512 references) and results/ (restored 512x512 ones), lq/ and
+    val_lq/ (as photos/), pairs/ and data/calib_pairs/, data/val_pairs/ (LQ 32x32 + HQ 128x128 pairs),
+    my_degradation.json, and runs/sr: a training run of the real SANA-600M (its checkpoint-100000 description:
+    the weights would come from the hub)."""
+    import json
+
+    (root / "examples").symlink_to(REPO_ROOT / "examples")
+    for stem in ("cat", "coffee"):
+        _photo(root / "photos" / f"{stem}.png", 128, stem)
+        _photo(root / "lq" / f"{stem}.png", 128, stem)
+        _photo(root / "val_lq" / f"{stem}.png", 128, stem)
+        _photo(root / "gt" / f"{stem}.png", 512, stem)
+        _photo(root / "results" / f"{stem}.png", 512, stem, blur=1.5)
+        for pairs in ("pairs", "data/calib_pairs", "data/val_pairs"):
+            if pairs not in skip:
+                _photo(root / pairs / "hq" / f"{stem}.png", 128, stem)
+                _photo(root / pairs / "lq" / f"{stem}.png", 32, stem)
+    _photo(root / "photo.jpg", 128, "motorcycle")
+    _photo(root / "huge.tif", 160, "astronaut")
+    (root / "my_degradation.json").write_text(json.dumps({"jpeg_range": [60, 95]}))
+    if "runs/sr" not in skip:
+        ckpt = root / "runs" / "sr" / "checkpoint-100000"
+        ckpt.mkdir(parents=True)
+        description = {"format": "sanasr-model", "version": 1, "base_preset": "sana-600m-512",
+                       "base_source": "Efficient-Large-Model/Sana_600M_512px_diffusers"}  # fmt: skip
+        (ckpt / "sanasr.json").write_text(json.dumps(description))
+
+
+def page_examples(markdown: str) -> list[tuple[str, object, str]]:
+    """The page's examples in order: ("cli", args, line) for each `sanasr ...` command of a fenced block and
+    ("python", code, first line) for each Python block."""
+    steps = []
+    for lang, body in FENCE.findall(markdown):
+        if lang == "python":
+            steps.append(("python", body, body.strip().splitlines()[0]))
+            continue
+        for line in body.replace("\\\n", " ").splitlines():
+            for args in sanasr_commands(f"```\n{line}\n```\n"):
+                steps.append(("cli", args, line))
+    return steps
+
+
+def need_of(line: str) -> str | None:
+    """What the line says it needs (a key of NEEDS), from its trailing comment; None: it runs here."""
+    comment = line.split("#", 1)[1] if "#" in line else ""
+    return next((kind for kind, pattern in NEEDS.items() if pattern.search(comment)), None)
+
+
+def output_of(args: list[str]) -> str | None:
+    """The -o / --output of a command line, as written (a later line may read it)."""
+    for flag in ("-o", "--output"):
+        if flag in args[:-1]:
+            return args[args.index(flag) + 1].rstrip("/")
+    return None
+
+
+def run_example(args: list[str], line: str, unmade: set[str]) -> str | None:
+    """Run one documented command in-process (in the current folder); why it does not hold, or None. `unmade`:
+    the outputs of earlier lines that need what this machine lacks; a line that reads one needs the same."""
+    from tests.helpers import invoke
+
+    need = need_of(line)
+    if need is not None:
+        out = output_of(args)
+        reads = [a for a in args[1:] if a.rstrip("/") != out]
+        unmade.add(out)
+        if any(a.rstrip("/") in unmade or a.split("/")[0] in unmade for a in reads):
+            return None  # it reads what an earlier line could not make here
+    if args[:1] == ["demo"] and need not in ("server", "gpu"):  # it would serve here until the test is killed
+        return "a demo line says it serves until Ctrl-C (or that it needs a GPU, which stops it first)"
+    if need in ("data", "package", "server", "minutes"):
+        return None  # it names what it needs; the command line itself parses (test above)
+    if need == "gpu" and not ("cuda" in args or "accelerate launch" in line):
+        return "says it needs a GPU but asks for none (--device cuda, accelerate launch)"
+    if need == "gpu" and ("accelerate launch" in line or torch_cuda()):
+        return None
+    result = invoke(*args)
+    text = " ".join(result.output.split())
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        return f"raised {type(result.exception).__name__}: {result.exception}"
+    if need is None:
+        return None if result.exit_code == 0 else f"exit {result.exit_code}: {text[-600:]}"
+    if result.exit_code == 0:
+        return f"needs {need} but ran: {text[-600:]}"
+    said = ("no CUDA GPU",) if need == "gpu" else HUB_SAID
+    return None if any(s in text for s in said) else f"needs {need} but does not say so: {text[-600:]}"
+
+
+# what a command that needs hub weights says offline: the base's missing-weights line, the CLIP tagger's, eval's
+# note on the metrics that need downloads
+HUB_SAID = ("Hugging Face", "the hub repo", "a local copy of the base", "need downloaded weights")
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("page", RUN_PAGES)
+def test_every_example_runs_as_written_or_says_what_it_needs(page, tmp_path, monkeypatch):
+    doc = REPO_ROOT / page
+    steps = page_examples(doc.read_text())
+    example_inputs(tmp_path, OWN_INPUTS.get(page, set()))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    problems, unmade = [], set()
+    for kind, body, line in steps:
+        if kind == "python":
+            if need_of(line) is None:
+                exec(compile(body, f"{page}: {line}", "exec"), namespace)  # noqa: S102
+            continue
+        problem = run_example(body, line, unmade)
+        if problem:
+            problems.append(f"{page}: {line.strip()}\n    {problem}")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_page_with_examples_is_run():
+    """A new page with a `sanasr` command or a Python block joins RUN_PAGES (or the docs' commands go untested)."""
+    with_examples = {str(doc.relative_to(REPO_ROOT)) for doc in DOC_FILES if page_examples(doc.read_text())}
+    assert with_examples <= set(RUN_PAGES), with_examples - set(RUN_PAGES)

@@ -94,3 +94,27 @@ def test_cli_merge_lora_and_bad_inputs(adapted_dir, tmp_path):
         f.unlink()
     r = invoke("merge-lora", out, "-o", tmp_path / "x")
     assert r.exit_code == 2 and "no weights" in r.output and "Traceback" not in r.output
+
+
+def test_a_training_run_folder_means_its_newest_checkpoint(adapted_dir, tmp_path, monkeypatch):
+    """Issue 35: `sanasr merge-lora runs/sr -o models/sr-merged --ema` (README) and `prune runs/sr ...`
+    (prune-merge.md) were refused ("not a model directory"): a run folder is its newest checkpoint, said in one
+    line. Steps compare as numbers (10 after 9), a checkpoint without sanasr.json is passed over."""
+    import json
+    import shutil
+
+    run = tmp_path / "runs" / "sr"
+    for step in (9, 10):
+        shutil.copytree(adapted_dir, run / f"checkpoint-{step}")
+    (run / "checkpoint-11").mkdir()  # a save that did not finish: no sanasr.json
+    monkeypatch.chdir(tmp_path)
+    merged = invoke("merge-lora", "runs/sr", "-o", "models/sr-merged", "--ema")
+    assert merged.exit_code == 0, merged.output
+    assert "runs/sr is a training run: using its newest checkpoint, runs/sr/checkpoint-10" in merged.output
+    history = json.loads((tmp_path / "models" / "sr-merged" / "sanasr.json").read_text())["history"]
+    assert history[-1]["input"] == "runs/sr/checkpoint-10" and history[-1]["ema"] is True
+    pruned = invoke("prune", "runs/sr", "-o", "models/sr-tail", "--budget", "75000", "--strategy", "tail")
+    assert pruned.exit_code == 0 and "runs/sr/checkpoint-10" in pruned.output, pruned.output
+    assert load_model("runs/sr").source_dir.resolve() == run / "checkpoint-10"  # the Python API: the same rule
+    empty = invoke("merge-lora", "runs", "-o", "models/x")
+    assert empty.exit_code == 2 and "not a model directory" in empty.output, empty.output

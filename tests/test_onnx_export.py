@@ -28,10 +28,16 @@ TOLERANCE = 1e-4  # max abs error of the fp32 graphs against PyTorch, on [0, 1] 
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory):
-    """The tiny preset (seed 0) exported by the CLI, fp32, default prompt."""
+    """The tiny preset (seed 0) exported by the CLI, fp32, default prompt. The command says each step as it starts
+    (issue 35: a minute or more of silence where no spinner shows, e.g. in a pipe)."""
     out = tmp_path_factory.mktemp("onnx") / "tiny_onnx"
     result = run("export", "tiny", "-o", out)
     assert result.exit_code == 0, result.output
+    steps = [line.split(" s  ", 1)[1] for line in result.output.splitlines() if " s  " in line]
+    assert [s.split(" (")[0] for s in steps] == [
+        "tracing encoder", "tracing restorer", "tracing decoder", "tracing head", "folding constants",
+        "composing model.onnx",
+    ], result.output  # fmt: skip
     return out
 
 

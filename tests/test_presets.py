@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sanasr_cli.errors import MissingWeightsError
+from sanasr_cli.errors import MissingWeightsError, ModelDirError
 from sanasr_cli.models.presets import get_preset
 from sanasr_cli.models.sanasr import build_random_transformer, load_model
 
@@ -45,10 +45,13 @@ def test_tiny_is_deterministic_from_the_seed():
 
 
 def test_missing_local_base_names_component_and_fix(tmp_path):
+    (tmp_path / "empty").mkdir()
     with pytest.raises(MissingWeightsError) as info:
-        load_model("sana-600m-512", base=str(tmp_path / "nowhere"))
+        load_model("sana-600m-512", base=str(tmp_path / "empty"))
     msg = str(info.value)
-    assert "'transformer'" in msg and str(tmp_path / "nowhere") in msg and "--base" in msg
+    assert "'transformer'" in msg and str(tmp_path / "empty") in msg and "--base" in msg
+    with pytest.raises(ModelDirError, match="not found"):  # not there at all: never looked up on the hub
+        load_model("sana-600m-512", base=str(tmp_path / "nowhere"))
 
 
 def test_missing_hub_weights_offline(monkeypatch, tmp_path):

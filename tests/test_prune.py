@@ -402,3 +402,13 @@ def test_cli_calibration_tags_the_image_the_model_was_trained_with(tmp_path, fre
     assert seen and all(p.startswith("blue car, clean") for p in seen), seen
     cal = _report(out)["calibration"]
     assert cal["prompt_source"] == "lq" and cal["protocol"]["t_min"] == 20
+
+
+def test_validate_takes_a_folder_relative_to_the_working_folder(tmp_path, monkeypatch):
+    """Issue 35: `prune ... --validate pairs` (relative, as the docs write it) ran the whole calibration and then
+    died with "is not in the subpath" (a bug)."""
+    _pairs(tmp_path / "pairs", n=1)
+    monkeypatch.chdir(tmp_path)
+    r = invoke("prune", "tiny", "-o", "out", "--budget", THREE_BLOCKS, "--strategy", "tail", "--validate", "pairs")
+    assert r.exit_code in (0, 1) and "bug in sanasr" not in r.output, r.output  # 1: the gate may fail
+    assert _report(tmp_path / "out")["validation"]["pairs"] == 1

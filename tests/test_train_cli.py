@@ -232,7 +232,9 @@ def _free_port() -> int:
 
 def test_two_processes_with_accelerate_launch_on_paired_data(tmp_path):
     """A real 2-process DDP run (gloo on CPU) through `accelerate launch`, on LQ/HQ pairs; then a second
-    launch resumes from checkpoint-1 and must repeat step 2 exactly (per-process RNG states, data shards)."""
+    launch resumes from checkpoint-1 and must repeat step 2 exactly (per-process RNG states, data shards).
+    The first launch is the docs' plain `--multi_gpu` one without ACCELERATE_USE_CPU (issue 35: on a machine
+    without CUDA it ran two independent trainings into one folder, each logging every step)."""
     hq = photo_folder(tmp_path / "pairs_hq", 4, size=(32, 40))
     lq = tmp_path / "pairs_lq"
     lq.mkdir()
@@ -241,7 +243,7 @@ def test_two_processes_with_accelerate_launch_on_paired_data(tmp_path):
     run = tmp_path / "run"
     env = child_env(HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
 
-    def launch(*extra):
+    def launch(*extra, cpu_env=True):
         cmd = [
             sys.executable,
             "-m",
@@ -278,11 +280,14 @@ def test_two_processes_with_accelerate_launch_on_paired_data(tmp_path):
             "1",
             *extra,
         ]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        launch_env = (
+            env if cpu_env or torch.cuda.is_available() else {k: v for k, v in env.items() if k != "ACCELERATE_USE_CPU"}
+        )
+        proc = subprocess.run(cmd, env=launch_env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc
 
-    proc = launch()
+    proc = launch(cpu_env=False)
     state = json.loads((run / "checkpoint-2" / "train" / "state.json").read_text())
     assert state["num_processes"] == 2 and sorted(state["rng"]) == ["0", "1"]
     assert (state["epoch"], state["batch_in_epoch"]) == (0, 2)  # 4 pairs = 2 batches of 1 on each process
@@ -410,13 +415,29 @@ def test_protocol_tags_the_hq_or_the_lq_crop(tmp_path, monkeypatch, protocol):
     assert torch.allclose(marked, orange.expand_as(marked), atol=0.01) and (plain == 1).all()
 
 
+def test_a_launch_whose_processes_formed_no_group_is_refused():
+    """The guard behind every multi-process run (train, distill, upscale): 2 launched processes in a "group" of 1
+    would each run the whole job; one line that says how to launch on a CPU, a usage error (exit 2)."""
+    from sanasr_cli.errors import LaunchError
+    from sanasr_cli.training.distributed import check_process_group
+
+    check_process_group(2, launched=2)
+    check_process_group(1, launched=1)
+    with pytest.raises(
+        LaunchError, match="launched as 2 processes, but they formed a group of 1.*ACCELERATE_USE_CPU=1"
+    ):
+        check_process_group(1, launched=2)
+
+
 @pytest.mark.parametrize("preset", ["tiny", "nano", "nano-fast"])
 def test_every_checkpoint_loads_in_upscale_merge_prune_and_export(preset, hq_dir, image_folder, tmp_path):
     """Issue 34, item 4: `train --model nano` (the README's example) wrote checkpoints that nothing could load
     ("transformer folder 'transformer/' has no config.json": nano's own transformer was recorded, not saved).
     For each shipped preset that trains here, the checkpoint is a model directory of its own: upscale, merge-lora
     and prune run on it, and export loads it (export's loader, the step before minutes of tracing; a whole export
-    of a checkpoint: tests/test_onnx_export.py). SANA-600M needs downloaded weights: not here."""
+    of a checkpoint: tests/test_onnx_export.py). SANA-600M needs downloaded weights: not here. Issue 35 found the
+    same (README: train -> merge-lora): the checkpoint carries the very base it was trained from (its weights, not
+    the adapter merged in)."""
     from sanasr_cli.cli.export import _load
 
     run_dir = tmp_path / "run"
@@ -426,6 +447,13 @@ def test_every_checkpoint_loads_in_upscale_merge_prune_and_export(preset, hq_dir
     assert result.exit_code == 0, result.output
     ckpt = run_dir / "checkpoint-1"
     assert {p.name for p in ckpt.iterdir()} >= {"sanasr.json", "adapter", "train"}
+    from sanasr_cli.models.sanasr import load_model
+
+    if preset != "tiny":  # tiny's base is random weights rebuilt from its seed, nothing to carry
+        loaded = load_model(ckpt).transformer.state_dict()
+        got = {k.replace(".base_layer", ""): v for k, v in loaded.items() if "lora_" not in k}
+        want = load_model(preset).transformer.state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want), "the checkpoint's base is not the base trained from"
     out = tmp_path / "sr"
     result = runner.invoke(app, ["upscale", str(image_folder), "-o", str(out), "--model", str(ckpt)])
     assert result.exit_code == 0, result.output
@@ -433,8 +461,6 @@ def test_every_checkpoint_loads_in_upscale_merge_prune_and_export(preset, hq_dir
     merged = tmp_path / "merged"
     result = runner.invoke(app, ["merge-lora", str(ckpt), "-o", str(merged), "--ema"])
     assert result.exit_code == 0, result.output
-    from sanasr_cli.models.sanasr import load_model
-
     params = sum(p.numel() for p in load_model(merged).transformer.parameters())
     pruned = tmp_path / "pruned"
     budget = str(int(params * 0.9))

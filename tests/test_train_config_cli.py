@@ -11,7 +11,7 @@ import typer.main
 
 from sanasr_cli.cli import app
 from sanasr_cli.cli import train as train_cli
-from sanasr_cli.training.config import TrainConfig
+from sanasr_cli.training.config import TrainConfig, apply_offline_defaults
 from tests.helpers import TINY_TRAIN, photo_folder, runner
 
 TORCH_THREADS = 1
@@ -44,7 +44,9 @@ def test_flags_without_config_give_train_configs_defaults(tmp_path, captured):
     result = runner.invoke(app, ["train", "--hq", str(hq), "-o", str(tmp_path / "run"), "--model", "tiny"])
     assert result.exit_code == 0, result.output
     (config,) = captured
-    got, want = config.to_dict(), TrainConfig(model="tiny").to_dict()
+    want = TrainConfig(model="tiny")
+    apply_offline_defaults(want, set())  # a shipped preset trains offline: no LPIPS where VGG16 is not here
+    got, want = config.to_dict(), want.to_dict()
     for key in want.keys() - {"hq", "output", "prompt_rule"}:
         assert got[key] == want[key], key
     assert config.hq == [hq.resolve()] and config.output == tmp_path / "run" and config.prompt_rule is not None
@@ -93,3 +95,21 @@ def test_a_bad_config_or_no_output_is_one_line_exit_2(tmp_path, captured):
         assert len(lines) == 1 and expected in lines[0], (args, result.output)
         assert "Traceback" not in result.output
     assert captured == []
+
+
+def test_resume_latest_as_documented_continues_the_run_without_repeating_its_flags(tmp_path):
+    """Issue 35: docs/train.md's `sanasr train --hq photos -o runs/sr --resume latest` failed unless every flag
+    of the first command was repeated (or --config RUN/train_config.json given): the run's own config is used."""
+    hq = photo_folder(tmp_path / "photos", 2)
+    run = tmp_path / "runs" / "sr"
+    common = ["train", "--hq", str(hq), "-o", str(run)]
+    first = runner.invoke(
+        app, [*common, *TINY_TRAIN, "--max-steps", "1", "--save-every", "1", "--validation-images", "0"]
+    )
+    assert first.exit_code == 0, first.output
+    resumed = runner.invoke(app, [*common, "--resume", "latest", "--max-steps", "2"])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"the run's settings from {run / 'train_config.json'}" in " ".join(resumed.output.split())
+    assert (run / "checkpoint-2" / "sanasr.json").is_file()
+    config = json.loads((run / "train_config.json").read_text())
+    assert config["model"] == "tiny" and config["lora_rank"] == 4 and config["max_steps"] == 2

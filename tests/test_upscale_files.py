@@ -242,3 +242,20 @@ def test_half_precision_model_gives_float32_images_of_the_right_size():
     sr, plan = upscale_tensor(model, torch.rand(3, 10, 12), "a photo", scale=2, tile=32, return_plan=True)
     assert sr.dtype == torch.float32 and sr.shape == (3, 20, 24) and torch.isfinite(sr).all()
     assert plan.dit_tile == 4  # 40x48 at x4 = 5x6 latents, 32 px = 4-latent tiles
+
+
+def test_a_tiled_image_reports_each_tile(tiny_model, tmp_path):
+    """Issue 35: one large image showed a bar stuck at 0/1 until it was done. upscale_files reports each LinearDiT
+    tile (on_tile(input, done, total)); the CLI moves its bar with it. An untiled image reports nothing."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(make_photo_like(32, 40, 0)).save(folder / "big.png")
+    Image.fromarray(make_photo_like(8, 8, 1)).save(folder / "small.png")
+    seen = []
+    options = UpscaleOptions(tile=64, prompt_rule=PromptRule(tagger="none"))
+    records = upscale_files(
+        tiny_model, sorted(folder.iterdir()), folder, tmp_path / "out", options, on_tile=lambda *a: seen.append(a)
+    )
+    assert [r.status for r in records] == ["ok", "ok"]
+    total = records[0].tile_plan["dit_tiles"]
+    assert total > 1 and seen == [(folder / "big.png", k, total) for k in range(1, total + 1)]

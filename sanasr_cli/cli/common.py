@@ -28,11 +28,9 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise typer.BadParameter(
-            f"unknown device '{device}' (use auto, cpu, cuda, cuda:N)", param_hint="--device"
-        ) from None
+        raise fail(f"--device: unknown device '{device}' (use auto, cpu, cuda, cuda:N)", EXIT_USAGE) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise typer.BadParameter("CUDA was asked for but no CUDA GPU is available", param_hint="--device")
+        raise fail(f"--device {device}: no CUDA GPU is available (use --device cpu or auto)", EXIT_USAGE)
     return dev
 
 
@@ -43,7 +41,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if precision not in PRECISIONS:
-        raise typer.BadParameter(f"use one of auto, {', '.join(PRECISIONS)}", param_hint="--precision")
+        raise fail(f"--precision: use one of auto, {', '.join(PRECISIONS)}, not '{precision}'", EXIT_USAGE)
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
@@ -58,8 +56,12 @@ def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
 
 def quiet_libraries() -> None:
     """Keep library chatter (progress bars of loaders, advisory warnings) out of the user's terminal."""
+    import warnings
+
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    # diffusers passes huggingface_hub an argument it has deprecated: advice for diffusers, not for the user
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
@@ -97,6 +99,36 @@ def one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+def newest_checkpoint_of_run(spec):
+    """A training run folder (as the docs pass `runs/sr`) -> its newest checkpoint, said in one line; any other
+    model spec (a preset, a model directory) as it is."""
+    from sanasr_cli.models.description import newest_checkpoint
+
+    if spec is None or not isinstance(spec, (str, Path)):
+        return spec
+    found = newest_checkpoint(Path(spec).expanduser())
+    if found is None:
+        return spec
+    console.print(f"{spec} is a training run: using its newest checkpoint, {found}", highlight=False, soft_wrap=True)
+    return type(spec)(found) if isinstance(spec, Path) else str(found)
+
+
+def skip_peft_unless_an_adapter(model: str | None) -> None:
+    """Called first by a command that loads this one model (upscale, eval --model): when it has no LoRA adapter,
+    peft is marked as not installed for the process (None in sys.modules, as sanasr_cli/__init__ does for
+    bitsandbytes). diffusers imports peft (a second of start-up) whenever it is installed, to wrap adapter layers
+    that such a model does not have. Only before diffusers is first imported, and never for a model with an
+    adapter: the PEFT backend that diffusers sets up at its import then stays as it is."""
+    import sys
+
+    if model is None or "diffusers" in sys.modules or "peft" in sys.modules:
+        return
+    from sanasr_cli.models.description import loads_an_adapter
+
+    if not loads_an_adapter(model):
+        sys.modules["peft"] = None
+
+
 def load_model_or_fail(
     spec: str,
     device: torch.device,
@@ -115,6 +147,7 @@ def load_model_or_fail(
     from sanasr_cli.errors import MissingWeightsError, ModelDirError
     from sanasr_cli.models.sanasr import load_model
 
+    spec = newest_checkpoint_of_run(spec)
     with console.status(status) if status else contextlib.nullcontext():
         try:
             return load_model(
@@ -156,6 +189,7 @@ def one_line_errors(command):
         from sanasr_cli.errors import (
             DatasetError,
             ImageReadError,
+            LaunchError,
             ModelDirError,
             SanaSRError,
             UnsafeOutputError,
@@ -167,7 +201,7 @@ def one_line_errors(command):
                 return command(*args, **kwargs)
         except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort, SystemExit):
             raise
-        except (ModelDirError, DatasetError, ImageReadError, UnsafeOutputError) as e:
+        except (ModelDirError, DatasetError, ImageReadError, UnsafeOutputError, LaunchError) as e:
             raise fail(str(e), EXIT_USAGE) from None
         except SanaSRError as e:
             raise fail(str(e), EXIT_FAILED) from None
@@ -185,11 +219,13 @@ def one_line_errors(command):
     return guarded
 
 
-def check_model_dir(model_dir: Path) -> None:
-    """Usage errors for a MODEL_DIR that is missing, not a model directory, or lacks its weights."""
+def check_model_dir(model_dir: Path) -> Path:
+    """Usage errors for a MODEL_DIR that is missing, not a model directory, or lacks its weights; returns the
+    model directory (a training run's newest checkpoint for a run folder)."""
     from sanasr_cli.errors import ModelDirError
     from sanasr_cli.models.sanasr import model_dir_problem
 
+    model_dir = newest_checkpoint_of_run(Path(model_dir))
     if not model_dir.is_dir():
         raise fail(f"model directory {model_dir} does not exist", EXIT_USAGE)
     try:
@@ -198,6 +234,7 @@ def check_model_dir(model_dir: Path) -> None:
         problem = str(e)
     if problem:
         raise fail(problem, EXIT_USAGE)
+    return model_dir
 
 
 def check_report_paths(*flags: tuple[str, str | Path | None]) -> None:

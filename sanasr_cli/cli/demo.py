@@ -61,7 +61,7 @@ def demo(
     SANA-SR on a before/after slider, download the PNG. It runs `SanaSRPipeline`, so the page gives the same
     pixels as the Python API.
 
-    Needs Gradio: pip install 'sanasr[demo]'. Stop it with Ctrl-C.
+    Needs Gradio: pip install 'sanasr\\[demo]'. Stop it with Ctrl-C.
 
     Exit code: 0 when stopped with Ctrl-C, 1 when Gradio is missing or the model cannot load (missing
     weights), 2 for usage errors (a bad model directory, a port in use).

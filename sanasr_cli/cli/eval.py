@@ -164,7 +164,8 @@ def eval_command(
     flags.prompt_flags = (tagger, tagger_weights, tagger_model, tag_vocab, template, tag_cache)
     _check_flags(flags)
     flags.dev = resolve_device(device)
-    quiet_libraries()
+    if sr is None:  # a model runs: diffusers and transformers are loaded (scores alone need neither)
+        quiet_libraries()
     specs, pairs = _pair_and_parse(flags)
     raise typer.Exit(_rank(flags, pairs, specs[0]) if rank_checkpoints is not None else _eval(flags, pairs, specs))
 
@@ -216,6 +217,7 @@ def _pair_and_parse(f):
         raise fail(str(e), EXIT_USAGE) from None
     # before any scoring, and after pairing: a report may not be one of the images the run reads either
     check_report_paths(("--json", f.json_out), ("--csv", f.csv_out))
+    _say_which_metrics_need_weights(specs)  # before anything is built
     return specs, pairs
 
 
@@ -233,6 +235,15 @@ def _methods(f) -> list[tuple[str, str, str]]:
         seen.add(label)
         methods.append((label, kind, spec))
     return methods
+
+
+def _say_which_metrics_need_weights(specs) -> None:
+    """One line before anything is built: a metric that needs a download says so, naming what runs offline."""
+    from sanasr_cli.evaluation.run import weights_notice
+
+    notice = weights_notice(specs)
+    if notice:
+        console.print(f"note: {notice}", highlight=False, soft_wrap=True)
 
 
 def _eval(f, pairs, specs) -> int:

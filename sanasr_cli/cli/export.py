@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
 
 from sanasr_cli.cli import options as opt
-from sanasr_cli.cli.common import EXIT_FAILED, EXIT_USAGE, console, fail, quiet_libraries
+from sanasr_cli.cli.common import EXIT_FAILED, EXIT_USAGE, console, fail, newest_checkpoint_of_run, quiet_libraries
 
 
 def export(
@@ -43,6 +44,7 @@ def export(
     from sanasr_cli.errors import SanaSRError, UnsafeOutputError
     from sanasr_cli.export.onnx_export import QUANTIZATIONS, check_export_target, export_onnx, require_export_tools
 
+    model = newest_checkpoint_of_run(model)  # a training run: its newest checkpoint, said
     if quantize not in QUANTIZATIONS:
         raise fail(f"--quantize takes {', '.join(QUANTIZATIONS)}, not '{quantize}'", EXIT_USAGE)
     try:
@@ -56,11 +58,12 @@ def export(
     sr_model = _load(model, base, random_weights, seed, full_vae)
     if not hasattr(sr_model, "transformer"):
         raise fail(f"{model} is already an ONNX export", EXIT_USAGE)
-    with console.status(f"exporting {model} to {output} (each stage traced and translated: minutes) ..."):
-        result = export_onnx(
-            sr_model, output, source=model, prompt=prompt, quantize=quantize, overwrite=overwrite,
-            prompt_input=prompt_input, source_options={"random_weights": random_weights, "seed": seed, "base": base},
-        )  # fmt: skip
+    console.print(f"exporting {model} to {output} (each stage traced and translated: a minute or more)")
+    result = export_onnx(
+        sr_model, output, source=model, prompt=prompt, quantize=quantize, overwrite=overwrite,
+        prompt_input=prompt_input, source_options={"random_weights": random_weights, "seed": seed, "base": base},
+        on_step=_print_steps(),
+    )  # fmt: skip
     files = result.contract["files"]
     console.print(
         f"wrote {output} in {result.seconds:.0f} s: model.onnx {files['model.onnx'] / 2**20:.1f} MiB, "
@@ -68,6 +71,16 @@ def export(
         + ("an input" if prompt_input else f"'{result.contract['prompt']['text']}'"),
         highlight=False,
     )
+
+
+def _print_steps():
+    """export_onnx's on_step: a line per step with the seconds since now, also where no spinner shows (a pipe)."""
+    start = time.perf_counter()
+
+    def on_step(text: str) -> None:
+        console.print(f"  {time.perf_counter() - start:4.0f} s  {text}", highlight=False)
+
+    return on_step
 
 
 def _load(model: str, base, random_weights: bool, seed: int, full_vae: bool):

@@ -19,7 +19,11 @@ from sanasr_cli.cli.common import (
 
 
 def merge_lora(
-    model_dir: Path = typer.Argument(..., help="A model directory with an adapter/ (written by `sanasr train`)."),
+    model_dir: Path = typer.Argument(
+        ...,
+        help="A model directory with an adapter/ (a checkpoint of `sanasr train`), or a training run (its newest "
+        "checkpoint).",
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="The merged model directory to write."),
     ema: bool = typer.Option(False, "--ema", help="Merge the EMA adapter (adapter_ema/) instead of the last weights."),
     scale: float = typer.Option(1.0, "--scale", help="Adapter strength: W + scale * (alpha/r) B A (1 = as trained)."),
@@ -40,7 +44,7 @@ def merge_lora(
         check_merge_scale(scale)  # up front, before any loading
     except ValueError as e:
         raise fail(str(e), EXIT_USAGE) from None
-    check_model_dir(model_dir)
+    model_dir = check_model_dir(model_dir)  # a training run: its newest checkpoint
     check_model_output(output, overwrite, [model_dir])
     quiet_libraries()
     with console.status(f"loading {model_dir} ..."):

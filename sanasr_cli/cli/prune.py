@@ -30,7 +30,9 @@ STRATEGY_HELP = (
     "random: a seeded random order; magnitude: sum of w^2 per block."
 )
 MODEL_DIR = typer.Argument(
-    ..., help="A model directory (from train or merge-lora; an adapter is merged first) or a preset (tiny)."
+    ...,
+    help="A model directory (from train or merge-lora; an adapter is merged first), a training run (its newest "
+    "checkpoint) or a preset (tiny).",
 )
 OUTPUT = typer.Option(..., "-o", "--output", help="The pruned model directory to write.")
 BUDGET = typer.Option(
@@ -113,7 +115,7 @@ def prune(
     from sanasr_cli.pruning.run import PruneGate, PruneJob
     from sanasr_cli.training.losses import LossWeights
 
-    budget_n = _check_inputs(model_dir, output, budget, strategy, calib, validate, overwrite)
+    model_dir, budget_n = _check_inputs(model_dir, output, budget, strategy, calib, validate, overwrite)
     _check_gate(color_fix, validate, protocol, validate_metrics)
     model, dev = _load(model_dir, device, precision, base, seed, full_vae)
     # calibration and validation prompts follow the model's rule (Eq. 12), flags change it with a warning
@@ -130,8 +132,9 @@ def prune(
     raise typer.Exit(_run(model, options, job))
 
 
-def _check_inputs(model_dir, output, budget, strategy, calib, validate, overwrite) -> int:
-    """Every check that needs no model (exit 2 on a bad one); returns the budget in parameters."""
+def _check_inputs(model_dir, output, budget, strategy, calib, validate, overwrite) -> tuple[str, int]:
+    """Every check that needs no model (exit 2 on a bad one); returns the model (a training run's newest
+    checkpoint for a run folder) and the budget in parameters."""
     from sanasr_cli.models.presets import PRESETS
     from sanasr_cli.pruning.budget import parse_budget
     from sanasr_cli.pruning.select import STRATEGIES
@@ -152,10 +155,10 @@ def _check_inputs(model_dir, output, budget, strategy, calib, validate, overwrit
             raise fail(f"calibration folder {folder} does not exist", EXIT_USAGE)
     inputs = [*(calib or []), *([validate] if validate is not None else [])]
     if model_dir not in PRESETS:
-        check_model_dir(Path(model_dir))
+        model_dir = str(check_model_dir(Path(model_dir)))
         inputs.append(Path(model_dir))
     check_model_output(output, overwrite, inputs)
-    return budget_n
+    return model_dir, budget_n
 
 
 def _check_gate(color_fix, validate, protocol, validate_metrics) -> None:

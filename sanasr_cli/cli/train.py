@@ -9,7 +9,7 @@ import typer
 from sanasr_cli.cli import options as opt
 from sanasr_cli.cli.common import EXIT_FAILED, EXIT_USAGE, console, fail, quiet_libraries
 from sanasr_cli.cli.prompt_options import TAG_CACHE, TAG_VOCAB, TAGGER, TAGGER_MODEL, TAGGER_WEIGHTS, TEMPLATE
-from sanasr_cli.training.config import TrainConfig
+from sanasr_cli.training.config import TrainConfig, apply_offline_defaults
 
 _DATA = "Data"
 _RUN = "Run"
@@ -218,10 +218,13 @@ def build_config(ctx, config_file, flags: dict, hq, pairs, prompt_flags, no_chi,
     from sanasr_cli.models.sanasr import resolve_model
     from sanasr_cli.prompts.rule import PromptRule
 
+    config_file = config_file or _resumed_run_config(flags)
     config = _load_config(config_file) if config_file is not None else TrainConfig()
     for name, value in flags.items():
         if config_file is None or _given(ctx, name):
             setattr(config, name, value)
+    if config_file is None:  # a shipped model's defaults that train offline (a run's own file keeps its values)
+        _say(apply_offline_defaults(config, {name for name in flags if _given(ctx, name)}))
     if config_file is None or _given(ctx, "hq"):
         config.hq = [p.resolve() for p in hq or []]
     if config_file is None or _given(ctx, "pairs"):
@@ -246,6 +249,28 @@ def build_config(ctx, config_file, flags: dict, hq, pairs, prompt_flags, no_chi,
     return _validated(config)
 
 
+def _say(note: str | None) -> None:
+    if note:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+
+
+def _resumed_run_config(flags: dict) -> Path | None:
+    """`--resume` into a run folder that holds its train_config.json: that file, as if given with --config (the
+    docs' `sanasr train --hq photos -o runs/sr --resume latest` continues the run as it was started, without
+    repeating its flags; flags given still override it)."""
+    from sanasr_cli.training.config import CONFIG_FILE
+
+    if not flags.get("resume") or flags.get("output") is None:
+        return None
+    saved = Path(flags["output"]) / CONFIG_FILE
+    if not saved.is_file():
+        return None
+    console.print(
+        f"--resume: the run's settings from {saved} (flags given override them)", highlight=False, soft_wrap=True
+    )
+    return saved
+
+
 def _load_config(path: Path) -> TrainConfig:
     try:
         return TrainConfig.load(path)
@@ -266,7 +291,7 @@ def _validated(config: TrainConfig) -> TrainConfig:
 
 def _run(config: TrainConfig) -> None:
     """training.loop.train with the progress hooks; errors as exit codes."""
-    from sanasr_cli.errors import MissingWeightsError, ModelDirError, SanaSRError
+    from sanasr_cli.errors import LaunchError, MissingWeightsError, ModelDirError, SanaSRError
     from sanasr_cli.training.checkpoint import CheckpointError, CheckpointReadError
     from sanasr_cli.training.config import ConfigError
     from sanasr_cli.training.loop import TrainingDiverged
@@ -277,7 +302,7 @@ def _run(config: TrainConfig) -> None:
     try:
         with progress:
             result = run_training(config, progress.hooks())
-    except (ConfigError, ModelDirError, CheckpointReadError) as e:
+    except (ConfigError, ModelDirError, CheckpointReadError, LaunchError) as e:
         raise fail(str(e), EXIT_USAGE) from None
     except (TrainingDiverged, CheckpointError, MissingWeightsError, SanaSRError) as e:
         raise fail(str(e), EXIT_FAILED) from None

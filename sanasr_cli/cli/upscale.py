@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -140,6 +139,7 @@ def upscale(
 
 def _check_args(f):
     """(ext, tile spec, shard) from the flags; exit 2 on a bad one."""
+    from sanasr_cli.data.io import IMAGE_EXTENSIONS
     from sanasr_cli.errors import SanaSRError
     from sanasr_cli.models.tiling import parse_tile
     from sanasr_cli.pipeline.color import COLOR_FIXES
@@ -149,6 +149,12 @@ def _check_args(f):
 
     if not f.input.exists():
         raise fail(f"input {f.input} does not exist", EXIT_USAGE)
+    if f.output.suffix.lower() in IMAGE_EXTENSIONS and not f.output.is_dir():  # not a folder made by mistake
+        raise fail(
+            f"-o {f.output} names an image file, but -o is the folder for the results: e.g. -o out/ writes "
+            f"out/{f.input.stem if f.input.is_file() else '<name>'}.png",
+            EXIT_USAGE,
+        )
     for flag, value in (("--scale", f.scale), ("--max-pixels", f.max_pixels)):
         if not math.isfinite(value):
             raise fail(f"{flag} must be a finite number, not {value}", EXIT_USAGE)
@@ -268,16 +274,19 @@ def _refuse_path_conflicts(images, input, output, ext, suffix, max_pixels) -> No
 
 
 def _distributed_state():
-    """accelerate's PartialState when launched with several processes (accelerate launch, torchrun)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    """accelerate's PartialState when launched with several processes (accelerate launch, torchrun); the CPU
+    and the process-group check as `train` has them (training/distributed.py)."""
+    from sanasr_cli.training.distributed import check_process_group, cpu_process_group, launched_processes
+
+    if launched_processes() <= 1:
         return None
-    import torch
     from accelerate import PartialState
 
-    # accelerate 1.15 picks gloo on CPU only when told cpu=True (its `--cpu` launch flag starts one process
-    # without MPI, so CPU-only runs are launched with `--multi_gpu` and land here without CUDA)
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
-    return PartialState(cpu=use_cpu)
+    # accelerate's `--cpu` launch flag starts one process without MPI, so CPU-only runs are launched with
+    # `--multi_gpu` and land here without CUDA: gloo, by cpu=True
+    state = PartialState(cpu=cpu_process_group())
+    check_process_group(state.num_processes)
+    return state
 
 
 def _check_writable(output: Path) -> None:
@@ -317,11 +326,16 @@ def _run(sr_model, images, input_root, output, options, rank: int, show: bool):
             done.append(rec)
             if rec.status == "failed":
                 progress.console.print(f"[red]failed:[/] {rec.error}", highlight=False, soft_wrap=True)
-            progress.update(task, advance=1, description=Path(rec.input).name)
+            progress.update(task, completed=len(done), description=Path(rec.input).name)
+
+        def on_tile(path, tiles_done, tiles):  # one large image moves the bar too, tile by tile
+            progress.update(
+                task, completed=len(done) + tiles_done / tiles, description=f"{path.name} tile {tiles_done}/{tiles}"
+            )
 
         try:
             return upscale_files(
-                sr_model, images, input_root, output, options, on_done=on_done, process_index=rank
+                sr_model, images, input_root, output, options, on_done=on_done, process_index=rank, on_tile=on_tile
             ), False
         except KeyboardInterrupt:
             return with_unfinished(done, images, rank), True
@@ -366,10 +380,10 @@ def _print_summary(records: list[dict], output: Path, report: Path | None) -> No
     for r in [r for r in records if r["status"] == "failed" and r["process"] != 0][:20]:  # others printed live
         console.print(f"[red]failed (process {r['process']}):[/] {r['error']}", highlight=False, soft_wrap=True)
     if counts["ignored"]:
-        console.print(
-            f"ignored {counts['ignored']} file(s) that are not images (each listed in the report with why)",
-            highlight=False,
-        )
+        names = [Path(r["input"]).name for r in records if r["status"] == "ignored"]
+        listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        where = "each listed in the report with why" if report else "--report lists each with why"
+        console.print(f"ignored {len(names)} file(s) that are not images: {listed} ({where})", highlight=False)
     where = f"outputs in {output}" + (f", report in {report}" if report else "")
     console.print(where, highlight=False)
 

@@ -20,7 +20,7 @@ from PIL import Image
 from sanasr_cli.data.io import probe_image, read_image, to_uint8
 from sanasr_cli.data.resample import upsample_bicubic
 from sanasr_cli.errors import ImageReadError, SanaSRError
-from sanasr_cli.models.tiling import TilePlan, parse_tile, plan_tiles
+from sanasr_cli.models.tiling import TilePlan, count_tiles, parse_tile, plan_tiles
 from sanasr_cli.pipeline.sana_sr import SanaSRPipeline
 from sanasr_cli.pipeline.upscale import MAX_SCALE, MODEL_SCALE, output_size, resize_to
 
@@ -104,15 +104,17 @@ class PipelineCache:
 
 
 def runnable_models(first: str, base: str | None = None) -> list[str]:
-    """The models the page offers: `first`, then the shipped ones (nano, nano-fast, tiny), then a preset whose
-    weights are on this machine (a local --base / $SANASR_BASE folder, or the Hugging Face cache); never a
-    counting-only preset (random weights at real size) nor one that would need a download."""
+    """The models the page offers: `first`, then the ones `--model` runs offline (presets.OFFLINE_MODELS: nano,
+    nano-fast, tiny), then any other of presets.MODEL_NAMES whose weights are on this machine (sana-600m-512 with a
+    local --base / $SANASR_BASE folder, or in the Hugging Face cache); never a counting-only preset (random weights
+    at real size) nor one that would need a download."""
     from sanasr_cli.hub import available_here
-    from sanasr_cli.models.presets import PRESETS, SHIPPED_MODELS, SHIPPED_STUDENTS, default_base_source
+    from sanasr_cli.models.presets import MODEL_NAMES, OFFLINE_MODELS, PRESETS, default_base_source
 
-    names = [*SHIPPED_MODELS, *SHIPPED_STUDENTS]
-    for name, preset in PRESETS.items():
-        if preset.counting_only or name in names:
+    names = list(OFFLINE_MODELS)
+    for name in MODEL_NAMES:
+        preset = PRESETS.get(name)
+        if name in names or preset is None or preset.counting_only:
             continue
         if preset.hub_id is None or available_here(default_base_source(preset, base)):
             names.append(name)
@@ -180,7 +182,7 @@ def upscale_photo(
     pipe = cache.with_tagger(pipe, request.tagger)
     plan = plan_tiles(pipe.model, lq.shape[1] * MODEL_SCALE, lq.shape[2] * MODEL_SCALE, tile)
     start = time.perf_counter()
-    with _count_calls(pipe.model.restorer, plan.dit_tiles, on_tile):
+    with count_tiles(pipe.model.restorer, plan.dit_tiles, on_tile):
         out = pipe(
             lq, prompt=request.prompt.strip() or None, scale=request.scale, tile=tile, color_fix=request.color_fix
         )
@@ -200,27 +202,6 @@ def upscale_photo(
         plan=out.tile_plans[0],
         input_size=size,
     )
-
-
-class _count_calls:
-    """Calls on_tile(done, total) after each forward of `module` (the restorer runs once per LinearDiT tile);
-    the hook only counts, the computation is untouched."""
-
-    def __init__(self, module: torch.nn.Module, total: int, on_tile):
-        self.module, self.total, self.on_tile, self.done, self.handle = module, total, on_tile, 0, None
-
-    def __enter__(self):
-        if self.on_tile is not None:
-            self.handle = self.module.register_forward_hook(self._hook)
-        return self
-
-    def _hook(self, *_):
-        self.done += 1
-        self.on_tile(min(self.done, self.total), self.total)  # an out-of-memory retry makes more tiles
-
-    def __exit__(self, *exc):
-        if self.handle is not None:
-            self.handle.remove()
 
 
 def _result_path(out_dir: Path, stem: str, scale: float, keep: int = 16) -> Path:

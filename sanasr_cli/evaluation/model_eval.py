@@ -15,7 +15,7 @@ import torch
 from sanasr_cli.errors import ModelDirError, SanaSRError
 from sanasr_cli.evaluation.metrics import EvalResult, MetricSpec, evaluate_pairs
 from sanasr_cli.evaluation.pairing import ImagePair
-from sanasr_cli.training.checkpoint import CHECKPOINT_RE as _CHECKPOINT_RE
+from sanasr_cli.models.description import CHECKPOINT_RE as _CHECKPOINT_RE
 
 
 def upscale_pairs(

@@ -100,6 +100,31 @@ def output_dir(save_dir: Path | None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def weights_notice(specs: list[MetricSpec]) -> str | None:
+    """One line for before the metrics are built: which of them need downloaded weights (read from the cache when
+    there, else fetched, else reported unavailable) and which run offline; None when none needs any."""
+    from sanasr_cli.evaluation.metrics import METRICS
+
+    need = [s.name for s in specs if s.needs_weights]
+    if not need:
+        return None
+    here = [s.name for s in specs if not s.needs_weights]
+    offline = [name for name, spec in METRICS.items() if not spec.needs_weights]
+    return (
+        f"{', '.join(need)} need downloaded weights (from the cache when there, else fetched; unavailable "
+        f"offline){'; ' + ', '.join(here) + ' run offline' if here else ''} (offline metrics: {', '.join(offline)})"
+    )
+
+
+def _offline_unless_reachable(specs: list[MetricSpec]) -> None:
+    """A metric backbone fetched from the hub (timm's, for MUSIQ and MANIQA) fails at once where the hub cannot
+    be reached, not after a minute of retries."""
+    if any(s.needs_weights for s in specs):
+        from sanasr_cli.hub import offline_unless_reachable
+
+        offline_unless_reachable()
+
+
 def run_eval(pairs: list[ImagePair], options: EvalOptions, hooks: EvalHooks | None = None) -> EvalRun:
     """Score `pairs` (restored, reference) with `options.metrics`; with `options.model_run`, first restore the
     pairs' LQ side with the model (`upscale_pairs`, the same pipeline as `sanasr upscale`)."""
@@ -123,6 +148,7 @@ def run_eval(pairs: list[ImagePair], options: EvalOptions, hooks: EvalHooks | No
             with hooks.progress("upscale", len(pairs)) as on_done:
                 pairs, failed = upscale_pairs(run.model, pairs, run.lq_dir, out_dir, run.upscale, on_done=on_done)
             run.model = None  # released: the metrics get its memory
+        _offline_unless_reachable(options.metrics)
         with hooks.progress("score", len(pairs)) as on_image:
             result = evaluate_pairs(
                 pairs, options.metrics, protocol=options.protocol, device=options.device, on_image=on_image
@@ -182,6 +208,7 @@ def run_rank(
 
     hooks = hooks or EvalHooks()
     checkpoints = find_checkpoints(run_dir)
+    _offline_unless_reachable([metric])
     with output_dir(options.save_dir) as out_dir, hooks.progress("checkpoints", len(checkpoints)) as on_checkpoint:
         ranked, _ = rank_checkpoints(
             run_dir, lq_pairs, lq_dir, metric, out_dir, protocol=options.protocol, device=options.device,

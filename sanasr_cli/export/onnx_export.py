@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,7 +215,7 @@ def weights_sha256(model) -> str:
     return h.hexdigest()
 
 
-def _export(module, args, path: Path, input_names, output_names, dynamic_shapes) -> None:
+def _export_graph(module, args, path: Path, input_names, output_names, dynamic_shapes) -> None:
     import warnings
 
     with warnings.catch_warnings(), torch.no_grad():
@@ -234,9 +235,17 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_shapes)
     program.save(str(path))
 
 
-def export_stages(model, folder: Path, embeds: torch.Tensor, mask: torch.Tensor, prompt_input: bool) -> None:
-    """encoder.onnx, restorer.onnx, decoder.onnx and head.onnx (model.onnx's first part) into folder."""
+def export_stages(
+    model, folder: Path, embeds: torch.Tensor, mask: torch.Tensor, prompt_input: bool, on_step=None
+) -> None:
+    """encoder.onnx, restorer.onnx, decoder.onnx and head.onnx (model.onnx's first part) into folder;
+    on_step(text) before each (tracing takes most of an export's minute)."""
     from torch.export import Dim as _Dim
+
+    def _export(module, args, path: Path, *rest) -> None:
+        if on_step is not None:
+            on_step(f"tracing {path.stem} (torch.export, then ONNX)")
+        _export_graph(module, args, path, *rest)
 
     def Dim(name: str, min: int = 1, max: int = 4096):  # noqa: N802 - torch's name
         return _Dim(name, min=min, max=max)
@@ -400,6 +409,7 @@ def export_onnx(
     prompt_input: bool = False,
     overwrite: bool = False,
     source_options: dict | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export `model` (a loaded SanaSR, fp32 on the CPU) into the ONNX folder `out` (written atomically: a
     staging folder renamed into place). prompt: the text baked in (default: the model's template, what
@@ -407,7 +417,8 @@ def export_onnx(
     prompt_input: the graphs take `prompt_embeds` (N, T, D) / `prompt_mask` (N, T) as inputs instead, in the
     untrimmed layout of `model.prompts.encode(texts, reuse_prefix=True)` (T: the model's max text length), so
     any prompt fits; `prompt` is then only the default stored in prompt.npz. source_options: how `source` is
-    loaded again (random_weights, seed, base), recorded so that the ONNX backend can rebuild the text encoder."""
+    loaded again (random_weights, seed, base), recorded so that the ONNX backend can rebuild the text encoder.
+    on_step(text): called as each step starts (the command prints it: an export takes a minute or more)."""
     import numpy as np
     import onnx
 
@@ -433,11 +444,15 @@ def export_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(out.parent, f".{out.name}.")
     try:
-        export_stages(model, tmp, embeds, mask, prompt_input)
+        step = on_step or (lambda text: None)
+        export_stages(model, tmp, embeds, mask, prompt_input, on_step=step)
+        step("folding constants (ONNX Runtime's basic optimisations)")
         fold_constants(tmp, [*STAGE_FILES.values(), "head.onnx"])
         stages = {}
         if quantize == "int8":
+            step("quantizing to int8")
             stages = quantize_int8(tmp)
+        step(f"composing {MODEL_NAME}")
         compose_model(tmp, STAGE_FILES)
         (tmp / "head.onnx").unlink()
         np.savez(tmp / PROMPT_FILE, embeds=embeds.numpy(), mask=mask.numpy())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from sanasr_cli.prompts.rule import PromptRule
 log = logging.getLogger("sanasr")
 
 DESCRIPTION_FILE = "sanasr.json"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")  # RUN/checkpoint-<step>/, each a model directory (`sanasr train`)
 FORMAT = "sanasr-model"
 FORMAT_VERSION = 1
 
@@ -232,3 +234,46 @@ _KINDS = ("encoder", "decoder")
 
 def is_model_dir(path: str | Path) -> bool:
     return (Path(path) / DESCRIPTION_FILE).is_file()
+
+
+def newest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest RUN/checkpoint-<step>/ model directory when `folder` is a training run (a folder with no
+    sanasr.json of its own), else None: commands take a run folder where the docs pass one."""
+    folder = Path(folder)
+    if not folder.is_dir() or is_model_dir(folder):
+        return None
+    steps = []
+    for d in folder.iterdir():
+        m = CHECKPOINT_RE.match(d.name)
+        if m and d.is_dir() and not d.is_symlink() and is_model_dir(d):
+            steps.append((int(m.group(1)), d))
+    return max(steps)[1] if steps else None
+
+
+def loads_an_adapter(spec: str | Path) -> bool:
+    """Whether loading `spec` (what `--model` takes) adds a LoRA adapter, read from sanasr.json alone (nothing
+    heavy is imported): False for the presets, nano, nano-fast, a merged, pruned or distilled model, an ONNX
+    export of one of these; True for a training checkpoint (or an export of one: its source model is loaded for a
+    prompt of its own), and whenever the answer is unsure (a folder that does not load)."""
+    from sanasr_cli.export.contract import CONTRACT_NAME, is_onnx_dir, load_contract
+    from sanasr_cli.models.presets import PRESETS, SHIPPED_MODELS, SHIPPED_STUDENTS
+
+    spec = str(spec)
+    spec = SHIPPED_STUDENTS[spec][0] if spec in SHIPPED_STUDENTS else spec
+    if spec in SHIPPED_MODELS:
+        folder = SHIPPED_MODELS[spec]
+    elif spec in PRESETS:
+        return False
+    else:
+        folder = Path(spec).expanduser()
+        folder = newest_checkpoint(folder) or folder
+        if (folder / CONTRACT_NAME).is_file():  # an export: its source model is loaded for a prompt of its own
+            try:
+                source = load_contract(folder).get("source_model")
+            except ModelDirError:
+                return True
+            return not isinstance(source, str) or is_onnx_dir(source) or loads_an_adapter(source)
+    try:
+        return bool(ModelDescription.load(folder).adapter)
+    except (ModelDirError, OSError):
+        return True  # the load reports it; nothing decided here

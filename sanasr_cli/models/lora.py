@@ -7,14 +7,16 @@ The adapter folder is what `peft.PeftModel.from_pretrained(transformer, folder)`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from sanasr_cli.safe_files import atomic_write
+
+if TYPE_CHECKING:  # peft is imported where an adapter is built or read: it costs seconds, and upscaling a model
+    from peft import LoraConfig  # without an adapter (nano, a merged one) never needs it
 
 # Paper App. B: attention projections of self- and cross-attention.
 DEFAULT_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
@@ -37,6 +39,8 @@ def has_adapter(transformer: torch.nn.Module) -> bool:
 
 
 def lora_config(rank: int = 64, alpha: float = 64, dropout: float = 0.0, targets=DEFAULT_LORA_TARGETS) -> LoraConfig:
+    from peft import LoraConfig
+
     return LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), init_lora_weights=True
     )
@@ -54,6 +58,8 @@ def lora_parameters(transformer: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def save_adapter(transformer: torch.nn.Module, folder: str | Path) -> None:
     """Write a PEFT adapter folder (config + safetensors)."""
+    from peft.utils import get_peft_model_state_dict
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config: LoraConfig = transformer.peft_config[ADAPTER_NAME]
@@ -67,6 +73,8 @@ def save_adapter(transformer: torch.nn.Module, folder: str | Path) -> None:
 
 def load_adapter(transformer: torch.nn.Module, folder: str | Path) -> LoraConfig:
     """Add the adapter stored in a PEFT folder to `transformer` and load its weights."""
+    from peft import LoraConfig
+
     from sanasr_cli.models.folder_check import check_adapter_config
 
     folder = Path(folder)
@@ -79,6 +87,8 @@ def load_adapter(transformer: torch.nn.Module, folder: str | Path) -> LoraConfig
 
 def load_adapter_weights(transformer: torch.nn.Module, folder: str | Path) -> None:
     """Load a PEFT folder's weights into the adapter already on `transformer` (e.g. the EMA of the same adapter)."""
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
     from sanasr_cli.models.folder_check import check_adapter_fit, check_finite
 
     folder = Path(folder)

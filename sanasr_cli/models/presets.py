@@ -278,6 +278,11 @@ PRESETS: dict[str, Preset] = {
 SHIPPED_MODELS: dict[str, Path] = {"nano": NANO_DIR / "sr"}
 # `--model NAME` for these loads a shipped model directory plus the students shipped in a folder of their own.
 SHIPPED_STUDENTS: dict[str, tuple[str, Path]] = {"nano-fast": ("nano", NANO_FAST_DIR)}
+# The names `--model` runs: the shipped models and the untrained demo, offline, then the real base (hub weights).
+# The demo's list offers the offline ones, and the others only where their weights are here (demo.session).
+# `sana-600m-512-fast` is for counting with `sanasr bench` only (random weights).
+OFFLINE_MODELS = ("nano", "nano-fast", "tiny")
+MODEL_NAMES = (*OFFLINE_MODELS, "sana-600m-512")
 
 
 def resolve_base_source(source: str | None) -> str | None:

@@ -18,7 +18,7 @@ import torch
 
 from sanasr_cli.errors import MissingWeightsError, ModelDirError
 from sanasr_cli.models.description import DESCRIPTION_FILE as DESCRIPTION_NAME
-from sanasr_cli.models.description import ModelDescription, is_model_dir
+from sanasr_cli.models.description import ModelDescription, is_model_dir, newest_checkpoint
 from sanasr_cli.models.folder_check import check_finite, load_diffusers_folder
 from sanasr_cli.models.lora import has_adapter, load_adapter, save_adapter
 from sanasr_cli.models.presets import (
@@ -212,7 +212,8 @@ def load_vae_decoder(
         source = str(_decoder_folder(choice))
     from sanasr_cli.hub import hub_load_mode
 
-    local = hub_load_mode("the DC-AE-Lite decoder", source)
+    # a folder or a cached repo: read from the disk; else announced, and local only where the hub cannot be reached
+    local = hub_load_mode("the DC-AE-Lite decoder (--vae-decoder lite)", source)
     try:
         vae = AutoencoderDC.from_pretrained(source, torch_dtype=dtype, use_safetensors=True, local_files_only=local)
     except (OSError, ValueError) as e:
@@ -253,17 +254,29 @@ def _how_to_fix(preset: Preset) -> str:
     return (
         f"Download it once where there is network (`hf download {hub}`), then run with network access or "
         f"HF_HUB_OFFLINE=1 (it is then read from the Hugging Face cache), or pass --base /path/to/local/copy "
-        f"(or set {BASE_ENV_VAR}) pointing at a folder with transformer/, vae/, text_encoder/, tokenizer/, scheduler/"
+        f"(or set {BASE_ENV_VAR}) pointing at a folder with transformer/, vae/, text_encoder/, tokenizer/, scheduler/; "
+        "--model nano, nano-fast or tiny need no download"
     )
 
 
 def _looked_in(source: str, subfolder: str) -> str:
     if Path(source).exists():
         return f"{Path(source) / subfolder}"
-    from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
+    from huggingface_hub import constants  # read at the call: sanasr.hub may switch to offline mode at run time
 
-    where = f"the hub repo '{source}' (subfolder '{subfolder}') and the cache {HF_HUB_CACHE}"
-    return where + (" [HF_HUB_OFFLINE is set]" if HF_HUB_OFFLINE else "")
+    where = f"the hub repo '{source}' (subfolder '{subfolder}') and the cache {constants.HF_HUB_CACHE}"
+    return where + (" [offline: HF_HUB_OFFLINE, or the hub cannot be reached]" if constants.HF_HUB_OFFLINE else "")
+
+
+def _refuse_a_missing_base_folder(source: str) -> None:
+    """A base written as a path must exist: `--base /no/such/folder` is refused now, not looked up on the hub."""
+    from sanasr_cli.hub import is_local_path
+
+    if is_local_path(source) and not Path(source).expanduser().is_dir():
+        raise ModelDirError(
+            f"base folder {source} not found (--base or {BASE_ENV_VAR}: a local copy of the base, with "
+            "transformer/, vae/, text_encoder/, tokenizer/, scheduler/)"
+        )
 
 
 def _from_pretrained(component: str, preset: Preset, source: str, loader, subfolder: str, **kwargs):
@@ -282,8 +295,10 @@ def load_pretrained_base(preset: Preset, source: str, dtype: torch.dtype, need_t
     from sanasr_cli.hub import hub_load_mode
 
     source = resolve_base_source(source)
+    _refuse_a_missing_base_folder(source)
     # a local folder or a cached repo: read from the disk, nothing looked up; else the download is announced
-    # first (offline or in the demo: not tried, MissingWeightsError says what is missing)
+    # first, and where the hub cannot be reached (or offline, or in the demo) nothing is tried:
+    # MissingWeightsError says what is missing at once
     local = hub_load_mode(f"the weights of '{preset.name}'", source)
 
     transformer = None
@@ -367,10 +382,11 @@ def resolve_model(spec: str | Path, base: str | None = None, random_weights: boo
             f"({getattr(e, 'strerror', None) or e})"
         ) from None
     if is_dir:
+        path = newest_checkpoint(path) or path  # a training run: its newest checkpoint
         return ModelDescription.load(path), path
     raise ModelDirError(
         f"'{spec_str}' is neither a preset ({', '.join([*PRESETS, *SHIPPED_STUDENTS])}) nor a model directory "
-        f"(a folder with sanasr.json, as written by train, merge-lora or prune)"
+        f"(a folder with sanasr.json, as written by train, merge-lora or prune, or a training run)"
     )
 
 

@@ -286,3 +286,25 @@ def run_with_oom_retry(fn: Callable[[TilePlan], torch.Tensor], plan: TilePlan) -
             if smaller is None:
                 raise
             plan = smaller
+
+
+class count_tiles:  # noqa: N801 - used as a context manager, like contextlib's
+    """Calls on_tile(done, total) after each forward of `module` (the restorer runs once per LinearDiT tile of
+    the plan: progress for one large image); the hook only counts, the computation is untouched. A module that
+    is not a torch module (an ONNX export's) is not counted."""
+
+    def __init__(self, module, total: int, on_tile: Callable[[int, int], None] | None):
+        self.module, self.total, self.on_tile, self.done, self.handle = module, total, on_tile, 0, None
+
+    def __enter__(self):
+        if self.on_tile is not None and isinstance(self.module, torch.nn.Module):
+            self.handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def _hook(self, *_):
+        self.done += 1
+        self.on_tile(min(self.done, self.total), self.total)  # an out-of-memory retry makes more tiles
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.remove()

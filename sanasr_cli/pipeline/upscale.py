@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -41,7 +43,7 @@ from sanasr_cli.data.io import (
 from sanasr_cli.data.resample import upsample_bicubic
 from sanasr_cli.errors import ImageReadError, SanaSRError, UnsafeOutputError
 from sanasr_cli.models.sanasr import SanaSR, restore_upsampled
-from sanasr_cli.models.tiling import TilePlan, plan_tiles, run_with_oom_retry
+from sanasr_cli.models.tiling import TilePlan, count_tiles, plan_tiles, run_with_oom_retry
 from sanasr_cli.pipeline.color import color_fix as apply_color_fix
 from sanasr_cli.prompts.rule import PromptRule, tag_files, tagger_from_rule
 from sanasr_cli.prompts.taggers import Tagger
@@ -205,7 +207,10 @@ def output_path_for(
     (or a
     BMP/JPEG input under auto) is written as PNG.
     """
-    rel = image.relative_to(input_root) if input_root.is_dir() else Path(image.name)
+    if input_root.is_dir():  # both absolute, links kept: `photos/a.png` under a resolved `/home/me/photos`
+        rel = Path(os.path.abspath(image)).relative_to(os.path.abspath(input_root))
+    else:
+        rel = Path(image.name)
     if ext == "auto":
         suffix_ext = image.suffix.lower().lstrip(".") or "png"
         if suffix_ext not in WRITE_EXTENSIONS:  # e.g. gif: read, never written
@@ -301,8 +306,10 @@ def upscale_files(
     options: UpscaleOptions,
     on_done: Callable[[UpscaleRecord], None] | None = None,
     process_index: int = 0,
+    on_tile: Callable[[Path, int, int], None] | None = None,
 ) -> list[UpscaleRecord]:
     """Upscale each image into outdir (see the module docstring); one record per input, in input order.
+    on_tile(input, done, total) after each LinearDiT tile of a tiled image (progress within one large image).
 
     Consecutive untiled images of one size are restored together, `options.batch_size` at a time.
     KeyboardInterrupt propagates (outputs already written stay; the one in flight leaves no file).
@@ -329,7 +336,7 @@ def upscale_files(
         batch = list(pending)
         pending.clear()
         try:
-            _restore_and_write(model, batch, options, ledger)
+            _restore_and_write(model, batch, options, ledger, on_tile)
         except (SanaSRError, RuntimeError, ValueError, OSError) as e:
             for it in batch:
                 if it.rec.status == "pending":
@@ -432,7 +439,7 @@ def prompts_for_files(tagger: Tagger, paths: list[Path], options: UpscaleOptions
 
 
 def _restore_and_write(
-    model: SanaSR, batch: list[_Item], options: UpscaleOptions, ledger: OutputLedger | None = None
+    model: SanaSR, batch: list[_Item], options: UpscaleOptions, ledger: OutputLedger | None = None, on_tile=None
 ) -> None:
     """Stages 3-5 for images of one size; on an OOM the tiles shrink (a batch of several first splits up)."""
     if model.device.type == "cuda":
@@ -450,12 +457,14 @@ def _restore_and_write(
             if not is_oom(e):
                 raise
             for it in batch:  # one at a time, with the usual tile fallback
-                _restore_and_write(model, [it], options, ledger)
+                _restore_and_write(model, [it], options, ledger, on_tile)
             return
     else:
-        sr, plan = run_with_oom_retry(
-            lambda p: restore_x4(model, lq, prompts, p, options.color_fix, options.batch_size), plan
-        )
+        tiles = None if on_tile is None or plan.dit_tiles <= 1 else partial(on_tile, batch[0].path)
+        with count_tiles(model.restorer, plan.dit_tiles, tiles):
+            sr, plan = run_with_oom_retry(
+                lambda p: restore_x4(model, lq, prompts, p, options.color_fix, options.batch_size), plan
+            )
     # asked again at the moment of writing (the check in upscale_files came before minutes of work): a file that
     # appeared at an output path meanwhile is the user's, and is replaced only with --overwrite
     may_replace = None if options.overwrite or ledger is None else ledger.owns

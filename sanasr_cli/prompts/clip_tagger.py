@@ -23,6 +23,7 @@ from sanasr_cli.prompts.base import DEFAULT_CLIP_MODEL, TAGGER_UPSAMPLE, tagger_
 
 BUILTIN_VOCAB = "tag_vocab.txt"
 TEXT_FORMAT = "a photo of {}"
+TAGGER_OFFLINE_HINT = "--tagger none or file run offline"  # named when CLIP weights need a download
 
 
 def read_vocabulary_text(path: str | Path | None = None) -> str:
@@ -127,15 +128,17 @@ class ClipTagger:
             return
         from transformers import CLIPModel, CLIPProcessor
 
-        from sanasr_cli.hub import hub_load_mode
+        from sanasr_cli.hub import hub_load_mode, is_local_path
 
-        local = hub_load_mode("the CLIP tagger", self.source)  # a download is announced; offline: never tried
+        # a download is announced first; offline, or where the hub cannot be reached: never tried (fails at once)
+        local = hub_load_mode("the CLIP tagger", self.source, TAGGER_OFFLINE_HINT)
         try:
             self.processor = CLIPProcessor.from_pretrained(self.source, local_files_only=local)
             self.model = CLIPModel.from_pretrained(self.source, use_safetensors=True, local_files_only=local)
         except (OSError, ValueError) as e:
+            where = "" if is_local_path(self.source) else " from the Hugging Face hub or its cache"
             raise TaggerUnavailableError(
-                f"CLIP tagger model '{self.source}' could not be loaded: pass --tagger-model with a hub id "
+                f"CLIP tagger model '{self.source}' could not be loaded{where}: pass --tagger-model with a hub id "
                 "or a local folder holding a transformers CLIP model (config.json, model.safetensors, "
                 "tokenizer files, "
                 f"preprocessor_config.json) (cause: {str(e).splitlines()[0] if str(e) else type(e).__name__})"
@@ -195,7 +198,7 @@ class ClipTagger:
         from sanasr_cli.hub import hub_load_mode
 
         try:
-            local = hub_load_mode("the CLIP tagger", self.source)
+            local = hub_load_mode("the CLIP tagger", self.source, TAGGER_OFFLINE_HINT)
             return clip_image_macs(CLIPConfig.from_pretrained(self.source, local_files_only=local))
         except (OSError, ValueError) as e:
             raise TaggerUnavailableError(f"CLIP tagger config '{self.source}' not found ({e})") from None

@@ -22,7 +22,6 @@ import io
 import json
 import os
 import random
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -31,9 +30,9 @@ import numpy as np
 import torch
 
 from sanasr_cli.errors import SanaSRError
+from sanasr_cli.models.description import CHECKPOINT_RE
 from sanasr_cli.safe_files import atomic_write, make_temp_dir
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "state.json"
 
 
@@ -182,8 +181,9 @@ def save_checkpoint(
     shutil.rmtree(staging)  # save_model_dir creates it (itself atomically)
     try:
         # a model with its own transformer (nano, a merged or pruned folder) takes it along: the checkpoint is a
-        # model directory that loads on its own, and may not point at the folder it was trained from
-        own_transformer = description.transformer != "base"
+        # model directory that loads on its own (its description names `transformer/`), and may not point at the
+        # folder it was trained from
+        own_transformer = description.transformer not in (None, "base")
         save_model_dir(model, staging, description=copy.deepcopy(description), save_transformer=own_transformer)
         if ema is not None:
             with ema.swapped_in():

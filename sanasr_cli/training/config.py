@@ -39,6 +39,47 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
+# `train --model NAME` for the models that ship (they train offline): the flags left out take these values where
+# TrainConfig's (the paper's, for SANA-600M on DIV2K) do not fit a small folder of ordinary photos. 128 px crops
+# are nano's recipe (recipes/nano) and fit every photo the Python packages ship (451x300 and up; 512 px crops skip
+# them all); a batch of 2 needs two photos, where 4 needs four.
+MODEL_TRAIN_DEFAULTS: dict[str, dict] = {
+    "nano": {"crop": 128, "batch_size": 2},
+    "nano-fast": {"crop": 128, "batch_size": 2},
+}
+OFFLINE_TRAIN_MODELS = ("nano", "nano-fast", "tiny")
+VGG16_WEIGHTS = "vgg16-397923af.pth"  # torchvision's VGG16: LPIPS's trunk (--lambda-perceptual)
+
+
+def vgg16_weights_path() -> Path:
+    """Where torchvision keeps (and looks for) the VGG16 weights LPIPS needs."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_WEIGHTS
+
+
+def apply_offline_defaults(config: TrainConfig, given: set[str]) -> str | None:
+    """For a shipped model (`config.model` in OFFLINE_TRAIN_MODELS), the defaults that train offline, on the flags
+    not `given`: its own crop, and no LPIPS when the VGG16 weights are not on this machine (instead of a
+    download). Returns the one line that says what it changed (None: nothing)."""
+    if config.model not in OFFLINE_TRAIN_MODELS:
+        return None
+    changed = []
+    for name, value in MODEL_TRAIN_DEFAULTS.get(config.model, {}).items():
+        if name not in given and getattr(config, name) != value:
+            setattr(config, name, value)
+            changed.append(f"--{name.replace('_', '-')} {value}")
+    lpips = config.lambda_perceptual > 0 and config.perceptual_backbone == "vgg"
+    if lpips and "lambda_perceptual" not in given and not vgg16_weights_path().is_file():
+        config.lambda_perceptual = 0.0
+        changed.append(
+            f"--lambda-perceptual 0 (LPIPS needs {VGG16_WEIGHTS} in {vgg16_weights_path().parent}, a download)"
+        )
+    if not changed:
+        return None
+    return f"--model {config.model} trains offline with {', '.join(changed)} (flags given override these)"
+
+
 class ConfigError(SanaSRError):
     """A bad training option; `flag` is the command-line flag to change."""
 

@@ -8,6 +8,7 @@ data shard; the main process alone writes checkpoints and outputs; RNG states ar
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -25,21 +26,54 @@ def training_mixed_precision(precision: str, cuda: bool) -> str:
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
 
 
+def launched_processes() -> int:
+    """How many processes the launcher started (`accelerate launch`, torchrun: WORLD_SIZE), 1 without one."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def cpu_process_group(cpu: bool = False) -> bool:
+    """Whether the processes run on the CPU (gloo between them): asked (`cpu`, ACCELERATE_USE_CPU=1), or several
+    processes on a machine without CUDA. accelerate (1.15) forms a CPU process group only when told cpu=True;
+    otherwise each process of a CPU `--multi_gpu` launch runs alone, and two trainings write one run folder."""
+    asked = cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return asked or (launched_processes() > 1 and not torch.cuda.is_available())
+
+
+def check_process_group(num_processes: int, launched: int | None = None) -> None:
+    """Refuse a launch of several processes that did not form one process group (each would run the whole job
+    alone and write the same files)."""
+    launched = launched_processes() if launched is None else launched
+    if launched > 1 and num_processes != launched:
+        from sanasr_cli.errors import LaunchError
+
+        raise LaunchError(
+            f"launched as {launched} processes, but they formed a group of {num_processes}: each would run alone "
+            "and write the same files. On a CPU: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+            f"--num_processes {launched} ...; on GPUs: one process per GPU"
+        )
+
+
 def make_accelerator(mixed_precision: str, accumulation_steps: int = 1, cpu: bool = False):
     """The Accelerator (devices, DDP, mixed precision, gradient accumulation); `cpu` forces the CPU (gloo
-    between processes)."""
+    between processes, also chosen for several processes without CUDA). A launch whose processes formed no
+    group is refused."""
     from accelerate import Accelerator
     from accelerate.utils import GradientAccumulationPlugin
 
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=mixed_precision,
-        cpu=cpu,
+        cpu=cpu_process_group(cpu),
         # The epoch end must not force a sync: optimizer steps stay at fixed micro-step multiples (exact
         # resume).
         gradient_accumulation_plugin=GradientAccumulationPlugin(
             num_steps=accumulation_steps, sync_with_dataloader=False
         ),
     )
+    check_process_group(accelerator.num_processes)
+    return accelerator
 
 
 def release_accelerator_state() -> None:
