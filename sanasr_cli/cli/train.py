@@ -198,9 +198,7 @@ def train(
     Exit code: 0 done, 1 training failed (NaN loss, disk full, missing weights), 2 bad options or a --resume
     checkpoint whose files are damaged, truncated or altered (the message names the file).
     """
-    flags = {k: v for k, v in locals().items() if k not in _NOT_FIELDS}
-    prompt_flags = (tagger, tagger_weights, tagger_model, tag_vocab, template)
-    _run(build_config(ctx, config_file, flags, hq, pairs, prompt_flags, no_chi, lq))
+    _run(build_config(ctx, config_file, dict(locals())))
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -210,14 +208,18 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def build_config(ctx, config_file, flags: dict, hq, pairs, prompt_flags, no_chi, lq=None) -> TrainConfig:
-    """The TrainConfig of this command: --config's file (else TrainConfig's defaults) with the flags given on the
-    command line; the prompt rule is the file's (else the model's) with the prompt flags applied."""
+def build_config(ctx, config_file, given: dict) -> TrainConfig:
+    """The TrainConfig of this command (`given`: its parameters by name): --config's file (else TrainConfig's
+    defaults) with the flags given on the command line; the prompt rule is the file's (else the model's) with the
+    prompt flags applied."""
     from sanasr_cli.cli.prompt_options import asked_prompt_rule
     from sanasr_cli.errors import ModelDirError
     from sanasr_cli.models.sanasr import resolve_model
     from sanasr_cli.prompts.rule import PromptRule
 
+    flags = {k: v for k, v in given.items() if k not in _NOT_FIELDS}
+    hq, pairs, lq, no_chi = given["hq"], given["pairs"], given["lq"], given["no_chi"]
+    prompt_flags = tuple(given[k] for k in ("tagger", "tagger_weights", "tagger_model", "tag_vocab", "template"))
     config_file = config_file or _resumed_run_config(flags)
     config = _load_config(config_file) if config_file is not None else TrainConfig()
     for name, value in flags.items():
