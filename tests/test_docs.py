@@ -390,7 +390,9 @@ def torch_cuda() -> bool:
 
 
 @pytest.mark.parametrize("page", RUN_PAGES)
-def test_every_example_runs_as_written_or_says_what_it_needs(page, tmp_path, monkeypatch):
+def test_every_example_runs_as_written_or_says_what_it_needs(page, tmp_path, monkeypatch, network_attempts):
+    """Also under the test suite's network guard (tests/conftest.py): a line that needs hub weights may try to
+    fetch them (refused, as offline); any other line that tries the network is named as a problem."""
     doc = REPO_ROOT / page
     steps = page_examples(doc.read_text())
     example_inputs(tmp_path, OWN_INPUTS.get(page, set()))
@@ -401,8 +403,13 @@ def test_every_example_runs_as_written_or_says_what_it_needs(page, tmp_path, mon
         if kind == "python":
             if need_of(line) is None:
                 exec(compile(body, f"{page}: {line}", "exec"), namespace)  # noqa: S102
-            continue
-        problem = run_example(body, line, unmade)
+            problem = None
+        else:
+            problem = run_example(body, line, unmade)
+        tried = network_attempts.new()[len(network_attempts.seen) :]  # since the line before
+        if tried and need_of(line) != "hub":
+            problem = f"{problem + '; ' if problem else ''}tried the network: {'; '.join(tried[:3])}"
+        network_attempts.read()  # answered for here, line by line
         if problem:
             problems.append(f"{page}: {line.strip()}\n    {problem}")
     assert not problems, "\n".join(problems)
