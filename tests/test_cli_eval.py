@@ -112,6 +112,8 @@ def test_usage_errors_are_one_line_with_exit_2(folders, tmp_path):
         (["--sr", str(sr), "--metrics", "psnr,niqe"], "psnr need reference images (--hr)"),
         (["--hr", str(hr)], "give exactly one of"),
         (["--model", "tiny", "--hr", str(hr)], "--model needs --lq"),
+        (["--peer", "realesrgan-x4plus", "--hr", str(hr)], "--peer needs --lq"),  # the flag given, named
+        (["--model", "tiny", "--peer", "realesrgan-x4plus", "--hr", str(hr)], "--model/--peer needs --lq"),
     ]
     (sr / HQ[0].name.replace(".png", "_sr.png")).unlink()
     cases.append((["--sr", str(sr), "--hr", str(hr), "--metrics", "psnr"], f"without a sr partner: {HQ[0].name}"))

@@ -187,7 +187,8 @@ def _check_flags(f) -> None:
             EXIT_USAGE,
         )
     if (restorers or f.rank_checkpoints) and f.lq is None:
-        raise fail(f"{modes[0]} needs --lq (the low-quality inputs)", EXIT_USAGE)
+        named = [flag for flag, value in (("--model", f.model), ("--peer", f.peer)) if value] or modes  # as given
+        raise fail(f"{'/'.join(named)} needs --lq (the low-quality inputs)", EXIT_USAGE)
     if not math.isfinite(f.scale):
         raise fail(f"--scale must be a finite number, not {f.scale}", EXIT_USAGE)
     if f.color_fix not in COLOR_FIXES:
