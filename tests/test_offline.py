@@ -61,7 +61,7 @@ def test_what_needs_the_hub_says_so_and_fails_at_once_where_it_cannot_be_reached
 
     Image.fromarray(make_photo_like(8, 8)).save(tmp_path / "one.png")
     (tmp_path / "gt").mkdir()
-    Image.fromarray(make_photo_like(32, 32)).save(tmp_path / "gt" / "one.png")
+    Image.fromarray(make_photo_like(192, 192)).save(tmp_path / "gt" / "one.png")  # niqe (a default) scores >= 192
     closed = "http://127.0.0.1:9"  # the discard port: refused at once
     # the test suite's network guard stays on in the child (child_env): anything but the proxy fails the test
     env = child_env(HTTPS_PROXY=closed, HTTP_PROXY=closed, https_proxy=closed, http_proxy=closed, NO_PROXY="")
@@ -101,5 +101,5 @@ def test_what_needs_the_hub_says_so_and_fails_at_once_where_it_cannot_be_reached
     notice = "warning: the CLIP tagger: downloading 'openai/clip-vit-base-patch32' from the Hugging Face hub"
     assert "-> 1" in clip and notice in clip and "--tagger none or file run offline" in clip, clip
     assert "-> 2" in base and f"base folder {t}/no/such/folder not found" in base and "Hugging Face" not in base
-    assert "-> 1" in scores and "psnr, ssim run offline" in scores and "need downloaded weights" in scores, scores
-    assert "│ psnr" in proc.stdout + proc.stderr  # the offline metrics were still computed
+    assert "-> 1" in scores and "psnr, ssim, niqe run offline" in scores and "need downloaded weights" in scores
+    assert "│ psnr" in proc.stdout + proc.stderr and "│ niqe" in proc.stdout + proc.stderr  # still computed
