@@ -21,20 +21,27 @@ TORCH_THREADS = 1
 
 @pytest.fixture
 def spied(monkeypatch):
-    """Counts text-encoder builds, and records whether one was alive when the transformer and VAE were built."""
-    seen = {"encoders": 0, "alive_at_restorer_build": [], "refs": []}
+    """Counts text-encoder builds, and records whether a text encoder and a transformer were ever in memory together
+    (each build looks for a live one of the other kind)."""
+    seen = {"encoders": 0, "together": False, "encoder_refs": [], "transformer_refs": []}
     build_encoder, build_transformer = sanasr_module.build_random_text_encoder, sanasr_module.build_random_transformer
+
+    def alive(kind: str) -> bool:
+        gc.collect()
+        return any(r() is not None for r in seen[kind])
 
     def encoder(*args, **kwargs):
         seen["encoders"] += 1
+        seen["together"] |= alive("transformer_refs")
         module = build_encoder(*args, **kwargs)
-        seen["refs"].append(weakref.ref(module))
+        seen["encoder_refs"].append(weakref.ref(module))
         return module
 
     def transformer(*args, **kwargs):
-        gc.collect()
-        seen["alive_at_restorer_build"].append(any(r() is not None for r in seen["refs"]))
-        return build_transformer(*args, **kwargs)
+        seen["together"] |= alive("encoder_refs")
+        module = build_transformer(*args, **kwargs)
+        seen["transformer_refs"].append(weakref.ref(module))
+        return module
 
     monkeypatch.setattr(sanasr_module, "build_random_text_encoder", encoder)
     monkeypatch.setattr(sanasr_module, "build_random_transformer", transformer)
@@ -48,7 +55,7 @@ def test_a_cached_prompt_upscale_never_builds_the_text_encoder(tmp_path, monkeyp
     first = run("upscale", src, "-o", tmp_path / "a", "--model", "tiny", "--prompt", "a red cat")
     assert first.exit_code == 0, first.output
     assert spied["encoders"] == 1  # the run's one prompt, encoded ...
-    assert spied["alive_at_restorer_build"] == [False]  # ... and freed before the transformer was built
+    assert not spied["together"]  # ... and the encoder freed before the transformer was built
     assert len(list(cache.rglob("*.safetensors"))) == 1
 
     second = run("upscale", src, "-o", tmp_path / "b", "--model", "tiny", "--prompt", "a red cat")
@@ -101,7 +108,7 @@ def test_held_prompts_serve_without_the_encoder_after_load(spied):
     the transformer is built; restoring with those prompts never builds it again."""
     prompts = ["a cat, sharp", "a dog"]
     model = load_model("tiny", prompts=prompts)
-    assert spied["encoders"] == 1 and spied["alive_at_restorer_build"] == [False] and not model.prompts.built
+    assert spied["encoders"] == 1 and not spied["together"] and not model.prompts.built
     reference = load_model("tiny")
     x = torch.rand(2, 3, 32, 48)
     assert torch.equal(model.restore(x, prompts), reference.restore(x, prompts))
@@ -155,3 +162,60 @@ def test_a_random_folder_of_the_fast_preset_keeps_its_students(tmp_path):
     encoder, decoder = build_students(description, folder, preset, vae, torch.float32, False, device="meta")
     assert encoder is not None and decoder is not None
     assert build_students(description, folder, preset, vae, torch.float32, True, device="meta") == (None, None)
+
+
+# ---------------------------------------------------------------- every command that knows its prompts first
+
+
+def _pairs(folder, n=2):
+    from tests.helpers import make_photo_like
+
+    for sub in ("lq", "hq"):
+        (folder / sub).mkdir(parents=True)
+    for i in range(n):
+        hq = make_photo_like(32, 32, seed=i)
+        Image.fromarray(hq).save(folder / "hq" / f"{i}.png")
+        Image.fromarray(hq).resize((8, 8), Image.BICUBIC).save(folder / "lq" / f"{i}.png")
+    return folder
+
+
+def test_prune_encodes_its_fixed_prompt_first_and_saves_in_the_sources_dtype(tmp_path, spied):
+    """Fisher calibration and the gate use the model's fixed prompt (no tagger): encoded before the model is built
+    (both layouts), the encoder freed; a bf16 run of an fp32 model writes fp32 weights, as its source is stored."""
+    from safetensors import safe_open
+
+    pairs = _pairs(tmp_path / "pairs")
+    out = tmp_path / "pruned"
+    r = run(
+        "prune", "tiny", "-o", out, "--budget", "75K", "--calib", pairs, "--steps", 2, "--crop", 16,
+        "--lambda-p", 0, "--validate", pairs, "--max-drop", "1", "--precision", "bf16",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert spied["encoders"] == 1 and not spied["together"]
+    with safe_open(str(next((out / "transformer").glob("*.safetensors"))), framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+
+
+def test_merge_lora_builds_neither_the_vae_nor_the_text_encoder(tmp_path, fresh_tiny_model, monkeypatch, spied):
+    from sanasr_cli.models.lora import add_lora, lora_config
+    from sanasr_cli.models.sanasr import save_model_dir
+
+    add_lora(fresh_tiny_model.transformer, lora_config(rank=4, alpha=8))
+    adapted = save_model_dir(fresh_tiny_model, tmp_path / "adapted", save_transformer=False)
+    vaes = []
+    build_vae = sanasr_module.build_random_vae
+    monkeypatch.setattr(sanasr_module, "build_random_vae", lambda *a, **k: vaes.append(1) or build_vae(*a, **k))
+    r = run("merge-lora", adapted, "-o", tmp_path / "merged")
+    assert r.exit_code == 0, r.output
+    assert vaes == [] and spied["encoders"] == 0  # only the transformer it folds (and the adapter) was loaded
+    merged = load_model(tmp_path / "merged")
+    assert merged.transformer.dtype == torch.float32 and not merged.description.adapter
+
+
+def test_train_with_a_fixed_prompt_frees_the_encoder_before_building_the_rest(tmp_path, spied):
+    from tests.helpers import TINY_TRAIN
+
+    hq = photo_folder(tmp_path / "hq", 2)
+    r = run("train", "--hq", hq, "-o", tmp_path / "run", "--max-steps", "1", "--precision", "fp32", *TINY_TRAIN)
+    assert r.exit_code == 0, r.output
+    assert spied["encoders"] == 1 and not spied["together"]

@@ -115,6 +115,7 @@ def load_model_or_fail(
     vae_decoder: str | None = None,
     random_weights: bool = False,
     prompts: list[str] | None = None,
+    reuse_prefix: tuple[bool, ...] = (True,),
 ):
     """load_model behind a spinner (`status`, None: no spinner, e.g. on other processes); a bad model directory
     is one line and exit 2, missing weights one line and exit 1. prompts: the run's, encoded first
@@ -128,12 +129,27 @@ def load_model_or_fail(
         try:
             return load_model(
                 spec, device=device, dtype=dtype, base=base, seed=seed, full_vae=full_vae, vae_decoder=vae_decoder,
-                random_weights=random_weights, prompts=prompts,
+                random_weights=random_weights, prompts=prompts, reuse_prefix=reuse_prefix,
             )  # fmt: skip
         except ModelDirError as e:
             raise fail(str(e), EXIT_USAGE) from None
         except MissingWeightsError as e:
             raise fail(str(e), EXIT_FAILED) from None
+
+
+def describe_model_or_fail(spec: str, base=None, seed: int = 0):
+    """(description, folder or None) of a preset or model directory from its files alone (no weights read: what it
+    records, e.g. its prompt rule, known before loading it); (None, None) for an ONNX export; exit 2 when bad."""
+    from sanasr_cli.errors import ModelDirError
+    from sanasr_cli.export.contract import is_onnx_dir
+    from sanasr_cli.models.sanasr import resolve_model
+
+    if is_onnx_dir(spec):
+        return None, None
+    try:
+        return resolve_model(spec, base=base, seed=seed)
+    except ModelDirError as e:
+        raise fail(str(e), EXIT_USAGE) from None
 
 
 def check_model_output(output: Path, overwrite: bool, inputs: list[Path]) -> None:

@@ -17,6 +17,7 @@ from sanasr_cli.cli.common import (
     check_model_dir,
     check_model_output,
     console,
+    describe_model_or_fail,
     fail,
     load_model_or_fail,
     quiet_libraries,
@@ -115,9 +116,11 @@ def prune(
 
     budget_n = _check_inputs(model_dir, output, budget, strategy, calib, validate, overwrite)
     _check_gate(color_fix, validate, protocol, validate_metrics)
-    model, dev = _load(model_dir, device, precision, base, seed, full_vae)
-    # calibration and validation prompts follow the model's rule (Eq. 12), flags change it with a warning
-    rule = po.asked_prompt_rule(model.description.prompt, tagger, tagger_weights, tagger_model, tag_vocab, template)
+    # calibration and validation prompts follow the model's rule (Eq. 12), flags change it with a warning; a fixed
+    # prompt is encoded before the model is built (calibration's layout, and the gate's), then the encoder is freed
+    description, _ = describe_model_or_fail(str(model_dir), base, seed)
+    rule = po.asked_prompt_rule(description.prompt, tagger, tagger_weights, tagger_model, tag_vocab, template)
+    model, dev = _load(model_dir, device, precision, base, seed, full_vae, rule, validate is not None)
     gate = None if validate is None else PruneGate(
         validate, max_drop, tuple(validate_metrics.split(",")), protocol, color_fix, keep_text_encoder
     )  # fmt: skip
@@ -177,12 +180,19 @@ def _check_gate(color_fix, validate, protocol, validate_metrics) -> None:
         raise fail(str(e), EXIT_USAGE) from None
 
 
-def _load(model_dir, device, precision, base, seed, full_vae):
+def _load(model_dir, device, precision, base, seed, full_vae, rule, gate: bool):
+    from sanasr_cli.prompts.rule import fixed_prompt
+
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     quiet_libraries()
     status = f"loading {model_dir} on {dev} ..."
-    return load_model_or_fail(model_dir, dev, dtype, base, seed, status, full_vae), dev
+    fixed = fixed_prompt(rule)
+    model = load_model_or_fail(
+        model_dir, dev, dtype, base, seed, status, full_vae, prompts=[fixed] if fixed is not None else None,
+        reuse_prefix=(False, True) if gate else (False,),
+    )  # fmt: skip
+    return model, dev
 
 
 def _run(model, options, job) -> int:

@@ -17,6 +17,7 @@ from sanasr_cli.cli.common import (
     EXIT_USAGE,
     check_report_paths,
     console,
+    describe_model_or_fail,
     fail,
     load_model_or_fail,
     precision_choice,
@@ -201,7 +202,7 @@ def _model_and_options(f, mine):
     which has no text encoder, is loaded first)."""
     from sanasr_cli.pipeline.upscale import prompts_for_files
 
-    description, folder = _describe(f)
+    description, folder = describe_model_or_fail(f.model, f.base, f.seed)
     f.dtype = _say_precision(f, description)
     if description is None:
         sr_model = _load_model(f)
@@ -212,20 +213,6 @@ def _model_and_options(f, mine):
     po.pretag(options.tagger, mine)
     prompts = None if f.keep_text_encoder else [p for _, p in prompts_for_files(options.tagger, mine, options).values()]
     return _load_model(f, prompts), options
-
-
-def _describe(f):
-    """(description, folder or None) of MODEL from its files alone, no weights read; (None, None) for an export."""
-    from sanasr_cli.errors import ModelDirError
-    from sanasr_cli.export.contract import is_onnx_dir
-    from sanasr_cli.models.sanasr import resolve_model
-
-    if is_onnx_dir(f.model):
-        return None, None
-    try:
-        return resolve_model(f.model, base=f.base, seed=f.seed)
-    except ModelDirError as e:
-        raise fail(str(e), EXIT_USAGE) from None
 
 
 def _say_precision(f, description):

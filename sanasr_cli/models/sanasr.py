@@ -65,7 +65,8 @@ class SanaSR:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SanaSR:
         for module in (*self.codec.modules(), self.transformer):
-            module.to(device=device, dtype=dtype)
+            if not any(p.is_meta for p in module.parameters()):  # a VAE built without weights stays so
+                module.to(device=device, dtype=dtype)
         self.prompts.to(device=device, dtype=dtype)  # the text encoder, once built, goes (or is built) there too
         return self
 
@@ -322,10 +323,12 @@ def load_pretrained_base(
     need_transformer: bool = True,
     need_text_encoder: bool = True,
     local: bool | None = None,
+    need_vae: bool = True,
 ):
     """Real components from a hub id or a local diffusers-layout folder ('shipped:NAME': the package's own), each
     read in `dtype`. need_text_encoder False: the tokenizer and text encoder are None (`build_prompt_encoder`
-    loads them, the encoder only when a prompt needs it). local: `hub_load_mode`'s answer when asked already."""
+    loads them, the encoder only when a prompt needs it). local: `hub_load_mode`'s answer when asked already.
+    need_vae False: the VAE is built from its config on the meta device, no weights read."""
     from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
     from transformers import AutoModel, AutoTokenizer
 
@@ -349,10 +352,15 @@ def load_pretrained_base(
             use_safetensors=True,
             local_files_only=local,
         )
-    vae = _from_pretrained(
-        "vae", preset, source, AutoencoderDC.from_pretrained, "vae", torch_dtype=dtype, use_safetensors=True,
-        local_files_only=local,
-    )  # fmt: skip
+    if need_vae:
+        vae = _from_pretrained(
+            "vae", preset, source, AutoencoderDC.from_pretrained, "vae", torch_dtype=dtype, use_safetensors=True,
+            local_files_only=local,
+        )  # fmt: skip
+    else:  # its config only: a model that never encodes or decodes (merge-lora)
+        config = _from_pretrained("vae", preset, source, AutoencoderDC.load_config, "vae", local_files_only=local)
+        with torch.device("meta"):
+            vae = AutoencoderDC.from_config(config)
     tokenizer = text_encoder = None
     if need_text_encoder:
         tokenizer = _from_pretrained(
@@ -362,7 +370,11 @@ def load_pretrained_base(
             "text_encoder", preset, source, AutoModel.from_pretrained, "text_encoder", dtype=dtype,
             use_safetensors=True, local_files_only=local,
         )  # fmt: skip
-    for name, module in (("transformer", transformer), ("vae", vae), ("text_encoder", text_encoder)):
+    for name, module in (
+        ("transformer", transformer),
+        ("vae", vae if need_vae else None),
+        ("text_encoder", text_encoder),
+    ):
         if module is not None:  # each weight file once, as it is loaded (a NaN would be a black image)
             check_finite(module.state_dict(), f"base '{source}': {name}")
     sched = _from_pretrained(
@@ -584,7 +596,9 @@ def load_model(
     full_vae: bool = False,
     vae_decoder: str | None = None,
     prompts: list[str] | None = None,
-    reuse_prefix: bool = True,
+    reuse_prefix: tuple[bool, ...] = (True,),
+    prompt_rule: PromptRule | None = None,
+    need_vae: bool = True,
 ) -> SanaSR:
     """Build a SanaSR from a preset name or a model directory, on `device` in `dtype` (a folder written by
     `sanasr export` loads as the ONNX Runtime backend instead: CPU, float32, the other arguments unused). Each
@@ -592,9 +606,12 @@ def load_model(
 
     full_vae: ignore the model's distilled students (encoder/, decoder/) and run the teacher VAE (`--full-vae`).
     vae_decoder: "full", "lite" or a folder (see `load_vae_decoder`); None: what the description records.
-    prompts: the run's prompts when known before loading: encoded first (`PromptEncoder.hold`, layout
-    `reuse_prefix`) by the text encoder alone, which is then freed before the transformer and the VAE are built
-    (it never sits beside them; prompts found in the disk cache do not build it at all).
+    prompts: the run's prompts when known before loading: encoded first (`PromptEncoder.hold`, in each layout of
+    `reuse_prefix`: True the inference one, False the padded one of training and calibration) by the text encoder
+    alone, which is then freed before the transformer and the VAE are built (it never sits beside them; prompts
+    found in the disk cache do not build it at all). prompt_rule: the rule the run uses instead of the recorded
+    one (its instruction prefix and masking shape the encodings). need_vae: False builds the VAE without weights
+    (on the meta device: its config only), for a command that never encodes or decodes (merge-lora).
     """
     from sanasr_cli.export.contract import is_onnx_dir
 
@@ -612,6 +629,8 @@ def load_model(
         raise ModelDirError(problem)
     if base and folder is not None and not description.random_weights:
         description.base_source = base  # a model dir made elsewhere: point it at this machine's base copy
+    if prompt_rule is not None:
+        description.prompt = prompt_rule
     preset = PRESETS.get(description.base_preset)
     if preset is None:
         raise ModelDirError(f"unknown base preset '{description.base_preset}' in {folder}")
@@ -639,7 +658,8 @@ def load_model(
         _check_base_configs(preset, source, local, need_transformer=not own_transformer)
     prompt_encoder = build_prompt_encoder(description, preset, dtype, local).to(device, dtype)
     if prompts is not None:  # the largest part first and alone: encoded, then freed before the rest is built
-        prompt_encoder.hold(list(prompts), reuse_prefix)
+        for layout in reuse_prefix:
+            prompt_encoder.hold(list(prompts), layout)
         prompt_encoder.release()
     if own_transformer:  # config and weight headers checked before anything is built (folder_check), finite after
         transformer = load_diffusers_folder(SanaTransformer2DModel, tdir, where, dtype)
@@ -647,16 +667,21 @@ def load_model(
         seed_ = int(description.random_seed or 0)
         if not own_transformer:
             transformer = build_random_transformer(preset, seed_, dtype)
-        vae = build_random_vae(preset, seed_, dtype)
+        vae = build_random_vae(preset, seed_, dtype) if need_vae else _vae_without_weights(preset.vae)
         shift = description.flow_shift
+        stored = torch.float32  # drawn in float32
     else:
         t, vae, _, _, shift = load_pretrained_base(
-            preset, description.base_source, dtype, not own_transformer, need_text_encoder=False, local=local
-        )
+            preset, description.base_source, dtype, not own_transformer, need_text_encoder=False, local=local,
+            need_vae=need_vae,
+        )  # fmt: skip
         if not own_transformer:
             transformer = t
         if folder is None:
             description.flow_shift = shift
+        stored = stored_dtype(_local_snapshot(resolve_base_source(description.base_source)), "transformer")
+    if own_transformer:
+        stored = stored_dtype(folder, description.transformer)
     if description.adapter:
         adapter_dir = folder / description.adapter
         if not (adapter_dir / "adapter_config.json").is_file():
@@ -672,11 +697,39 @@ def load_model(
     transformer.eval().requires_grad_(False)
     students = build_students(description, folder, preset, vae, dtype, full_vae)
     refuse_unused_decoder(spec, vae_decoder, students[1])  # before a decoder is looked for
-    use_decoder(vae, description, vae_decoder, preset, dtype)
+    if need_vae:
+        use_decoder(vae, description, vae_decoder, preset, dtype)
     if full_vae:
         description.encoder = description.decoder = None  # what runs is what the description says
     model = assemble_model(transformer, vae, None, None, description, preset, folder, students, prompt_encoder)
+    model.info["stored_dtype"] = stored  # what a command writing the model back saves it in (prune)
     return model.to(device=device, dtype=dtype)
+
+
+def _vae_without_weights(config: dict):
+    """An AutoencoderDC of `config` on the meta device: its structure and config, no memory."""
+    from diffusers import AutoencoderDC
+
+    with torch.device("meta"):
+        return AutoencoderDC(**config)
+
+
+def stored_dtype(folder: Path | None, sub: str) -> torch.dtype | None:
+    """The floating dtype the weights in folder/sub/*.safetensors are stored in (from a header), None if unknown."""
+    from safetensors import safe_open
+
+    files = sorted((Path(folder) / sub).glob("*.safetensors")) if folder is not None else []
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    dtype = f.get_slice(key).get_dtype()
+                    found = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}.get(dtype)
+                    if found is not None:
+                        return found
+        except Exception:  # noqa: BLE001 - an unreadable file: unknown (the loader reports it)
+            continue
+    return None
 
 
 def _check_base_configs(preset: Preset, source: str, local: bool, need_transformer: bool) -> None:
