@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's sanasr_cli (its commands run with `-m` from here too)
 PRESET = "sana-600m-512"
 BACKENDS = ("eager-fp32", "eager-bf16", "ort-fp32", "ort-int8")
 MODELS = ("full", "pruned")
@@ -245,7 +246,9 @@ def psnr(a: Path, b: Path) -> float | None:
     return float("inf") if mse == 0 else round(10 * np.log10(255.0**2 / mse), 2)
 
 
-def run(work: Path, rounds: int, configs: list[tuple[str, str]], min_available: float, env: dict) -> dict:
+def run(work: Path, rounds: int, configs: list[tuple[str, str]], min_available: float, env: dict, save=None) -> dict:
+    """Every config once per round, rotated; `save(partial result)` after each run (a long benchmark stopped early
+    keeps what it measured)."""
     lq = photo(work)
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
@@ -264,6 +267,8 @@ def run(work: Path, rounds: int, configs: list[tuple[str, str]], min_available: 
                 rec["image_seconds"] = records[0].get("seconds")
                 rec["status"] = records[0].get("status")
             runs.append(rec)
+            if save is not None:
+                save({"runs": runs, "summary": summarize(work, runs, configs), "rounds_asked": rounds})
             print(f"  {rec.get('image_seconds')} s image, {rec['seconds']} s command, {rec['peak_rss_gib']} GiB",
                   file=sys.stderr, flush=True)  # fmt: skip
     return {"runs": runs, "summary": summarize(work, runs, configs)}
@@ -307,16 +312,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     work = args.work.resolve()
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), SANASR_PROMPT_CACHE=str(work / "prompt-cache"))
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     if args.stage == "write-base":
         write_base(work / "base")
         return 0
     doc = {"machine": machine(), "threads": args.threads, "preset": PRESET, "input": "128 x 128 -> 512 x 512"}
+
+    def save(partial: dict) -> None:
+        if args.json:
+            args.json.write_text(json.dumps({**doc, **partial}, indent=2) + "\n")
+
     if args.stage == "prepare":
         doc["prepare"] = prepare(work, args.min_available, env)
     else:
-        configs = [(m, b) for m in args.models.split(",") for b in args.backends.split(",")]
-        doc.update(run(work, args.rounds, configs, args.min_available, env))
         doc["prepare"] = json.loads((work / "prepare.json").read_text()) if (work / "prepare.json").is_file() else {}
+        configs = [(m, b) for m in args.models.split(",") for b in args.backends.split(",")]
+        doc.update(run(work, args.rounds, configs, args.min_available, env, save))
     text = json.dumps(doc, indent=2)
     print(text)
     if args.json:

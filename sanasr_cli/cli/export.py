@@ -61,8 +61,11 @@ def export(
             free_model=True,  # not used again here: its memory goes to the ONNX Runtime steps
         )  # fmt: skip
     files = result.contract["files"]
+    data = sum(files.get(name, 0) for name in result.contract.get("external_data", {}).get("model.onnx", []))
     console.print(
-        f"wrote {output} in {result.seconds:.0f} s: model.onnx {files['model.onnx'] / 2**20:.1f} MiB, "
+        f"wrote {output} in {result.seconds:.0f} s: model.onnx {files['model.onnx'] / 2**20:.1f} MiB"
+        + (f" + {data / 2**30:.2f} GiB of weights in its external data files" if data else "")
+        + ", "
         f"quantization {quantize}, prompt "
         + ("an input" if prompt_input else f"'{result.contract['prompt']['text']}'"),
         highlight=False,

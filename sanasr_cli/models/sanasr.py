@@ -152,7 +152,7 @@ def _seeded(seed: int):
 def _built_in(dtype: torch.dtype):
     """Inside, every module is cast to `dtype` as it is attached to its parent, i.e. right after its own
     constructor (its default initialisation included) ran in float32: a random model is built in its target
-    dtype, holding at most one sub-module's float32 weights at a time, with the very values of an float32 build
+    dtype, holding at most one sub-module's float32 weights at a time, with the very values of a float32 build
     cast afterwards (the same random draws in the same order). Every process-wide module registration counts."""
     if dtype == torch.float32:
         yield
