@@ -66,9 +66,12 @@ def measure_train_step(
     accelerator = loop.create_accelerator(config)
     dev = accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    from accelerate.utils import set_seed
 
-    transformer = build_random_transformer(p, seed).to(dev, weight_dtype)
-    vae = build_random_vae(p, seed).to(dev, weight_dtype)
+    set_seed(seed)  # as `sanasr train` does: the LoRA init, LPIPS's random trunk, every draw of a step (issue 36)
+
+    transformer = build_random_transformer(p, seed, weight_dtype).to(dev)  # built in its dtype: no fp32 copy
+    vae = build_random_vae(p, seed, weight_dtype).to(dev)
     add_lora(transformer, lora_config(lora_rank, lora_rank, 0.0, DEFAULT_LORA_TARGETS))
     for name, param in transformer.named_parameters():
         if "lora_" in name:

@@ -16,6 +16,9 @@ from tests.helpers import REPO_ROOT, make_photo_like  # noqa: F401 - re-exported
 # Tests run offline: any accidental hub access fails fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The prompt-encoding disk cache (models/embedding_cache.py) is off: a test never finds what another one (or a user's
+# earlier run) encoded; the tests of the cache point it at a folder of their own.
+os.environ["SANASR_PROMPT_CACHE"] = "off"
 # The network guard (tests/netguard/sitecustomize.py): in this process and in every Python process a test starts
 # (its folder first on PYTHONPATH), sockets reach loopback only; an attempt beyond is refused and recorded in
 # NETLOG, and fails the test that made it (`_no_network` below) unless the test expects it (`network_attempts`).

@@ -415,3 +415,24 @@ def test_benchmark_script_measures_the_training_step():
     assert rec["steps_timed"] == 1 and len(rec["losses"]) == 1 and math.isfinite(rec["losses"][0])
     assert rec["step_seconds_median"] > 0 and rec["device"] == "cpu"
     assert 0 < rec["trainable_params"] < rec["transformer_params"]
+
+
+def test_the_train_step_benchmark_is_seeded():
+    """benchmarks/train_step.py gives the same losses in two runs, whatever the global RNG did before (issue 36:
+    its LoRA init and LPIPS trunk came from the unseeded global RNG)."""
+    import importlib.util
+
+    from tests.helpers import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("train_step", REPO_ROOT / "benchmarks" / "train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = []
+    for noise in (1, 2):
+        torch.manual_seed(noise)  # the global RNG in another state before each run
+        torch.rand(noise)
+        record = bench.measure_train_step(
+            "tiny", batch_size=1, crop=16, steps=2, warmup=0, precision="fp32", lora_rank=4
+        )
+        runs.append(record["losses"])
+    assert runs[0] == runs[1]

@@ -34,15 +34,22 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """'auto' -> bf16 on CUDA, fp32 on CPU."""
+def resolve_precision(precision: str, device: torch.device, bf16_agrees: bool = False) -> torch.dtype:
+    """'auto' -> bf16 on CUDA; on a CPU bf16 only with native bf16 and a model whose bf16 agrees, else fp32."""
+    return precision_choice(precision, device, bf16_agrees)[0]
+
+
+def precision_choice(precision: str, device: torch.device, bf16_agrees: bool = False) -> tuple[torch.dtype, str]:
+    """(dtype, why): `--precision` as given, or what auto picks on `device` (models/precision.py)."""
     import torch
 
+    from sanasr_cli.models.precision import auto_precision
+
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return auto_precision(device, bf16_agrees)
     if precision not in PRECISIONS:
         raise fail(f"--precision: use one of auto, {', '.join(PRECISIONS)}, not '{precision}'", EXIT_USAGE)
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision], "--precision"
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
@@ -139,9 +146,12 @@ def load_model_or_fail(
     full_vae: bool = False,
     vae_decoder: str | None = None,
     random_weights: bool = False,
+    prompts: list[str] | None = None,
+    reuse_prefix: tuple[bool, ...] = (True,),
 ):
     """load_model behind a spinner (`status`, None: no spinner, e.g. on other processes); a bad model directory
-    is one line and exit 2, missing weights one line and exit 1."""
+    is one line and exit 2, missing weights one line and exit 1. prompts: the run's, encoded first
+    (`load_model`)."""
     import contextlib
 
     from sanasr_cli.errors import MissingWeightsError, ModelDirError
@@ -152,12 +162,27 @@ def load_model_or_fail(
         try:
             return load_model(
                 spec, device=device, dtype=dtype, base=base, seed=seed, full_vae=full_vae, vae_decoder=vae_decoder,
-                random_weights=random_weights,
+                random_weights=random_weights, prompts=prompts, reuse_prefix=reuse_prefix,
             )  # fmt: skip
         except ModelDirError as e:
             raise fail(str(e), EXIT_USAGE) from None
         except MissingWeightsError as e:
             raise fail(str(e), EXIT_FAILED) from None
+
+
+def describe_model_or_fail(spec: str, base=None, seed: int = 0):
+    """(description, folder or None) of a preset or model directory from its files alone (no weights read: what it
+    records, e.g. its prompt rule, known before loading it); (None, None) for an ONNX export; exit 2 when bad."""
+    from sanasr_cli.errors import ModelDirError
+    from sanasr_cli.export.contract import is_onnx_dir
+    from sanasr_cli.models.sanasr import resolve_model
+
+    if is_onnx_dir(spec):
+        return None, None
+    try:
+        return resolve_model(spec, base=base, seed=seed)
+    except ModelDirError as e:
+        raise fail(str(e), EXIT_USAGE) from None
 
 
 def check_model_output(output: Path, overwrite: bool, inputs: list[Path]) -> None:

@@ -55,18 +55,22 @@ def export(
         require_export_tools()
     except SanaSRError as e:
         raise fail(str(e), EXIT_FAILED) from None
-    sr_model = _load(model, base, random_weights, seed, full_vae)
+    sr_model = _load(model, base, random_weights, seed, full_vae, prompt)
     if not hasattr(sr_model, "transformer"):
         raise fail(f"{model} is already an ONNX export", EXIT_USAGE)
-    console.print(f"exporting {model} to {output} (each stage traced and translated: a minute or more)")
+    console.print(f"exporting {model} to {output} (each stage traced and translated: minutes)")
     result = export_onnx(
         sr_model, output, source=model, prompt=prompt, quantize=quantize, overwrite=overwrite,
         prompt_input=prompt_input, source_options={"random_weights": random_weights, "seed": seed, "base": base},
         on_step=_print_steps(),
+        free_model=True,  # not used again here: its memory goes to the ONNX Runtime steps
     )  # fmt: skip
     files = result.contract["files"]
+    data = sum(files.get(name, 0) for name in result.contract.get("external_data", {}).get("model.onnx", []))
     console.print(
-        f"wrote {output} in {result.seconds:.0f} s: model.onnx {files['model.onnx'] / 2**20:.1f} MiB, "
+        f"wrote {output} in {result.seconds:.0f} s: model.onnx {files['model.onnx'] / 2**20:.1f} MiB"
+        + (f" + {data / 2**30:.2f} GiB of weights in its external data files" if data else "")
+        + ", "
         f"quantization {quantize}, prompt "
         + ("an input" if prompt_input else f"'{result.contract['prompt']['text']}'"),
         highlight=False,
@@ -83,19 +87,25 @@ def _print_steps():
     return on_step
 
 
-def _load(model: str, base, random_weights: bool, seed: int, full_vae: bool):
-    """The model to export, fp32 on the CPU; a bad MODEL is one line and exit 2, missing weights exit 1."""
+def _load(model: str, base, random_weights: bool, seed: int, full_vae: bool, prompt: str | None):
+    """The model to export, fp32 on the CPU, its prompt encoded first by the text encoder alone (then freed); a bad
+    MODEL is one line and exit 2, missing weights exit 1."""
     import torch
 
     from sanasr_cli.errors import MissingWeightsError, ModelDirError
-    from sanasr_cli.models.sanasr import load_model
+    from sanasr_cli.export.contract import is_onnx_dir
+    from sanasr_cli.export.onnx_export import export_prompt
+    from sanasr_cli.models.sanasr import load_model, resolve_model
 
     quiet_libraries()
     with console.status(f"loading {model} ..."):
         try:
+            if is_onnx_dir(model):
+                raise fail(f"{model} is already an ONNX export", EXIT_USAGE)
+            description = resolve_model(model, base=base, random_weights=random_weights, seed=seed)[0]
             return load_model(
                 model, device="cpu", dtype=torch.float32, base=base, random_weights=random_weights, seed=seed,
-                full_vae=full_vae,
+                full_vae=full_vae, prompts=[export_prompt(description.prompt, prompt)],
             )  # fmt: skip
         except ModelDirError as e:
             raise fail(str(e), EXIT_USAGE) from None

@@ -49,7 +49,7 @@ def merge_lora(
     quiet_libraries()
     with console.status(f"loading {model_dir} ..."):
         try:
-            model = load_model(model_dir, base=base)
+            model = load_model(model_dir, base=base, need_vae=False)  # only what it folds: no VAE, no text encoder
             record = merge_model(model, scale=scale, ema=ema)
         except ModelDirError as e:
             raise fail(str(e), EXIT_USAGE) from None

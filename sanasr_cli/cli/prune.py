@@ -17,6 +17,7 @@ from sanasr_cli.cli.common import (
     check_model_dir,
     check_model_output,
     console,
+    describe_model_or_fail,
     fail,
     load_model_or_fail,
     quiet_libraries,
@@ -117,9 +118,9 @@ def prune(
 
     model_dir, budget_n = _check_inputs(model_dir, output, budget, strategy, calib, validate, overwrite)
     _check_gate(color_fix, validate, protocol, validate_metrics)
-    model, dev = _load(model_dir, device, precision, base, seed, full_vae)
     # calibration and validation prompts follow the model's rule (Eq. 12), flags change it with a warning
-    rule = po.asked_prompt_rule(model.description.prompt, tagger, tagger_weights, tagger_model, tag_vocab, template)
+    prompt_flags = (tagger, tagger_weights, tagger_model, tag_vocab, template)
+    model, dev, rule = _load(model_dir, device, precision, base, seed, full_vae, prompt_flags, strategy, validate)
     gate = None if validate is None else PruneGate(
         validate, max_drop, tuple(validate_metrics.split(",")), protocol, color_fix, keep_text_encoder
     )  # fmt: skip
@@ -180,12 +181,23 @@ def _check_gate(color_fix, validate, protocol, validate_metrics) -> None:
         raise fail(str(e), EXIT_USAGE) from None
 
 
-def _load(model_dir, device, precision, base, seed, full_vae):
+def _load(model_dir, device, precision, base, seed, full_vae, prompt_flags, strategy, validate):
+    """(model, device, the run's prompt rule). A fixed prompt (no tagger) is encoded before the model is built, in
+    each layout the run uses (calibration's, the gate's), by the text encoder alone, which is then freed."""
+    from sanasr_cli.prompts.rule import fixed_prompt
+
+    rule = po.asked_prompt_rule(describe_model_or_fail(str(model_dir), base, seed)[0].prompt, *prompt_flags)
+    layouts = ((False,) if strategy == "fisher" else ()) + ((True,) if validate is not None else ())
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     quiet_libraries()
     status = f"loading {model_dir} on {dev} ..."
-    return load_model_or_fail(model_dir, dev, dtype, base, seed, status, full_vae), dev
+    fixed = fixed_prompt(rule) if layouts else None
+    model = load_model_or_fail(
+        model_dir, dev, dtype, base, seed, status, full_vae, prompts=[fixed] if fixed is not None else None,
+        reuse_prefix=layouts,
+    )  # fmt: skip
+    return model, dev, rule
 
 
 def _run(model, options, job) -> int:

@@ -16,11 +16,12 @@ from sanasr_cli.cli.common import (
     EXIT_USAGE,
     check_report_paths,
     console,
+    describe_model_or_fail,
     fail,
     load_model_or_fail,
+    precision_choice,
     quiet_libraries,
     resolve_device,
-    resolve_precision,
 )
 
 EXIT_INTERRUPTED = 130
@@ -124,13 +125,10 @@ def upscale(
     state = _distributed_state()  # 2. processes and device
     f.nproc, f.rank = (state.num_processes, state.process_index) if state else (1, 0)
     f.dev = state.device if state and device == "auto" else resolve_device(device)
-    f.dtype = resolve_precision(precision, f.dev)
     from sanasr_cli.pipeline.upscale import split_work
 
     mine = split_work(images, f.shard_ij, (f.rank, f.nproc))
-    sr_model = _load_model(f)  # 3. model and options
-    options = _options(f, sr_model)
-    po.pretag(options.tagger, mine)  # one tagging pass with a bar (cached by file hash), then the GPU is free
+    sr_model, options = _model_and_options(f, mine)  # 3. the prompts first, then the model
     # 4. run (Ctrl-C: outputs written so far stay, the one in flight leaves no file, the report is written)
     start = time.perf_counter()
     records, interrupted = _run(sr_model, mine, input, output, options, f.rank, show=f.rank == 0)
@@ -203,11 +201,50 @@ def _list_images(f):
     return images, not_images
 
 
-def _load_model(f):
+def _model_and_options(f, mine):
+    """(model, UpscaleOptions). The precision is said first; then the files are tagged (one pass with a bar, cached
+    by file hash) and their prompts built from what the model's folder records, before the model is loaded, so that
+    the text encoder encodes them alone and is freed before the transformer and the VAE are built (an ONNX export,
+    which has no text encoder, is loaded first)."""
+    from sanasr_cli.pipeline.upscale import prompts_for_files
+
+    description, folder = describe_model_or_fail(f.model, f.base, f.seed)
+    f.dtype = _say_precision(f, description)
+    if description is None:
+        sr_model = _load_model(f)
+        options = _options(f, sr_model.description, sr_model.source_dir)
+        po.pretag(options.tagger, mine)
+        return sr_model, options
+    options = _options(f, description, folder)
+    po.pretag(options.tagger, mine)
+    prompts = None if f.keep_text_encoder else [p for _, p in prompts_for_files(options.tagger, mine, options).values()]
+    return _load_model(f, prompts), options
+
+
+def _say_precision(f, description):
+    """The dtype of the run, said in its first line with why (`--precision auto`: models/precision.py)."""
+    import torch
+
+    from sanasr_cli.models.presets import PRESETS
+
+    if description is None:
+        dtype, why = torch.float32, "an ONNX export runs in float32 in ONNX Runtime"
+    else:
+        preset = PRESETS.get(description.base_preset)
+        dtype, why = precision_choice(f.precision, f.dev, bool(preset and preset.bf16_agrees))
+    if f.rank == 0:
+        name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+        console.print(f"precision: {name} ({why})", highlight=False, soft_wrap=True)
+    return dtype
+
+
+def _load_model(f, prompts=None):
     quiet_libraries()
     is_main = f.rank == 0
     status = f"loading model {f.model} on {f.dev} ..." if is_main else None
-    sr_model = load_model_or_fail(f.model, f.dev, f.dtype, f.base, f.seed, status, f.full_vae, f.vae_decoder)
+    sr_model = load_model_or_fail(
+        f.model, f.dev, f.dtype, f.base, f.seed, status, f.full_vae, f.vae_decoder, prompts=prompts
+    )
     if sr_model.description.random_weights and is_main:
         console.print(
             f"[yellow]note:[/] '{f.model}' has random (untrained) weights: outputs show the pipeline, not SR quality."
@@ -215,13 +252,13 @@ def _load_model(f):
     return sr_model
 
 
-def _options(f, sr_model):
+def _options(f, description, folder):
     """The UpscaleOptions of the flags: the model's prompt rule with the prompt flags applied, its tagger."""
     from sanasr_cli.pipeline.upscale import UpscaleOptions
 
     rule = po.asked_prompt_rule(
-        sr_model.description.prompt, f.tagger, f.tagger_weights, f.tagger_model, f.tag_vocab, f.template,
-        warn=sr_model.source_dir is not None and f.rank == 0,
+        description.prompt, f.tagger, f.tagger_weights, f.tagger_model, f.tag_vocab, f.template,
+        warn=folder is not None and f.rank == 0,
     )  # presets were trained with no rule  # fmt: skip
     return UpscaleOptions(
         scale=f.scale, prompt_rule=rule, user_prompt=f.prompt, tile=f.tile_spec, color_fix=f.color_fix,
@@ -249,8 +286,8 @@ def _finish(f, state, records, not_images, interrupted: bool, start: float) -> N
                 "color_fix": f.color_fix, "precision": str(f.dtype).replace("torch.", ""), "device": str(f.dev),
                 "processes": f.nproc, "shard": f.shard or "0/1", "seconds": round(time.perf_counter() - start, 3),
                 "interrupted": interrupted, "vae_decoder": f.vae_decoder or "as the model records",
-                "text_encoder": "kept on the device" if f.keep_text_encoder or f.dev.type == "cpu"
-                else "moved to the CPU once the prompts were encoded",
+                "text_encoder": "kept in memory" if f.keep_text_encoder
+                else "freed once the prompts were encoded (encoded first: before the model was loaded)",
             }  # fmt: skip
             write_report(f.report, all_records, meta)
         _print_summary(all_records, f.output, f.report)

@@ -14,10 +14,15 @@ the eps and matches PyTorch; each graph is then constant-folded by ONNX Runtime'
 Why heights and widths are multiples: the restorer pads latents to the transformer's patch with a Python `if`
 that torch.export would specialise, so the graphs take latent sides that are multiples of the patch (sanasr's
 host path pads; a deployer feeding model.onnx keeps LQ sides multiples of the contract's `multiple_of`).
+Why external data: a protobuf holds at most 2 GiB, and SANA-600M's restorer alone is 2.4 GB in fp32. A model whose
+weights exceed `EXTERNAL_DATA_ABOVE` keeps each stage's weights in `<stage>.onnx.data` beside it through every step
+(tracing, folding, quantizing), and model.onnx (their composition) points at those same files: no step holds a
+graph's weights twice, and none is stored twice on the disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -43,6 +48,41 @@ from sanasr_cli.export.contract import (
 
 QUANTIZATIONS = ("none", "int8")
 MODEL_SCALE = 4
+# a model whose weights (bytes) exceed this is exported with external data (`<graph>.data`): SANA-600M (3.7 GB in fp32),
+# not nano (9 MB); a test lowers it to take that path on the tiny preset
+EXTERNAL_DATA_ABOVE = 1 << 30
+DATA_SUFFIX = ".data"
+
+
+class ExportMemoryError(SanaSRError):
+    """The export ran out of memory in one of its steps (the message names it)."""
+
+
+MEMORY_WORDS = ("bad_alloc", "out of memory", "failed to allocate", "cannot allocate memory", "can't allocate memory")
+
+
+@contextlib.contextmanager
+def export_step(step: str, on_step: Callable[[str], None] | None = None):
+    """Inside, running out of memory is ExportMemoryError naming `step`: one line, not an unforeseen error.
+    on_step(step) is called first (the command prints each step: an export takes minutes)."""
+    from sanasr_cli.untrusted import first_line
+
+    if on_step is not None:
+        on_step(step)
+
+    try:
+        yield
+    except MemoryError:
+        raise ExportMemoryError(f"sanasr export ran out of memory while {step}: {_MORE_MEMORY}") from None
+    except Exception as e:
+        if any(w in str(e).lower() for w in MEMORY_WORDS):
+            raise ExportMemoryError(
+                f"sanasr export ran out of memory while {step} ({first_line(e)}): {_MORE_MEMORY}"
+            ) from None
+        raise
+
+
+_MORE_MEMORY = "free memory (other programs) or export on a machine with more (docs/export.md: what each step needs)"
 
 
 @dataclass
@@ -215,7 +255,15 @@ def weights_sha256(model) -> str:
     return h.hexdigest()
 
 
-def _export_graph(module, args, path: Path, input_names, output_names, dynamic_shapes) -> None:
+def model_weight_bytes(model) -> int:
+    """Bytes of every parameter and buffer the graphs bake in (the transformer, the VAE, any students)."""
+    modules = [model.transformer, model.codec.vae, model.codec.lq_encoder, model.codec.light_decoder]
+    tensors = {id(t): t for m in modules if m is not None for t in (*m.parameters(), *m.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _export(module, args, path: Path, input_names, output_names, dynamic_shapes, external: bool = False) -> None:
+    import gc
     import warnings
 
     with warnings.catch_warnings(), torch.no_grad():
@@ -232,20 +280,20 @@ def _export_graph(module, args, path: Path, input_names, output_names, dynamic_s
             output_names=output_names,
             verbose=False,
         )
-    program.save(str(path))
+        del exported
+    program.save(str(path), external_data=external)  # external: the weights in `<path>.data`, tensor by tensor
+    del program
+    gc.collect()
 
 
 def export_stages(
-    model, folder: Path, embeds: torch.Tensor, mask: torch.Tensor, prompt_input: bool, on_step=None
+    model, folder: Path, embeds: torch.Tensor, mask: torch.Tensor, prompt_input: bool, external: bool = False,
+    on_step: Callable[[str], None] | None = None,
 ) -> None:
-    """encoder.onnx, restorer.onnx, decoder.onnx and head.onnx (model.onnx's first part) into folder;
-    on_step(text) before each (tracing takes most of an export's minute)."""
+    """encoder.onnx, restorer.onnx, decoder.onnx and head.onnx (model.onnx's first part) into folder; external:
+    each stage's weights in `<stage>.onnx.data` beside it (head.onnx holds only the prompt: inline); on_step(text)
+    before each step (tracing takes most of an export's time)."""
     from torch.export import Dim as _Dim
-
-    def _export(module, args, path: Path, *rest) -> None:
-        if on_step is not None:
-            on_step(f"tracing {path.stem} (torch.export, then ONNX)")
-        _export_graph(module, args, path, *rest)
 
     def Dim(name: str, min: int = 1, max: int = 4096):  # noqa: N802 - torch's name
         return _Dim(name, min=min, max=max)
@@ -267,21 +315,29 @@ def export_stages(
     else:
         enc_in = torch.rand(2, 3, lh * f, lw * f)
         enc_dims = {0: b, 2: times(f * p, Dim("h")), 3: times(f * p, Dim("w"))}
-    _export(_Encode(codec), (enc_in,), folder / STAGE_FILES["encoder"], ["image"], ["latent"], (enc_dims,))
+    with export_step("tracing the encoder (torch.export, then ONNX)", on_step):
+        _export(
+            _Encode(codec), (enc_in,), folder / STAGE_FILES["encoder"], ["image"], ["latent"], (enc_dims,), external
+        )
 
     z = _Encode(codec)(enc_in).detach()
     lat_dims = {0: b, 2: times(p, Dim("lh")), 3: times(p, Dim("lw"))}
     e2, m2 = embeds.expand(2, -1, -1).contiguous(), mask.expand(2, -1).contiguous()
-    _export(
-        _Restore(restorer),
-        (z, e2, m2),
-        folder / STAGE_FILES["restorer"],
-        ["latent", "prompt_embeds", "prompt_mask"],
-        ["restored_latent"],
-        (lat_dims, {0: b}, {0: b}),  # the token count is fixed: a dynamic one fails torch.export in the mask
-    )
+    with export_step("tracing the restorer (torch.export, then ONNX)", on_step):
+        _export(
+            _Restore(restorer),
+            (z, e2, m2),
+            folder / STAGE_FILES["restorer"],
+            ["latent", "prompt_embeds", "prompt_mask"],
+            ["restored_latent"],
+            (lat_dims, {0: b}, {0: b}),  # the token count is fixed: a dynamic one fails torch.export in the mask
+            external,
+        )
     dec_dims = {0: b, 2: Dim("dh"), 3: Dim("dw")}
-    _export(_Decode(codec), (z,), folder / STAGE_FILES["decoder"], ["restored_latent"], ["sr"], (dec_dims,))
+    with export_step("tracing the decoder (torch.export, then ONNX)", on_step):
+        _export(
+            _Decode(codec), (z,), folder / STAGE_FILES["decoder"], ["restored_latent"], ["sr"], (dec_dims,), external
+        )
 
     k = lq_multiple_of(model)
     lq = torch.rand(2, 3, 3 * k, 4 * k)
@@ -292,18 +348,38 @@ def export_stages(
 
 
 def compose_model(folder: Path, stage_files: dict[str, str], out_name: str = MODEL_NAME) -> None:
-    """model.onnx = head -> encoder -> restorer -> decoder (onnx.compose; each part's inner names prefixed)."""
+    """model.onnx = head -> encoder -> restorer -> decoder (onnx.compose; each part's inner names prefixed). The
+    parts are read without their external data: model.onnx points at the stages' own `.data` files (the weights are
+    neither read nor stored again), and a graph over 2 GiB never has to fit in one protobuf."""
     import onnx
     from onnx import compose
 
+    folder = Path(folder).resolve()
+
     def part(name: str, prefix: str):
-        m = onnx.load(str(folder / name))
+        m = onnx.load(str(folder / name), load_external_data=False)
         return compose.add_prefix(m, prefix, rename_inputs=False, rename_outputs=False)
 
     head = part("head.onnx", "head/")
     enc = part(stage_files["encoder"], "encoder/")
-    res = part(stage_files["restorer"], "restorer/")
-    dec = part(stage_files["decoder"], "decoder/")
+    with _working_directory(folder):  # merge_models checks external data files relative to the working directory
+        m = _merge(head, enc, part(stage_files["restorer"], "restorer/"), part(stage_files["decoder"], "decoder/"))
+    onnx.save(m, str(folder / out_name))
+
+
+@contextlib.contextmanager
+def _working_directory(folder: Path):
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def _merge(head, enc, res, dec):
+    from onnx import compose
+
     baked = len(head.graph.output) == 3
     passed = ["prompt_embeds", "prompt_mask"] if baked else []
     m = compose.merge_models(
@@ -312,8 +388,7 @@ def compose_model(folder: Path, stage_files: dict[str, str], out_name: str = MOD
     m = compose.merge_models(
         m, res, io_map=[("latent", "latent"), *[(n, n) for n in passed]], outputs=["restored_latent"]
     )
-    m = compose.merge_models(m, dec, io_map=[("restored_latent", "restored_latent")], outputs=["sr"])
-    onnx.save(m, str(folder / out_name))
+    return compose.merge_models(m, dec, io_map=[("restored_latent", "restored_latent")], outputs=["sr"])
 
 
 INT8_OPS = ("MatMul", "Gemm")  # not Conv: measured slower in ONNX Runtime's ConvInteger, and no more accurate
@@ -332,20 +407,75 @@ def fold_constants(folder: Path, files) -> None:
     ort = require_onnxruntime()
     for name in files:
         src, dst = folder / name, folder / f"{Path(name).stem}.folded.onnx"
+        external = has_external_data(src)
         try:
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
             options.optimized_model_filepath = str(dst)
             options.log_severity_level = 3
-            ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
-            m = onnx.load(str(dst))
+            if external:  # the folded weights go to a file of their own, as the graph's came (above 2 GiB)
+                options.add_session_config_entry(
+                    "session.optimized_model_external_initializers_file_name", dst.name + DATA_SUFFIX
+                )
+                options.add_session_config_entry(
+                    "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+                )
+            session = ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+            del session
+            m = onnx.load(str(dst), load_external_data=False)
             used = {n.domain for n in m.graph.node} | {""}
             kept = [o for o in m.opset_import if o.domain in used]
             del m.opset_import[:]  # ORT lists every domain it knows; onnx.compose needs the parts' imports to agree
             m.opset_import.extend(kept)
-            onnx.save(m, str(src))
+            onnx.save(m, str(dst))
+            move_graph(dst, src)
         finally:
             dst.unlink(missing_ok=True)
+            (folder / (dst.name + DATA_SUFFIX)).unlink(missing_ok=True)
+
+
+def _external_tensors(model):
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    return [t for t in _get_all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def data_files(path: Path) -> list[str]:
+    """The external data files the ONNX graph at `path` keeps weights in (names relative to its folder)."""
+    import onnx
+
+    tensors = _external_tensors(onnx.load(str(path), load_external_data=False))
+    return sorted({e.value for t in tensors for e in t.external_data if e.key == "location"})
+
+
+def has_external_data(path: Path) -> bool:
+    """Whether the ONNX graph at `path` keeps weights in an external data file."""
+    return bool(data_files(path))
+
+
+def move_graph(src: Path, dst: Path) -> None:
+    """Rename the graph `src` to `dst` in the same folder, with its external data file (then `<dst>.data`, the
+    graph's references rewritten; a `<dst>.data` left from before is replaced or removed)."""
+    import onnx
+
+    m = onnx.load(str(src), load_external_data=False)
+    tensors = _external_tensors(m)
+    locations = {e.value for t in tensors for e in t.external_data if e.key == "location"}
+    if len(locations) > 1:
+        raise ValueError(f"{src.name} keeps its weights in several files ({', '.join(sorted(locations))})")
+    data = dst.parent / (dst.name + DATA_SUFFIX)
+    for t in tensors:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = data.name
+    if locations:
+        os.replace(src.parent / locations.pop(), data)
+    else:
+        data.unlink(missing_ok=True)
+    onnx.save(m, str(dst))
+    if src != dst:
+        src.unlink()
 
 
 def quantize_int8(folder: Path, stages: dict[str, str] = STAGE_FILES) -> dict[str, str]:
@@ -359,17 +489,40 @@ def quantize_int8(folder: Path, stages: dict[str, str] = STAGE_FILES) -> dict[st
     record = {}
     for stage, name in stages.items():
         src, tmp = folder / name, folder / f"{stage}.int8.onnx"
+        external = has_external_data(src)
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # its "please run pre-processing" warning: fold_constants is that
         try:
-            quantize_dynamic(str(src), str(tmp), op_types_to_quantize=list(INT8_OPS), weight_type=QuantType.QInt8)
-            os.replace(tmp, src)
+            quantize_dynamic(
+                str(src), str(tmp), op_types_to_quantize=list(INT8_OPS), weight_type=QuantType.QInt8,
+                use_external_data_format=external,
+            )  # fmt: skip
+            move_graph(tmp, src)
         finally:
             root.setLevel(level)
             tmp.unlink(missing_ok=True)
+            (folder / (tmp.name + DATA_SUFFIX)).unlink(missing_ok=True)
         record[stage] = f"int8 dynamic (ONNX Runtime quantize_dynamic, {'/'.join(INT8_OPS)} weights QInt8)"
     return record
+
+
+def export_prompt(rule, prompt: str | None = None) -> str:
+    """The text an export bakes in (or stores as its default): what `upscale` builds for every image with no tagger
+    and no --prompt (the template alone), or `prompt`."""
+    from sanasr_cli.prompts.template import build_prompt
+
+    return build_prompt([], prompt if prompt is not None else rule.template)
+
+
+def free_weights(model) -> None:
+    """Every weight of `model` freed (moved to the meta device): what an export needs of it is traced already."""
+    for module in (model.transformer, *model.codec.modules()):
+        if module is not None:
+            module.to("meta")
+    import gc
+
+    gc.collect()
 
 
 def model_card(contract: dict) -> str:
@@ -410,6 +563,8 @@ def export_onnx(
     overwrite: bool = False,
     source_options: dict | None = None,
     on_step: Callable[[str], None] | None = None,
+    external_data_above: int = EXTERNAL_DATA_ABOVE,
+    free_model: bool = False,
 ) -> ExportResult:
     """Export `model` (a loaded SanaSR, fp32 on the CPU) into the ONNX folder `out` (written atomically: a
     staging folder renamed into place). prompt: the text baked in (default: the model's template, what
@@ -418,12 +573,14 @@ def export_onnx(
     untrimmed layout of `model.prompts.encode(texts, reuse_prefix=True)` (T: the model's max text length), so
     any prompt fits; `prompt` is then only the default stored in prompt.npz. source_options: how `source` is
     loaded again (random_weights, seed, base), recorded so that the ONNX backend can rebuild the text encoder.
-    on_step(text): called as each step starts (the command prints it: an export takes a minute or more)."""
+    external_data_above: a model with more bytes of weights is exported with external data (`<graph>.data`, see the
+    module doc). free_model: the model's weights are freed (to the meta device) once the graphs are traced, so that
+    the ONNX Runtime steps after it have that memory (the CLI's model is not used again); ExportMemoryError names
+    the step that ran out of memory. on_step(text): called as each step starts (the command prints it)."""
     import numpy as np
     import onnx
 
     from sanasr_cli import __version__
-    from sanasr_cli.prompts.template import build_prompt
     from sanasr_cli.safe_files import atomic_write, make_temp_dir, replace_dir
 
     if quantize not in QUANTIZATIONS:
@@ -433,42 +590,50 @@ def export_onnx(
     check_export_target(out, overwrite)
     start = time.perf_counter()
     rule = model.description.prompt
-    # the text `upscale` then builds for every image (no tagger, no --prompt: the template alone)
-    text = build_prompt([], prompt if prompt is not None else rule.template)
+    text = export_prompt(rule, prompt)
     with torch.no_grad():
         if prompt_input:  # every prompt in one layout: T = max_length positions, padding masked (weight 0)
             embeds, mask = model.prompts.encode([text], reuse_prefix=True, device="cpu")
         else:
             embeds, mask = model.prompts.encode_for_transformer([text], device="cpu")
     embeds, mask = embeds.float(), mask.to(torch.int64)
+    model.release_text_encoder()  # the graphs need no text encoder: freed (never built when the prompt was held)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(out.parent, f".{out.name}.")
     try:
-        step = on_step or (lambda text: None)
-        export_stages(model, tmp, embeds, mask, prompt_input, on_step=step)
-        step("folding constants (ONNX Runtime's basic optimisations)")
-        fold_constants(tmp, [*STAGE_FILES.values(), "head.onnx"])
+        external = model_weight_bytes(model) > external_data_above
+        with export_step("hashing the weights", on_step):
+            weights = weights_sha256(model)
+        export_stages(model, tmp, embeds, mask, prompt_input, external, on_step)
+        codec = model.codec
+        facts = {
+            "multiple_of": lq_multiple_of(model), "encodes_lq": codec.encodes_lq, "factor": codec.factor,
+            "lq_factor": codec.lq_factor, "patch_size": model.restorer.patch_size, "tau_g": model.restorer.tau_g,
+        }  # fmt: skip
+        if free_model:
+            free_weights(model)
+        with export_step("folding constants (ONNX Runtime's basic optimisations)", on_step):
+            fold_constants(tmp, [*STAGE_FILES.values(), "head.onnx"])
         stages = {}
         if quantize == "int8":
-            step("quantizing to int8")
-            stages = quantize_int8(tmp)
-        step(f"composing {MODEL_NAME}")
-        compose_model(tmp, STAGE_FILES)
+            with export_step("quantizing to int8 (ONNX Runtime quantize_dynamic)", on_step):
+                stages = quantize_int8(tmp)
+        with export_step("composing model.onnx (onnx.compose)", on_step):
+            compose_model(tmp, STAGE_FILES)
         (tmp / "head.onnx").unlink()
         np.savez(tmp / PROMPT_FILE, embeds=embeds.numpy(), mask=mask.numpy())
         opset = next(o.version for o in onnx.load(str(tmp / MODEL_NAME), load_external_data=False).opset_import
                      if o.domain in ("", "ai.onnx"))  # fmt: skip
-        codec = model.codec
         contract = {
             "format": CONTRACT_FORMAT,
             "version": CONTRACT_VERSION,
             "sanasr_version": __version__,
             "source_model": source,
-            "source_weights_sha256": weights_sha256(model),
+            "source_weights_sha256": weights,
             "scale": MODEL_SCALE,
             "input": {
                 "name": "lq", "layout": "NCHW", "channels": "RGB", "dtype": "float32", "range": [0.0, 1.0],
-                "multiple_of": lq_multiple_of(model), "dynamic": ["batch", "height", "width"],
+                "multiple_of": facts["multiple_of"], "dynamic": ["batch", "height", "width"],
             },
             "output": {"name": "sr", "layout": "NCHW", "channels": "RGB", "dtype": "float32", "range": [0.0, 1.0]},
             "prompt": {
@@ -482,21 +647,26 @@ def export_onnx(
             "opset": opset,
             "quantization": {"mode": quantize, "stages": stages},
             "stages": dict(STAGE_FILES),
-            "encoder_reads": "lq" if codec.encodes_lq else "x4",
-            "factor": codec.factor,
-            "lq_factor": codec.lq_factor,
-            "patch_size": model.restorer.patch_size,
-            "tau_g": model.restorer.tau_g,
+            # each graph's external data files (model.onnx points at the stages' own), as the graphs name them
+            "external_data": {n: f for n in [*STAGE_FILES.values(), MODEL_NAME] if (f := data_files(tmp / n))},
+            "encoder_reads": "lq" if facts["encodes_lq"] else "x4",
+            "factor": facts["factor"],
+            "lq_factor": facts["lq_factor"],
+            "patch_size": facts["patch_size"],
+            "tau_g": facts["tau_g"],
             "color_fix": "none inside the graph (sanasr applies --color-fix on the host)",
             "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=True, optimize=False), then ONNX "
             "Runtime's basic graph optimisations applied offline (constant folding)",
             "files": {},
         }  # fmt: skip
-        contract["files"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.suffix in (".onnx", ".npz")}
+        contract["files"] = {
+            p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.suffix in (".onnx", ".npz", DATA_SUFFIX)
+        }
         card = model_card(contract)
         atomic_write(tmp / "README.md", card)
         # what a later --overwrite may delete: exactly these files, unchanged (check_earlier_export)
-        contract["sha256"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        with export_step("hashing the files", on_step):
+            contract["sha256"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         atomic_write(tmp / CONTRACT_NAME, json.dumps(contract, indent=2) + "\n")
         # checked again now, after minutes of work: a folder that appeared or changed at OUT is never replaced
         replace_dir(tmp, out, check=lambda o: check_export_target(o, overwrite))

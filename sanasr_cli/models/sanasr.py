@@ -9,6 +9,7 @@ tokenizer/, scheduler/), honouring the Hugging Face cache and HF_HUB_OFFLINE. Wh
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -63,13 +64,16 @@ class SanaSR:
         return self.transformer.dtype
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SanaSR:
-        for module in (*self.codec.modules(), self.prompts.text_encoder, self.transformer):
-            module.to(device=device, dtype=dtype)
+        for module in (*self.codec.modules(), self.transformer):
+            if not any(p.is_meta for p in module.parameters()):  # a VAE built without weights stays so
+                module.to(device=device, dtype=dtype)
+        self.prompts.to(device=device, dtype=dtype)  # the text encoder, once built, goes (or is built) there too
         return self
 
-    def release_text_encoder(self, to: torch.device | str = "cpu") -> None:
-        """Move the text encoder off the accelerator once the run's prompts are encoded (`PromptEncoder.release`;
-        "meta" frees its weights). The device the model reports, and restores on, is the transformer's."""
+    def release_text_encoder(self, to: torch.device | str | None = None) -> None:
+        """Free the text encoder once the run's prompts are encoded, on any device (`PromptEncoder.release`: None
+        drops it, a device moves it there, "meta" frees its weights for good). The device the model reports, and
+        restores on, is the transformer's."""
         self.prompts.release(to)
 
     @torch.no_grad()
@@ -144,25 +148,51 @@ def _seeded(seed: int):
         yield
 
 
-def build_random_transformer(preset: Preset, seed: int):
+@contextlib.contextmanager
+def _built_in(dtype: torch.dtype):
+    """Inside, every module is cast to `dtype` as it is attached to its parent, i.e. right after its own
+    constructor (its default initialisation included) ran in float32: a random model is built in its target
+    dtype, holding at most one sub-module's float32 weights at a time, with the very values of a float32 build
+    cast afterwards (the same random draws in the same order). Every process-wide module registration counts."""
+    if dtype == torch.float32:
+        yield
+        return
+    from torch.nn.modules.module import register_module_module_registration_hook
+
+    def cast(parent, name, child):
+        if child is not None:
+            child.to(dtype)
+
+    handle = register_module_module_registration_hook(cast)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _cast(module, dtype: torch.dtype):
+    """The module's own parameters (those of no sub-module) in `dtype` too; float32: as built."""
+    return module if dtype == torch.float32 else module.to(dtype)
+
+
+def build_random_transformer(preset: Preset, seed: int, dtype: torch.dtype = torch.float32):
     from diffusers import SanaTransformer2DModel
 
-    with _seeded(seed):
-        return SanaTransformer2DModel(**preset.transformer)
+    with _seeded(seed), _built_in(dtype):
+        return _cast(SanaTransformer2DModel(**preset.transformer), dtype)
 
 
-def build_random_vae(preset: Preset, seed: int):
+def build_random_vae(preset: Preset, seed: int, dtype: torch.dtype = torch.float32):
     from diffusers import AutoencoderDC
 
-    with _seeded(seed + 1):
-        return AutoencoderDC(**preset.vae)
+    with _seeded(seed + 1), _built_in(dtype):
+        return _cast(AutoencoderDC(**preset.vae), dtype)
 
 
-def build_random_text(preset: Preset, seed: int):
-    """A random Gemma-2 of the preset's config and the locally built tokenizer."""
-    from transformers import Gemma2Config, Gemma2Model
+def random_text_config(preset: Preset, tokenizer):
+    """The Gemma2Config of a random-weight preset's text encoder, its special tokens the local tokenizer's."""
+    from transformers import Gemma2Config
 
-    tokenizer = build_local_tokenizer()
     cfg = dict(preset.text_encoder)
     if cfg.get("vocab_size") is None:
         cfg["vocab_size"] = len(tokenizer)
@@ -171,9 +201,21 @@ def build_random_text(preset: Preset, seed: int):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    with _seeded(seed + 2):
-        model = Gemma2Model(Gemma2Config(**cfg))
-    return tokenizer, model
+    return Gemma2Config(**cfg)
+
+
+def build_random_text_encoder(config, seed: int, dtype: torch.dtype = torch.float32):
+    """A random Gemma-2 of `config` (`random_text_config`), built in `dtype`."""
+    from transformers import Gemma2Model
+
+    with _seeded(seed + 2), _built_in(dtype):
+        return _cast(Gemma2Model(config), dtype)
+
+
+def build_random_text(preset: Preset, seed: int, dtype: torch.dtype = torch.float32):
+    """A random Gemma-2 of the preset's config and the locally built tokenizer."""
+    tokenizer = build_local_tokenizer()
+    return tokenizer, build_random_text_encoder(random_text_config(preset, tokenizer), seed, dtype)
 
 
 def load_vae_decoder(
@@ -287,8 +329,19 @@ def _from_pretrained(component: str, preset: Preset, source: str, loader, subfol
         raise MissingWeightsError(component, _looked_in(source, subfolder), _how_to_fix(preset), first_line) from None
 
 
-def load_pretrained_base(preset: Preset, source: str, dtype: torch.dtype, need_transformer: bool = True):
-    """Real components from a hub id or a local diffusers-layout folder ('shipped:NAME': the package's own)."""
+def load_pretrained_base(
+    preset: Preset,
+    source: str,
+    dtype: torch.dtype,
+    need_transformer: bool = True,
+    need_text_encoder: bool = True,
+    local: bool | None = None,
+    need_vae: bool = True,
+):
+    """Real components from a hub id or a local diffusers-layout folder ('shipped:NAME': the package's own), each
+    read in `dtype`. need_text_encoder False: the tokenizer and text encoder are None (`build_prompt_encoder`
+    loads them, the encoder only when a prompt needs it). local: `hub_load_mode`'s answer when asked already.
+    need_vae False: the VAE is built from its config on the meta device, no weights read."""
     from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
     from transformers import AutoModel, AutoTokenizer
 
@@ -299,7 +352,8 @@ def load_pretrained_base(preset: Preset, source: str, dtype: torch.dtype, need_t
     # a local folder or a cached repo: read from the disk, nothing looked up; else the download is announced
     # first, and where the hub cannot be reached (or offline, or in the demo) nothing is tried:
     # MissingWeightsError says what is missing at once
-    local = hub_load_mode(f"the weights of '{preset.name}'", source)
+    if local is None:
+        local = hub_load_mode(f"the weights of '{preset.name}'", source)
 
     transformer = None
     if need_transformer:
@@ -313,18 +367,29 @@ def load_pretrained_base(preset: Preset, source: str, dtype: torch.dtype, need_t
             use_safetensors=True,
             local_files_only=local,
         )
-    vae = _from_pretrained(
-        "vae", preset, source, AutoencoderDC.from_pretrained, "vae", torch_dtype=dtype, use_safetensors=True,
-        local_files_only=local,
-    )  # fmt: skip
-    tokenizer = _from_pretrained(
-        "tokenizer", preset, source, AutoTokenizer.from_pretrained, "tokenizer", local_files_only=local
-    )
-    text_encoder = _from_pretrained(
-        "text_encoder", preset, source, AutoModel.from_pretrained, "text_encoder", dtype=dtype, use_safetensors=True,
-        local_files_only=local,
-    )  # fmt: skip
-    for name, module in (("transformer", transformer), ("vae", vae), ("text_encoder", text_encoder)):
+    if need_vae:
+        vae = _from_pretrained(
+            "vae", preset, source, AutoencoderDC.from_pretrained, "vae", torch_dtype=dtype, use_safetensors=True,
+            local_files_only=local,
+        )  # fmt: skip
+    else:  # its config only: a model that never encodes or decodes (merge-lora)
+        config = _from_pretrained("vae", preset, source, AutoencoderDC.load_config, "vae", local_files_only=local)
+        with torch.device("meta"):
+            vae = AutoencoderDC.from_config(config)
+    tokenizer = text_encoder = None
+    if need_text_encoder:
+        tokenizer = _from_pretrained(
+            "tokenizer", preset, source, AutoTokenizer.from_pretrained, "tokenizer", local_files_only=local
+        )
+        text_encoder = _from_pretrained(
+            "text_encoder", preset, source, AutoModel.from_pretrained, "text_encoder", dtype=dtype,
+            use_safetensors=True, local_files_only=local,
+        )  # fmt: skip
+    for name, module in (
+        ("transformer", transformer),
+        ("vae", vae if need_vae else None),
+        ("text_encoder", text_encoder),
+    ):
         if module is not None:  # each weight file once, as it is loaded (a NaN would be a black image)
             check_finite(module.state_dict(), f"base '{source}': {name}")
     sched = _from_pretrained(
@@ -486,7 +551,8 @@ def build_students(
                     module = cls.from_config(cls.load_config(str(path)))
             else:
                 module = load_student(kind, path, dtype)
-        elif folder is None and preset.extra.get("students"):
+        elif (folder is None or description.random_weights) and preset.extra.get("students"):
+            # a preset with students (sana-600m-512-fast), by name or as a random-weight folder of it
             cfg = student_config(kind, preset.vae, preset.extra["students"])
             with torch.device(device or "cpu"):
                 module = build_student(kind, cfg, seed=int(description.random_seed or 0) + 3)
@@ -545,12 +611,23 @@ def load_model(
     seed: int = 0,
     full_vae: bool = False,
     vae_decoder: str | None = None,
+    prompts: list[str] | None = None,
+    reuse_prefix: tuple[bool, ...] = (True,),
+    prompt_rule: PromptRule | None = None,
+    need_vae: bool = True,
 ) -> SanaSR:
     """Build a SanaSR from a preset name or a model directory, on `device` in `dtype` (a folder written by
-    `sanasr export` loads as the ONNX Runtime backend instead: CPU, float32, the other arguments unused).
+    `sanasr export` loads as the ONNX Runtime backend instead: CPU, float32, the other arguments unused). Each
+    part is read (or, with random weights, built) in `dtype`; the text encoder only when a prompt needs it.
 
     full_vae: ignore the model's distilled students (encoder/, decoder/) and run the teacher VAE (`--full-vae`).
     vae_decoder: "full", "lite" or a folder (see `load_vae_decoder`); None: what the description records.
+    prompts: the run's prompts when known before loading: encoded first (`PromptEncoder.hold`, in each layout of
+    `reuse_prefix`: True the inference one, False the padded one of training and calibration) by the text encoder
+    alone, which is then freed before the transformer and the VAE are built (it never sits beside them; prompts
+    found in the disk cache do not build it at all). prompt_rule: the rule the run uses instead of the recorded
+    one (its instruction prefix and masking shape the encodings). need_vae: False builds the VAE without weights
+    (on the meta device: its config only), for a command that never encodes or decodes (merge-lora).
     """
     from sanasr_cli.export.contract import is_onnx_dir
 
@@ -568,6 +645,8 @@ def load_model(
         raise ModelDirError(problem)
     if base and folder is not None and not description.random_weights:
         description.base_source = base  # a model dir made elsewhere: point it at this machine's base copy
+    if prompt_rule is not None:
+        description.prompt = prompt_rule
     preset = PRESETS.get(description.base_preset)
     if preset is None:
         raise ModelDirError(f"unknown base preset '{description.base_preset}' in {folder}")
@@ -579,27 +658,46 @@ def load_model(
             check_adapter_config(folder / description.adapter, str(folder / description.adapter))
     own_transformer = description.transformer != "base"
     if own_transformer:
+        from sanasr_cli.models.folder_check import check_diffusers_folder
+
         tdir = folder / description.transformer
         if not (tdir / "config.json").is_file():
             raise ModelDirError(f"{folder}: transformer folder '{description.transformer}' has no config.json")
-        # config and weight headers checked before anything is built (folder_check), weights finite after
         where = f"{folder}: transformer folder '{description.transformer}/'"
+        check_diffusers_folder(SanaTransformer2DModel, tdir, where)  # config and headers, before any work
+    local = None
+    if not description.random_weights:  # asked once: a download is announced once, and all parts come alike
+        from sanasr_cli.hub import hub_load_mode
+
+        source = resolve_base_source(description.base_source)
+        local = hub_load_mode(f"the weights of '{preset.name}'", source)
+        _check_base_configs(preset, source, local, need_transformer=not own_transformer)
+    prompt_encoder = build_prompt_encoder(description, preset, dtype, local).to(device, dtype)
+    if prompts is not None:  # the largest part first and alone: encoded, then freed before the rest is built
+        for layout in reuse_prefix:
+            prompt_encoder.hold(list(prompts), layout)
+        prompt_encoder.release()
+    if own_transformer:  # config and weight headers checked before anything is built (folder_check), finite after
         transformer = load_diffusers_folder(SanaTransformer2DModel, tdir, where, dtype)
     if description.random_weights:
         seed_ = int(description.random_seed or 0)
         if not own_transformer:
-            transformer = build_random_transformer(preset, seed_)
-        vae = build_random_vae(preset, seed_)
-        tokenizer, text_encoder = build_random_text(preset, seed_)
+            transformer = build_random_transformer(preset, seed_, dtype)
+        vae = build_random_vae(preset, seed_, dtype) if need_vae else _vae_without_weights(preset.vae)
         shift = description.flow_shift
+        stored = torch.float32  # drawn in float32
     else:
-        t, vae, tokenizer, text_encoder, shift = load_pretrained_base(
-            preset, description.base_source, dtype, need_transformer=not own_transformer
-        )
+        t, vae, _, _, shift = load_pretrained_base(
+            preset, description.base_source, dtype, not own_transformer, need_text_encoder=False, local=local,
+            need_vae=need_vae,
+        )  # fmt: skip
         if not own_transformer:
             transformer = t
         if folder is None:
             description.flow_shift = shift
+        stored = stored_dtype(_local_snapshot(resolve_base_source(description.base_source)), "transformer")
+    if own_transformer:
+        stored = stored_dtype(folder, description.transformer)
     if description.adapter:
         adapter_dir = folder / description.adapter
         if not (adapter_dir / "adapter_config.json").is_file():
@@ -615,11 +713,151 @@ def load_model(
     transformer.eval().requires_grad_(False)
     students = build_students(description, folder, preset, vae, dtype, full_vae)
     refuse_unused_decoder(spec, vae_decoder, students[1])  # before a decoder is looked for
-    use_decoder(vae, description, vae_decoder, preset, dtype)
+    if need_vae:
+        use_decoder(vae, description, vae_decoder, preset, dtype)
     if full_vae:
         description.encoder = description.decoder = None  # what runs is what the description says
-    model = assemble_model(transformer, vae, tokenizer, text_encoder, description, preset, folder, students)
+    model = assemble_model(transformer, vae, None, None, description, preset, folder, students, prompt_encoder)
+    model.info["stored_dtype"] = stored  # what a command writing the model back saves it in (prune)
     return model.to(device=device, dtype=dtype)
+
+
+def _vae_without_weights(config: dict):
+    """An AutoencoderDC of `config` on the meta device: its structure and config, no memory."""
+    from diffusers import AutoencoderDC
+
+    with torch.device("meta"):
+        return AutoencoderDC(**config)
+
+
+def stored_dtype(folder: Path | None, sub: str) -> torch.dtype | None:
+    """The floating dtype the weights in folder/sub/*.safetensors are stored in (from a header), None if unknown."""
+    from safetensors import safe_open
+
+    files = sorted((Path(folder) / sub).glob("*.safetensors")) if folder is not None else []
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    dtype = f.get_slice(key).get_dtype()
+                    found = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}.get(dtype)
+                    if found is not None:
+                        return found
+        except Exception:  # noqa: BLE001 - an unreadable file: unknown (the loader reports it)
+            continue
+    return None
+
+
+def _check_base_configs(preset: Preset, source: str, local: bool, need_transformer: bool) -> None:
+    """MissingWeightsError naming the first part of the base that is not there (transformer, vae), from its config
+    alone: a missing base is said as such before the text encoder's files are looked for."""
+    from diffusers import AutoencoderDC, SanaTransformer2DModel
+
+    parts = (("transformer", SanaTransformer2DModel),) if need_transformer else ()
+    for name, cls in (*parts, ("vae", AutoencoderDC)):
+        _from_pretrained(name, preset, source, cls.load_config, name, local_files_only=local)
+
+
+def build_prompt_encoder(
+    description: ModelDescription, preset: Preset, dtype: torch.dtype, local: bool | None = None
+) -> PromptEncoder:
+    """The model's PromptEncoder: its tokenizer now, its text encoder (Gemma-2 2B in SANA, the largest part) built
+    in `dtype` only when a prompt first needs it, its encodings kept in the disk cache under the encoder's identity
+    (`models/embedding_cache.py`; none where the identity cannot be known without the network). local:
+    `hub_load_mode`'s answer for the base (None: asked here)."""
+    from sanasr_cli.models.embedding_cache import EmbeddingCache, default_cache_dir
+
+    rule = description.prompt
+    if description.random_weights:
+        seed = int(description.random_seed or 0)
+        tokenizer = build_local_tokenizer()
+        config = random_text_config(preset, tokenizer)
+        build = functools.partial(build_random_text_encoder, config, seed, dtype)
+        identity = random_text_identity(preset.name, config, seed)
+        hidden = config.hidden_size
+    else:
+        from sanasr_cli.hub import hub_load_mode
+
+        source = resolve_base_source(description.base_source)
+        if local is None:
+            local = hub_load_mode(f"the weights of '{preset.name}'", source)
+        tokenizer, hidden, identity = load_pretrained_tokenizer(preset, source, local)
+        build = functools.partial(load_pretrained_text_encoder, preset, source, dtype, local)
+    folder = default_cache_dir()
+    return PromptEncoder(
+        tokenizer,
+        build,
+        max_length=preset.max_text_length,
+        mask_degradation_words=rule.mask_degradation_words,
+        complex_human_instruction=rule.complex_human_instruction,
+        hidden_size=hidden,
+        store=EmbeddingCache(folder, identity) if folder is not None and identity is not None else None,
+    )
+
+
+def _versions() -> str:
+    import transformers
+
+    from sanasr_cli import __version__
+
+    return f"sanasr {__version__}, torch {torch.__version__}, transformers {transformers.__version__}"
+
+
+def random_text_identity(preset_name: str, config, seed: int) -> str:
+    """A random text encoder is its preset's config, its seed and the code that draws it (versions)."""
+    import hashlib
+    import json
+
+    cfg = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+    return f"random {preset_name} seed {seed} config {cfg} ({_versions()})"
+
+
+def load_pretrained_tokenizer(preset: Preset, source: str, local: bool):
+    """(tokenizer, the text encoder's width, the encoder's identity or None) from a hub id or local folder, without
+    loading the encoder's weights: its identity is the fingerprint of its files and the tokenizer's
+    (`embedding_cache.files_fingerprint`), None for a hub repo not in the cache yet."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from sanasr_cli.models.embedding_cache import files_fingerprint
+
+    tokenizer = _from_pretrained(
+        "tokenizer", preset, source, AutoTokenizer.from_pretrained, "tokenizer", local_files_only=local
+    )
+    config = _from_pretrained(
+        "text_encoder", preset, source, AutoConfig.from_pretrained, "text_encoder", local_files_only=local
+    )
+    folder = _local_snapshot(source)
+    identity = None
+    if folder is not None:
+        prints = [files_fingerprint(folder / sub) for sub in ("text_encoder", "tokenizer")]
+        identity = f"pretrained {source} {' '.join(prints)} ({_versions()})"
+    return tokenizer, int(config.hidden_size), identity
+
+
+def _local_snapshot(source: str) -> Path | None:
+    """The folder holding `source`'s files on this machine: itself, or its snapshot in the Hugging Face cache."""
+    from sanasr_cli.hub import is_local_source
+
+    if is_local_source(source):
+        return Path(source).expanduser()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache (or not a repo id): no identity, no disk cache
+        return None
+
+
+def load_pretrained_text_encoder(preset: Preset, source: str, dtype: torch.dtype, local: bool):
+    """The text encoder's weights from a hub id or local folder, read in `dtype` and checked finite."""
+    from transformers import AutoModel
+
+    encoder = _from_pretrained(
+        "text_encoder", preset, source, AutoModel.from_pretrained, "text_encoder", dtype=dtype, use_safetensors=True,
+        local_files_only=local,
+    )  # fmt: skip
+    check_finite(encoder.state_dict(), f"base '{source}': text_encoder")
+    return encoder
 
 
 def refuse_outside_sources(folder: Path, description: ModelDescription, base: str | None, vae_decoder) -> None:
@@ -698,12 +936,15 @@ def assemble_model(
     preset: Preset,
     folder: Path | None,
     students: tuple = (None, None),
+    prompts: PromptEncoder | None = None,
 ) -> SanaSR:
     """Wrap built components into a SanaSR as the description says (tau_g, shift, prompt rule); `students`:
-    (student encoder, student decoder), either None."""
+    (student encoder, student decoder), either None; `prompts`: a PromptEncoder made already (else one over
+    `tokenizer` and `text_encoder`)."""
     return SanaSR(
         codec=LatentCodec(vae, *students),
-        prompts=PromptEncoder(
+        prompts=prompts
+        or PromptEncoder(
             tokenizer,
             text_encoder,
             max_length=preset.max_text_length,

@@ -24,10 +24,15 @@ Two ways to run the encoder, same layout:
 `trim_text_positions` then drops the trailing masked positions: the transformer attends over as many text
 positions as the longest real prompt of the batch needs, not max_length.
 
-A run that knows all its prompts up front (upscale, eval --model, prune's gate) encodes them first inside
-`pinned(prompts)` (kept for the whole run, whatever the LRU cache's size) and then calls `release()`: the text
-encoder (2.6 B parameters in SANA) leaves the accelerator before any restoring, and the prompts are served from
-the pinned embeddings without running it again.
+The text encoder (2.6 B parameters in SANA: 10.5 GB in fp32) is built when a prompt first needs it (`load_model`
+passes a function that builds it), and freed again once the run's prompts are encoded:
+- a run that knows its prompts before the model is loaded (upscale, export, train with a fixed prompt) gives them
+  to `load_model(prompts=...)`: they are encoded (`hold`) by the encoder alone, which is freed before the
+  transformer and the VAE are built, so it never sits in memory beside them;
+- a run that knows them once loaded (eval --model, prune's gate) encodes them inside `pinned(prompts)` and then
+  calls `release()`, on any device;
+- every encoding is also kept on the disk (`models/embedding_cache.py`, keyed by the encoder's identity and the
+  prompt), so a later run whose prompts are all there never builds the encoder at all.
 """
 
 from __future__ import annotations
@@ -37,11 +42,15 @@ import copy
 import functools
 import inspect
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
 from sanasr_cli.prompts.template import degradation_spans
+
+if TYPE_CHECKING:
+    from sanasr_cli.models.embedding_cache import EmbeddingCache
 
 PIN_CHUNK = 16  # prompts encoded together by `PromptEncoder.pinned`
 
@@ -61,20 +70,34 @@ def preprocess_prompt(prompt: str) -> str:
 
 
 class PromptEncoder:
-    """Encodes prompts with a frozen text encoder; identical prompts are encoded once (LRU cache, on CPU)."""
+    """Encodes prompts with a frozen text encoder; identical prompts are encoded once (LRU cache, on CPU; and the
+    disk cache `store` across runs)."""
 
     def __init__(
         self,
         tokenizer,
-        text_encoder: torch.nn.Module,
+        text_encoder: torch.nn.Module | Callable[[], torch.nn.Module],
         max_length: int = 300,
         mask_degradation_words: bool = True,
         cache_size: int = 256,
         complex_human_instruction: bool = True,
+        hidden_size: int | None = None,
+        store: EmbeddingCache | None = None,
     ):
+        """text_encoder: the module, or a function that builds it (called when a prompt first needs the encoder, so
+        a run whose prompts are held, pinned or in `store` never builds it); hidden_size: its width, known without
+        building it; store: the disk cache of this encoder's encodings (None: none)."""
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "right"
-        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        if isinstance(text_encoder, torch.nn.Module):
+            self._encoder, self._build = text_encoder.eval().requires_grad_(False), None
+        else:
+            self._encoder, self._build = None, text_encoder
+        self._hidden_size = hidden_size
+        self._place: tuple[torch.device | None, torch.dtype | None] = (None, None)  # where `to` asked it to be
+        self.store = store
+        self.builds = 0  # how many times the encoder was built (a run with every prompt cached: 0)
+        self._held: dict[tuple[bool, str], tuple[torch.Tensor, torch.Tensor]] = {}  # `hold`: for the encoder's life
         self.max_length = max_length
         self.mask_degradation_words = mask_degradation_words
         self.complex_human_instruction = complex_human_instruction
@@ -84,7 +107,42 @@ class PromptEncoder:
         self._pinned: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # prefix-reuse encodings of the run, CPU
 
     @property
+    def text_encoder(self) -> torch.nn.Module:
+        """The text encoder module, built now if it is not (`built`); on the device and dtype of the last `to`."""
+        if self._encoder is None:
+            if self._build is None:
+                raise RuntimeError("this PromptEncoder has no text encoder")
+            encoder = self._build()
+            device, dtype = self._place
+            self._encoder = encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+            self.builds += 1
+        return self._encoder
+
+    @text_encoder.setter
+    def text_encoder(self, module: torch.nn.Module) -> None:
+        """Another encoder put in: it is this PromptEncoder's only one from now on (no builder, no disk cache, whose
+        identity was the old encoder's; the prefix state and the LRU cache are dropped)."""
+        self._encoder, self._build, self.store = module.eval().requires_grad_(False), None, None
+        self._prefix = None
+        self._cache.clear()
+
+    @property
+    def built(self) -> bool:
+        """Whether the text encoder is in memory now (a loader builds it on first need, `release()` frees it)."""
+        return self._encoder is not None
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PromptEncoder:
+        """Move the encoder (when built) and build it there later (when not)."""
+        old_device, old_dtype = self._place
+        self._place = (torch.device(device) if device is not None else old_device, dtype or old_dtype)
+        if self._encoder is not None:
+            self._encoder.to(device=device, dtype=dtype)
+        return self
+
+    @property
     def hidden_size(self) -> int:
+        if self._encoder is None and self._hidden_size is not None:
+            return self._hidden_size
         return self.text_encoder.config.hidden_size
 
     @property
@@ -138,8 +196,20 @@ class PromptEncoder:
         return self.tokenizer.encode(self.chi_text)[:-1]
 
     def _encoder_device_dtype(self) -> tuple[torch.device, torch.dtype]:
-        p = next(self.text_encoder.parameters())
+        """Where the encoder runs (or will, once built: the place `to` recorded, else the CPU in float32)."""
+        if self._encoder is None:
+            device, dtype = self._place
+            return device or torch.device("cpu"), dtype or torch.float32
+        p = next(self._encoder.parameters())
         return p.device, p.dtype
+
+    def _settings(self, reuse_prefix: bool) -> str:
+        """What, besides the encoder and the prompt, an encoding depends on (the disk cache's key)."""
+        import hashlib
+
+        chi = hashlib.sha256(self.chi_text.encode()).hexdigest()[:16]
+        dtype = str(self._encoder_device_dtype()[1]).replace("torch.", "")
+        return f"layout={'prefix-reused' if reuse_prefix else 'padded'} dtype={dtype} T={self.max_length} chi={chi}"
 
     @torch.no_grad()
     def prefix_state(self, refresh: bool = False) -> dict | None:
@@ -200,10 +270,15 @@ class PromptEncoder:
         for p in dict.fromkeys(prompts):
             if reuse_prefix and p in self._pinned:
                 found[p] = self._pinned[p]
+            elif (reuse_prefix, p) in self._held:
+                found[p] = self._held[(reuse_prefix, p)]
             elif (reuse_prefix, p) in self._cache:
                 self._cache.move_to_end((reuse_prefix, p))
                 found[p] = self._cache[(reuse_prefix, p)]
         missing = [p for p in dict.fromkeys(prompts) if p not in found]
+        if missing and self.store is not None:  # encoded by an earlier run: the encoder is not built for them
+            found.update(self._from_store(missing, reuse_prefix))
+            missing = [p for p in missing if p not in found]
         if missing:
             if self.released:
                 raise RuntimeError(
@@ -213,9 +288,15 @@ class PromptEncoder:
             embeds, mask = self.run_encoder(missing, reuse_prefix)
             for i, p in enumerate(missing):
                 found[p] = (embeds[i].detach().cpu(), mask[i].cpu())
-                self._cache[(reuse_prefix, p)] = found[p]
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+                if self.store is not None:
+                    self.store.put(p, self._settings(reuse_prefix), found[p][0])
+        for p in found:
+            if reuse_prefix and p in self._pinned or (reuse_prefix, p) in self._held:
+                continue
+            self._cache[(reuse_prefix, p)] = found[p]
+            self._cache.move_to_end((reuse_prefix, p))
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
         embeds = torch.stack([found[p][0] for p in prompts]).to(device)
         mask = torch.stack([found[p][1] for p in prompts]).to(device)
         return embeds, mask
@@ -227,18 +308,42 @@ class PromptEncoder:
         `device` (default: the encoder's; the restorer's once the encoder is released)."""
         return trim_text_positions(*self.encode(prompts, reuse_prefix=True, device=device))
 
+    def _from_store(self, prompts: list[str], reuse_prefix: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The encodings of `prompts` that the disk cache holds (the mask is the tokenizer's, computed here)."""
+        settings, dtype = self._settings(reuse_prefix), self._encoder_device_dtype()[1]
+        shape = (self.max_length, self.hidden_size)
+        got = {p: e for p in prompts if (e := self.store.get(p, settings, shape, dtype)) is not None}
+        if not got:
+            return {}
+        masks = self.tokenize(list(got))["mask"][:, self.select_index]
+        return {p: (e, masks[i]) for i, (p, e) in enumerate(got.items())}
+
+    def _pin(self, prompts: list[str], into: dict, reuse_prefix: bool = True) -> list[str]:
+        """Encode the prompts not yet in `into` (in chunks: the encoder's output buffer stays small) and put them
+        there, on the CPU; returns those added."""
+        key = (lambda p: p) if into is self._pinned else (lambda p: (reuse_prefix, p))
+        added = [p for p in dict.fromkeys(prompts) if key(p) not in into]
+        for start in range(0, len(added), PIN_CHUNK):
+            chunk = added[start : start + PIN_CHUNK]
+            embeds, mask = self.encode(chunk, reuse_prefix=reuse_prefix, device="cpu")
+            for i, p in enumerate(chunk):
+                into[key(p)] = (embeds[i].clone(), mask[i].clone())
+        return added
+
+    def hold(self, prompts: list[str], reuse_prefix: bool = True) -> None:
+        """Encode `prompts` now (`reuse_prefix`: the inference layout; False: the padded one training uses) and keep
+        them for this encoder's life, whatever the LRU cache's size: `load_model(prompts=...)` holds a run's prompts
+        before building the rest of the model, then releases the encoder."""
+        self._pin(list(prompts), self._held, reuse_prefix)
+
     @contextlib.contextmanager
     def pinned(self, prompts: list[str]) -> Iterator[None]:
         """Encode `prompts` now (inference layout, see `encode_for_transformer`) and keep them, on the CPU, until
         the block ends: inside it they never run the encoder, however many there are (the LRU cache holds
         `cache_size`). Nested blocks keep what an outer one pinned."""
-        added = [p for p in dict.fromkeys(prompts) if p not in self._pinned]
+        added: list[str] = []
         try:
-            for start in range(0, len(added), PIN_CHUNK):  # chunks: the encoder's output buffer stays small
-                chunk = added[start : start + PIN_CHUNK]
-                embeds, mask = self.encode(chunk, reuse_prefix=True, device="cpu")
-                for i, p in enumerate(chunk):
-                    self._pinned[p] = (embeds[i].clone(), mask[i].clone())
+            added = self._pin(list(prompts), self._pinned)
             yield
         finally:
             for p in added:
@@ -246,15 +351,23 @@ class PromptEncoder:
 
     @property
     def released(self) -> bool:
-        """True after `release(to="meta")`: the encoder holds no weights and can only serve encoded prompts."""
+        """True after `release(to="meta")` (or `release()` of an encoder that cannot be built again): the encoder
+        holds no weights and can only serve encoded prompts."""
+        if self._encoder is None:
+            return self._build is None
         return self._encoder_device_dtype()[0].type == "meta"
 
-    def release(self, to: torch.device | str = "cpu") -> None:
-        """Move the text encoder off the accelerator (to the CPU; "meta" frees its weights for good) and drop
-        the prefix's hidden states and KV cache held there. Encoding afterwards runs on `to` (CPU: slow but
-        correct; meta: a RuntimeError naming the prompt), so encode the run's prompts first (`pinned`)."""
-        self.text_encoder.to(to)
+    def release(self, to: torch.device | str | None = None) -> None:
+        """Free the text encoder once the run's prompts are encoded (`hold`, `pinned`, or in the caches), on any
+        device, and drop the prefix's hidden states and KV cache. None: the module is dropped (a loader that can
+        build it builds it again if a prompt never encoded comes; else its weights go to "meta"); a device: moved
+        there instead (e.g. "cpu" off an accelerator); "meta": its weights freed for good (such a prompt is then
+        a RuntimeError naming it)."""
         self._prefix = None
+        if to is None and self._build is not None:
+            self._encoder = None
+        elif self._encoder is not None:
+            self._encoder.to("meta" if to is None else to)
 
 
 def _cache_kwarg(module: torch.nn.Module) -> str:

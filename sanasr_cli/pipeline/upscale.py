@@ -2,8 +2,8 @@
 
 Per image, in stages:
   1. probe the header -> output path; skip when a complete output is already there (resume)
-  2. tag every file in one pass and build the prompts (tagger + user prompt + template); on an accelerator,
-     encode them all, then the text encoder leaves it (unless keep_text_encoder) before anything is restored
+  2. tag every file in one pass and build the prompts (tagger + user prompt + template); encode them all, then
+     the text encoder is freed (unless keep_text_encoder) before anything is restored, on any device
   3. restore at x4: bicubic x4 -> [tiled] DC-AE encode -> [tiled] LinearDiT step (Eq. 4) -> [tiled] decode,
      (a distilled student encoder reads the LQ instead, a student decoder decodes: models/students.py)
      halving the tiles on out-of-memory
@@ -88,7 +88,7 @@ class UpscaleOptions:
     save_prompts: bool = False
     quality: int = 95  # JPEG / WebP
     tagger: Tagger | None = None  # built from prompt_rule (with the tag cache) when None
-    keep_text_encoder: bool = False  # True: the text encoder stays on the accelerator while restoring
+    keep_text_encoder: bool = False  # True: the text encoder stays in memory while restoring
 
 
 @dataclass
@@ -137,21 +137,21 @@ def restore_x4(
 
 
 def offloads_text_encoder(model: SanaSR, keep_text_encoder: bool = False) -> bool:
-    """Whether a run moves the text encoder off its device after the prompt stage: only from an accelerator,
-    and not with `keep_text_encoder`."""
-    encoder = model.prompts.text_encoder  # None: an ONNX export (its prompt is baked in)
-    return not keep_text_encoder and encoder is not None and next(encoder.parameters()).device.type != "cpu"
+    """Whether a run frees the text encoder after the prompt stage: on any device, unless `keep_text_encoder` or
+    the model has no PyTorch text encoder (an ONNX export: its prompt is baked in)."""
+    from sanasr_cli.models.text_encoder import PromptEncoder
+
+    return not keep_text_encoder and isinstance(model.prompts, PromptEncoder)
 
 
 @contextlib.contextmanager
 def prompts_first(model: SanaSR, prompts: Iterable[str], keep_text_encoder: bool = False) -> Iterator[None]:
-    """When the text encoder sits on an accelerator and is not kept there (`offloads_text_encoder`): encode every
-    prompt of the run now (pinned for the block, `PromptEncoder.pinned`), then move the encoder to the CPU, so
-    that restoring has the accelerator without it (SANA's Gemma-2: 2.6 B parameters, about 5 GB in bf16); it
-    stays there after the block (`model.to(device)` brings it back). Otherwise nothing happens here and each
-    batch encodes its prompts as it comes, as before (on the CPU nothing would move, and a real-size encoder
-    then runs while the progress bar moves). Outputs are the same either way. When encoding them all fails
-    (e.g. out of memory), nothing moves and each batch encodes its own prompts, failing alone."""
+    """Unless the text encoder is kept (`offloads_text_encoder`): encode every prompt of the run now (pinned for
+    the block, `PromptEncoder.pinned`; those held since loading or in the disk cache need no encoder), then free
+    the encoder, so that restoring has the memory without it (SANA's Gemma-2: 2.6 B parameters, 10.5 GB in fp32,
+    5.2 GB in bf16), on an accelerator as on the CPU. A prompt never encoded that comes later builds it again.
+    Outputs are the same either way. When encoding them all fails (e.g. out of memory), nothing is freed and
+    each batch encodes its own prompts, failing alone."""
     with contextlib.ExitStack() as stack:
         pinned = False
         if offloads_text_encoder(model, keep_text_encoder):
@@ -161,7 +161,7 @@ def prompts_first(model: SanaSR, prompts: Iterable[str], keep_text_encoder: bool
             except (RuntimeError, ValueError):
                 pass
         if pinned:
-            model.release_text_encoder("cpu")
+            model.release_text_encoder()
             if model.device.type == "cuda":
                 torch.cuda.empty_cache()
         yield

@@ -124,6 +124,15 @@ def tagger_from_rule(
     return CachedTagger(make_tagger(rule.tagger, **options), default_cache_dir(cache_dir))
 
 
+def fixed_prompt(rule: PromptRule, user_prompt: str | None = None) -> str | None:
+    """The one prompt every image gets under `rule` when its tagger reads no image (`none`: the template, after
+    `user_prompt`), else None. A run with a fixed prompt knows it before loading the model (load_model(prompts=...)
+    encodes it with the text encoder alone, then frees the encoder)."""
+    if rule.tagger != "none":
+        return None
+    return build_prompt([], rule.template, user_prompt)
+
+
 def prompt_for_image(
     rule: PromptRule,
     image: torch.Tensor | None,

@@ -184,7 +184,8 @@ def prune_model(
 
 
 def save_pruned(model, pruned, report: PruneReport, out: str | Path, overwrite: bool = False) -> Path:
-    """Stage 7: write OUT (sanasr.json, transformer/ with the kept blocks, prune_report.json) atomically."""
+    """Stage 7: write OUT (sanasr.json, transformer/ with the kept blocks, prune_report.json) atomically, the
+    transformer in the dtype its source is stored in (`model.info["stored_dtype"]`), whatever the run's precision."""
     from sanasr_cli.models.sanasr import save_model_dir
 
     desc = model.description
@@ -198,6 +199,9 @@ def save_pruned(model, pruned, report: PruneReport, out: str | Path, overwrite: 
             "kept": report.kept,
         }
     )
+    stored = model.info.get("stored_dtype")  # the source's dtype: an fp32 model pruned in a bf16 run stays fp32
+    if stored is not None and pruned.dtype != stored:
+        pruned.to(stored)  # (its values are the run's: bf16-rounded there)
     original = model.restorer.transformer
     model.restorer.transformer = pruned
     try:

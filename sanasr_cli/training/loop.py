@@ -108,7 +108,9 @@ def load_model_with_lora(config: TrainConfig, accelerator):
     from sanasr_cli.models.sanasr import load_model
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    # the paper's objective is defined on the teacher DC-AE: distilled students (encoder/, decoder/) are not used
+    rule, fixed = run_prompt(config)
+    # the paper's objective is defined on the teacher DC-AE: distilled students (encoder/, decoder/) are not used;
+    # a fixed prompt is encoded first by the text encoder alone, freed before the rest is built (fp32 fits 16 GB)
     model = load_model(
         config.model,
         device=accelerator.device,
@@ -116,6 +118,9 @@ def load_model_with_lora(config: TrainConfig, accelerator):
         base=config.base,
         seed=config.seed,
         full_vae=True,
+        prompts=[fixed] if fixed is not None else None,
+        reuse_prefix=(False,),  # training's layout (`PromptEncoder.encode`)
+        prompt_rule=rule,
     )
     if model.description.adapter or has_adapter(model.transformer):
         raise ConfigError(
@@ -134,13 +139,19 @@ def load_model_with_lora(config: TrainConfig, accelerator):
     if config.gradient_checkpointing:
         model.transformer.enable_gradient_checkpointing()
     if config.offload_text_encoder:
-        model.prompts.text_encoder.to("cpu")  # prompts are few and cached: encode them on the CPU
-    if config.prompt_rule is not None:
-        from sanasr_cli.prompts.rule import PromptRule
+        model.prompts.to("cpu")  # prompts are few and cached: encode them on the CPU (built there when needed)
+    return model  # its description's (and encoder's) prompt rule is the run's (`prompt_rule` above)
 
-        model.description.prompt = PromptRule.from_dict(config.prompt_rule)
-        model.prompts.complex_human_instruction = model.description.prompt.complex_human_instruction
-    return model
+
+def run_prompt(config: TrainConfig):
+    """(the run's prompt rule or None for the model's, its fixed prompt or None): a rule whose tagger reads no image
+    gives every image the same prompt, known before the model is loaded."""
+    from sanasr_cli.models.sanasr import resolve_model
+    from sanasr_cli.prompts.rule import PromptRule, fixed_prompt
+
+    rule = PromptRule.from_dict(config.prompt_rule) if config.prompt_rule is not None else None
+    fixed = fixed_prompt(rule or resolve_model(config.model, base=config.base, seed=config.seed)[0].prompt)
+    return rule, fixed
 
 
 def build_objective(config: TrainConfig, model, device):
