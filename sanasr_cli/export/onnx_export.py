@@ -287,7 +287,12 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_shapes,
 
 
 def export_stages(
-    model, folder: Path, embeds: torch.Tensor, mask: torch.Tensor, prompt_input: bool, external: bool = False,
+    model,
+    folder: Path,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    prompt_input: bool,
+    external: bool = False,
     on_step: Callable[[str], None] | None = None,
 ) -> None:
     """encoder.onnx, restorer.onnx, decoder.onnx and head.onnx (model.onnx's first part) into folder; external:
