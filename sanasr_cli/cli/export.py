@@ -65,6 +65,10 @@ def export(
         on_step=_print_steps(),
         free_model=True,  # not used again here: its memory goes to the ONNX Runtime steps
     )  # fmt: skip
+    _say_written(output, result, quantize, prompt_input)
+
+
+def _say_written(output: Path, result, quantize: str, prompt_input: bool) -> None:
     files = result.contract["files"]
     data = sum(files.get(name, 0) for name in result.contract.get("external_data", {}).get("model.onnx", []))
     console.print(
