@@ -101,7 +101,7 @@ def sr_command(work: Path, steps: int, run: str = "sr_run", base: Path | None = 
 
 
 # nano v3's SR runs (WORK/<name>), in the order the ladder lists them
-V3_RUNS = ["v3_run"]
+V3_RUNS = ["v3_run", "v3_distill"]
 # nano v2 as shipped (its merged SR transformer): nano v3's SR adapts it, read from the commit that shipped it
 V2_COMMIT = "b6cac5d"
 # the sr3 stage: `sanasr train` flags beyond SR_FLAGS' (which it shares but for the LoRA rank): the teacher's
@@ -131,17 +131,23 @@ def v2_model(work: Path) -> Path:
     return folder
 
 
-def sr3_command(work: Path, steps: int, pairs: Path) -> list[str]:
-    """`sanasr train` of nano v3's SR stage: nano v2's SR model adapted on `pairs` with the teacher's outputs."""
+def sr3_command(work: Path, steps: int, pairs: Path, distill: bool = False) -> list[str]:
+    """`sanasr train` of nano v3's SR stage: nano v2's SR model adapted on `pairs` with the teacher's outputs beside
+    the HQ (WORK/v3_run); distill: the teacher's outputs of the LQ images alone, the HQ unused (WORK/v3_distill:
+    a deterministic target, which MSE can match without averaging several plausible HQs into a blur)."""
     flags = list(SR_FLAGS)
     for flag, value in SR3_FLAGS.items():
         if flag in flags:
             flags[flags.index(flag) + 1] = value
         else:
             flags += [flag, value]
+    if distill:
+        flags = flags[: flags.index("--lambda-teacher")] + flags[flags.index("--lambda-teacher") + 2 :]
+        data = ["--lq", str(pairs / "lq"), "-o", str(work / "v3_distill")]
+    else:
+        data = ["--pairs", str(pairs / "lq"), str(pairs / "hq"), "-o", str(work / "v3_run")]
     return [
-        sys.executable, "-m", "sanasr_cli", "train", "--model", str(v2_model(work)),
-        "--pairs", str(pairs / "lq"), str(pairs / "hq"), "-o", str(work / "v3_run"), "--max-steps", str(steps),
+        sys.executable, "-m", "sanasr_cli", "train", "--model", str(v2_model(work)), *data, "--max-steps", str(steps),
         *flags, "--teacher-cache", str(work / "teacher_cache"), "--resume", "auto",
     ]  # fmt: skip
 
@@ -377,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="work folder (outside the repository)")
     stages = ["all", "data", "pairs", "reference", "sr", "decoder", "sr2", "ladder", "ship"]
-    stages += ["teacher", "sr3", "ladder3"]  # nano v3
+    stages += ["teacher", "sr3", "sr3-distill", "ladder3"]  # nano v3
     ap.add_argument("--stage", default="all", choices=[*stages, *BASE_STAGES])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--draws", type=int, default=32, help="training pairs per train photo")
@@ -426,9 +432,10 @@ def main(argv: list[str] | None = None) -> None:
         from recipes.nano.ladder3 import stage_ladder3
 
         stage_ladder3(work, [work / name for name in V3_RUNS], log=log)
-    if args.stage == "sr3":
+    if args.stage in ("sr3", "sr3-distill"):
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-        subprocess.run(sr3_command(work, args.sr3_steps, work / args.sr3_pairs), check=True, env=env, cwd=REPO)
+        command = sr3_command(work, args.sr3_steps, work / args.sr3_pairs, distill=args.stage == "sr3-distill")
+        subprocess.run(command, check=True, env=env, cwd=REPO)
     if args.stage == "teacher":
         from recipes.nano.teacher import stage_teacher
 
