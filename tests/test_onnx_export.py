@@ -35,8 +35,8 @@ def tiny_onnx(tmp_path_factory):
     assert result.exit_code == 0, result.output
     steps = [line.split(" s  ", 1)[1] for line in result.output.splitlines() if " s  " in line]
     assert [s.split(" (")[0] for s in steps] == [
-        "tracing encoder", "tracing restorer", "tracing decoder", "tracing head", "folding constants",
-        "composing model.onnx",
+        "hashing the weights", "tracing the encoder", "tracing the restorer", "tracing the decoder",
+        "folding constants", "composing model.onnx", "hashing the files",
     ], result.output  # fmt: skip
     return out
 

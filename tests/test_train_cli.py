@@ -467,5 +467,5 @@ def test_every_checkpoint_loads_in_upscale_merge_prune_and_export(preset, hq_dir
     result = runner.invoke(app, ["prune", str(ckpt), "-o", str(pruned), "--budget", budget, "--strategy", "tail"])
     assert result.exit_code == 0, result.output
     assert (pruned / "sanasr.json").is_file()
-    model = _load(str(ckpt), None, False, 0, False)
+    model = _load(str(ckpt), None, False, 0, False, None)
     assert model.description.adapter == "adapter" and hasattr(model, "transformer")

@@ -240,7 +240,10 @@ def newest_checkpoint(folder: str | Path) -> Path | None:
     """The newest RUN/checkpoint-<step>/ model directory when `folder` is a training run (a folder with no
     sanasr.json of its own), else None: commands take a run folder where the docs pass one."""
     folder = Path(folder)
-    if not folder.is_dir() or is_model_dir(folder):
+    try:
+        if not folder.is_dir() or is_model_dir(folder):
+            return None
+    except (OSError, ValueError):  # a name too long for the file system, a NUL: not a run (the caller says why)
         return None
     steps = []
     for d in folder.iterdir():

@@ -670,6 +670,7 @@ def load_model(
         from sanasr_cli.hub import hub_load_mode
 
         source = resolve_base_source(description.base_source)
+        _refuse_a_missing_base_folder(source)  # before the text encoder, the first part built, looks it up
         local = hub_load_mode(f"the weights of '{preset.name}'", source)
         _check_base_configs(preset, source, local, need_transformer=not own_transformer)
     prompt_encoder = build_prompt_encoder(description, preset, dtype, local).to(device, dtype)
