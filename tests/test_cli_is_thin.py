@@ -134,3 +134,23 @@ def test_which_models_load_an_adapter_is_read_from_sanasr_json_alone(tmp_path):
     assert [loads_an_adapter(m) for m in ("nano", "nano-fast", "tiny", "sana-600m-512", merged)] == [False] * 5
     assert loads_an_adapter(ckpt) and loads_an_adapter(tmp_path / "run") and loads_an_adapter(export)
     assert loads_an_adapter(tmp_path / "missing")
+
+
+def test_the_sanasr_process_skips_the_collection_at_exit():
+    """Issue 35: the interpreter's shutdown walked every object torch and diffusers had made (about 1 s of CPU of a
+    small upscale); `main` freezes them after the last atexit handler (cli/common.skip_the_collection_at_exit).
+    Checked from an atexit handler registered before `main`, which runs after it; exit codes stay as they were."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: print('FROZEN', gc.get_freeze_count() > 0, flush=True))\n"
+        "from sanasr_cli.cli import main\n"
+        "sys.argv = ['sanasr', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    for args, exit_code in ((["--help"], 0), (["no-such-command"], 2)):
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO_ROOT)
+        assert out.returncode == exit_code, (args, out.returncode, out.stderr[-2000:])
+        assert "FROZEN True" in out.stdout, (args, out.stdout[-2000:])
