@@ -1,14 +1,16 @@
-"""Where the start-up of `sanasr upscale one.png --model nano` goes: CPU seconds of each import stage, then the command.
+"""Where the CPU time of `sanasr upscale one.png --model nano` goes: each import stage, the command, the shutdown.
 
     python benchmarks/startup_stages.py --rounds 5 --json benchmarks/results/startup_stages.json
+    python benchmarks/startup_stages.py --tree before=/path/to/an/older/checkout --tree after=.   # interleaved
 
-Each round runs, in fresh processes and in an order alternating per round, (a) this script's child, which imports
-what the command imports one stage at a time (each stage's CPU time is what it adds to those before it) and then runs
-the command itself in the same process (`sanasr_cli.cli.main`, on examples/lq/cat.png, 64 -> 256 px), and (b) the
-plain command (`python -m sanasr_cli upscale ...`), whose CPU time the stages should add up to. The child marks peft
-as absent through the command's own `skip_peft_unless_an_adapter` before diffusers is imported, as `main` does for
-nano. Reported: the median of each stage over the rounds (after one warm-up round), the plain command's median, and
-the machine. Nothing shipped is changed.
+Each run is a fresh process (this script's child, with the tree on PYTHONPATH) that imports what the command imports,
+one stage at a time in the order the command meets them (a stage's CPU time is what it adds to those before it),
+then runs the command itself in the same process (`sanasr_cli.cli.main`: examples/lq/cat.png, 64 -> 256 px, a new
+output folder) and, from its last atexit handler, reports its CPU time so far; the rest of the child's CPU time
+(`getrusage` of the child, user + system) is the interpreter's shutdown. The child marks peft as absent through the
+command's own `skip_peft_unless_an_adapter` before diffusers is imported, as `main` does for nano, so the stages
+add up to the plain command. Each round runs every tree once, in an order rotated per round, after one warm-up
+round. Reported: per tree, the median of each stage, and the machine. Nothing shipped is changed.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from startup import machine
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO / "examples" / "lq" / "cat.png"
 
-STAGES = (  # (name, import statement): in the order the command meets them
+STAGES = (  # (name, statement): in the order the command meets them
     ("interpreter + `sanasr_cli.cli` (Typer app)", "import sanasr_cli.cli"),
     (
         "torch (imported by sanasr's model description, read to see that nano loads no adapter)",
@@ -48,17 +50,31 @@ STAGES = (  # (name, import statement): in the order the command meets them
     ("`SanaPipeline` (the CHI default read from it)", "from diffusers import SanaPipeline"),
     ("rest of sanasr's upscale path", "import sanasr_cli.pipeline.upscale"),
 )
-COMMAND_STAGE = "the command: load nano, restore, write (and the few modules it imports lazily)"
+COMMAND = "the command: load nano, restore, write (and the few modules it imports lazily)"
+AT_EXIT = "atexit handlers"
+SHUTDOWN = "interpreter shutdown (after the last atexit handler)"
 
 
 def child(out: str) -> None:
-    """Run the stages in this process and print {stage: CPU seconds} as JSON."""
-    sys.path.insert(0, str(REPO))
-    times, last = {}, 0.0
+    """Run the stages and the command in this process; print {stage: CPU seconds} as JSON from the last atexit
+    handler (registered before the command registers any)."""
+    import atexit
+
+    times: dict[str, float] = {}
+    last = [0.0]
+
+    def mark(name: str) -> None:
+        now = time.process_time()
+        times[name], last[0] = now - last[0], now
+
+    def report() -> None:
+        mark(AT_EXIT)
+        print("STAGES " + json.dumps(times), flush=True)
+
+    atexit.register(report)
     for name, statement in STAGES:
         exec(statement, {})  # noqa: S102 - a fixed statement of this file
-        now = time.process_time()
-        times[name], last = now - last, now
+        mark(name)
     from sanasr_cli.cli import main
 
     sys.argv = ["sanasr", "upscale", str(IMAGE), "-o", out, "--model", "nano"]
@@ -67,60 +83,57 @@ def child(out: str) -> None:
     except SystemExit as e:
         if e.code:
             raise
-    times[COMMAND_STAGE] = time.process_time() - last
-    print("STAGES " + json.dumps(times))
+    mark(COMMAND)
 
 
-def run(argv: list[str], work: Path) -> tuple[float, str]:
-    """(CPU seconds of the child process, its stdout); a failed run stops the benchmark."""
+def run_once(tree: Path, work: Path) -> dict[str, float]:
+    """The stages of one fresh child running `tree`, its shutdown and total included; a failed run stops it all."""
+    out = str(Path(tempfile.mkdtemp(dir=work)) / "out")
+    env = {**os.environ, "PYTHONPATH": str(tree)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(argv, cwd=work, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run([sys.executable, __file__, "--child", out], cwd=work, env=env, capture_output=True, text=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"{argv} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), proc.stdout
+    if proc.returncode != 0 or "STAGES " not in proc.stdout:
+        raise SystemExit(f"{tree} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    times = json.loads(proc.stdout.split("STAGES ", 1)[1].splitlines()[0])
+    total = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {**times, SHUTDOWN: total - sum(times.values()), "total": total}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tree", action="append", help="NAME=PATH of a checkout (default: this one, as 'this')")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args.child)
-    staged: list[dict] = []
-    plain: list[float] = []
+    trees = dict(t.split("=", 1) for t in args.tree) if args.tree else {"this": str(REPO)}
+    trees = {name: Path(path).resolve() for name, path in trees.items()}
+    got: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
         for rnd in range(args.rounds + 1):  # round 0 warms the file caches and is not counted
-            order = ("stages", "plain") if rnd % 2 else ("plain", "stages")
-            for kind in order:
-                out = str(Path(tempfile.mkdtemp(dir=work)) / "out")
-                if kind == "stages":
-                    cpu, stdout = run([sys.executable, __file__, "--child", out], work)
-                    got = json.loads(stdout.split("STAGES ", 1)[1])
-                    if rnd:
-                        staged.append(got)
-                else:
-                    argv = [sys.executable, "-m", "sanasr_cli", "upscale", str(IMAGE), "-o", out, "--model", "nano"]
-                    cpu, _ = run(argv, work)
-                    if rnd:
-                        plain.append(cpu)
-                print(f"round {rnd} {kind:6s} cpu {cpu:6.2f} s", flush=True)
-    names = [name for name, _ in STAGES] + [COMMAND_STAGE]
-    medians = {name: round(statistics.median(s[name] for s in staged), 2) for name in names}
+            names = list(trees)
+            for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
+                times = run_once(trees[name], Path(tmp))
+                if rnd:
+                    got[name].append(times)
+                line = f"round {rnd} {name:8s} cpu {times['total']:6.2f} s  shutdown {times[SHUTDOWN]:5.2f} s"
+                print(line, flush=True)
+    stages = [name for name, _ in STAGES] + [COMMAND, AT_EXIT, SHUTDOWN, "total"]
+    medians = {tree: {s: round(statistics.median(t[s] for t in runs), 2) for s in stages} for tree, runs in got.items()}
     report = {
         "machine": {**machine(), "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "rounds": args.rounds,
         "env": {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "HF_HUB_OFFLINE")},
+        "trees": {name: str(path) for name, path in trees.items()},
         "stage_cpu_median_s": medians,
-        "stages_sum_s": round(sum(medians.values()), 2),
-        "plain_command_cpu_median_s": round(statistics.median(plain), 2),
     }
-    for name in names:
-        print(f"| {name} | {medians[name]:.2f} |")
+    print(f"| stage | {' | '.join(f'CPU {tree} (s)' for tree in trees)} |")
+    for stage in stages:
+        print(f"| {stage} | {' | '.join(f'{medians[tree][stage]:.2f}' for tree in trees)} |")
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
