@@ -122,10 +122,10 @@ def newest_checkpoint_of_run(spec):
 
 def skip_the_collection_at_exit() -> None:
     """Called first by the `sanasr` process: at its exit, after every atexit handler (this one, registered first, runs
-    last), the objects left are frozen (`gc.freeze`), so the interpreter's shutdown does not walk the ~480 000 objects
-    that torch, diffusers and transformers create at import in full garbage collections: about 1 s of CPU on a 2-core
-    EPYC (docs/upscale.md, Start-up time). Modules are still torn down and every atexit handler runs (logging's
-    flush, weakref.finalize, tempfile); what is skipped is collecting reference cycles still alive at exit, whose
+    last), the objects left are frozen (`gc.freeze`), so the interpreter's shutdown does not walk the ~500 000 objects
+    that torch, diffusers and transformers create in full garbage collections: about 1 s of CPU on a 2-core EPYC
+    (docs/upscale.md, Start-up time). Modules are still torn down and every atexit handler runs (logging's flush,
+    weakref.finalize, tempfile); what is skipped is collecting reference cycles still alive at exit, whose
     finalizers Python never promises to run (sanasr closes what it writes)."""
     import atexit
     import gc
