@@ -68,11 +68,18 @@ def test_help_does_not_import_torch():
     assert out.stdout.strip() == ""
 
 
-def test_help_and_an_upscale_import_neither_peft_nor_bitsandbytes(tmp_path):
-    """Issue 35: the upscale path imported peft (through diffusers, which imports it whenever it is installed) and
-    peft imported bitsandbytes (a dependency of pyiqa), which on a CPU asks the hub for a kernel and prints lines
-    on stderr: seconds of start-up before the first output. A model without an adapter (nano) needs neither; an
-    adapter still loads (tests/test_merge.py, tests/test_train_cli.py)."""
+# Installed with sanasr, none used by an upscale of a model without an adapter: peft (diffusers imports it whenever
+# it is installed) and bitsandbytes (peft and transformers import it; on a CPU it asks the hub for a kernel and
+# prints on stderr), pyiqa and cv2 (eval's metrics), lpips (training's loss), gradio (demo), onnxruntime (an ONNX
+# export). pyiqa, lpips and gradio take 2-3 s of CPU each to import after torch (2-core EPYC).
+NOT_FOR_AN_UPSCALE = ("bitsandbytes", "cv2", "gradio", "lpips", "onnxruntime", "peft", "pyiqa")
+
+
+def test_help_and_an_upscale_import_only_what_they_use(tmp_path):
+    """Issue 35: start-up is nearly all of a small upscale, and the upscale path imported peft and bitsandbytes:
+    seconds before the first output. A model without an adapter (nano) needs neither (an adapter still loads:
+    tests/test_merge.py, tests/test_train_cli.py), nor any other package of NOT_FOR_AN_UPSCALE: a module-level import
+    of one of them on the upscale path fails here. `--help` imports none of them and not torch."""
     import subprocess
     import sys
 
@@ -89,7 +96,7 @@ def test_help_and_an_upscale_import_neither_peft_nor_bitsandbytes(tmp_path):
         "    main()\n"
         "except SystemExit as e:\n"
         "    assert not e.code, e.code\n"
-        "loaded = sorted(m for m in ('peft', 'bitsandbytes', 'torch') if sys.modules.get(m) is not None)\n"
+        f"loaded = sorted(m for m in {(*NOT_FOR_AN_UPSCALE, 'torch')} if sys.modules.get(m) is not None)\n"
         "print('LOADED', ','.join(loaded))\n"
     )
     runs = {
@@ -127,3 +134,23 @@ def test_which_models_load_an_adapter_is_read_from_sanasr_json_alone(tmp_path):
     assert [loads_an_adapter(m) for m in ("nano", "nano-fast", "tiny", "sana-600m-512", merged)] == [False] * 5
     assert loads_an_adapter(ckpt) and loads_an_adapter(tmp_path / "run") and loads_an_adapter(export)
     assert loads_an_adapter(tmp_path / "missing")
+
+
+def test_the_sanasr_process_skips_the_collection_at_exit():
+    """Issue 35: the interpreter's shutdown walked every object torch and diffusers had made (about 1 s of CPU of a
+    small upscale); `main` freezes them after the last atexit handler (cli/common.skip_the_collection_at_exit).
+    Checked from an atexit handler registered before `main`, which runs after it; exit codes stay as they were."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: print('FROZEN', gc.get_freeze_count() > 0, flush=True))\n"
+        "from sanasr_cli.cli import main\n"
+        "sys.argv = ['sanasr', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    for args, exit_code in ((["--help"], 0), (["no-such-command"], 2)):
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO_ROOT)
+        assert out.returncode == exit_code, (args, out.returncode, out.stderr[-2000:])
+        assert "FROZEN True" in out.stdout, (args, out.stdout[-2000:])

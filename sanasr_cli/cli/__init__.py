@@ -54,8 +54,9 @@ def main() -> None:
     """The `sanasr` process (console script, `python -m sanasr_cli`): one command, whose model is known here."""
     import sys
 
-    from sanasr_cli.cli.common import skip_peft_unless_an_adapter
+    from sanasr_cli.cli.common import skip_peft_unless_an_adapter, skip_the_collection_at_exit
 
+    skip_the_collection_at_exit()
     skip_peft_unless_an_adapter(_the_one_model(sys.argv[1:]))
     app()
 
