@@ -102,6 +102,20 @@ def photo_folder(folder: Path, n: int, size: tuple[int, int] = (40, 48), seed: i
     return Path(folder)
 
 
+def pair_folder(folder: Path, n: int = 2) -> Path:
+    """folder/hq (32 px photo-like images) and folder/lq (their 8 px bicubic downscales), n pairs: what prune's
+    --validate and eval read."""
+    from PIL import Image
+
+    for sub in ("lq", "hq"):
+        (folder / sub).mkdir(parents=True)
+    for i in range(n):
+        hq = make_photo_like(32, 32, seed=i)
+        Image.fromarray(hq).save(folder / "hq" / f"{i}.png")
+        Image.fromarray(hq).resize((8, 8), Image.BICUBIC).save(folder / "lq" / f"{i}.png")
+    return folder
+
+
 def invoke(*args):
     """`sanasr ARGS` in-process (arguments as strings); the click Result."""
     from sanasr_cli.cli import app

@@ -14,7 +14,7 @@ from PIL import Image
 
 import sanasr_cli.models.sanasr as sanasr_module
 from sanasr_cli.models.sanasr import load_model
-from tests.helpers import photo_folder, run
+from tests.helpers import pair_folder, photo_folder, run
 
 TORCH_THREADS = 1
 
@@ -167,24 +167,12 @@ def test_a_random_folder_of_the_fast_preset_keeps_its_students(tmp_path):
 # ---------------------------------------------------------------- every command that knows its prompts first
 
 
-def _pairs(folder, n=2):
-    from tests.helpers import make_photo_like
-
-    for sub in ("lq", "hq"):
-        (folder / sub).mkdir(parents=True)
-    for i in range(n):
-        hq = make_photo_like(32, 32, seed=i)
-        Image.fromarray(hq).save(folder / "hq" / f"{i}.png")
-        Image.fromarray(hq).resize((8, 8), Image.BICUBIC).save(folder / "lq" / f"{i}.png")
-    return folder
-
-
 def test_prune_encodes_its_fixed_prompt_first_and_saves_in_the_sources_dtype(tmp_path, spied):
     """Fisher calibration and the gate use the model's fixed prompt (no tagger): encoded before the model is built
     (both layouts), the encoder freed; a bf16 run of an fp32 model writes fp32 weights, as its source is stored."""
     from safetensors import safe_open
 
-    pairs = _pairs(tmp_path / "pairs")
+    pairs = pair_folder(tmp_path / "pairs")
     out = tmp_path / "pruned"
     r = run(
         "prune", "tiny", "-o", out, "--budget", "75K", "--calib", pairs, "--steps", 2, "--crop", 16,

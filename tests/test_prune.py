@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from PIL import Image
 
 from sanasr_cli.pruning.blocks import block_sizes, count_parameters
 from sanasr_cli.pruning.calibrate import CalibrationBatch
@@ -13,7 +12,7 @@ from sanasr_cli.pruning.prune import PruneOptions, prune_model, save_pruned
 from sanasr_cli.pruning.report import REPORT_FILE
 from sanasr_cli.pruning.saliency import magnitude_block_saliency
 from sanasr_cli.training.losses import PerceptualLoss
-from tests.helpers import invoke, make_photo_like, photo_folder
+from tests.helpers import invoke, pair_folder, photo_folder
 
 # tiny: P_fix 18376, P_l 17984 x 4 blocks -> 3 blocks need 72328, the minimum (blocks 0 and 3) is 54344
 THREE_BLOCKS = 75_000
@@ -101,7 +100,7 @@ def test_cli_bad_inputs(tmp_path, tiny_model):
         assert r.exit_code == 2, (args, r.output)
         assert message in r.output and "Traceback" not in r.output
         assert not out.exists()
-    pairs = _pairs(tmp_path / "pairs", n=1)
+    pairs = pair_folder(tmp_path / "pairs", n=1)
     for bad in (["--protocol", "crop"], ["--validate-metrics", "psnr,sharpness"]):
         r = invoke("prune", "tiny", "-o", out, "--budget", "75K", "--strategy", "tail", "--validate", pairs, *bad)
         assert r.exit_code == 2 and "unknown" in r.output and not out.exists(), r.output
@@ -117,20 +116,10 @@ def test_cli_bad_inputs(tmp_path, tiny_model):
     assert r.exit_code == 2 and "no weights" in r.output and not out.exists()
 
 
-def _pairs(folder, n=2):
-    for sub in ("lq", "hq"):
-        (folder / sub).mkdir(parents=True)
-    for i in range(n):
-        hq = make_photo_like(32, 32, seed=i)
-        Image.fromarray(hq).save(folder / "hq" / f"{i}.png")
-        Image.fromarray(hq).resize((8, 8), Image.BICUBIC).save(folder / "lq" / f"{i}.png")
-    return folder
-
-
 def test_validation_gate(tmp_path, fresh_tiny_model):
     from sanasr_cli.pruning.validate import relative_drop, validate_pruning
 
-    pairs = _pairs(tmp_path / "pairs", n=1)
+    pairs = pair_folder(tmp_path / "pairs", n=1)
     assert relative_drop(20.0, 19.0) == pytest.approx(0.05)
     assert relative_drop(0.5, 0.6, lower_better=True) == pytest.approx(0.2)
     same = validate_pruning(fresh_tiny_model, fresh_tiny_model.transformer, pairs, max_drop=0.0)
@@ -177,7 +166,7 @@ def build_broken(transformer):
 
 
 def test_cli_fisher_with_paired_and_online_calibration(tmp_path):
-    pairs = _pairs(tmp_path / "pairs")
+    pairs = pair_folder(tmp_path / "pairs")
     hq = photo_folder(tmp_path / "hq_only", 2, (40, 40), seed=10, prefix="h")
     reports = {}
     for name, calib, lambda_p in (("paired", pairs, 2.0), ("online", hq, 0.0)):  # LPIPS on once
@@ -237,7 +226,7 @@ def test_cli_interrupted_calibration_writes_nothing(tmp_path, monkeypatch):
         "--budget",
         THREE_BLOCKS,
         "--calib",
-        _pairs(tmp_path / "pairs"),
+        pair_folder(tmp_path / "pairs"),
         "--steps",
         4,
         "--crop",
@@ -341,7 +330,7 @@ def test_prune_ema_merges_the_ema_adapter(fresh_tiny_model, tmp_path):
 
 
 def _sidecar_pairs(folder):
-    _pairs(folder, n=1)
+    pair_folder(folder, n=1)
     (folder / "hq" / "0.txt").write_text("red flower, tree")
     (folder / "lq" / "0.txt").write_text("blue car")
     return folder
@@ -407,7 +396,7 @@ def test_cli_calibration_tags_the_image_the_model_was_trained_with(tmp_path, fre
 def test_validate_takes_a_folder_relative_to_the_working_folder(tmp_path, monkeypatch):
     """Issue 35: `prune ... --validate pairs` (relative, as the docs write it) ran the whole calibration and then
     died with "is not in the subpath" (a bug)."""
-    _pairs(tmp_path / "pairs", n=1)
+    pair_folder(tmp_path / "pairs", n=1)
     monkeypatch.chdir(tmp_path)
     r = invoke("prune", "tiny", "-o", "out", "--budget", THREE_BLOCKS, "--strategy", "tail", "--validate", "pairs")
     assert r.exit_code in (0, 1) and "bug in sanasr" not in r.output, r.output  # 1: the gate may fail
