@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING
 # import it whenever it is installed (they ask importlib.util.find_spec), which costs seconds and, on a CPU, a hub
 # lookup for a kernel and stray stderr lines. A None in sys.modules is Python's "not installed" (find_spec returns
 # None, an import raises ImportError), so for this process they skip it. A program that uses bitsandbytes itself
-# imports it before sanasr_cli (then it is left as it is; docs/python-api.md).
-if "bitsandbytes" not in _sys.modules:
+# imports it before sanasr_cli (then it is left as it is; docs/python-api.md). Once diffusers, transformers or peft
+# is imported it is too late: they recorded bitsandbytes as installed and would fail to import it later.
+_DECIDES_BITSANDBYTES = ("diffusers", "transformers", "peft")
+if "bitsandbytes" not in _sys.modules and not any(name in _sys.modules for name in _DECIDES_BITSANDBYTES):
     _sys.modules["bitsandbytes"] = None
 
 # Exported lazily: importing torch and diffusers takes seconds, and `sanasr --help` must not pay for it.

@@ -2,6 +2,7 @@
 as the CLI's path, lazy top-level export, and one clear ValueError for each input it cannot take."""
 
 import doctest
+import importlib.machinery
 import subprocess
 import sys
 from pathlib import Path
@@ -127,6 +128,23 @@ def test_top_level_export_is_lazy():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_sanasr_imported_after_diffusers_still_loads_the_model():
+    """With bitsandbytes installed (pyiqa brings it), a program that imports diffusers before sanasr_cli: diffusers
+    recorded bitsandbytes as installed, so sanasr_cli must not hide it (the Sana transformer's import failed:
+    "import of bitsandbytes halted")."""
+    if importlib.machinery.PathFinder.find_spec("bitsandbytes") is None:  # installed? (sys.modules says None here)
+        pytest.skip("bitsandbytes is not installed: nothing to hide")
+    code = (
+        "import diffusers\n"
+        "import sanasr_cli\n"
+        "from diffusers import SanaTransformer2DModel\n"
+        "from sanasr_cli.models.sanasr import load_model\n"
+        "load_model('tiny', random_weights=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_docstring_example_runs():
