@@ -36,6 +36,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's sanasr_cli (its commands run with `-m` from here too)
+import sanasr_cli  # noqa: E402, F401 - before diffusers: it keeps bitsandbytes out of the process
+
 PRESET = "sana-600m-512"
 BACKENDS = ("eager-fp32", "eager-bf16", "ort-fp32", "ort-int8")
 MODELS = ("full", "pruned")
