@@ -15,8 +15,10 @@ WORK/prepare.json (a step done before is skipped): the base folder, `sanasr prun
 (the prompt encoded with the text encoder alone and freed, then found in the disk cache). `run` then times every
 backend in a process of its own, interleaved (each round runs them all, in an order rotated per round): whole-command
 seconds, the per-image seconds the upscale report records (read, restore, colour fix, PNG write), peak RSS, and
-the PSNR of each output against eager fp32's on the same photo. Each command runs under `nice -n 10` and is stopped
-(recorded as such) if the machine's available memory falls below --min-available GB. Prints and writes one JSON.
+the PSNR of each output against eager fp32's on the same photo. `text-encoder` times a first upscale with the text
+encoder streamed from its files (the default on a CPU) against loaded whole, interleaved (`... text-encoder --rounds 2
+--threads 1 --json ...`). Each command runs under `nice -n 10` and is stopped (recorded as such) if the machine's
+available memory falls below --min-available GB. Prints and writes one JSON.
 """
 
 from __future__ import annotations
@@ -276,6 +278,46 @@ def run(work: Path, rounds: int, configs: list[tuple[str, str]], min_available: 
     return {"runs": runs, "summary": summarize(work, runs, configs)}
 
 
+def text_encoder_stage(work: Path, rounds: int, min_available: float, env: dict) -> dict:
+    """A first upscale (no prompt in the encoding cache) of the full model in eager fp32, the text encoder streamed
+    from its files (the default on a CPU, `models/streamed_encoder.py`) against loaded whole (the streaming threshold
+    raised in that process), interleaved: whole-command seconds, peak RSS and the outputs' PSNR against each other."""
+    lq = photo(work)
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    threshold = {"streamed": None, "loaded": 1 << 62}
+    runs: list[dict] = []
+    for r in range(rounds):
+        for mode in ("streamed", "loaded") if r % 2 == 0 else ("loaded", "streamed"):
+            cache = work / f"prompt-cache-{mode}"
+            shutil.rmtree(cache, ignore_errors=True)  # a first run: the prompt is encoded
+            out = work / "out" / f"encoder-{mode}"
+            args = ["upscale", lq, "-o", out, *model_args(work, "full", "eager-fp32"), "--overwrite"]
+            set_threshold = "" if threshold[mode] is None else f"s.STREAM_ABOVE_BYTES = {threshold[mode]}; "
+            code = (
+                f"import sys, runpy; import sanasr_cli.models.streamed_encoder as s; {set_threshold}"
+                "sys.argv = ['sanasr', *sys.argv[1:]]; runpy.run_module('sanasr_cli', run_name='__main__')"
+            )
+            print(f"round {r + 1}: text encoder {mode} ...", file=sys.stderr, flush=True)
+            cmd = [sys.executable, "-c", code, *map(str, args)]
+            rec = timed(cmd, logs / f"encoder-{r}-{mode}.log", min_available, dict(env, SANASR_PROMPT_CACHE=str(cache)))
+            rec.update(round=r + 1, mode=mode)
+            runs.append(rec)
+            print(f"  {rec['seconds']} s command, {rec['peak_rss_gib']} GiB", file=sys.stderr, flush=True)
+    summary = {}
+    for mode in threshold:
+        mine = [x for x in runs if x["mode"] == mode and x["exit_code"] == 0]
+        if mine:
+            summary[mode] = {
+                "runs": len(mine),
+                "command_seconds_median": statistics.median(x["seconds"] for x in mine),
+                "peak_rss_gib_max": max(x["peak_rss_gib"] for x in mine),
+            }
+    streamed, loaded = (work / "out" / f"encoder-{mode}" / "cat.png" for mode in ("streamed", "loaded"))
+    summary["psnr_streamed_vs_loaded_db"] = psnr(streamed, loaded)
+    return {"runs": runs, "summary": summary}
+
+
 def summarize(work: Path, runs: list[dict], configs) -> list[dict]:
     rows = []
     for model, backend in configs:
@@ -304,7 +346,7 @@ def summarize(work: Path, runs: list[dict], configs) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("stage", choices=("prepare", "run", "write-base"))
+    ap.add_argument("stage", choices=("prepare", "run", "write-base", "text-encoder"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--backends", default=",".join(BACKENDS))
@@ -326,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.stage == "prepare":
         doc["prepare"] = prepare(work, args.min_available, env)
+    elif args.stage == "text-encoder":
+        doc["text_encoder_stage"] = text_encoder_stage(work, args.rounds, args.min_available, env)
     else:
         doc["prepare"] = json.loads((work / "prepare.json").read_text()) if (work / "prepare.json").is_file() else {}
         configs = [(m, b) for m in args.models.split(",") for b in args.backends.split(",")]

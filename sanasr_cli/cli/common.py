@@ -63,6 +63,7 @@ def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
 
 def quiet_libraries() -> None:
     """Keep library chatter (progress bars of loaders, advisory warnings) out of the user's terminal."""
+    import logging
     import warnings
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -76,6 +77,8 @@ def quiet_libraries() -> None:
     tlog.set_verbosity_error()
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
+    # a streamed text encoder (models/streamed_encoder.py) is dispatched by accelerate, which says where it put what
+    logging.getLogger("accelerate.big_modeling").setLevel(logging.ERROR)
 
 
 def one_line_warnings() -> None:

@@ -318,6 +318,22 @@ def check_finite(state: dict, where: str) -> None:
             raise ModelDirError(f"{where}: weight '{key}' holds NaN or infinite values")
 
 
+def check_finite_files(folder, where: str) -> None:
+    """`check_finite` over the weights in folder's `.safetensors` files, one tensor in memory at a time: each file
+    is opened per tensor, so its memory map never holds more than that tensor (for a model whose weights are never
+    all loaded at once: `streamed_encoder`)."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+        for key in keys:
+            with safe_open(str(path), framework="pt") as f:
+                check_finite({key: f.get_tensor(key)}, where)
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -773,7 +773,7 @@ def build_prompt_encoder(
         seed = int(description.random_seed or 0)
         tokenizer = build_local_tokenizer()
         config = random_text_config(preset, tokenizer)
-        build = functools.partial(build_random_text_encoder, config, seed, dtype)
+        build = lambda device: build_random_text_encoder(config, seed, dtype)  # noqa: E731 - moved by the caller
         identity = random_text_identity(preset.name, config, seed)
         hidden = config.hidden_size
     else:
@@ -783,7 +783,7 @@ def build_prompt_encoder(
         if local is None:
             local = hub_load_mode(f"the weights of '{preset.name}'", source)
         tokenizer, hidden, identity = load_pretrained_tokenizer(preset, source, local)
-        build = functools.partial(load_pretrained_text_encoder, preset, source, dtype, local)
+        build = functools.partial(load_pretrained_text_encoder, preset, source, dtype, local)  # (device=...)
     folder = default_cache_dir()
     return PromptEncoder(
         tokenizer,
@@ -849,15 +849,29 @@ def _local_snapshot(source: str) -> Path | None:
         return None
 
 
-def load_pretrained_text_encoder(preset: Preset, source: str, dtype: torch.dtype, local: bool):
-    """The text encoder's weights from a hub id or local folder, read in `dtype` and checked finite."""
-    from transformers import AutoModel
+def load_pretrained_text_encoder(
+    preset: Preset, source: str, dtype: torch.dtype, local: bool, device: torch.device | str | None = None
+):
+    """The text encoder's weights from a hub id or local folder, read in `dtype` and checked finite. To run on a CPU
+    (`device` None or a CPU) a large one is streamed from its files instead of loaded (`streamed_encoder`)."""
+    from transformers import AutoConfig, AutoModel
 
+    from sanasr_cli.models.folder_check import check_finite_files
+    from sanasr_cli.models.streamed_encoder import should_stream, streaming_device_map
+
+    config = _from_pretrained(
+        "text_encoder", preset, source, AutoConfig.from_pretrained, "text_encoder", local_files_only=local
+    )
+    stream = should_stream(config, dtype, device)
     encoder = _from_pretrained(
         "text_encoder", preset, source, AutoModel.from_pretrained, "text_encoder", dtype=dtype, use_safetensors=True,
-        local_files_only=local,
+        local_files_only=local, **({"device_map": streaming_device_map(config, dtype)} if stream else {}),
     )  # fmt: skip
-    check_finite(encoder.state_dict(), f"base '{source}': text_encoder")
+    where = f"base '{source}': text_encoder"
+    if stream:  # its weights are not in memory: checked in its files, one tensor at a time
+        check_finite_files(_local_snapshot(source) / "text_encoder", where)
+    else:
+        check_finite(encoder.state_dict(), where)
     return encoder
 
 

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from sanasr_cli.models.streamed_encoder import is_streamed
 from sanasr_cli.prompts.template import degradation_spans
 
 if TYPE_CHECKING:
@@ -84,9 +85,10 @@ class PromptEncoder:
         hidden_size: int | None = None,
         store: EmbeddingCache | None = None,
     ):
-        """text_encoder: the module, or a function that builds it (called when a prompt first needs the encoder, so
-        a run whose prompts are held, pinned or in `store` never builds it); hidden_size: its width, known without
-        building it; store: the disk cache of this encoder's encodings (None: none)."""
+        """text_encoder: the module, or a function of the device it will run on that builds it (called when a
+        prompt first needs the encoder, so a run whose prompts are held, pinned or in `store` never builds it);
+        hidden_size: its width, known without building it; store: the disk cache of this encoder's encodings
+        (None: none)."""
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "right"
         if isinstance(text_encoder, torch.nn.Module):
@@ -112,9 +114,11 @@ class PromptEncoder:
         if self._encoder is None:
             if self._build is None:
                 raise RuntimeError("this PromptEncoder has no text encoder")
-            encoder = self._build()
             device, dtype = self._place
-            self._encoder = encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+            encoder = self._build(device)
+            if not is_streamed(encoder):  # a streamed one runs where it was loaded for (its weights stay on disk)
+                encoder = encoder.to(device=device, dtype=dtype)
+            self._encoder = encoder.eval().requires_grad_(False)
             self.builds += 1
         return self._encoder
 
@@ -135,7 +139,9 @@ class PromptEncoder:
         """Move the encoder (when built) and build it there later (when not)."""
         old_device, old_dtype = self._place
         self._place = (torch.device(device) if device is not None else old_device, dtype or old_dtype)
-        if self._encoder is not None:
+        if self._encoder is not None and is_streamed(self._encoder):
+            self._encoder = None  # holds no weights: built again where asked, when a prompt needs it
+        elif self._encoder is not None:
             self._encoder.to(device=device, dtype=dtype)
         return self
 
@@ -201,7 +207,7 @@ class PromptEncoder:
             device, dtype = self._place
             return device or torch.device("cpu"), dtype or torch.float32
         p = next(self._encoder.parameters())
-        return p.device, p.dtype
+        return (torch.device("cpu") if is_streamed(self._encoder) else p.device), p.dtype
 
     def _settings(self, reuse_prefix: bool) -> str:
         """What, besides the encoder and the prompt, an encoding depends on (the disk cache's key)."""
@@ -366,6 +372,8 @@ class PromptEncoder:
         self._prefix = None
         if to is None and self._build is not None:
             self._encoder = None
+        elif self._encoder is not None and is_streamed(self._encoder):  # no weights held: dropped, or gone for good
+            self._encoder, self._build = None, (self._build if to is not None and str(to) != "meta" else None)
         elif self._encoder is not None:
             self._encoder.to("meta" if to is None else to)
 
