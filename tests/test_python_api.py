@@ -145,6 +145,8 @@ def test_sanasr_imported_after_diffusers_still_loads_the_model():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+    # and no warning from diffusers' `to` (it warns of fp32 modules, even of none, whenever a dtype is passed)
+    assert "kept in float32" not in done.stderr, done.stderr[-2000:]
 
 
 def test_docstring_example_runs():

@@ -66,7 +66,7 @@ class SanaSR:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SanaSR:
         for module in (*self.codec.modules(), self.transformer):
             if not any(p.is_meta for p in module.parameters()):  # a VAE built without weights stays so
-                module.to(device=device, dtype=dtype)
+                module.to(**_move_or_cast(module, device, dtype))
         self.prompts.to(device=device, dtype=dtype)  # the text encoder, once built, goes (or is built) there too
         return self
 
@@ -940,6 +940,15 @@ def use_decoder(
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _move_or_cast(module: torch.nn.Module, device, dtype) -> dict:
+    """`to`'s arguments for `module`, without a dtype it already has: diffusers' `ModelMixin.to` logs a warning
+    about fp32 modules (even with none) whenever a dtype is passed, and every part is built in its dtype already."""
+    kwargs = {"device": device}
+    if dtype is not None and any(p.dtype != dtype for p in module.parameters() if p.is_floating_point()):
+        kwargs["dtype"] = dtype
+    return kwargs
 
 
 def assemble_model(
