@@ -169,3 +169,45 @@ def tiny_clip(tmp_path_factory):
     tok.save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+# ---------------------------------------------------------------- ONNX exports shared by the test files
+# Each export of tiny traces three stages with torch.export (tens of seconds): one of each kind per session.
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory):
+    """The tiny preset (seed 0) exported by the CLI, fp32, default prompt. The command says each step as it starts
+    (issue 35: a minute or more of silence where no spinner shows, e.g. in a pipe)."""
+    out = tmp_path_factory.mktemp("onnx") / "tiny_onnx"
+    from tests.helpers import run
+
+    result = run("export", "tiny", "-o", out)
+    assert result.exit_code == 0, result.output
+    steps = [line.split(" s  ", 1)[1] for line in result.output.splitlines() if " s  " in line]
+    assert [s.split(" (")[0] for s in steps] == [
+        "hashing the weights", "tracing the encoder", "tracing the restorer", "tracing the decoder",
+        "folding constants", "composing model.onnx", "hashing the files",
+    ], result.output  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bench_backends(tiny_onnx, tmp_path_factory):
+    """`sanasr bench --compare-backends` on tiny at 32 and 48 px, with tiny_onnx already in --export-dir as
+    ort_fp32 (reused), ort_int8 exported by the command: (result, export dir, the JSON report, ort_fp32's model.onnx
+    mtime before the run). tests/test_onnx_export.py checks the run; its int8 export (weights inside the graphs,
+    as any export of tiny) is tests/test_onnx_external_data.py's reference."""
+    import json
+    import shutil
+
+    from tests.helpers import run
+
+    root = tmp_path_factory.mktemp("bench_backends")
+    exports = root / "exports"
+    shutil.copytree(tiny_onnx, exports / "ort_fp32")
+    before = (exports / "ort_fp32" / "model.onnx").stat().st_mtime_ns
+    args = ["--model", "tiny", "--random-weights", "--compare-backends", "--size", "32", "--size", "48"]
+    result = run("bench", *args, "--repeats", "3", "--warmup", "0", "--export-dir", exports, "--json", root / "b.json")
+    assert result.exit_code == 0, result.output
+    return result, exports, json.loads((root / "b.json").read_text()), before

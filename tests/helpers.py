@@ -153,7 +153,7 @@ def snapshot(root) -> dict:
 
 
 _LOAD_IN_A_FRESH_PROCESS = """
-import resource, sys, time
+import os, resource, sys, time
 from diffusers import SanaTransformer2DModel  # noqa: F401 - imported before the baseline, as are:
 try:
     import onnx, onnxruntime  # noqa: F401 - the ONNX backend's libraries, where installed
@@ -161,30 +161,42 @@ except ImportError:
     pass
 from sanasr_cli.errors import ModelDirError
 from sanasr_cli.models.sanasr import load_model
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
-try:
-    load_model(sys.argv[1])
-    print("LOADED")
-except ModelDirError as e:
-    print("REFUSED", e)
-print("SECONDS", time.perf_counter() - start)
-print("GROWN_MB", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+for i, folder in enumerate(sys.argv[1:]):
+    pid = os.fork()  # each folder in a child of its own: nothing an earlier load did is in it
+    if pid == 0:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # a fork's own peak starts at its RSS
+        start = time.perf_counter()
+        try:
+            load_model(folder)
+            outcome = "LOADED"
+        except ModelDirError as e:
+            outcome = "REFUSED " + str(e).replace(chr(10), " ")
+        seconds = time.perf_counter() - start
+        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        print(f"{i} {outcome}", f"{i} SECONDS {seconds}", f"{i} GROWN_MB {grown}", sep=chr(10), flush=True)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    print(f"{i} EXIT {os.waitstatus_to_exitcode(status)}", flush=True)
 """
 
 
-def load_in_a_fresh_process(model_dir: Path) -> tuple[str, float, float]:
-    """(first line of the outcome, seconds, peak RSS growth in MB) of load_model(model_dir) in a new process: its
-    own peak, not the test process's (ru_maxrss is a lifetime peak, in KiB on Linux)."""
+def load_each_in_a_fresh_process(model_dirs: list[Path]) -> list[tuple[str, float, float]]:
+    """For each folder, (first line of the outcome, seconds, peak RSS growth in MB) of load_model(folder) in a
+    process of its own: one new interpreter imports the libraries once and forks a child per folder, whose peak
+    (ru_maxrss, in KiB on Linux) starts at its resident size, not at the test process's or an earlier load's."""
     import subprocess
 
     proc = subprocess.run(
-        [sys.executable, "-c", _LOAD_IN_A_FRESH_PROCESS, str(model_dir)],
+        [sys.executable, "-c", _LOAD_IN_A_FRESH_PROCESS, *map(str, model_dirs)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    lines = proc.stdout.splitlines()
-    assert proc.returncode == 0 and len(lines) == 3, proc.stdout + proc.stderr
-    return lines[0], float(lines[1].split()[1]), float(lines[2].split()[1])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = []
+    for i in range(len(model_dirs)):
+        lines = [ln.split(" ", 1)[1] for ln in proc.stdout.splitlines() if ln.split(" ", 1)[0] == str(i)]
+        assert len(lines) == 4 and lines[3] == "EXIT 0", proc.stdout + proc.stderr
+        out.append((lines[0], float(lines[1].split()[1]), float(lines[2].split()[1])))
+    return out
 
 
 def png_bomb(path: Path, width: int, height: int, orientation: int = 6) -> Path:

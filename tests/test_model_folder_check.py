@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from sanasr_cli.models.lora import EMA_ADAPTER_DIR, add_lora, lora_config
 from sanasr_cli.models.presets import NANO_DIR
-from tests.helpers import load_in_a_fresh_process, one_error_line, run, save_photo
+from tests.helpers import load_each_in_a_fresh_process, one_error_line, run, save_photo
 
 TORCH_THREADS = 1
 NANO_SR = NANO_DIR / "sr"
@@ -467,24 +467,38 @@ def test_a_local_base_is_used_when_the_user_names_it(tmp_path, monkeypatch):
     assert (tmp_path / "o2" / "cat.png").is_file() and (tmp_path / "o3" / "cat.png").is_file()
 
 
-@pytest.mark.parametrize("case", ["position_table", "padded_layers"])
-def test_what_a_config_makes_the_loader_allocate_is_capped_before_it_is_built(tmp_path, case):
+ALLOCATION_CASES = ["position_table", "padded_layers"]
+
+
+@pytest.fixture(scope="module")
+def allocation_cases_measured(tmp_path_factory):
+    """Each case of ALLOCATION_CASES made in a copy of nano's folder, then loaded in a process of its own (one new
+    interpreter, a fork per folder: tests/helpers.py): case -> (words its refusal must say, (outcome, seconds,
+    peak RSS growth in MB))."""
+    folders, words = [], []
+    for case in ALLOCATION_CASES:
+        m = _copy(NANO_SR, tmp_path_factory.mktemp(case))
+        config = m / "transformer" / "config.json"
+        if case == "position_table":
+            _json(config, sample_size=768, interpolation_scale=1)  # 768: nano's largest tensor dimension
+            words.append("MiB of tables its weights do not hold")
+        else:
+            _json(config, num_layers=20_000)
+            # 20 000 empty tensors, one of them 20000 x 0 (so 20000 is within the largest dimension too)
+            pads = {f"pad.{i}": torch.zeros(20_000 if i == 0 else 0, 0) for i in range(20_000)}
+            _tensors(m / WEIGHTS, lambda s, pads=pads: s.update(pads))
+            words.append("'num_layers' = 20000 builds about")
+        folders.append(m)
+    return dict(zip(ALLOCATION_CASES, zip(words, load_each_in_a_fresh_process(folders), strict=True), strict=True))
+
+
+@pytest.mark.parametrize("case", ALLOCATION_CASES)
+def test_what_a_config_makes_the_loader_allocate_is_capped_before_it_is_built(allocation_cases_measured, case):
     """Issue 34, item 7: a non-persistent sin-cos position table (`interpolation_scale` 1 with the largest
     `sample_size` the header allows: 75 MB of table for nano's 7 MB of weights, GB for a wider model) and 20 000
     zero-size padding tensors (one 20000 x 0) that lift the layer caps to `num_layers` 20000 (minutes and GB of
     building on the meta device) are refused from the header and two small meta builds: in well under a second
     of work and under 200 MB, measured in a fresh process."""
-    m = _copy(NANO_SR, tmp_path)
-    config = m / "transformer" / "config.json"
-    if case == "position_table":
-        _json(config, sample_size=768, interpolation_scale=1)  # 768: nano's largest tensor dimension
-        words = "MiB of tables its weights do not hold"
-    else:
-        _json(config, num_layers=20_000)
-        # 20 000 empty tensors, one of them 20000 x 0 (so 20000 is within the largest dimension too)
-        pads = {f"pad.{i}": torch.zeros(20_000 if i == 0 else 0, 0) for i in range(20_000)}
-        _tensors(m / WEIGHTS, lambda s: s.update(pads))
-        words = "'num_layers' = 20000 builds about"
-    outcome, seconds, grown_mb = load_in_a_fresh_process(m)
+    words, (outcome, seconds, grown_mb) = allocation_cases_measured[case]
     assert outcome.startswith("REFUSED") and words in outcome, outcome
     assert seconds < 5 and grown_mb < 200, (seconds, grown_mb)

@@ -1,6 +1,7 @@
 """Issue 24: `sanasr export` (ONNX), and the ONNX Runtime backend behind the one inference path.
 
-The tiny preset is exported once per session (each stage is traced by torch.export: tens of seconds).
+The tiny preset is exported once per session (each stage is traced by torch.export: tens of seconds; the fixture
+tiny_onnx is in tests/conftest.py, shared with tests/test_onnx_external_data.py's int8 reference).
 """
 
 import json
@@ -24,21 +25,6 @@ pytest.importorskip("onnxscript", exc_type=ModuleNotFoundError)
 
 TORCH_THREADS = 1  # tiny tensors: one intra-op thread (see tests/conftest.py)
 TOLERANCE = 1e-4  # max abs error of the fp32 graphs against PyTorch, on [0, 1] images
-
-
-@pytest.fixture(scope="session")
-def tiny_onnx(tmp_path_factory):
-    """The tiny preset (seed 0) exported by the CLI, fp32, default prompt. The command says each step as it starts
-    (issue 35: a minute or more of silence where no spinner shows, e.g. in a pipe)."""
-    out = tmp_path_factory.mktemp("onnx") / "tiny_onnx"
-    result = run("export", "tiny", "-o", out)
-    assert result.exit_code == 0, result.output
-    steps = [line.split(" s  ", 1)[1] for line in result.output.splitlines() if " s  " in line]
-    assert [s.split(" (")[0] for s in steps] == [
-        "hashing the weights", "tracing the encoder", "tracing the restorer", "tracing the decoder",
-        "folding constants", "composing model.onnx", "hashing the files",
-    ], result.output  # fmt: skip
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -247,20 +233,12 @@ def test_prompt_input_export_whose_text_encoder_cannot_be_had_is_one_line(tiny_o
     assert "Traceback" not in result.output
 
 
-def test_bench_compare_backends_reports_ratios_per_size(tiny_onnx, tmp_path):
+def test_bench_compare_backends_reports_ratios_per_size(tiny_bench_backends, tmp_path):
     """`sanasr bench --compare-backends` on tiny: PyTorch, ORT fp32, ORT int8 timed interleaved per size, the
-    ratios in the JSON (no timing is asserted); an export already in --export-dir with the same weights is reused."""
-    import shutil
-
-    exports = tmp_path / "exports"
-    shutil.copytree(tiny_onnx, exports / "ort_fp32")
-    before = (exports / "ort_fp32" / "model.onnx").stat().st_mtime_ns
-    args = ["--model", "tiny", "--random-weights", "--compare-backends", "--size", "32", "--size", "48"]
-    result = run(
-        "bench", *args, "--repeats", "3", "--warmup", "0", "--export-dir", exports, "--json", tmp_path / "b.json"
-    )
+    ratios in the JSON (no timing is asserted); an export already in --export-dir with the same weights is reused
+    (the run: tiny_bench_backends in tests/conftest.py; its int8 export is also tests/test_onnx_external_data.py's)."""
+    result, exports, report, before = tiny_bench_backends
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "b.json").read_text())
     assert report["backends"] == ["pytorch", "ort_fp32", "ort_int8"] and report["threads"] >= 1
     assert [e["size"] for e in report["per_size"]] == [32, 48] and [e["lq_size"] for e in report["per_size"]] == [8, 12]
     for entry in report["per_size"]:
@@ -435,17 +413,31 @@ def test_a_hostile_onnx_folder_is_one_line_exit_2(tiny_onnx, tmp_path, case, tam
     assert not (tmp_path / "out" / "a.png").exists()
 
 
-@pytest.mark.parametrize("case", ["prompt_declares_2gib", "factor_16384", "contract_300mb"])
-def test_a_hostile_onnx_folder_is_refused_fast_and_small(tiny_onnx, tmp_path, case):
+FAST_AND_SMALL = ["prompt_declares_2gib", "factor_16384", "contract_300mb"]
+
+
+@pytest.fixture(scope="module")
+def refusals_measured(tiny_onnx, tmp_path_factory):
+    """Each case of FAST_AND_SMALL applied to a copy of the export, then loaded in a process of its own (one new
+    interpreter, a fork per folder: tests/helpers.py): case -> (outcome, seconds, peak RSS growth in MB)."""
+    from tests.helpers import load_each_in_a_fresh_process
+
+    folders = []
+    for case in FAST_AND_SMALL:
+        tmp = tmp_path_factory.mktemp(case)
+        folder = tmp / "onnx"
+        shutil.copytree(tiny_onnx, folder)
+        dict((c[0], c[1]) for c in ONNX_CASES)[case](folder, tmp)
+        folders.append(folder)
+    return dict(zip(FAST_AND_SMALL, load_each_in_a_fresh_process(folders), strict=True))
+
+
+@pytest.mark.parametrize("case", FAST_AND_SMALL)
+def test_a_hostile_onnx_folder_is_refused_fast_and_small(refusals_measured, case):
     """Item 7: sizes are checked before anything is allocated: a prompt.npz declaring 2 GiB (4.9 GB of RSS
     before), `factor` 16384 (3.9 GB), a 300 MB contract (read whole): refused in well under a second and under
     200 MB, measured in a fresh process."""
-    from tests.helpers import load_in_a_fresh_process
-
-    folder = tmp_path / "onnx"
-    shutil.copytree(tiny_onnx, folder)
-    dict((c[0], c[1]) for c in ONNX_CASES)[case](folder, tmp_path)
-    outcome, seconds, grown_mb = load_in_a_fresh_process(folder)
+    outcome, seconds, grown_mb = refusals_measured[case]
     assert outcome.startswith("REFUSED"), outcome
     assert seconds < 5 and grown_mb < 200, (seconds, grown_mb)
 

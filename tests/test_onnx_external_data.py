@@ -19,18 +19,15 @@ STAGES = ("encoder.onnx", "restorer.onnx", "decoder.onnx")
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    """The tiny preset exported int8 twice: weights inside the graphs, and in external data (threshold 0)."""
+def exports(tiny_bench_backends, tmp_path_factory):
+    """The tiny preset exported int8 twice: weights inside the graphs (the int8 export `bench --compare-backends`
+    made in tests/conftest.py: tiny's default threshold keeps them inside), and in external data (threshold 0)."""
     from sanasr_cli.export.onnx_export import export_onnx
     from sanasr_cli.models.sanasr import load_model
 
-    root = tmp_path_factory.mktemp("external")
-    out = {}
-    for name, above in (("inside", 1 << 40), ("external", 0)):
-        model = load_model("tiny")
-        export_onnx(model, root / name, source="tiny", quantize="int8", external_data_above=above, free_model=True)
-        out[name] = root / name
-    return out
+    external = tmp_path_factory.mktemp("external") / "external"
+    export_onnx(load_model("tiny"), external, source="tiny", quantize="int8", external_data_above=0, free_model=True)
+    return {"inside": tiny_bench_backends[1] / "ort_int8", "external": external}
 
 
 def _data_locations(path):

@@ -40,6 +40,12 @@ def nano_int8(nano, tmp_path_factory):
     return export_onnx(nano, tmp_path_factory.mktemp("int8") / "nano-int8", source="nano", quantize="int8").folder
 
 
+@pytest.fixture(scope="module")
+def nano_scores(nano) -> list[float]:
+    """PyTorch nano's Y-PSNR on each CI pair: the reference both tests compare with (computed once)."""
+    return _psnr_y(nano)
+
+
 def _psnr_y(model) -> list[float]:
     """Y-PSNR (pyiqa, as `sanasr eval`) of `model` on each CI pair, upscale's path without colour fix, 8-bit."""
     from sanasr_cli.data.io import read_image
@@ -66,7 +72,7 @@ def _within(scores: list[float], reference: list[float]) -> tuple[bool, str]:
 
 
 @pytest.mark.numerics
-def test_int8_nano_stays_within_tolerance_of_pytorch(nano, nano_int8):
+def test_int8_nano_stays_within_tolerance_of_pytorch(nano_scores, nano_int8):
     from sanasr_cli.models.onnx_backend import load_onnx_model
 
     int8 = load_onnx_model(nano_int8)
@@ -78,12 +84,12 @@ def test_int8_nano_stays_within_tolerance_of_pytorch(nano, nano_int8):
     assert sum(n.op_type == "MatMulInteger" for n in graph.node) >= 40
     # every Linear of the LinearDiT is int8: no MatMul reads a weight (those left multiply activations)
     assert not [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and set(n.input) & weights]
-    ok, how = _within(_psnr_y(int8), _psnr_y(nano))
+    ok, how = _within(_psnr_y(int8), nano_scores)
     assert ok, how
 
 
 @pytest.mark.numerics
-def test_weight_scales_off_by_ten_percent_fail_the_tolerance(nano, nano_int8, tmp_path):
+def test_weight_scales_off_by_ten_percent_fail_the_tolerance(nano_scores, nano_int8, tmp_path):
     """The tolerance is tight enough to catch a broken quantization: the restorer's weight scales x 1.1."""
     from onnx import numpy_helper
 
@@ -99,5 +105,5 @@ def test_weight_scales_off_by_ten_percent_fail_the_tolerance(nano, nano_int8, tm
             scaled += 1
     assert scaled >= 20
     onnx.save(model, str(broken / "restorer.onnx"))
-    ok, how = _within(_psnr_y(load_onnx_model(broken)), _psnr_y(nano))
+    ok, how = _within(_psnr_y(load_onnx_model(broken)), nano_scores)
     assert not ok, how
