@@ -17,10 +17,10 @@ import sanasr_cli.models.sanasr as sanasr_module
 from sanasr_cli.errors import ModelDirError
 from sanasr_cli.models import streamed_encoder
 from sanasr_cli.models.presets import PRESETS, resolve_base_source
-from sanasr_cli.models.sanasr import load_pretrained_text_encoder
-from sanasr_cli.models.streamed_encoder import is_streamed
+from sanasr_cli.models.sanasr import build_prompt_encoder, describe_preset, load_pretrained_text_encoder
+from sanasr_cli.models.streamed_encoder import is_streamed, streaming_device_map
 from sanasr_cli.models.text_encoder import PromptEncoder
-from tests.helpers import photo_folder, run
+from tests.helpers import one_error_line, photo_folder, run
 
 PROMPTS = ["a red cat on a sofa", "blurry, noisy photo of a harbour at dusk"]
 
@@ -96,13 +96,42 @@ def test_only_a_large_encoder_on_a_cpu_is_streamed(monkeypatch):
 
     config = AutoConfig.from_pretrained(resolve_base_source("shipped:nano"), subfolder="text_encoder")
     size = sum(p.numel() for p in _nano_encoder(monkeypatch, False).parameters()) * 4
+    plan = streaming_device_map
     monkeypatch.setattr(streamed_encoder, "STREAM_ABOVE_BYTES", size - 1)
-    assert streamed_encoder.should_stream(config, torch.float32, None)
-    assert streamed_encoder.should_stream(config, torch.float32, "cpu")
-    assert not streamed_encoder.should_stream(config, torch.float32, "cuda")  # an accelerator holds it (and frees it)
-    assert not streamed_encoder.should_stream(config, torch.bfloat16, "cpu")  # half the bytes: under the line
+    streams = {"embed_tokens": "disk", "layers": "disk", "norm": "cpu", "rotary_emb": "cpu"}
+    assert plan(config, torch.float32, None) == streams == plan(config, torch.float32, "cpu")
+    assert plan(config, torch.float32, "cuda") is None  # an accelerator holds it (and frees it)
+    assert plan(config, torch.bfloat16, "cpu") is None  # half the bytes: under the line
     monkeypatch.setattr(streamed_encoder, "STREAM_ABOVE_BYTES", size)
-    assert not streamed_encoder.should_stream(config, torch.float32, "cpu")
-    assert streamed_encoder.streaming_device_map(config, torch.float32) == {
-        "embed_tokens": "disk", "layers": "disk", "norm": "cpu", "rotary_emb": "cpu"
-    }  # fmt: skip
+    assert plan(config, torch.float32, "cpu") is None
+
+
+def test_a_streamed_encoder_is_kept_where_it_stays_and_dropped_where_it_moves(monkeypatch):
+    monkeypatch.setattr(streamed_encoder, "STREAM_ABOVE_BYTES", 0)
+    prompts = build_prompt_encoder(describe_preset("nano"), PRESETS["nano"], torch.float32, local=True)
+    prompts.store = None
+    first = prompts.to("cpu", torch.float32).text_encoder
+    assert is_streamed(first) and prompts.builds == 1
+    prompts.to("cpu", torch.float32)  # the same place (SanaSR.to at the end of load_model): no second load
+    assert prompts.text_encoder is first and prompts.builds == 1
+    prompts.to(dtype=torch.bfloat16)  # another dtype: it holds no weights to cast, so it is loaded again in it
+    assert prompts.builds == 1 and not prompts.built
+    assert prompts.text_encoder.dtype == torch.bfloat16 and prompts.builds == 2
+
+
+@pytest.mark.parametrize("threshold", [0, 1 << 40], ids=["streamed", "loaded"])
+def test_a_damaged_text_encoder_file_is_one_line(tmp_path, monkeypatch, threshold):
+    """An interrupted download leaves a truncated .safetensors: one line naming the part (exit 1), not "a bug"."""
+    base = tmp_path / "base"
+    shutil.copytree(resolve_base_source("shipped:nano"), base)
+    file = base / "text_encoder" / "model.safetensors"
+    with open(file, "r+b") as f:
+        f.truncate(file.stat().st_size - 5000)
+    monkeypatch.setattr(streamed_encoder, "STREAM_ABOVE_BYTES", threshold)
+    monkeypatch.setenv("SANASR_PROMPT_CACHE", "off")
+    src = photo_folder(tmp_path / "in", 1, size=(16, 16))
+    result = run("upscale", src, "-o", tmp_path / "out", "--model", "nano", "--base", base)
+    assert result.exit_code == 1, result.output
+    line = " ".join(one_error_line(result).split())
+    assert "missing weights for 'text_encoder'" in line and "file not fully covered" in line, line
+    assert "bug" not in line

@@ -9,7 +9,6 @@ tokenizer/, scheduler/), honouring the Hugging Face cache and HF_HUB_OFFLINE. Wh
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -322,9 +321,11 @@ def _refuse_a_missing_base_folder(source: str) -> None:
 
 
 def _from_pretrained(component: str, preset: Preset, source: str, loader, subfolder: str, **kwargs):
+    from safetensors import SafetensorError
+
     try:
         return loader(source, subfolder=subfolder, **kwargs)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a damaged file (an interrupted download)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MissingWeightsError(component, _looked_in(source, subfolder), _how_to_fix(preset), first_line) from None
 
@@ -773,7 +774,10 @@ def build_prompt_encoder(
         seed = int(description.random_seed or 0)
         tokenizer = build_local_tokenizer()
         config = random_text_config(preset, tokenizer)
-        build = lambda device: build_random_text_encoder(config, seed, dtype)  # noqa: E731 - moved by the caller
+
+        def build(device, run_dtype):  # moved to `device` by the caller
+            return build_random_text_encoder(config, seed, run_dtype or dtype)
+
         identity = random_text_identity(preset.name, config, seed)
         hidden = config.hidden_size
     else:
@@ -783,7 +787,10 @@ def build_prompt_encoder(
         if local is None:
             local = hub_load_mode(f"the weights of '{preset.name}'", source)
         tokenizer, hidden, identity = load_pretrained_tokenizer(preset, source, local)
-        build = functools.partial(load_pretrained_text_encoder, preset, source, dtype, local)  # (device=...)
+
+        def build(device, run_dtype):
+            return load_pretrained_text_encoder(preset, source, run_dtype or dtype, local, device)
+
     folder = default_cache_dir()
     return PromptEncoder(
         tokenizer,
@@ -857,18 +864,18 @@ def load_pretrained_text_encoder(
     from transformers import AutoConfig, AutoModel
 
     from sanasr_cli.models.folder_check import check_finite_files
-    from sanasr_cli.models.streamed_encoder import should_stream, streaming_device_map
+    from sanasr_cli.models.streamed_encoder import streaming_device_map
 
     config = _from_pretrained(
         "text_encoder", preset, source, AutoConfig.from_pretrained, "text_encoder", local_files_only=local
     )
-    stream = should_stream(config, dtype, device)
+    device_map = streaming_device_map(config, dtype, device)
     encoder = _from_pretrained(
         "text_encoder", preset, source, AutoModel.from_pretrained, "text_encoder", dtype=dtype, use_safetensors=True,
-        local_files_only=local, **({"device_map": streaming_device_map(config, dtype)} if stream else {}),
+        local_files_only=local, **({"device_map": device_map} if device_map else {}),
     )  # fmt: skip
     where = f"base '{source}': text_encoder"
-    if stream:  # its weights are not in memory: checked in its files, one tensor at a time
+    if device_map:  # its weights are not in memory: checked in its files, one tensor at a time
         check_finite_files(_local_snapshot(source) / "text_encoder", where)
     else:
         check_finite(encoder.state_dict(), where)

@@ -30,19 +30,16 @@ def _part_bytes(config, dtype: torch.dtype) -> dict[str, int]:
     return {name: sum(p.numel() for p in child.parameters()) * size for name, child in model.named_children()}
 
 
-def should_stream(config, dtype: torch.dtype, device: torch.device | str | None) -> bool:
-    """Whether the encoder of `config`, read in `dtype` to run on `device` (None: the CPU), is streamed: on a CPU,
-    above STREAM_ABOVE_BYTES of weights."""
+def streaming_device_map(config, dtype: torch.dtype, device: torch.device | str | None) -> dict[str, str] | None:
+    """transformers' `device_map` that streams the encoder of `config`, read in `dtype` to run on `device` (None:
+    the CPU): its large top-level parts from "disk" (their files), the small ones on the CPU. None: it is loaded
+    whole (on an accelerator, or with at most STREAM_ABOVE_BYTES of weights)."""
     if device is not None and torch.device(device).type != "cpu":
-        return False
-    return sum(_part_bytes(config, dtype).values()) > STREAM_ABOVE_BYTES
-
-
-def streaming_device_map(config, dtype: torch.dtype) -> dict[str, str]:
-    """transformers' `device_map` that streams the encoder: its large top-level parts from "disk" (their files), the
-    small ones on the CPU."""
+        return None
     parts = _part_bytes(config, dtype)
-    total = max(sum(parts.values()), 1)
+    total = sum(parts.values())
+    if total <= STREAM_ABOVE_BYTES:
+        return None
     return {name: "disk" if n / total >= _KEEP_IN_MEMORY_BELOW_SHARE else "cpu" for name, n in parts.items()}
 
 

@@ -85,8 +85,9 @@ class PromptEncoder:
         hidden_size: int | None = None,
         store: EmbeddingCache | None = None,
     ):
-        """text_encoder: the module, or a function of the device it will run on that builds it (called when a
-        prompt first needs the encoder, so a run whose prompts are held, pinned or in `store` never builds it);
+        """text_encoder: the module, or a function of the device and dtype it will run in (each None where `to`
+        named none) that builds it (called when a prompt first needs the encoder, so a run whose prompts are held,
+        pinned or in `store` never builds it);
         hidden_size: its width, known without building it; store: the disk cache of this encoder's encodings
         (None: none)."""
         self.tokenizer = tokenizer
@@ -115,7 +116,7 @@ class PromptEncoder:
             if self._build is None:
                 raise RuntimeError("this PromptEncoder has no text encoder")
             device, dtype = self._place
-            encoder = self._build(device)
+            encoder = self._build(device, dtype)
             if not is_streamed(encoder):  # a streamed one runs where it was loaded for (its weights stay on disk)
                 encoder = encoder.to(device=device, dtype=dtype)
             self._encoder = encoder.eval().requires_grad_(False)
@@ -140,7 +141,9 @@ class PromptEncoder:
         old_device, old_dtype = self._place
         self._place = (torch.device(device) if device is not None else old_device, dtype or old_dtype)
         if self._encoder is not None and is_streamed(self._encoder):
-            self._encoder = None  # holds no weights: built again where asked, when a prompt needs it
+            here, its_dtype = self._encoder_device_dtype()
+            if (device is not None and torch.device(device) != here) or (dtype is not None and dtype != its_dtype):
+                self._encoder = None  # holds no weights: built again where asked, when a prompt needs it
         elif self._encoder is not None:
             self._encoder.to(device=device, dtype=dtype)
         return self
